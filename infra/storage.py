@@ -1,0 +1,138 @@
+"""Storage addressed by URI: a local path or ``s3://bucket/key``, through pyarrow filesystems.
+
+S3 credentials come only from the standard AWS chain (environment, shared config, instance role); an S3-compatible
+endpoint is taken from ``AWS_ENDPOINT_URL`` when set. Nothing here logs credentials.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+
+import pyarrow.fs as pafs
+
+S3_SCHEME = "s3://"
+
+
+class StorageError(RuntimeError):
+    """A location that cannot be read or written; the message names the location."""
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith(S3_SCHEME)
+
+
+def s3_filesystem() -> pafs.S3FileSystem:
+    options = {}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+    if endpoint:
+        options["endpoint_override"] = endpoint
+        options["scheme"] = "https" if endpoint.startswith("https") else "http"
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        options["region"] = region
+    return pafs.S3FileSystem(**options)
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and the path inside it for a URI."""
+    if is_s3(uri):
+        return s3_filesystem(), uri[len(S3_SCHEME):].rstrip("/")
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def join(uri: str, *parts: str) -> str:
+    if is_s3(uri):
+        return posixpath.join(uri.rstrip("/"), *parts)
+    return os.path.join(uri, *parts)
+
+
+def to_uri(uri_like: str, path: str) -> str:
+    """A path returned by the filesystem of ``uri_like``, written back as a URI of the same kind."""
+    return S3_SCHEME + path if is_s3(uri_like) else path
+
+
+def file_info(uri: str) -> pafs.FileInfo:
+    filesystem, path = resolve(uri)
+    try:
+        return filesystem.get_file_info(path)
+    except OSError as error:
+        raise StorageError(f"cannot reach {uri}: {error}") from error
+
+
+def exists(uri: str) -> bool:
+    return file_info(uri).type != pafs.FileType.NotFound
+
+
+def is_dir(uri: str) -> bool:
+    return file_info(uri).type == pafs.FileType.Directory
+
+
+def list_files(uri: str, recursive: bool = True) -> list[str]:
+    """Every file under a folder or prefix, sorted, as URIs of the same kind as ``uri``."""
+    filesystem, path = resolve(uri)
+    try:
+        infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=recursive))
+    except (OSError, FileNotFoundError) as error:
+        raise StorageError(f"cannot list {uri}: {error}") from error
+    return sorted(to_uri(uri, info.path) for info in infos if info.type == pafs.FileType.File)
+
+
+def list_dirs(uri: str) -> list[str]:
+    """The immediate sub-folders of a folder or prefix, sorted."""
+    filesystem, path = resolve(uri)
+    try:
+        infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=False))
+    except (OSError, FileNotFoundError) as error:
+        raise StorageError(f"cannot list {uri}: {error}") from error
+    return sorted(to_uri(uri, info.path) for info in infos if info.type == pafs.FileType.Directory)
+
+
+def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
+    """The file's bytes; raises StorageError naming the file when it cannot be read or exceeds ``max_bytes``."""
+    filesystem, path = resolve(uri)
+    try:
+        with filesystem.open_input_file(path) as stream:
+            if max_bytes is not None and stream.size() > max_bytes:
+                raise StorageError(f"{uri} is {stream.size()} bytes, over the limit of {max_bytes}")
+            return stream.read()
+    except OSError as error:
+        raise StorageError(f"cannot read {uri}: {error}") from error
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    filesystem, path = resolve(uri)
+    try:
+        filesystem.create_dir(posixpath.dirname(path) if is_s3(uri) else os.path.dirname(path), recursive=True)
+        with filesystem.open_output_stream(path) as stream:
+            stream.write(data)
+    except OSError as error:
+        raise StorageError(f"cannot write {uri}: {error}") from error
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode("utf-8")
+
+
+def write_text(uri: str, text: str) -> None:
+    write_bytes(uri, text.encode("utf-8"))
+
+
+def copy_tree(source: str, destination: str) -> None:
+    """Copy every file under ``source`` to the same relative place under ``destination``."""
+    source_fs, source_path = resolve(source)
+    destination_fs, destination_path = resolve(destination)
+    try:
+        pafs.copy_files(source_path, destination_path, source_filesystem=source_fs,
+                        destination_filesystem=destination_fs)
+    except OSError as error:
+        raise StorageError(f"cannot copy {source} to {destination}: {error}") from error
+
+
+def delete_tree(uri: str) -> None:
+    filesystem, path = resolve(uri)
+    try:
+        if filesystem.get_file_info(path).type == pafs.FileType.Directory:
+            filesystem.delete_dir(path)
+    except OSError as error:
+        raise StorageError(f"cannot delete {uri}: {error}") from error

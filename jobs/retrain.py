@@ -1,0 +1,80 @@
+"""Retrain the classifier with Ray Train and promote it if it is not worse than the current model.
+
+    python -m jobs.retrain --data <labelled dir|s3://...> --output <registry dir|s3://...> \
+        [--tumor-data <dir>] [--num-workers N] [--use-gpu] [--epochs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from infra.ray_runtime import configure_logging, ensure_ray
+from model.architecture import ArchitectureConfig
+from model.data import DatasetError
+from model.preprocessing import PreprocessConfig
+from model.retrain import RetrainConfig, retrain
+from model.train import TrainConfig
+
+logger = logging.getLogger("jobs.retrain")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="labelled folder: one sub-folder per class")
+    parser.add_argument("--output", required=True, help="model registry folder (local or s3://)")
+    parser.add_argument("--tumor-data", action="append", default=[],
+                        help="folder of tumor images of unknown type (repeatable), e.g. Br35H 'yes'")
+    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="global batch size")
+    parser.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
+    parser.add_argument("--patience", type=int, default=TrainConfig.patience,
+                        help="epochs without validation-loss improvement before stopping")
+    parser.add_argument("--num-workers", type=int, default=1, help="Ray Train workers (data parallel)")
+    parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
+    parser.add_argument("--cpus-per-worker", type=float, default=TrainConfig.cpus_per_worker)
+    parser.add_argument("--image-size", type=int, default=PreprocessConfig.image_size)
+    parser.add_argument("--no-lstm", action="store_true", help="ablation: global average pooling instead of LSTM")
+    parser.add_argument("--validation-fraction", type=float, default=RetrainConfig.validation_fraction)
+    parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument("--storage-path", help="where Ray Train keeps checkpoints (default: ~/ray_results)")
+    parser.add_argument("--version", help="name of the candidate model (default: timestamped)")
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    return parser.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> RetrainConfig:
+    training = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                           patience=args.patience, num_workers=args.num_workers, use_gpu=args.use_gpu,
+                           cpus_per_worker=args.cpus_per_worker, augment=not args.no_augment,
+                           storage_path=args.storage_path)
+    return RetrainConfig(data=args.data, output=args.output, tumor_data=tuple(args.tumor_data),
+                         validation_fraction=args.validation_fraction,
+                         architecture=ArchitectureConfig(image_size=args.image_size, use_lstm=not args.no_lstm),
+                         preprocessing=PreprocessConfig(image_size=args.image_size), training=training,
+                         version=args.version)
+
+
+def main(argv: list[str] | None = None) -> int:
+    configure_logging()
+    args = parse_args(argv)
+    try:
+        ensure_ray(args.address)
+        outcome = retrain(build_config(args))
+    except DatasetError as error:
+        logger.error("%s", error)
+        return 2
+    metrics = outcome.candidate_metrics
+    logger.info("candidate %s at %s: accuracy %.4f, macro-F1 %.4f, tumor sensitivity %.4f; %s: %s",
+                outcome.version, outcome.candidate_uri, metrics["accuracy"], metrics["macro_f1"],
+                metrics["tumor_vs_no_tumor"]["sensitivity"], "PROMOTED" if outcome.promoted else "NOT promoted",
+                outcome.reason)
+    print(json.dumps({"version": outcome.version, "promoted": outcome.promoted, "reason": outcome.reason,
+                      "candidate": outcome.candidate_uri}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

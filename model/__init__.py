@@ -1,0 +1,1 @@
+"""Brain MRI tumor classifier: label set, preprocessing, architecture, data, training, evaluation, registry."""

@@ -1,0 +1,77 @@
+"""Training-time augmentation of preprocessed uint8 slices (numpy/OpenCV, run inside the Ray Data training feed).
+
+Geometry (rotation, zoom, flips) teaches orientation invariance; intensity jitter (gamma, contrast, brightness),
+blur, noise and resolution loss teach the model to ignore the look of one scanner or data set. Every transform is
+drawn from the generator passed in, so an epoch's augmentation is reproducible from its seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import cv2
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    max_rotation_degrees: float = 15.0
+    zoom_range: tuple[float, float] = (0.9, 1.15)
+    horizontal_flip: float = 0.5
+    vertical_flip: float = 0.1
+    gamma_range: tuple[float, float] = (0.7, 1.4)
+    contrast_range: tuple[float, float] = (0.75, 1.25)
+    brightness_range: float = 20.0
+    blur_probability: float = 0.25
+    noise_probability: float = 0.3
+    noise_sigma: float = 8.0
+    downsample_probability: float = 0.25
+    downsample_range: tuple[float, float] = (0.35, 0.8)
+
+
+def random_affine(image: np.ndarray, rng: np.random.Generator, config: AugmentConfig) -> np.ndarray:
+    side = image.shape[0]
+    angle = rng.uniform(-config.max_rotation_degrees, config.max_rotation_degrees)
+    scale = rng.uniform(*config.zoom_range)
+    matrix = cv2.getRotationMatrix2D((side / 2, side / 2), angle, scale)
+    image = cv2.warpAffine(image, matrix, (side, side), flags=cv2.INTER_LINEAR, borderValue=0)
+    if rng.random() < config.horizontal_flip:
+        image = image[:, ::-1]
+    if rng.random() < config.vertical_flip:
+        image = image[::-1, :]
+    return image
+
+
+def random_intensity(image: np.ndarray, rng: np.random.Generator, config: AugmentConfig) -> np.ndarray:
+    values = image.astype(np.float32) / 255.0
+    values = values ** rng.uniform(*config.gamma_range)
+    values = (values - values.mean()) * rng.uniform(*config.contrast_range) + values.mean()
+    values = values * 255.0 + rng.uniform(-config.brightness_range, config.brightness_range)
+    return np.clip(values, 0, 255)
+
+
+def random_degradation(values: np.ndarray, rng: np.random.Generator, config: AugmentConfig) -> np.ndarray:
+    side = values.shape[0]
+    if rng.random() < config.downsample_probability:
+        small = max(8, int(side * rng.uniform(*config.downsample_range)))
+        values = cv2.resize(cv2.resize(values, (small, small), interpolation=cv2.INTER_AREA),
+                            (side, side), interpolation=cv2.INTER_LINEAR)
+    if rng.random() < config.blur_probability:
+        values = cv2.GaussianBlur(values, (0, 0), rng.uniform(0.5, 1.5))
+    if rng.random() < config.noise_probability:
+        values = values + rng.normal(0.0, rng.uniform(1.0, config.noise_sigma), values.shape)
+    return values
+
+
+def augment_image(image: np.ndarray, rng: np.random.Generator, config: AugmentConfig = AugmentConfig()) -> np.ndarray:
+    """One randomly transformed copy of a square uint8 slice, same shape and dtype."""
+    moved = np.ascontiguousarray(random_affine(image, rng, config))
+    values = random_degradation(random_intensity(moved, rng, config).astype(np.float32), rng, config)
+    return np.clip(values, 0, 255).astype(np.uint8)
+
+
+def augment_batch(batch: dict[str, np.ndarray], image_column: str, seed: int | None = None) -> dict[str, np.ndarray]:
+    """Ray Data ``map_batches`` function: replaces ``batch[image_column]`` with augmented copies."""
+    rng = np.random.default_rng(seed)
+    batch[image_column] = np.stack([augment_image(image, rng) for image in batch[image_column]])
+    return batch

@@ -1,0 +1,137 @@
+"""Model directories and the model registry: the only code that knows how a model is laid out on storage.
+
+A model directory holds ``weights.h5`` (Keras weights only: nothing is unpickled on load) and ``model.json`` (its
+version, label map, architecture and preprocessing parameters, the weights' sha256 and its validation metrics).
+A registry is a folder of model directories plus ``registry.json`` naming the promoted (``current``) version and
+the history of promotion decisions. Loading verifies the sha256 before the weights are touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import pathlib
+import tempfile
+
+from infra import storage
+from model.architecture import ArchitectureConfig, build_classifier
+from model.labels import CLASS_NAMES
+from model.preprocessing import PreprocessConfig
+
+WEIGHTS_FILE = "weights.h5"
+METADATA_FILE = "model.json"
+REGISTRY_FILE = "registry.json"
+DEFAULT_MODEL = str(pathlib.Path(__file__).resolve().parents[1] / "models")
+
+
+class ModelError(RuntimeError):
+    """A model that is missing, corrupt or does not match its metadata."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """What a loaded model directory says about itself."""
+
+    uri: str
+    version: str
+    weights_sha256: str
+    architecture: ArchitectureConfig
+    preprocessing: PreprocessConfig
+    class_names: tuple[str, ...]
+    metadata: dict
+
+    @property
+    def weights_uri(self) -> str:
+        return storage.join(self.uri, WEIGHTS_FILE)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def new_version(prefix: str = "mri") -> str:
+    return f"{prefix}-{datetime.datetime.now(datetime.timezone.utc):%Y%m%dT%H%M%SZ}"
+
+
+def save_model(model, directory: str, version: str, architecture: ArchitectureConfig,
+               preprocessing: PreprocessConfig, metadata: dict | None = None) -> ModelInfo:
+    """Write weights and metadata of a Keras classifier to a model directory (local or S3)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        local_weights = pathlib.Path(scratch) / WEIGHTS_FILE
+        model.save_weights(str(local_weights))
+        weights = local_weights.read_bytes()
+    record = {"version": version, "class_names": list(CLASS_NAMES), "weights_file": WEIGHTS_FILE,
+              "weights_sha256": sha256_hex(weights), "architecture": architecture.to_dict(),
+              "preprocessing": preprocessing.to_dict(), **(metadata or {})}
+    storage.write_bytes(storage.join(directory, WEIGHTS_FILE), weights)
+    storage.write_text(storage.join(directory, METADATA_FILE), json.dumps(record, indent=2, sort_keys=True))
+    return info_from_record(directory, record)
+
+
+def info_from_record(directory: str, record: dict) -> ModelInfo:
+    if tuple(record.get("class_names", ())) != CLASS_NAMES:
+        raise ModelError(f"model at {directory} predicts {record.get('class_names')}, expected {list(CLASS_NAMES)}")
+    return ModelInfo(uri=directory, version=record["version"], weights_sha256=record["weights_sha256"],
+                     architecture=ArchitectureConfig.from_dict(record["architecture"]),
+                     preprocessing=PreprocessConfig.from_dict(record["preprocessing"]),
+                     class_names=CLASS_NAMES, metadata=record)
+
+
+def resolve_model_dir(uri: str) -> str:
+    """A model directory itself, or the current model of a registry."""
+    if storage.exists(storage.join(uri, METADATA_FILE)):
+        return uri
+    if storage.exists(storage.join(uri, REGISTRY_FILE)):
+        current = read_registry(uri).get("current")
+        if not current:
+            raise ModelError(f"registry {uri} has no promoted model yet")
+        return storage.join(uri, current)
+    raise ModelError(f"no model at {uri}: expected {METADATA_FILE} (a model) or {REGISTRY_FILE} (a registry)")
+
+
+def load_model_info(uri: str = DEFAULT_MODEL) -> ModelInfo:
+    """Metadata of the model at ``uri`` after checking that its weights match the recorded sha256."""
+    directory = resolve_model_dir(uri)
+    try:
+        record = json.loads(storage.read_text(storage.join(directory, METADATA_FILE)))
+        info = info_from_record(directory, record)
+    except (KeyError, TypeError, json.JSONDecodeError) as error:
+        raise ModelError(f"model metadata at {directory} is unreadable: {error}") from error
+    actual = sha256_hex(storage.read_bytes(info.weights_uri))
+    if actual != info.weights_sha256:
+        raise ModelError(f"model weights at {info.weights_uri} are corrupt or replaced: sha256 {actual} "
+                         f"does not match the recorded {info.weights_sha256}")
+    return info
+
+
+def load_classifier(info: ModelInfo):
+    """The Keras classifier described by ``info``, built from code and loaded with its verified weights."""
+    weights = storage.read_bytes(info.weights_uri)
+    if sha256_hex(weights) != info.weights_sha256:
+        raise ModelError(f"model weights at {info.weights_uri} changed after they were verified")
+    model = build_classifier(info.architecture)
+    with tempfile.TemporaryDirectory() as scratch:
+        local = pathlib.Path(scratch) / WEIGHTS_FILE
+        local.write_bytes(weights)
+        model.load_weights(str(local))
+    return model
+
+
+def read_registry(registry: str) -> dict:
+    uri = storage.join(registry, REGISTRY_FILE)
+    if not storage.exists(uri):
+        return {"current": None, "history": []}
+    return json.loads(storage.read_text(uri))
+
+
+def record_decision(registry: str, version: str, promoted: bool, reason: str) -> dict:
+    """Append a promotion decision to the registry and, when promoted, make ``version`` current."""
+    state = read_registry(registry)
+    state["history"].append({"version": version, "promoted": promoted, "reason": reason,
+                             "decided_at": datetime.datetime.now(datetime.timezone.utc).isoformat()})
+    if promoted:
+        state["current"] = version
+    storage.write_text(storage.join(registry, REGISTRY_FILE), json.dumps(state, indent=2))
+    return state

@@ -1,0 +1,215 @@
+"""Data-parallel training with Ray Train: preprocessed Ray Datasets in, a checkpoint with the best weights out.
+
+``train_classifier`` runs a ``TensorflowTrainer`` whose workers train one model under
+``MultiWorkerMirroredStrategy`` on their shard of the training set. Every epoch each worker validates on the
+whole validation set with a plain copy of the weights, and reports metrics plus a checkpoint (latest and best
+weights, and the early-stopping state) through ``ray.train.report``. A restarted worker resumes from the latest
+checkpoint; training stops early when validation loss has not improved for ``patience`` epochs. The same code
+runs on one CPU or on many GPUs: ``num_workers`` and ``use_gpu`` choose.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import pathlib
+import tempfile
+
+import numpy as np
+import ray
+import ray.train
+from ray.train.tensorflow import TensorflowTrainer
+
+from model.architecture import ArchitectureConfig
+from model.data import IMAGE, TARGET
+
+LATEST_WEIGHTS = "latest.weights.h5"
+BEST_WEIGHTS = "best.weights.h5"
+STATE_FILE = "state.json"
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How to train: schedule, early stopping and the scale of the Ray Train run."""
+
+    epochs: int = 30
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    patience: int = 5
+    augment: bool = True
+    shuffle_buffer: int = 2048
+    seed: int = 0
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 2.0
+    max_failures: int = 2
+    storage_path: str | None = None
+    run_name: str | None = None
+
+
+@dataclasses.dataclass
+class TrainingState:
+    """Early-stopping bookkeeping carried in every checkpoint."""
+
+    next_epoch: int = 0
+    best_val_loss: float = float("inf")
+    best_epoch: int = -1
+    epochs_without_improvement: int = 0
+    history: list = dataclasses.field(default_factory=list)
+
+
+def augment_tensor_batch(images: np.ndarray) -> np.ndarray:
+    from model.augment import augment_image
+
+    rng = np.random.default_rng()
+    return np.stack([augment_image(image, rng) for image in images]) if len(images) else images
+
+
+def training_feed(shard, config: dict):
+    """The worker's tf.data feed of one epoch: shuffled, batched, augmented (uint8 images, target masks)."""
+    import tensorflow as tf
+
+    dataset = shard.to_tf(feature_columns=IMAGE, label_columns=TARGET, batch_size=config["worker_batch_size"],
+                          local_shuffle_buffer_size=config["shuffle_buffer"] or None)
+    if not config["augment"]:
+        return dataset
+
+    def augment(images, targets):
+        augmented = tf.numpy_function(augment_tensor_batch, [images], tf.uint8)
+        augmented.set_shape(images.shape)
+        return augmented, targets
+
+    return dataset.map(augment, num_parallel_calls=1)
+
+
+def collect_validation(shard) -> tuple[np.ndarray, np.ndarray]:
+    images, targets = [], []
+    for batch in shard.iter_batches(batch_size=256, batch_format="numpy"):
+        images.append(batch[IMAGE])
+        targets.append(batch[TARGET])
+    return np.concatenate(images), np.concatenate(targets)
+
+
+def restore(model, state: TrainingState) -> tuple[TrainingState, list | None]:
+    """Load the latest reported checkpoint, if Ray Train has one, into ``model``; return its state and best weights."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return state, None
+    with checkpoint.as_directory() as directory:
+        folder = pathlib.Path(directory)
+        state = TrainingState(**json.loads((folder / STATE_FILE).read_text()))
+        model.load_weights(str(folder / BEST_WEIGHTS))
+        best = model.get_weights()
+        model.load_weights(str(folder / LATEST_WEIGHTS))
+    logger.info("resumed from checkpoint at epoch %d", state.next_epoch)
+    return state, best
+
+
+def report_epoch(model, best_weights: list, state: TrainingState, metrics: dict) -> None:
+    """Report metrics from every worker and a checkpoint from rank 0 (latest weights, best weights, state)."""
+    if ray.train.get_context().get_world_rank() != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        folder = pathlib.Path(directory)
+        model.save_weights(str(folder / LATEST_WEIGHTS))
+        current = model.get_weights()
+        model.set_weights(best_weights)
+        model.save_weights(str(folder / BEST_WEIGHTS))
+        model.set_weights(current)
+        (folder / STATE_FILE).write_text(json.dumps(dataclasses.asdict(state)))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+def validate(predictor, eval_model, model, images: np.ndarray, targets: np.ndarray) -> dict:
+    from model.metrics import classification_metrics
+    from model.predict import masked_crossentropy_numpy
+
+    eval_model.set_weights(model.get_weights())
+    probabilities = predictor(images)
+    metrics = classification_metrics(probabilities, targets)
+    return {"val_loss": masked_crossentropy_numpy(probabilities, targets), "val_accuracy": metrics["accuracy"],
+            "val_macro_f1": metrics["macro_f1"],
+            "val_tumor_sensitivity": metrics["tumor_vs_no_tumor"]["sensitivity"],
+            "val_tumor_specificity": metrics["tumor_vs_no_tumor"]["specificity"]}
+
+
+def update_state(state: TrainingState, epoch: int, metrics: dict, model, best_weights: list | None) -> list:
+    state.next_epoch = epoch + 1
+    state.history.append(metrics)
+    if metrics["val_loss"] < state.best_val_loss:
+        state.best_val_loss, state.best_epoch, state.epochs_without_improvement = metrics["val_loss"], epoch, 0
+        return model.get_weights()
+    state.epochs_without_improvement += 1
+    return best_weights
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """The Ray Train worker: build under MWMS, resume, then train, validate and checkpoint each epoch."""
+    from model.predict import ProbabilityPredictor, configure_tensorflow
+
+    configure_tensorflow(max(1, int(config["cpus_per_worker"])), use_gpu=config["use_gpu"])
+    import tensorflow as tf
+
+    from model.architecture import build_classifier, compile_classifier
+
+    architecture = ArchitectureConfig.from_dict(config["architecture"])
+    tf.keras.utils.set_random_seed(config["seed"] + ray.train.get_context().get_world_rank())
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    with strategy.scope():
+        model = compile_classifier(build_classifier(architecture), config["learning_rate"],
+                                   config["steps_per_epoch"] * config["epochs"])
+    eval_model = build_classifier(architecture)
+    predictor = ProbabilityPredictor(eval_model)
+    state, best_weights = restore(model, TrainingState())
+    val_images, val_targets = collect_validation(ray.train.get_dataset_shard("val"))
+    train_shard = ray.train.get_dataset_shard("train")
+    for epoch in range(state.next_epoch, config["epochs"]):
+        fit = model.fit(training_feed(train_shard, config), epochs=1, verbose=0)
+        metrics = {"epoch": epoch, "train_loss": float(fit.history["loss"][-1]),
+                   **validate(predictor, eval_model, model, val_images, val_targets)}
+        best_weights = update_state(state, epoch, metrics, model, best_weights)
+        report_epoch(model, best_weights, state, metrics)
+        if state.epochs_without_improvement >= config["patience"]:
+            break
+
+
+def build_trainer(train_dataset: ray.data.Dataset, val_dataset: ray.data.Dataset,
+                  architecture: ArchitectureConfig, config: TrainConfig) -> TensorflowTrainer:
+    worker_batch_size = max(1, config.batch_size // config.num_workers)
+    rows_per_worker = train_dataset.count() // config.num_workers
+    loop_config = {**dataclasses.asdict(config), "architecture": architecture.to_dict(),
+                   "worker_batch_size": worker_batch_size,
+                   "steps_per_epoch": max(1, -(-rows_per_worker // worker_batch_size))}
+    resources = {"CPU": config.cpus_per_worker}
+    return TensorflowTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
+                                               resources_per_worker=resources),
+        datasets={"train": train_dataset.randomize_block_order(), "val": val_dataset},
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        run_config=ray.train.RunConfig(
+            name=config.run_name, storage_path=config.storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+    )
+
+
+def train_classifier(train_dataset: ray.data.Dataset, val_dataset: ray.data.Dataset,
+                     architecture: ArchitectureConfig, config: TrainConfig) -> tuple[pathlib.Path, dict]:
+    """Train; return a local folder with the best weights (``best.weights.h5``) and the final training state."""
+    result = build_trainer(train_dataset, val_dataset, architecture, config).fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training reported no checkpoint: {result.error}")
+    local = pathlib.Path(tempfile.mkdtemp(prefix="mri-train-"))
+    with result.checkpoint.as_directory() as directory:
+        for name in (BEST_WEIGHTS, LATEST_WEIGHTS, STATE_FILE):
+            (local / name).write_bytes((pathlib.Path(directory) / name).read_bytes())
+    state = json.loads((local / STATE_FILE).read_text())
+    logger.info("training stopped after epoch %d; best epoch %d, val loss %.4f", state["next_epoch"] - 1,
+                state["best_epoch"], state["best_val_loss"])
+    return local, state
