@@ -118,15 +118,22 @@ def write_text(uri: str, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))
 
 
-def copy_tree(source: str, destination: str) -> None:
-    """Copy every file under ``source`` to the same relative place under ``destination``."""
-    source_fs, source_path = resolve(source)
-    destination_fs, destination_path = resolve(destination)
+def move_tree(source: str, destination: str) -> None:
+    """Move a folder: one rename on local disk; copy then delete, object by object, on S3."""
+    filesystem, source_path = resolve(source)
+    _, destination_path = resolve(destination)
     try:
-        pafs.copy_files(source_path, destination_path, source_filesystem=source_fs,
-                        destination_filesystem=destination_fs)
+        if not is_s3(source):
+            filesystem.create_dir(os.path.dirname(destination_path), recursive=True)
+            filesystem.move(source_path, destination_path)
+            return
+        filesystem.create_dir(destination_path, recursive=True)
+        for info in filesystem.get_file_info(pafs.FileSelector(source_path, recursive=True)):
+            if info.type == pafs.FileType.File:
+                filesystem.copy_file(info.path, destination_path + info.path[len(source_path):])
+        filesystem.delete_dir(source_path)
     except OSError as error:
-        raise StorageError(f"cannot copy {source} to {destination}: {error}") from error
+        raise StorageError(f"cannot move {source} to {destination}: {error}") from error
 
 
 def delete_tree(uri: str) -> None:

@@ -59,3 +59,25 @@ def confusion_matrix_png(metrics: dict, title: str) -> bytes:
 def write_evaluation(metrics: dict, output: str, title: str) -> None:
     storage.write_text(storage.join(output, METRICS_FILE), json.dumps(metrics, indent=2))
     storage.write_bytes(storage.join(output, CONFUSION_FILE), confusion_matrix_png(metrics, title))
+
+
+def evaluate_model(data: str, model_uri: str, output: str, tumor_data: tuple[str, ...] = (),
+                   threshold: float = 0.5) -> dict:
+    """Score a labelled folder with a registered model; write metrics.json and the confusion matrix to ``output``."""
+    from model import registry
+    from model.data import IMAGE, LABEL, TARGET, list_labelled_images, load_labelled_dataset
+    from model.predict import ProbabilityPredictor
+
+    info = registry.load_model_info(model_uri)
+    predictor = ProbabilityPredictor(registry.load_classifier(info))
+    dataset = load_labelled_dataset(list_labelled_images(data, tumor_data), info.preprocessing)
+    probabilities, targets, labels = [], [], []
+    for batch in dataset.iter_batches(batch_size=256, batch_format="numpy"):
+        probabilities.append(predictor(batch[IMAGE]))
+        targets.append(batch[TARGET])
+        labels.append(batch[LABEL].astype(str))
+    metrics = evaluate_predictions(np.concatenate(probabilities), np.concatenate(targets),
+                                   np.concatenate(labels), threshold)
+    metrics["model_version"], metrics["model_sha256"], metrics["data"] = info.version, info.weights_sha256, data
+    write_evaluation(metrics, output, f"{info.version} on {data.rstrip('/').split('/')[-1]}")
+    return metrics

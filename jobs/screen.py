@@ -1,0 +1,81 @@
+"""Screen an MRI archive (DICOM, JPEG, PNG; local folder or S3 prefix) and write Parquet results tables.
+
+    python -m jobs.screen --input <dir|s3://bucket/prefix> --output <dir|s3://bucket/prefix> [options]
+
+Embedded, this starts a local Ray; under ``ray job submit`` (or with --address / RAY_ADDRESS) it joins the cluster.
+Exit status: 0 when the run completed (bad input files become error rows), 2 when it could not start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+
+from infra.ray_runtime import configure_logging, ensure_ray
+from model.registry import DEFAULT_MODEL
+from pipeline.screen import ScreenConfig, ScreeningError, run_screening
+
+logger = logging.getLogger("jobs.screen")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", action="append", default=[], help="folder, S3 prefix or file (repeatable)")
+    parser.add_argument("--manifest", action="append", default=[], help="text file listing one input a line")
+    parser.add_argument("--output", required=True, help="results folder or S3 prefix")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model or registry folder (default: shipped model)")
+    parser.add_argument("--threshold", type=float, default=ScreenConfig.threshold,
+                        help="tumor probability at or above which an image or series is flagged")
+    parser.add_argument("--run-date", help="partition date YYYY-MM-DD (default: today, UTC)")
+    parser.add_argument("--pseudonym-key-file", help="file holding the secret pseudonym key (else PSEUDONYM_KEY)")
+    parser.add_argument("--create-pseudonym-key", action="store_true",
+                        help="generate a random key into --pseudonym-key-file when it does not exist")
+    parser.add_argument("--decode-batch-size", type=int, default=ScreenConfig.decode_batch_size)
+    parser.add_argument("--decode-cpus", type=float, default=ScreenConfig.decode_cpus,
+                        help="CPUs reserved by each decode/preprocess task")
+    parser.add_argument("--inference-batch-size", type=int, default=ScreenConfig.inference_batch_size)
+    parser.add_argument("--inference-actors", type=int, help="inference actors (default: one per GPU, or by CPUs)")
+    parser.add_argument("--inference-cpus", type=float, default=ScreenConfig.inference_cpus,
+                        help="CPUs per CPU inference actor (also its TensorFlow thread count)")
+    gpu = parser.add_mutually_exclusive_group()
+    gpu.add_argument("--use-gpu", dest="use_gpu", action="store_true", default=None)
+    gpu.add_argument("--no-gpu", dest="use_gpu", action="store_false")
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    args = parser.parse_args(argv)
+    if not args.input and not args.manifest:
+        parser.error("give at least one --input or --manifest")
+    return args
+
+
+def build_config(args: argparse.Namespace) -> ScreenConfig:
+    return ScreenConfig(inputs=tuple(args.input), manifests=tuple(args.manifest), output=args.output,
+                        model=args.model, threshold=args.threshold, run_date=args.run_date,
+                        pseudonym_key_file=args.pseudonym_key_file, create_pseudonym_key=args.create_pseudonym_key,
+                        decode_batch_size=args.decode_batch_size, decode_cpus=args.decode_cpus,
+                        inference_batch_size=args.inference_batch_size, inference_actors=args.inference_actors,
+                        inference_cpus=args.inference_cpus, use_gpu=args.use_gpu)
+
+
+def main(argv: list[str] | None = None) -> int:
+    configure_logging()
+    args = parse_args(argv)
+    try:
+        ensure_ray(args.address)
+        summary = run_screening(build_config(args))
+    except ScreeningError as error:
+        logger.error("run not started: %s", error)
+        return 2
+    logger.info("run %s done: %d files, %d rows (%d scored, %d errors %s), %d flagged images, %d series "
+                "(%d flagged), %.1f images/s; results in %s", summary.run_id, summary.files_listed,
+                summary.rows_written, summary.rows_scored, summary.rows_error, summary.errors_by_code,
+                summary.rows_flagged, summary.series, summary.series_flagged, summary.images_per_second,
+                summary.output)
+    print(json.dumps(dataclasses.asdict(summary)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The scoring pipeline: list an MRI archive, decode and preprocess on CPU, infer, write Parquet results."""

@@ -1,0 +1,207 @@
+"""Decoding stage: one archive file's bytes in, one decoded grey frame per image (or one error) out.
+
+DICOM goes through pydicom (every transfer syntax its installed plugins decode: RLE, JPEG, JPEG-LS, JPEG 2000,
+deflated, big-endian, implicit VR), with the modality LUT (rescale slope/intercept), the VOI LUT or window, and
+MONOCHROME1 inversion applied; multi-frame objects give one frame per row. JPEG and PNG go through OpenCV after
+their header size is checked. Limits on bytes, pixels and frames keep one hostile file from exhausting a worker.
+Failures raise :class:`DecodeError` carrying one of ``pipeline.schema.ERROR_CODES``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import warnings
+
+import numpy as np
+import pydicom
+import pydicom.errors
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from PIL import Image
+
+from model.data import decode_raster
+
+DICOM_EXTENSIONS = (".dcm", ".dicom", ".ima")
+RASTER_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeLimits:
+    max_file_bytes: int = 512 * 1024 * 1024
+    max_pixels_per_frame: int = 4096 * 4096
+    max_frames: int = 2048
+    min_side: int = 16
+
+
+class DecodeError(ValueError):
+    """A file that cannot be turned into images; ``code`` is one of ``pipeline.schema.ERROR_CODES``."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclasses.dataclass
+class DecodedFile:
+    """Frames of one file plus what its header says (identifiers still raw: pseudonymize before output)."""
+
+    file_format: str
+    frames: list[np.ndarray]
+    header: dict = dataclasses.field(default_factory=dict)
+
+
+def sniff_format(data: bytes, uri: str) -> str:
+    """'dicom', 'jpeg', 'png' or 'unknown' from the magic bytes, with the file name as a hint for raw DICOM."""
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return "dicom"
+    if data.startswith(RASTER_MAGIC[0]):
+        return "jpeg"
+    if data.startswith(RASTER_MAGIC[1]):
+        return "png"
+    name = uri.rsplit("/", 1)[-1].lower()
+    if name.endswith(DICOM_EXTENSIONS) or "." not in name:
+        return "dicom"
+    return "unknown"
+
+
+def check_frame_size(rows: int, columns: int, frames: int, limits: DecodeLimits) -> None:
+    if rows * columns > limits.max_pixels_per_frame:
+        raise DecodeError("image_too_large", f"{columns}x{rows} pixels exceeds the limit of "
+                                             f"{limits.max_pixels_per_frame} pixels per frame")
+    if frames > limits.max_frames:
+        raise DecodeError("image_too_large", f"{frames} frames exceeds the limit of {limits.max_frames}")
+    if min(rows, columns) < limits.min_side:
+        raise DecodeError("image_too_small", f"{columns}x{rows} pixels is below the minimum side of "
+                                             f"{limits.min_side}")
+
+
+def decode_file(data: bytes, uri: str, limits: DecodeLimits = DecodeLimits()) -> DecodedFile:
+    """Decode one file's bytes; raises DecodeError with a specific code for anything unusable."""
+    if len(data) == 0:
+        raise DecodeError("empty_file", "the file is empty (0 bytes)")
+    file_format = sniff_format(data, uri)
+    if file_format == "dicom":
+        return decode_dicom(data, limits)
+    if file_format in ("jpeg", "png"):
+        return DecodedFile(file_format, [decode_raster_checked(data, file_format, limits)])
+    raise DecodeError("unsupported_format", "not a DICOM, JPEG or PNG file (unrecognised content)")
+
+
+def decode_raster_checked(data: bytes, file_format: str, limits: DecodeLimits) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as header:
+            width, height = header.size
+    except Exception as error:  # Pillow raises many types for a broken header
+        raise DecodeError("image_decode_failed", f"{file_format.upper()} header unreadable: {error}") from error
+    check_frame_size(height, width, 1, limits)
+    try:
+        image = decode_raster(data)
+    except ValueError as error:
+        raise DecodeError("image_decode_failed", f"corrupt or truncated {file_format.upper()}") from error
+    return grey_frame(image)
+
+
+def grey_frame(image: np.ndarray) -> np.ndarray:
+    """A 2-D float32 frame from a grey or RGB(A) array."""
+    from model.preprocessing import to_grey
+
+    try:
+        frame = to_grey(image)
+    except ValueError as error:
+        raise DecodeError("unsupported_image_layout", str(error)) from error
+    if not np.isfinite(frame).all():
+        raise DecodeError("invalid_pixel_values", "pixel values are not finite (NaN or infinity)")
+    return frame
+
+
+def read_dicom(data: bytes) -> pydicom.Dataset:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pydicom.dcmread(io.BytesIO(data), force=True)
+    except Exception as error:  # pydicom raises many types on malformed input
+        raise DecodeError("dicom_invalid", f"not a parseable DICOM file: {type(error).__name__}") from error
+
+
+def decode_dicom(data: bytes, limits: DecodeLimits) -> DecodedFile:
+    dataset = read_dicom(data)
+    if "PixelData" not in dataset and "FloatPixelData" not in dataset and "DoubleFloatPixelData" not in dataset:
+        if not dataset.get("SOPClassUID") and not dataset.get("Rows"):
+            raise DecodeError("unsupported_format", "not a DICOM, JPEG or PNG file (no DICOM elements found)")
+        raise DecodeError("dicom_no_pixel_data", "DICOM object has no pixel data")
+    rows, columns = int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0)
+    frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    check_frame_size(rows, columns, frames, limits)
+    pixels = dicom_pixels(dataset)
+    return DecodedFile("dicom", dicom_frames(dataset, pixels, frames), dicom_header(dataset))
+
+
+def dicom_pixels(dataset: pydicom.Dataset) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return dataset.pixel_array
+    except (NotImplementedError, RuntimeError) as error:
+        syntax = getattr(dataset.file_meta, "TransferSyntaxUID", None) if hasattr(dataset, "file_meta") else None
+        if "plugin" in str(error).lower() or "decoder" in str(error).lower() or isinstance(error, NotImplementedError):
+            name = getattr(syntax, "name", str(syntax))
+            raise DecodeError("dicom_unsupported_transfer_syntax",
+                              f"no installed decoder for transfer syntax {name}") from error
+        raise DecodeError("dicom_pixel_data_invalid", f"pixel data could not be decoded: {error}") from error
+    except Exception as error:  # truncated or inconsistent pixel data
+        raise DecodeError("dicom_pixel_data_invalid", f"pixel data could not be decoded: {error}") from error
+
+
+def dicom_frames(dataset: pydicom.Dataset, pixels: np.ndarray, frames: int) -> list[np.ndarray]:
+    samples = int(dataset.get("SamplesPerPixel", 1) or 1)
+    stack = pixels if frames > 1 else pixels[np.newaxis]
+    expected_ndim = 4 if samples > 1 else 3
+    if stack.ndim != expected_ndim or samples not in (1, 3):
+        raise DecodeError("unsupported_image_layout",
+                          f"pixel array of shape {pixels.shape} with {samples} samples per pixel is not an image")
+    if samples == 3:
+        return [grey_frame(frame) for frame in stack]
+    return [grey_frame(display_values(dataset, frame)) for frame in stack]
+
+
+def display_values(dataset: pydicom.Dataset, frame: np.ndarray) -> np.ndarray:
+    """Stored values -> displayed grey levels: modality LUT, VOI LUT/window, MONOCHROME1 inverted."""
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        values = apply_modality_lut(frame, dataset).astype(np.float64)
+        if "VOILUTSequence" in dataset or "WindowCenter" in dataset:
+            try:
+                values = apply_voi_lut(values, dataset).astype(np.float64)
+            except (ValueError, TypeError, IndexError):
+                pass  # a malformed window is ignored: preprocessing normalises intensity per image anyway
+    if not np.isfinite(values).all():
+        raise DecodeError("invalid_pixel_values", "rescale slope/intercept produce non-finite pixel values")
+    if dataset.get("PhotometricInterpretation") == "MONOCHROME1":
+        values = values.max() - values
+    return values.astype(np.float32)
+
+
+def float_list(value) -> list[float] | None:
+    try:
+        return [float(item) for item in value] if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def dicom_header(dataset: pydicom.Dataset) -> dict:
+    """Identifiers and geometry for keys and slice ordering; raw identifiers never leave the worker."""
+    instance = dataset.get("InstanceNumber")
+    try:
+        instance_number = int(instance) if instance not in (None, "") else None
+    except (TypeError, ValueError):
+        instance_number = None
+    return {
+        "PatientID": str(dataset.get("PatientID", "") or ""),
+        "StudyInstanceUID": str(dataset.get("StudyInstanceUID", "") or ""),
+        "SeriesInstanceUID": str(dataset.get("SeriesInstanceUID", "") or ""),
+        "StudyDate": str(dataset.get("StudyDate", "") or ""),
+        "Modality": str(dataset.get("Modality", "") or ""),
+        "InstanceNumber": instance_number,
+        "ImagePositionPatient": float_list(dataset.get("ImagePositionPatient")),
+        "ImageOrientationPatient": float_list(dataset.get("ImageOrientationPatient")),
+    }

@@ -1,0 +1,221 @@
+"""Screening an MRI archive: the whole scoring run, stage by stage.
+
+1. Check the model (sha256), the output (writable) and the pseudonym key, before any work.
+2. List the inputs (``pipeline.listing``).
+3. Decode and preprocess on CPU tasks (``pipeline.stages.decode_and_preprocess``).
+4. Score on inference actors, GPU when the cluster has GPUs (``pipeline.stages.InferenceActor``).
+5. Write the predictions to staging (Parquet, ``pipeline.schema.PREDICTIONS_SCHEMA``).
+6. Summarise DICOM series from the staged predictions (``pipeline.series``).
+7. Publish both tables' ``run_date`` partitions and append the run's row (``pipeline.results``).
+The whole archive streams through Ray Data; nothing holds it in memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+import uuid
+from collections import Counter
+
+import pyarrow.compute as pc
+import ray
+
+from infra import storage
+from model import registry
+from pipeline import results
+from pipeline import schema as col
+from pipeline.decode import DICOM_EXTENSIONS, DecodeLimits
+from pipeline.listing import list_inputs
+from pipeline.pseudonym import PseudonymKeyError, load_key
+from pipeline.series import SERIES_INPUT_COLUMNS, series_table, summarize_series
+from pipeline.stages import InferenceActor, StageContext, decode_and_preprocess, to_predictions_table
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScreenConfig:
+    """Options of one screening run; the defaults suit a laptop or a small CPU cluster."""
+
+    inputs: tuple[str, ...]
+    output: str
+    manifests: tuple[str, ...] = ()
+    model: str = registry.DEFAULT_MODEL
+    threshold: float = 0.5
+    run_date: str | None = None
+    pseudonym_key_file: str | None = None
+    create_pseudonym_key: bool = False
+    decode_batch_size: int = 8
+    decode_cpus: float = 0.5
+    inference_batch_size: int = 64
+    inference_actors: int | None = None
+    inference_cpus: float = 1.0
+    use_gpu: bool | None = None
+    limits: DecodeLimits = DecodeLimits()
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+    run_id: str
+    run_date: str
+    output: str
+    files_listed: int
+    rows_written: int
+    rows_scored: int
+    rows_error: int
+    rows_flagged: int
+    series: int
+    series_flagged: int
+    errors_by_code: dict
+    images_per_second: float
+    duration_seconds: float
+    model_version: str
+
+
+class ScreeningError(RuntimeError):
+    """The run cannot start (model, input, output or key); nothing was written."""
+
+
+def may_hold_dicom(uris: list[str]) -> bool:
+    names = (uri.rsplit("/", 1)[-1].lower() for uri in uris)
+    return any(name.endswith(DICOM_EXTENSIONS) or "." not in name for name in names)
+
+
+def resolve_key(config: ScreenConfig, uris: list[str]) -> bytes | None:
+    key = load_key(config.pseudonym_key_file, config.create_pseudonym_key)
+    if key is None and may_hold_dicom(uris):
+        raise PseudonymKeyError(
+            "the input holds DICOM files but no pseudonym key was given: set PSEUDONYM_KEY, or pass "
+            "--pseudonym-key-file (with --create-pseudonym-key to generate one)")
+    return key
+
+
+def inference_resources(config: ScreenConfig) -> tuple[int, float, int, bool]:
+    """(actors, CPUs per actor, GPUs per actor, use_gpu) for the cluster at hand."""
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    use_gpu = gpus > 0 if config.use_gpu is None else config.use_gpu
+    if use_gpu:
+        return config.inference_actors or max(1, gpus), 1.0, 1, True
+    cpus = resources.get("CPU", 1)
+    spare = max(1.0, cpus - config.decode_cpus * 2)
+    return config.inference_actors or max(1, int(spare // (config.inference_cpus * 2))), config.inference_cpus, 0, False
+
+
+def predictions_dataset(uris: list[str], context: StageContext, config: ScreenConfig) -> ray.data.Dataset:
+    """Stages 3-4: URIs -> scored prediction tables, lazily."""
+    actors, cpus, gpus, use_gpu = inference_resources(config)
+    logger.info("inference: %d actor(s), %s CPU and %d GPU each", actors, cpus, gpus)
+    blocks = max(1, min(len(uris), len(uris) // max(1, config.decode_batch_size)))
+    scored_at = results.utc_now()
+    return (
+        ray.data.from_items([{col.SOURCE_URI: uri} for uri in uris], override_num_blocks=blocks)
+        .map_batches(decode_and_preprocess, fn_kwargs={"context": context}, batch_size=config.decode_batch_size,
+                     num_cpus=config.decode_cpus)
+        .map_batches(InferenceActor, fn_constructor_kwargs={
+            "model_uri": config.model, "threshold": config.threshold, "cpu_threads": max(1, int(cpus)),
+            "use_gpu": use_gpu, "batch_size": config.inference_batch_size},
+            batch_size=config.inference_batch_size, num_cpus=cpus, num_gpus=gpus,
+            compute=ray.data.ActorPoolStrategy(size=actors))
+        .map_batches(to_predictions_table, fn_kwargs={"scored_at": scored_at}, batch_format="numpy",
+                     num_cpus=0.25))
+
+
+def write_predictions(dataset: ray.data.Dataset, uri: str) -> None:
+    filesystem, path = storage.resolve(uri)
+    dataset.drop_columns([col.RUN_DATE]).write_parquet(path, filesystem=filesystem)
+
+
+def write_series(predictions_uri: str, series_uri: str, run_date: str, threshold: float) -> int:
+    """Stage 6: summarise every series of the staged predictions; returns the number of series."""
+    if not storage.is_dir(predictions_uri):
+        return 0
+    filesystem, path = storage.resolve(predictions_uri)
+    frames = ray.data.read_parquet(path, filesystem=filesystem, columns=SERIES_INPUT_COLUMNS, partitioning=None)
+    dicom = frames.filter(lambda row: row[col.SERIES_KEY] is not None).materialize()
+    if dicom.count() == 0:
+        return 0
+    summaries = dicom.groupby(col.SERIES_KEY).map_groups(
+        summarize_series, fn_kwargs={"threshold": threshold, "run_date": run_date}, batch_format="pandas")
+    table = series_table(summaries.to_pandas())
+    results.write_table(table.drop_columns([col.RUN_DATE]), storage.join(series_uri, "series.parquet"))
+    return table.num_rows
+
+
+def count_outcomes(predictions_uri: str) -> tuple[int, int, int, Counter]:
+    """(rows, scored, flagged, errors by code) of the staged predictions."""
+    if not storage.is_dir(predictions_uri):
+        return 0, 0, 0, Counter()
+    filesystem, path = storage.resolve(predictions_uri)
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, filesystem=filesystem, columns=[col.STATUS, col.ERROR_CODE, col.FLAGGED],
+                          partitioning=None)
+    errors = Counter(code for code in table[col.ERROR_CODE].to_pylist() if code)
+    scored = pc.sum(pc.equal(table[col.STATUS], col.STATUS_OK)).as_py() or 0
+    flagged = pc.sum(pc.fill_null(table[col.FLAGGED], False)).as_py() or 0
+    return table.num_rows, int(scored), int(flagged), errors
+
+
+def prepare(config: ScreenConfig) -> tuple[registry.ModelInfo, list[str], bytes | None]:
+    """Stage 1-2: everything that can stop the run, checked before anything is written."""
+    try:
+        info = registry.load_model_info(config.model)
+        uris = list_inputs(list(config.inputs), list(config.manifests))
+        key = resolve_key(config, uris)
+        results.check_writable(config.output)
+    except (registry.ModelError, storage.StorageError, PseudonymKeyError) as error:
+        raise ScreeningError(str(error)) from error
+    return info, uris, key
+
+
+def run_screening(config: ScreenConfig) -> RunSummary:
+    """Score every image under ``config.inputs`` and publish the results tables; see the module docstring."""
+    started = results.utc_now()
+    info, uris, key = prepare(config)
+    run_date = config.run_date or started.date().isoformat()
+    run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    logger.info("run %s (%s): %d files from %s, model %s", run_id, run_date, len(uris),
+                ", ".join(config.inputs + config.manifests), info.version)
+    context = StageContext(run_id, run_date, info.preprocessing, config.limits, key, config.threshold,
+                           info.version, info.weights_sha256)
+    results.clear_stale_staging(config.output, run_date)
+    staged = results.staging_uri(config.output, results.PREDICTIONS, run_date, run_id)
+    if uris:
+        write_predictions(predictions_dataset(uris, context, config), staged)
+    series = write_series(staged, results.staging_uri(config.output, results.SERIES, run_date, run_id),
+                          run_date, config.threshold)
+    rows, scored, flagged, errors = count_outcomes(staged)
+    for table in (results.PREDICTIONS, results.SERIES):
+        results.publish(config.output, table, run_date, run_id)
+    return finish_run(config, info, run_id, run_date, started, len(uris), (rows, scored, flagged, errors), series)
+
+
+def finish_run(config, info, run_id, run_date, started, files, counts, series) -> RunSummary:
+    rows, scored, flagged, errors = counts
+    finished = results.utc_now()
+    duration = (finished - started).total_seconds()
+    series_flagged = count_flagged_series(config.output, run_date) if series else 0
+    summary = RunSummary(run_id, run_date, config.output, files, rows, scored, rows - scored, flagged, series,
+                         series_flagged, dict(sorted(errors.items())), rows / duration if duration else 0.0,
+                         duration, info.version)
+    options = {key: value for key, value in dataclasses.asdict(config).items() if key != "pseudonym_key_file"}
+    results.append_run(config.output, {
+        col.RUN_ID: run_id, col.RUN_DATE: run_date, "started_at": started, "finished_at": finished,
+        "duration_seconds": duration, "input": ", ".join(config.inputs + config.manifests), "output": config.output,
+        "files_listed": files, "rows_written": rows, "rows_scored": scored, "rows_error": rows - scored,
+        "rows_flagged": flagged, "series": series, "series_flagged": series_flagged,
+        "errors_by_code": json.dumps(summary.errors_by_code), "images_per_second": summary.images_per_second,
+        col.MODEL_VERSION: info.version, col.MODEL_SHA256: info.weights_sha256,
+        "options": json.dumps(options, default=str)}, col.RUNS_SCHEMA)
+    return summary
+
+
+def count_flagged_series(output: str, run_date: str) -> int:
+    import pyarrow.parquet as pq
+
+    filesystem, path = storage.resolve(results.partition_uri(output, results.SERIES, run_date))
+    table = pq.read_table(path, filesystem=filesystem, columns=[col.FLAGGED])
+    return int(pc.sum(pc.fill_null(table[col.FLAGGED], False)).as_py() or 0)

@@ -1,0 +1,172 @@
+"""The per-batch work of the scoring pipeline, as Ray Data ``map_batches`` functions and callable classes.
+
+``decode_and_preprocess`` (stateless, CPU): source URIs in, one row per frame out, each with its preprocessed
+model input or an error row naming the problem. ``InferenceActor`` (holds the model): fills the probability
+columns of the ``ok`` rows. ``to_predictions_table``: casts to the declared Parquet schema and drops the image.
+No stage raises for bad input: every file ends as rows with ``status`` ``ok`` or ``error``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+
+import numpy as np
+import pyarrow as pa
+
+from infra import storage
+from model.labels import CLASS_NAMES, NO_TUMOR_INDEX
+from model.preprocessing import PreprocessConfig, preprocess_image
+from pipeline import schema as col
+from pipeline.decode import DecodedFile, DecodeError, DecodeLimits, decode_file, sniff_format
+from pipeline.geometry import slice_position
+from pipeline.pseudonym import pseudonymize
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class StageContext:
+    """What every row of one run shares; built once by the orchestrator and passed to each stage."""
+
+    run_id: str
+    run_date: str
+    preprocessing: PreprocessConfig
+    limits: DecodeLimits
+    pseudonym_key: bytes | None
+    threshold: float
+    model_version: str
+    model_sha256: str
+
+
+def base_row(uri: str, sha256: str | None, context: StageContext) -> dict:
+    return {col.RUN_ID: context.run_id, col.RUN_DATE: context.run_date, col.SOURCE_URI: uri,
+            col.SOURCE_SHA256: sha256, col.FRAME_INDEX: 0, col.FILE_FORMAT: None, col.STATUS: col.STATUS_OK,
+            col.ERROR_CODE: None, col.ERROR_MESSAGE: None, col.MODEL_VERSION: context.model_version,
+            col.MODEL_SHA256: context.model_sha256}
+
+
+def error_row(uri: str, sha256: str | None, code: str, message: str, context: StageContext,
+              file_format: str | None = None) -> dict:
+    return {**base_row(uri, sha256, context), col.FILE_FORMAT: file_format, col.STATUS: col.STATUS_ERROR,
+            col.ERROR_CODE: code, col.ERROR_MESSAGE: message}
+
+
+def dicom_columns(header: dict, key: bytes) -> dict:
+    return {col.PATIENT_KEY: pseudonymize(header["PatientID"], key, "patient"),
+            col.STUDY_KEY: pseudonymize(header["StudyInstanceUID"], key, "study"),
+            col.SERIES_KEY: pseudonymize(header["SeriesInstanceUID"], key, "series"),
+            col.STUDY_DATE: header["StudyDate"] or None, col.MODALITY: header["Modality"] or None,
+            col.INSTANCE_NUMBER: header["InstanceNumber"],
+            col.SLICE_POSITION: slice_position(header["ImagePositionPatient"], header["ImageOrientationPatient"])}
+
+
+def frame_rows(uri: str, sha256: str, decoded: DecodedFile, context: StageContext) -> list[dict]:
+    """One row per frame, each with its preprocessed image (or an error row for a frame that fails)."""
+    shared = {**base_row(uri, sha256, context), col.FILE_FORMAT: decoded.file_format}
+    if decoded.file_format == "dicom":
+        shared.update(dicom_columns(decoded.header, context.pseudonym_key))
+    rows = []
+    for index, frame in enumerate(decoded.frames):
+        row = {**shared, col.FRAME_INDEX: index}
+        try:
+            row[col.IMAGE] = preprocess_image(frame, context.preprocessing)
+        except (ValueError, ArithmeticError) as error:
+            row.update({col.STATUS: col.STATUS_ERROR, col.ERROR_CODE: "invalid_pixel_values",
+                        col.ERROR_MESSAGE: f"frame {index} could not be preprocessed: {error}"})
+        rows.append(row)
+    return rows
+
+
+def file_rows(uri: str, context: StageContext) -> list[dict]:
+    """Read, decode and preprocess one file; never raises for a bad file."""
+    try:
+        data = storage.read_bytes(uri, max_bytes=context.limits.max_file_bytes)
+    except storage.StorageError as error:
+        code = "file_too_large" if "over the limit" in str(error) else "unreadable_file"
+        return [error_row(uri, None, code, str(error).replace(uri, "the file"), context)]
+    sha256 = hashlib.sha256(data).hexdigest()
+    if context.pseudonym_key is None and data and sniff_format(data, uri) == "dicom":
+        return [error_row(uri, sha256, "pseudonym_key_missing", "DICOM file met but no pseudonym key was given",
+                          context, "dicom")]
+    try:
+        return frame_rows(uri, sha256, decode_file(data, uri, context.limits), context)
+    except DecodeError as error:
+        return [error_row(uri, sha256, error.code, str(error), context, sniff_format(data, uri) if data else None)]
+    except MemoryError:
+        return [error_row(uri, sha256, "image_too_large", "decoding ran out of memory", context)]
+
+
+def rows_to_batch(rows: list[dict], image_size: int) -> dict[str, np.ndarray]:
+    images = np.zeros((len(rows), image_size, image_size), dtype=np.uint8)
+    for index, row in enumerate(rows):
+        image = row.pop(col.IMAGE, None)
+        if image is not None:
+            images[index] = image
+    names = [field.name for field in col.PREDICTIONS_SCHEMA]
+    batch = {name: np.array([row.get(name) for row in rows], dtype=object) for name in names}
+    batch[col.IMAGE] = images
+    return batch
+
+
+def decode_and_preprocess(batch: dict[str, np.ndarray], context: StageContext) -> dict[str, np.ndarray]:
+    """Ray Data function: a batch of ``source_uri`` -> a batch of frame rows with model inputs."""
+    rows = [row for uri in batch[col.SOURCE_URI] for row in file_rows(str(uri), context)]
+    return rows_to_batch(rows, context.preprocessing.image_size)
+
+
+class InferenceActor:
+    """Loads the verified model once per actor, then scores the ``ok`` rows of each batch."""
+
+    def __init__(self, model_uri: str, threshold: float, cpu_threads: int | None, use_gpu: bool,
+                 batch_size: int = 64):
+        from model import registry
+        from model.predict import ProbabilityPredictor, configure_tensorflow
+
+        configure_tensorflow(cpu_threads, use_gpu)
+        info = registry.load_model_info(model_uri)
+        self.predictor = ProbabilityPredictor(registry.load_classifier(info), batch_size)
+        self.threshold = threshold
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ok = batch[col.STATUS] == col.STATUS_OK
+        size = len(ok)
+        probabilities = np.full((size, len(CLASS_NAMES)), np.nan, dtype=np.float32)
+        try:
+            probabilities[ok] = self.predictor(batch[col.IMAGE][ok])
+        except Exception as error:  # a model failure marks the rows, it does not lose them
+            logger.exception("inference failed for a batch of %d images", int(ok.sum()))
+            batch[col.STATUS] = np.where(ok, col.STATUS_ERROR, batch[col.STATUS]).astype(object)
+            batch[col.ERROR_CODE] = np.where(ok, "inference_failed", batch[col.ERROR_CODE]).astype(object)
+            batch[col.ERROR_MESSAGE] = np.where(ok, f"inference failed: {type(error).__name__}",
+                                                batch[col.ERROR_MESSAGE]).astype(object)
+            ok = np.zeros(size, dtype=bool)
+        return self.fill_scores(batch, probabilities, ok)
+
+    def fill_scores(self, batch: dict, probabilities: np.ndarray, ok: np.ndarray) -> dict:
+        for index, name in enumerate(col.PROBABILITY_COLUMNS):
+            batch[name] = np.where(ok, probabilities[:, index], np.nan).astype(np.float32)
+        tumor = np.where(ok, 1.0 - probabilities[:, NO_TUMOR_INDEX], np.nan).astype(np.float32)
+        batch[col.TUMOR_PROBABILITY] = tumor
+        predicted = np.array(CLASS_NAMES, dtype=object)[np.nan_to_num(probabilities).argmax(axis=1)]
+        batch[col.PREDICTED_CLASS] = np.where(ok, predicted, None).astype(object)
+        batch[col.FLAGGED] = np.where(ok, tumor >= self.threshold, None).astype(object)
+        return batch
+
+
+def missing_to_none(value):
+    """Ray hands an all-null column back as NaN floats; the schema wants nulls."""
+    return None if value is None or (isinstance(value, float) and np.isnan(value)) else value
+
+
+def to_predictions_table(batch: dict[str, np.ndarray], scored_at) -> pa.Table:
+    """Ray Data function: a scored batch -> a pyarrow table in exactly ``PREDICTIONS_SCHEMA`` (no image)."""
+    columns = {}
+    for field in col.PREDICTIONS_SCHEMA:
+        if field.name == col.SCORED_AT:
+            columns[field.name] = pa.array([scored_at] * len(batch[col.SOURCE_URI]), type=field.type)
+            continue
+        values = [missing_to_none(value) for value in batch[field.name].tolist()]
+        columns[field.name] = pa.array(values, type=field.type)
+    return pa.table(columns, schema=col.PREDICTIONS_SCHEMA)

@@ -1,0 +1,39 @@
+"""Near-duplicate grouping keeps altered copies of one slice together and every group on one side of a split."""
+
+import cv2
+import numpy as np
+
+from model.dedup import group_near_duplicates, grouped_folds, grouped_split, thumbnail
+from tests.conftest import SAMPLES
+
+
+def sample_images():
+    paths = sorted((SAMPLES / "labelled").glob("*/*.jpg"))[:12]
+    return [cv2.imread(str(path), cv2.IMREAD_GRAYSCALE).astype(np.float32) for path in paths]
+
+
+def test_contrast_changed_and_resized_copies_share_a_group_and_distinct_slices_do_not():
+    images = sample_images()
+    copies = [np.clip(images[0] * 1.3 + 10, 0, 255), cv2.resize(images[1], (300, 300))]
+    groups = group_near_duplicates(np.stack([thumbnail(image) for image in images + copies]))
+    assert groups[len(images)] == groups[0] and groups[len(images) + 1] == groups[1]
+    assert len(set(groups[: len(images)].tolist())) == len(images)
+
+
+def test_grouped_split_never_separates_a_group():
+    rng = np.random.default_rng(0)
+    groups = rng.integers(0, 40, size=300)
+    labels = np.array(["a", "b", "c"])[rng.integers(0, 3, size=300)]
+    validation = grouped_split(groups, labels, 0.2)
+    for group in np.unique(groups):
+        assert len(set(validation[groups == group].tolist())) == 1
+    assert 0.1 < validation.mean() < 0.3
+
+
+def test_grouped_folds_cover_every_image_and_balance_labels():
+    groups = np.arange(400) // 2
+    labels = np.array(["x", "y"])[np.arange(400) % 2]
+    folds = grouped_folds(groups, labels, 4)
+    assert sorted(set(folds.tolist())) == [0, 1, 2, 3]
+    for fold in range(4):
+        assert 80 <= (folds == fold).sum() <= 120

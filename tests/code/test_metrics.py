@@ -1,0 +1,49 @@
+"""Metrics and the masked loss, checked against values computed by hand."""
+
+import numpy as np
+
+from model.labels import CLASS_NAMES, NO_TUMOR_INDEX, target_mask
+from model.metrics import classification_metrics, roc_auc
+from model.predict import masked_crossentropy_numpy
+
+
+def test_target_mask_of_a_tumor_of_unknown_type_covers_the_three_tumor_classes():
+    mask = target_mask("tumor")
+    assert mask[NO_TUMOR_INDEX] == 0 and mask.sum() == 3
+    assert target_mask("pituitary").tolist() == [0, 0, 0, 1]
+
+
+def test_unknown_label_is_refused_with_the_label_named():
+    try:
+        target_mask("astrocytoma")
+    except ValueError as error:
+        assert "astrocytoma" in str(error)
+    else:
+        raise AssertionError("unknown label accepted")
+
+
+def test_masked_loss_is_cross_entropy_for_one_hot_and_any_tumor_for_unknown_type():
+    probabilities = np.array([[0.7, 0.1, 0.1, 0.1], [0.2, 0.2, 0.5, 0.1]], dtype=np.float32)
+    assert np.isclose(masked_crossentropy_numpy(probabilities[:1], target_mask("glioma")[None]), -np.log(0.7))
+    assert np.isclose(masked_crossentropy_numpy(probabilities[1:], target_mask("tumor")[None]), -np.log(0.5))
+
+
+def test_roc_auc_matches_pairwise_count():
+    rng = np.random.default_rng(1)
+    scores, positives = rng.random(60).round(1), rng.random(60) > 0.5
+    pairs = [(1.0 if p > n else 0.5 if p == n else 0.0) for p in scores[positives] for n in scores[~positives]]
+    assert np.isclose(roc_auc(scores, positives), np.mean(pairs))
+
+
+def test_classification_metrics_on_a_known_confusion():
+    targets = np.stack([target_mask(name) for name in ["glioma", "glioma", "meningioma", "notumor", "pituitary",
+                                                       "tumor"]])
+    predicted = ["glioma", "meningioma", "meningioma", "notumor", "pituitary", "notumor"]
+    probabilities = np.stack([np.eye(4)[CLASS_NAMES.index(name)] * 0.9 + 0.025 for name in predicted])
+    metrics = classification_metrics(probabilities, targets)
+    assert metrics["known_class_images"] == 5 and np.isclose(metrics["accuracy"], 4 / 5)
+    assert np.isclose(metrics["per_class"]["glioma"]["recall"], 0.5)
+    assert np.isclose(metrics["per_class"]["meningioma"]["precision"], 0.5)
+    tumor = metrics["tumor_vs_no_tumor"]
+    assert tumor["tumor_images"] == 5 and np.isclose(tumor["sensitivity"], 4 / 5) and tumor["specificity"] == 1.0
+    assert metrics["confusion_matrix"]["counts"][0] == [1, 1, 0, 0]
