@@ -25,7 +25,7 @@ class ArchitectureConfig:
     lstm_units: int = 128
     row_channels: int = 128
     dropout: float = 0.3
-    batchnorm_momentum: float = 0.99
+    batchnorm_momentum: float = 0.9
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

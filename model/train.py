@@ -40,7 +40,6 @@ class TrainConfig:
     learning_rate: float = 1e-3
     patience: int = 5
     augment: bool = True
-    shuffle_buffer: int = 2048
     seed: int = 0
     num_workers: int = 1
     use_gpu: bool = False
@@ -68,29 +67,35 @@ def augment_tensor_batch(images: np.ndarray) -> np.ndarray:
     return np.stack([augment_image(image, rng) for image in images]) if len(images) else images
 
 
-def training_feed(shard, config: dict):
-    """The worker's tf.data feed of one epoch: shuffled, batched, augmented (uint8 images, target masks)."""
-    import tensorflow as tf
-
-    dataset = shard.to_tf(feature_columns=IMAGE, label_columns=TARGET, batch_size=config["worker_batch_size"],
-                          local_shuffle_buffer_size=config["shuffle_buffer"] or None)
-    if not config["augment"]:
-        return dataset
-
-    def augment(images, targets):
-        augmented = tf.numpy_function(augment_tensor_batch, [images], tf.uint8)
-        augmented.set_shape(images.shape)
-        return augmented, targets
-
-    return dataset.map(augment, num_parallel_calls=1)
-
-
-def collect_validation(shard) -> tuple[np.ndarray, np.ndarray]:
+def shard_arrays(shard) -> tuple[np.ndarray, np.ndarray]:
+    """The worker's whole shard as numpy (images, target masks): read once, reused every epoch."""
     images, targets = [], []
     for batch in shard.iter_batches(batch_size=256, batch_format="numpy"):
         images.append(batch[IMAGE])
         targets.append(batch[TARGET])
     return np.concatenate(images), np.concatenate(targets)
+
+
+def training_feed(images: np.ndarray, targets: np.ndarray, config: dict):
+    """The worker's tf.data feed: shuffled each epoch, batched, augmented in parallel, prefetched.
+
+    Ray has already split the data between workers, so TensorFlow's own auto-sharding is switched off.
+    """
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices((images, targets))
+    dataset = dataset.shuffle(len(images), seed=config["seed"], reshuffle_each_iteration=True)
+    dataset = dataset.batch(config["worker_batch_size"])
+    if config["augment"]:
+        def augment(batch_images, batch_targets):
+            augmented = tf.numpy_function(augment_tensor_batch, [batch_images], tf.uint8)
+            augmented.set_shape(batch_images.shape)
+            return augmented, batch_targets
+
+        dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
 def restore(model, state: TrainingState) -> tuple[TrainingState, list | None]:
@@ -165,10 +170,10 @@ def train_loop_per_worker(config: dict) -> None:
     eval_model = build_classifier(architecture)
     predictor = ProbabilityPredictor(eval_model)
     state, best_weights = restore(model, TrainingState())
-    val_images, val_targets = collect_validation(ray.train.get_dataset_shard("val"))
-    train_shard = ray.train.get_dataset_shard("train")
+    val_images, val_targets = shard_arrays(ray.train.get_dataset_shard("val"))
+    feed = training_feed(*shard_arrays(ray.train.get_dataset_shard("train")), config)
     for epoch in range(state.next_epoch, config["epochs"]):
-        fit = model.fit(training_feed(train_shard, config), epochs=1, verbose=0)
+        fit = model.fit(feed, epochs=1, verbose=0)
         metrics = {"epoch": epoch, "train_loss": float(fit.history["loss"][-1]),
                    **validate(predictor, eval_model, model, val_images, val_targets)}
         best_weights = update_state(state, epoch, metrics, model, best_weights)

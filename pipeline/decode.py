@@ -91,6 +91,8 @@ def decode_raster_checked(data: bytes, file_format: str, limits: DecodeLimits) -
     try:
         with Image.open(io.BytesIO(data)) as header:
             width, height = header.size
+    except Image.DecompressionBombError as error:
+        raise DecodeError("image_too_large", f"{file_format.upper()} header declares too many pixels") from error
     except Exception as error:  # Pillow raises many types for a broken header
         raise DecodeError("image_decode_failed", f"{file_format.upper()} header unreadable: {error}") from error
     check_frame_size(height, width, 1, limits)

@@ -133,8 +133,9 @@ def write_series(predictions_uri: str, series_uri: str, run_date: str, threshold
     if not storage.is_dir(predictions_uri):
         return 0
     filesystem, path = storage.resolve(predictions_uri)
-    frames = ray.data.read_parquet(path, filesystem=filesystem, columns=SERIES_INPUT_COLUMNS, partitioning=None)
-    dicom = frames.filter(lambda row: row[col.SERIES_KEY] is not None).materialize()
+    frames = ray.data.read_parquet(path, filesystem=filesystem, partitioning=None).select_columns(
+        SERIES_INPUT_COLUMNS)
+    dicom = frames.filter(expr=f"{col.SERIES_KEY} IS NOT NULL").materialize()
     if dicom.count() == 0:
         return 0
     summaries = dicom.groupby(col.SERIES_KEY).map_groups(

@@ -55,4 +55,12 @@ def summarize_series(frame: pd.DataFrame, threshold: float, run_date: str) -> pd
 
 
 def series_table(frame: pd.DataFrame) -> pa.Table:
-    return pa.Table.from_pandas(frame, schema=col.SERIES_SCHEMA, preserve_index=False)
+    records = frame.to_dict(orient="records")
+    return pa.Table.from_pylist([{name: optional_value(row.get(name)) for name in col.SERIES_SCHEMA.names}
+                                 for row in records], schema=col.SERIES_SCHEMA)
+
+
+def optional_value(value):
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    return optional(value)

@@ -1,0 +1,77 @@
+"""The labelled-data reader: clear errors for bad data sets, and the shared set's own expectations."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from model.data import DatasetError, list_labelled_images, load_labelled_dataset
+from model.labels import CLASS_NAMES
+from model.preprocessing import PreprocessConfig
+from tests.conftest import BR35H, SAMPLES
+
+
+@pytest.fixture()
+def labelled_copy(tmp_path):
+    root = tmp_path / "labelled"
+    for name in CLASS_NAMES:
+        (root / name).mkdir(parents=True)
+        for path in sorted((SAMPLES / "labelled" / name).glob("*.jpg"))[:2]:
+            shutil.copy(path, root / name / path.name)
+    return root
+
+
+def test_an_empty_class_folder_is_named(labelled_copy):
+    for path in (labelled_copy / "meningioma").iterdir():
+        path.unlink()
+    with pytest.raises(DatasetError, match="meningioma.*holds no images"):
+        list_labelled_images(str(labelled_copy))
+
+
+def test_an_unknown_label_folder_is_named(labelled_copy):
+    (labelled_copy / "astrocytoma").mkdir()
+    shutil.copy(next((labelled_copy / "glioma").iterdir()), labelled_copy / "astrocytoma" / "a.jpg")
+    with pytest.raises(DatasetError, match="astrocytoma"):
+        list_labelled_images(str(labelled_copy))
+
+
+def test_a_missing_class_is_named(labelled_copy):
+    shutil.rmtree(labelled_copy / "pituitary")
+    with pytest.raises(DatasetError, match="pituitary"):
+        list_labelled_images(str(labelled_copy))
+
+
+def test_an_unreadable_image_is_named_before_training(labelled_copy, ray_local):
+    (labelled_copy / "glioma" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    images = list_labelled_images(str(labelled_copy))
+    with pytest.raises(DatasetError, match="broken.jpg"):
+        load_labelled_dataset(images, PreprocessConfig(image_size=64))
+
+
+def test_labelled_dataset_rows_carry_preprocessed_images_and_masks(labelled_copy, ray_local):
+    images = list_labelled_images(str(labelled_copy), (str(SAMPLES / "labelled" / "tumor"),))
+    rows = load_labelled_dataset(images, PreprocessConfig(image_size=64)).take_all()
+    assert len(rows) == len(images)
+    tumor_rows = [row for row in rows if row["label"] == "tumor"]
+    assert tumor_rows and all(row["target"].tolist() == [1, 1, 0, 1] for row in tumor_rows)
+    assert all(row["image"].shape == (64, 64) and row["image"].dtype == np.uint8 for row in rows)
+
+
+@pytest.mark.slow
+def test_shared_set_split_leaves_no_near_duplicate_across_train_and_validation(shared_training, ray_local):
+    from model.dedup import DEFAULT_SIMILARITY
+    from model.retrain import RetrainConfig, split_by_groups
+
+    images = list_labelled_images(str(shared_training), (str(BR35H),))
+    assert {image.label for image in images} == set(CLASS_NAMES) | {"tumor"}
+    assert len(images) == 5708 + 526
+    dataset = load_labelled_dataset(images, PreprocessConfig(image_size=64))
+    table = dataset.select_columns(["uri", "thumbnail"]).to_pandas()
+    _, validation, split = split_by_groups(dataset, RetrainConfig(data="", output=""))
+    assert split.groups_with_duplicates > 100, "the set is known to hold many near-duplicates"
+    validation_uris = {row["uri"] for row in validation.select_columns(["uri"]).take_all()}
+    in_validation = table["uri"].isin(validation_uris).to_numpy()
+    thumbnails = np.stack(table["thumbnail"].to_numpy())
+    similarity = thumbnails[in_validation] @ thumbnails[~in_validation].T
+    assert similarity.max() < DEFAULT_SIMILARITY
+    assert 0.1 < in_validation.mean() < 0.2

@@ -1,0 +1,67 @@
+"""Model directories: weights verified by sha256 before loading, registry resolution and promotion history."""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from model import registry
+from model.architecture import ArchitectureConfig, build_classifier
+from model.predict import ProbabilityPredictor
+from model.preprocessing import PreprocessConfig
+
+SMALL = ArchitectureConfig(image_size=64)
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory) -> tuple[pathlib.Path, object]:
+    folder = tmp_path_factory.mktemp("registry") / "v1"
+    model = build_classifier(SMALL)
+    registry.save_model(model, str(folder), "v1", SMALL, PreprocessConfig(image_size=64), {"note": "test"})
+    return folder, model
+
+
+def test_saved_model_loads_with_identical_predictions(saved_model):
+    folder, model = saved_model
+    info = registry.load_model_info(str(folder))
+    assert info.version == "v1" and info.architecture == SMALL and info.preprocessing.image_size == 64
+    images = np.random.default_rng(0).integers(0, 255, size=(3, 64, 64), dtype=np.uint8)
+    np.testing.assert_allclose(ProbabilityPredictor(registry.load_classifier(info))(images),
+                               ProbabilityPredictor(model)(images), atol=1e-6)
+
+
+def test_tampered_weights_are_refused(saved_model, tmp_path):
+    folder, _ = saved_model
+    copy = tmp_path / "tampered"
+    copy.mkdir()
+    for name in (registry.WEIGHTS_FILE, registry.METADATA_FILE):
+        (copy / name).write_bytes((folder / name).read_bytes())
+    weights = bytearray((copy / registry.WEIGHTS_FILE).read_bytes())
+    weights[-100] ^= 0xFF
+    (copy / registry.WEIGHTS_FILE).write_bytes(bytes(weights))
+    with pytest.raises(registry.ModelError, match="sha256"):
+        registry.load_model_info(str(copy))
+
+
+def test_a_folder_without_a_model_is_refused_with_its_path(tmp_path):
+    with pytest.raises(registry.ModelError, match=str(tmp_path)):
+        registry.load_model_info(str(tmp_path))
+
+
+def test_registry_resolves_to_the_promoted_version_only(saved_model):
+    folder, _ = saved_model
+    root = str(folder.parent)
+    registry.record_decision(root, "v1", False, "not better")
+    with pytest.raises(registry.ModelError, match="no promoted model"):
+        registry.load_model_info(root)
+    state = registry.record_decision(root, "v1", True, "better")
+    assert registry.load_model_info(root).version == "v1"
+    assert [entry["promoted"] for entry in state["history"]] == [False, True]
+    assert json.loads((folder.parent / registry.REGISTRY_FILE).read_text())["current"] == "v1"
+
+
+def test_the_shipped_model_verifies():
+    info = registry.load_model_info()
+    assert info.architecture.use_lstm and info.weights_sha256 in (pathlib.Path(registry.DEFAULT_MODEL) / info.version
+                                                                  / "MODEL_CARD.md").read_text()

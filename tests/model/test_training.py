@@ -1,0 +1,79 @@
+"""Ray Train: a real 2-worker data-parallel run on a few real images; loss falls, checkpoints restore,
+the registry records the promotion decision. Minutes, not hours: marked slow."""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from model import registry
+from model.architecture import ArchitectureConfig, build_classifier
+from model.predict import ProbabilityPredictor, masked_crossentropy_numpy
+from model.preprocessing import PreprocessConfig
+from model.retrain import RetrainConfig, retrain, validation_arrays
+from model.train import BEST_WEIGHTS, TrainConfig, train_classifier
+from tests.conftest import SAMPLES
+
+pytestmark = pytest.mark.slow
+
+SIZE = 96
+ARCHITECTURE = ArchitectureConfig(image_size=SIZE)
+
+
+def config(output: pathlib.Path, epochs: int, version: str) -> RetrainConfig:
+    training = TrainConfig(epochs=epochs, batch_size=16, learning_rate=3e-3, augment=False, num_workers=2,
+                           cpus_per_worker=0.5, storage_path=str(output / "ray"), patience=10)
+    return RetrainConfig(data=str(SAMPLES / "labelled"), output=str(output / "registry"), validation_fraction=0.25,
+                         architecture=ARCHITECTURE, preprocessing=PreprocessConfig(image_size=SIZE),
+                         training=training, version=version)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, ray_local):
+    output = tmp_path_factory.mktemp("retrain")
+    return output, retrain(config(output, epochs=3, version="candidate-1"))
+
+
+def test_two_workers_train_and_the_loss_falls(first_run):
+    _, outcome = first_run
+    losses = [epoch["train_loss"] for epoch in outcome.training_state["history"]]
+    assert len(losses) == 3
+    assert losses[-1] < losses[0]
+
+
+def test_first_candidate_is_promoted_and_its_files_verify(first_run):
+    output, outcome = first_run
+    assert outcome.promoted and "no current model" in outcome.reason
+    info = registry.load_model_info(str(output / "registry"))
+    assert info.version == "candidate-1"
+    metadata = json.loads((output / "registry" / "candidate-1" / registry.METADATA_FILE).read_text())
+    assert metadata["training"]["split"]["validation_images"] > 0
+    assert (output / "registry" / "candidate-1" / "validation" / "metrics.json").exists()
+
+
+def test_checkpoint_restores_the_reported_best_weights(first_run, ray_local):
+    from model.data import list_labelled_images, load_labelled_dataset
+    from model.retrain import split_by_groups
+
+    output, outcome = first_run
+    cfg = config(output, epochs=1, version="unused")
+    images = list_labelled_images(cfg.data, cfg.tumor_data)
+    train, validation, _ = split_by_groups(load_labelled_dataset(images, cfg.preprocessing), cfg)
+    folder, state = train_classifier(train, validation, ARCHITECTURE, cfg.training)
+    model = build_classifier(ARCHITECTURE)
+    model.load_weights(str(folder / BEST_WEIGHTS))
+    val_images, val_targets, _ = validation_arrays(validation)
+    recomputed = masked_crossentropy_numpy(ProbabilityPredictor(model)(val_images), val_targets)
+    assert np.isclose(recomputed, state["best_val_loss"], rtol=1e-4)
+
+
+def test_a_second_candidate_gets_a_recorded_decision(first_run):
+    output, _ = first_run
+    outcome = retrain(config(output, epochs=1, version="candidate-2"))
+    history = registry.read_registry(str(output / "registry"))["history"]
+    assert [entry["version"] for entry in history] == ["candidate-1", "candidate-2"]
+    assert "macro-F1" in outcome.reason and history[-1]["promoted"] == outcome.promoted
+    expected_current = "candidate-2" if outcome.promoted else "candidate-1"
+    assert registry.read_registry(str(output / "registry"))["current"] == expected_current
+    assert (output / "registry" / "candidate-2" / registry.WEIGHTS_FILE).exists()

@@ -1,0 +1,158 @@
+"""The screening run end to end on a local Ray: every file yields its rows exactly once, series come out in slice
+order, bad files become specific error rows, a re-run replaces its date, and no identifier leaks."""
+
+import json
+import pathlib
+
+import pyarrow.parquet as pq
+import pydicom
+import pytest
+
+from pipeline import results
+from pipeline.screen import ScreenConfig, ScreeningError, run_screening
+from tests.conftest import TEST_KEY
+
+pytestmark = pytest.mark.slow
+
+RUN_DATE = "2026-11-01"
+
+
+@pytest.fixture(scope="module")
+def screened(mixed_archive, model_uri, ray_local, tmp_path_factory, monkeypatch_module):
+    archive, _ = mixed_archive
+    output = tmp_path_factory.mktemp("results")
+    monkeypatch_module.setenv("PSEUDONYM_KEY", TEST_KEY)
+    config = ScreenConfig(inputs=(str(archive),), output=str(output), model=model_uri, run_date=RUN_DATE)
+    summary = run_screening(config)
+    return archive, output, config, summary
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def predictions(output: pathlib.Path):
+    return results.read_table(str(output), results.PREDICTIONS).to_pylist()
+
+
+def test_every_file_yields_its_rows_exactly_once(screened, mixed_archive):
+    archive, output, _, summary = screened
+    files = {str(p) for p in archive.rglob("*") if p.is_file() and not p.is_symlink() and p.name != "DICOMDIR"}
+    rows = predictions(output)
+    assert {row["source_uri"] for row in rows} == files
+    keys = [(row["source_uri"], row["frame_index"]) for row in rows]
+    assert len(keys) == len(set(keys))
+    multiframe = [row for row in rows if row["source_uri"].endswith("frames.dcm")]
+    assert sorted(row["frame_index"] for row in multiframe) == [0, 1, 2, 3]
+    assert summary.rows_written == len(rows) == len(files) + 3
+
+
+def test_bad_files_give_one_error_row_with_a_specific_code(screened, mixed_archive):
+    archive, output, _, summary = screened
+    _, expected = mixed_archive
+    rows = {row["source_uri"]: row for row in predictions(output)}
+    for name, code in expected.items():
+        row = rows[str(archive / name)]
+        assert (row["status"], row["error_code"]) == ("error", code), name
+        assert row["error_message"] and row["predicted_class"] is None
+    good = [row for uri, row in rows.items() if "/bad/" not in uri]
+    assert all(row["status"] == "ok" and row["predicted_class"] for row in good)
+    assert summary.errors_by_code == {code: list(expected.values()).count(code) for code in set(expected.values())}
+
+
+def test_probabilities_are_consistent(screened):
+    _, output, config, _ = screened
+    for row in predictions(output):
+        if row["status"] == "ok":
+            total = sum(row[f"prob_{name}"] for name in ("glioma", "meningioma", "notumor", "pituitary"))
+            assert abs(total - 1) < 1e-4
+            assert abs(row["tumor_probability"] - (1 - row["prob_notumor"])) < 1e-6
+            assert row["flagged"] == (row["tumor_probability"] >= config.threshold)
+
+
+def dicom_instances(folder: pathlib.Path) -> dict[str, int]:
+    return {str(path): int(pydicom.dcmread(path).InstanceNumber) for path in folder.glob("*.dcm")}
+
+
+@pytest.mark.parametrize("series,descending", [("axial-glioma", False), ("sagittal-pituitary", True),
+                                               ("axial-meningioma-rle", False)])
+def test_series_slices_are_ordered_along_the_normal_whatever_the_file_names(screened, series, descending):
+    archive, output, _, _ = screened
+    instances = dicom_instances(archive / "dicom" / series)
+    expected = sorted(instances, key=instances.get, reverse=descending)
+    assert sorted(expected) != expected or descending, "file names must not already give the order"
+    table = results.read_table(str(output), results.SERIES).to_pylist()
+    row = next(r for r in table if r["ordered_source_uris"][0] in instances)
+    assert row["ordered_source_uris"] == expected and row["slice_order"] == "slice_position"
+    assert row["slices"] == len(instances) and 0 <= row["most_suspicious_slice_index"] < len(instances)
+
+
+def test_no_identifier_from_the_dicom_headers_reaches_any_output(screened):
+    archive, output, _, _ = screened
+    planted = set()
+    for path in archive.rglob("*.dcm"):
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:
+            continue
+        for keyword in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "InstitutionName",
+                        "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "ReferringPhysicianName"):
+            value = str(header.get(keyword, "") or "")
+            if len(value) >= 6:
+                planted.add(value)
+    assert len(planted) > 10
+    texts = []
+    for path in output.rglob("*"):
+        if path.is_file():
+            texts.append(path.read_bytes().decode("latin-1"))
+            if path.suffix == ".parquet":
+                texts.append(json.dumps(pq.read_table(path).to_pylist(), default=str))
+    leaked = [value for value in planted if any(value in text for text in texts)]
+    assert not leaked
+
+
+def test_run_row_counts_match_the_tables(screened):
+    _, output, _, summary = screened
+    runs = results.read_table(str(output), results.RUNS).to_pylist()
+    run = next(r for r in runs if r["run_id"] == summary.run_id)
+    assert run["rows_written"] == summary.rows_written and run["run_date"] == RUN_DATE
+    assert json.loads(run["errors_by_code"]) == summary.errors_by_code
+    assert TEST_KEY not in json.dumps(runs, default=str)
+
+
+def test_a_rerun_of_the_same_date_replaces_its_partition(screened):
+    _, output, config, first = screened
+    second = run_screening(config)
+    rows = predictions(output)
+    assert len(rows) == first.rows_written
+    assert {row["run_id"] for row in rows} == {second.run_id}
+    assert len(results.read_table(str(output), results.RUNS)) == 2
+
+
+def test_a_corrupt_model_stops_the_run_before_anything_is_written(model_uri, tmp_path, monkeypatch, ray_local):
+    from model import registry
+
+    info = registry.load_model_info(model_uri)
+    broken = tmp_path / "model"
+    broken.mkdir()
+    (broken / registry.METADATA_FILE).write_bytes(pathlib.Path(info.uri, registry.METADATA_FILE).read_bytes())
+    (broken / registry.WEIGHTS_FILE).write_bytes(b"not the weights")
+    output = tmp_path / "out"
+    monkeypatch.setenv("PSEUDONYM_KEY", TEST_KEY)
+    with pytest.raises(ScreeningError, match="sha256"):
+        run_screening(ScreenConfig(inputs=(str(tmp_path),), output=str(output), model=str(broken)))
+    assert not output.exists()
+
+
+def test_dicom_without_a_pseudonym_key_is_refused(mixed_archive, model_uri, tmp_path, monkeypatch):
+    monkeypatch.delenv("PSEUDONYM_KEY", raising=False)
+    with pytest.raises(ScreeningError, match="pseudonym key"):
+        run_screening(ScreenConfig(inputs=(str(mixed_archive[0]),), output=str(tmp_path / "o"), model=model_uri))
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_unreachable_input_stops_the_run(model_uri, tmp_path):
+    with pytest.raises(ScreeningError, match="does not exist"):
+        run_screening(ScreenConfig(inputs=(str(tmp_path / "missing"),), output=str(tmp_path / "o"), model=model_uri))
