@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m jobs.screen --input samples/archive --output out/demo
+	$(PY) -m jobs.screen --input samples/archive --output out/demo \
+		--pseudonym-key-file out/demo-pseudonym.key --create-pseudonym-key
 
 test: $(STAMP)
 	$(PY) -m pytest -q

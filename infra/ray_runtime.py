@@ -19,7 +19,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, runtime_env=runtime_env, include_dashboard=False,
+        ray.init(address="local", num_cpus=num_cpus, runtime_env=runtime_env, include_dashboard=False,
                  configure_logging=True, logging_level=logging.WARNING)
     ray.data.DataContext.get_current().enable_progress_bars = False
     logger.info("Ray resources: %s", ray.cluster_resources())

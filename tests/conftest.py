@@ -32,7 +32,7 @@ def ray_local():
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
                  runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray

@@ -1,0 +1,99 @@
+"""The screening job as users run it: a subprocess with an embedded Ray against S3 on localhost (moto server),
+and ``ray job submit`` to a head node started by the test."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import boto3
+import pyarrow.parquet as pq
+import pytest
+
+from infra import storage
+from tests.conftest import ROOT, SAMPLES, TEST_KEY, free_port
+
+pytestmark = pytest.mark.slow
+
+
+def run_job(args: list[str], env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jobs.screen", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def s3_archive(s3_endpoint):
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    client.create_bucket(Bucket="hospital-archive")
+    client.create_bucket(Bucket="screening-results")
+    for path in (SAMPLES / "archive").rglob("*"):
+        if path.is_file():
+            client.upload_file(str(path), "hospital-archive", f"mri/{path.relative_to(SAMPLES / 'archive')}")
+    client.put_object(Bucket="hospital-archive", Key="mri/bad/empty.dcm", Body=b"")
+    return client
+
+
+def test_screening_reads_and_writes_s3(s3_archive, model_uri):
+    env = {**os.environ, "PSEUDONYM_KEY": TEST_KEY}
+    done = run_job(["--input", "s3://hospital-archive/mri", "--output", "s3://screening-results/nightly",
+                    "--model", model_uri, "--run-date", "2026-11-02"], env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    filesystem, path = storage.resolve("s3://screening-results/nightly/predictions")
+    table = pq.read_table(path, filesystem=filesystem)
+    keys = {obj["Key"] for obj in s3_archive.list_objects_v2(Bucket="hospital-archive")["Contents"]}
+    assert {uri.removeprefix("s3://hospital-archive/") for uri in table["source_uri"].to_pylist()} == keys
+    assert table.num_rows == summary["rows_written"] == len(keys) + 3
+    assert summary["errors_by_code"] == {"empty_file": 1}
+    assert TEST_KEY not in done.stdout + done.stderr
+
+
+def test_an_unwritable_s3_output_stops_the_job_with_a_clear_message(s3_archive, model_uri):
+    env = {**os.environ, "PSEUDONYM_KEY": TEST_KEY}
+    done = run_job(["--input", "s3://hospital-archive/mri", "--output", "s3://no-such-bucket/results",
+                    "--model", model_uri], env)
+    assert done.returncode == 2
+    assert "no-such-bucket" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A Ray head node with its dashboard (the job server), stopped with the test module."""
+    port, dashboard = free_port(), free_port()
+    head = subprocess.Popen([str(pathlib.Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+                             f"--port={port}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
+                             "--num-cpus=2", "--include-dashboard=true"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "PATH": f"{pathlib.Path(sys.executable).parent}:{os.environ['PATH']}"})
+    address = f"http://127.0.0.1:{dashboard}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        probe = subprocess.run([str(pathlib.Path(sys.executable).parent / "ray"), "job", "list",
+                                "--address", address], capture_output=True, text=True)
+        if probe.returncode == 0:
+            break
+        time.sleep(2)
+    yield address
+    os.killpg(head.pid, signal.SIGTERM)
+    head.wait(timeout=60)
+
+
+def test_ray_job_submit_runs_the_screening_job_on_a_cluster(ray_head, model_uri, tmp_path):
+    output = tmp_path / "results"
+    runtime_env = json.dumps({"env_vars": {"PSEUDONYM_KEY": TEST_KEY}})
+    done = subprocess.run(
+        [str(pathlib.Path(sys.executable).parent / "ray"), "job", "submit", "--address", ray_head,
+         "--working-dir", str(ROOT), "--runtime-env-json", runtime_env, "--",
+         "python", "-m", "jobs.screen", "--input", str(SAMPLES / "archive"), "--output", str(output),
+         "--model", str(pathlib.Path(model_uri).resolve())],
+        cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "succeeded" in done.stdout
+    table = pq.read_table(output / "predictions")
+    files = [p for p in (SAMPLES / "archive").rglob("*") if p.is_file()]
+    assert table.num_rows == len(files) + 3
+    assert set(table["status"].to_pylist()) == {"ok"}
+    assert TEST_KEY not in done.stdout
