@@ -19,6 +19,7 @@ import ray
 from infra import storage
 from model import registry
 from model.architecture import ArchitectureConfig, build_classifier
+from model.card import write_model_card
 from model.data import IMAGE, LABEL, TARGET, THUMBNAIL, URI, list_labelled_images, load_labelled_dataset
 from model.dedup import DEFAULT_SIMILARITY, group_near_duplicates, grouped_split
 from model.evaluate import evaluate_predictions, write_evaluation
@@ -130,12 +131,17 @@ def retrain(config: RetrainConfig) -> RetrainOutcome:
                 "config": dataclasses.asdict(config.training), "state": state, "split": dataclasses.asdict(split),
                 "data": config.data, "tumor_data": list(config.tumor_data)}
     registry.save_model(model, candidate_uri, version, config.architecture, config.preprocessing,
-                        {"validation_metrics": candidate_metrics, "training": training})
+                        {"validation_metrics": candidate_metrics, "training": training,
+                         "parameters": int(model.count_params())})
+    write_model_card(candidate_uri)
     write_evaluation(candidate_metrics, storage.join(candidate_uri, "validation"), f"{version} validation")
     registry.record_decision(config.output, version, promoted, reason)
     return RetrainOutcome(version, candidate_uri, promoted, reason, candidate_metrics, current_metrics, split, state)
 
 
 def training_hardware(config: TrainConfig) -> str:
-    device = "GPU" if config.use_gpu else "CPU"
-    return f"{config.num_workers} Ray Train worker(s) on {device}, {platform.machine()}, {ray.cluster_resources()}"
+    resources = ray.cluster_resources()
+    gpus = f", {int(resources['GPU'])} GPUs" if resources.get("GPU") else ""
+    device = "one GPU" if config.use_gpu else f"{config.cpus_per_worker:g} CPUs"
+    return (f"{config.num_workers} Ray Train worker(s) with {device} each, on a Ray cluster of "
+            f"{int(resources.get('CPU', 0))} CPUs{gpus} ({platform.machine()}, no GPU used: {not config.use_gpu})")

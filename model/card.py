@@ -1,0 +1,167 @@
+"""The model card: ``MODEL_CARD.md`` written from a model's own ``model.json``, so the two cannot disagree.
+
+    python -m model.card --model models/<version> [--ablation <model dir of the no-LSTM run>]
+
+With ``--ablation`` the card compares the model with the same recipe trained without the LSTM head (validation
+metrics epoch by epoch and at the best epoch) and stores that comparison in ``model.json`` too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from infra import storage
+from model.labels import CLASS_NAMES
+from model.registry import METADATA_FILE
+
+CARD_FILE = "MODEL_CARD.md"
+
+
+def percent(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def number(value, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def per_class_table(metrics: dict) -> list[str]:
+    lines = ["| class | precision | recall | F1 | images |", "| --- | --- | --- | --- | --- |"]
+    for name in CLASS_NAMES:
+        scores = metrics["per_class"][name]
+        lines.append(f"| {name} | {number(scores['precision'])} | {number(scores['recall'])} | "
+                     f"{number(scores['f1'])} | {scores['support']} |")
+    return lines
+
+
+def summary_lines(metrics: dict) -> list[str]:
+    tumor = metrics["tumor_vs_no_tumor"]
+    unknown = metrics.get("unknown_type_tumor_sensitivity", {})
+    return [
+        f"- Accuracy (four classes): **{percent(metrics['accuracy'])}** on {metrics['known_class_images']} images; "
+        f"macro-F1 {number(metrics['macro_f1'])}; macro ROC AUC {number(metrics['roc_auc_macro'])}; "
+        f"expected calibration error {number(metrics['expected_calibration_error'])}.",
+        f"- Tumor vs no tumor at threshold {tumor['threshold']}: sensitivity **{number(tumor['sensitivity'])}** "
+        f"({tumor['tumor_images']} tumor images), specificity {number(tumor['specificity'])} "
+        f"({tumor['no_tumor_images']} no-tumor images), ROC AUC {number(tumor['roc_auc'])}.",
+        f"- Held-out Br35H tumor slices (tumor of unknown type, another source): sensitivity "
+        f"**{number(unknown.get('sensitivity'))}** on {unknown.get('images', 0)} images.",
+    ]
+
+
+def history_table(history: list[dict], other: list[dict] | None) -> list[str]:
+    if other is None:
+        lines = ["| epoch | train loss | val loss | val accuracy | val macro-F1 | val tumor sensitivity |",
+                 "| --- | --- | --- | --- | --- | --- |"]
+        for epoch in history:
+            lines.append(f"| {epoch['epoch']} | {number(epoch['train_loss'])} | {number(epoch['val_loss'])} | "
+                         f"{percent(epoch['val_accuracy'])} | {number(epoch['val_macro_f1'])} | "
+                         f"{number(epoch['val_tumor_sensitivity'])} |")
+        return lines
+    lines = ["| epoch | val loss LSTM / no LSTM | val accuracy LSTM / no LSTM | val tumor sensitivity LSTM / no LSTM |",
+             "| --- | --- | --- | --- |"]
+    for mine, theirs in zip(history, other):
+        lines.append(f"| {mine['epoch']} | {number(mine['val_loss'])} / {number(theirs['val_loss'])} | "
+                     f"{percent(mine['val_accuracy'])} / {percent(theirs['val_accuracy'])} | "
+                     f"{number(mine['val_tumor_sensitivity'])} / {number(theirs['val_tumor_sensitivity'])} |")
+    return lines
+
+
+def ablation_section(record: dict) -> list[str]:
+    ablation = record.get("ablation")
+    if not ablation:
+        return ["No ablation recorded for this model."]
+    history = record["training"]["state"]["history"]
+    lines = [ablation.get("summary", ""), "",
+             f"Same data, split, preprocessing, schedule and seed; the ablation replaces the LSTM head with global "
+             f"average pooling ({ablation['parameters']:,} parameters against {record['parameters']:,}).", ""]
+    lines += history_table(history, ablation["history"])
+    if ablation.get("validation_metrics"):
+        lines += ["", "Best epoch of the ablation:", ""] + summary_lines(ablation["validation_metrics"])
+    return lines
+
+
+def model_card(record: dict) -> str:
+    training, metrics = record["training"], record["validation_metrics"]
+    split, state = training["split"], training["state"]
+    architecture, preprocessing = record["architecture"], record["preprocessing"]
+    lines = [
+        f"# Model card: {record['version']}", "",
+        f"- Weights: `weights.h5`, sha256 `{record['weights_sha256']}` (checked before every load).",
+        f"- Architecture: MobileNetV3Small backbone trained from scratch (no pretrained weights), "
+        f"{'an LSTM (' + str(architecture['lstm_units']) + ' units) reading the feature-map rows' if architecture['use_lstm'] else 'global average pooling'}, "
+        f"softmax over {', '.join(CLASS_NAMES)}; input {architecture['image_size']}x{architecture['image_size']} "
+        f"grey; {record.get('parameters', 0):,} parameters.",
+        f"- Preprocessing (shared with scoring): {json.dumps(preprocessing)}.",
+        "", "## Intended use",
+        "Triage support for screening brain MRI slices: it ranks and flags slices and series for a radiologist's "
+        "review. It is not a diagnosis and must not clear a study on its own.",
+        "", "## Data",
+        f"- Four-class set: `{training['data']}`; tumor slices of unknown type: "
+        f"{', '.join('`' + t + '`' for t in training['tumor_data']) or 'none'}.",
+        f"- {split['images']} images; near-duplicate groups (cosine similarity >= 0.99 between mean-centred 32x32 "
+        f"thumbnails, transitive): **{split['duplicate_groups']} groups**, {split['groups_with_duplicates']} of "
+        f"them holding more than one image.",
+        f"- Split: whole groups assigned to folds, label-stratified; validation = one fold: "
+        f"{split['validation_images']} images ({json.dumps(split['validation_by_label'])}), training "
+        f"{split['train_images']}. No near-duplicate crosses the split.",
+        "", "## Training",
+        f"- {training['hardware']}; {training['seconds'] / 60:.0f} minutes wall clock including data preparation.",
+        f"- Epochs run: {state['next_epoch']} (best: epoch {state['best_epoch']}, validation loss "
+        f"{number(state['best_val_loss'])}); Adam, cosine-decayed learning rate from "
+        f"{training['config']['learning_rate']}, batch {training['config']['batch_size']}, early stopping patience "
+        f"{training['config']['patience']}; augmentation: rotation, zoom, flips, gamma/contrast/brightness, blur, "
+        f"noise, down-sampling.",
+        "- Loss: cross-entropy for the four classes; for tumor slices of unknown type, -log(1 - p(no tumor)).",
+        "", "## Validation metrics (best epoch)", "",
+    ]
+    lines += summary_lines(metrics) + [""] + per_class_table(metrics)
+    lines += ["", "Per epoch:", ""] + history_table(state["history"], None)
+    lines += ["", "## LSTM ablation", ""] + ablation_section(record)
+    lines += ["", "## Known limits", ""] + [f"- {limit}" for limit in record.get("known_limits", DEFAULT_LIMITS)]
+    return "\n".join(lines) + "\n"
+
+
+DEFAULT_LIMITS = (
+    "Trained on single 2-D slices of public data sets (JPEG, already windowed); DICOM from a scanner goes through "
+    "the same normalisation, but no DICOM series from a hospital was part of training or validation.",
+    "Every no-tumor training image comes from one source (Br35H); tumor slices from Br35H were added so the "
+    "model cannot call a source 'no tumor', but no-tumor images from other scanners are still unseen.",
+    "Validation is a duplicate-aware split of the same sources; accuracy on another hospital's data will be lower.",
+    "The series score is the most suspicious slice's; it is not a volumetric model.",
+)
+
+
+def write_model_card(model_dir: str) -> str:
+    record = json.loads(storage.read_text(storage.join(model_dir, METADATA_FILE)))
+    text = model_card(record)
+    storage.write_text(storage.join(model_dir, CARD_FILE), text)
+    return text
+
+
+def attach_ablation(model_dir: str, ablation_dir: str, summary: str) -> None:
+    """Record the no-LSTM run's history and metrics in the model's metadata, then rewrite its card."""
+    record = json.loads(storage.read_text(storage.join(model_dir, METADATA_FILE)))
+    other = json.loads(storage.read_text(storage.join(ablation_dir, METADATA_FILE)))
+    record["ablation"] = {"version": other["version"], "parameters": other.get("parameters", 0),
+                          "history": other["training"]["state"]["history"],
+                          "validation_metrics": other["validation_metrics"], "summary": summary}
+    storage.write_text(storage.join(model_dir, METADATA_FILE), json.dumps(record, indent=2, sort_keys=True))
+    write_model_card(model_dir)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--ablation", help="model folder of the same recipe trained without the LSTM")
+    parser.add_argument("--ablation-summary", default="", help="one paragraph: what the LSTM adds")
+    args = parser.parse_args()
+    if args.ablation:
+        attach_ablation(args.model, args.ablation, args.ablation_summary)
+    else:
+        write_model_card(args.model)
+
+
+if __name__ == "__main__":
+    main()
