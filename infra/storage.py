@@ -68,23 +68,23 @@ def is_dir(uri: str) -> bool:
     return file_info(uri).type == pafs.FileType.Directory
 
 
-def list_files(uri: str, recursive: bool = True) -> list[str]:
-    """Every file under a folder or prefix, sorted, as URIs of the same kind as ``uri``."""
+def list_entries(uri: str, recursive: bool) -> list[pafs.FileInfo]:
     filesystem, path = resolve(uri)
     try:
-        infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=recursive))
+        return filesystem.get_file_info(pafs.FileSelector(path, recursive=recursive))
     except (OSError, FileNotFoundError) as error:
         raise StorageError(f"cannot list {uri}: {error}") from error
+
+
+def list_files(uri: str, recursive: bool = True) -> list[str]:
+    """Every file under a folder or prefix, sorted, as URIs of the same kind as ``uri``."""
+    infos = list_entries(uri, recursive)
     return sorted(to_uri(uri, info.path) for info in infos if info.type == pafs.FileType.File)
 
 
 def list_dirs(uri: str) -> list[str]:
     """The immediate sub-folders of a folder or prefix, sorted."""
-    filesystem, path = resolve(uri)
-    try:
-        infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=False))
-    except (OSError, FileNotFoundError) as error:
-        raise StorageError(f"cannot list {uri}: {error}") from error
+    infos = list_entries(uri, recursive=False)
     return sorted(to_uri(uri, info.path) for info in infos if info.type == pafs.FileType.Directory)
 
 

@@ -1,0 +1,99 @@
+"""Throughput and memory of the screening pipeline on this machine (results go to docs/benchmarks.md).
+
+    python -m infra.benchmark --source ../shared/datasets/brain-tumor-mri/Training --images 1000 2000
+
+For each size it links that many real JPEGs into a scratch archive, runs a whole screening job on an embedded
+Ray, and reports images per second and the peak resident memory of all Ray and driver processes together (sampled
+every 0.5 s). It also times the model alone on pre-decoded inputs, the ceiling the pipeline is measured against.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import pathlib
+import tempfile
+import threading
+import time
+
+import numpy as np
+import psutil
+
+
+def link_archive(source: pathlib.Path, count: int, folder: pathlib.Path) -> None:
+    files = sorted(source.rglob("*.jpg"))
+    for index, path in enumerate(itertools.islice(itertools.cycle(files), count)):
+        os.symlink(path.resolve(), folder / f"{index:07d}.jpg")
+
+
+class MemorySampler(threading.Thread):
+    """Peak total RSS of this process and every Ray process on the machine."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.peak, self.running = 0, True
+
+    def run(self) -> None:
+        while self.running:
+            total = 0
+            for process in psutil.process_iter(["name", "cmdline", "memory_info"]):
+                command = " ".join(process.info["cmdline"] or [])
+                if process.pid == os.getpid() or "ray" in command or "raylet" in (process.info["name"] or ""):
+                    total += process.info["memory_info"].rss if process.info["memory_info"] else 0
+            self.peak = max(self.peak, total)
+            time.sleep(0.5)
+
+
+def model_only_rate(model_uri: str, images: int = 512) -> float:
+    from model import registry
+    from model.predict import ProbabilityPredictor
+
+    info = registry.load_model_info(model_uri)
+    predictor = ProbabilityPredictor(registry.load_classifier(info))
+    batch = np.random.default_rng(0).integers(0, 255, (images, info.preprocessing.image_size,
+                                                        info.preprocessing.image_size), dtype=np.uint8)
+    predictor(batch[:64])
+    started = time.perf_counter()
+    predictor(batch)
+    return images / (time.perf_counter() - started)
+
+
+def screen_once(source: pathlib.Path, count: int, model_uri: str) -> dict:
+    from pipeline.screen import ScreenConfig, run_screening
+
+    with tempfile.TemporaryDirectory() as scratch:
+        archive = pathlib.Path(scratch) / "archive"
+        archive.mkdir()
+        link_archive(source, count, archive)
+        sampler = MemorySampler()
+        sampler.start()
+        started = time.perf_counter()
+        summary = run_screening(ScreenConfig(inputs=(str(archive),), output=str(pathlib.Path(scratch) / "out"),
+                                             model=model_uri))
+        seconds = time.perf_counter() - started
+        sampler.running = False
+        sampler.join()
+    return {"images": count, "rows": summary.rows_written, "seconds": round(seconds, 1),
+            "images_per_second": round(count / seconds, 1), "peak_rss_gib": round(sampler.peak / 2**30, 2)}
+
+
+def main() -> None:
+    from infra.ray_runtime import configure_logging, ensure_ray
+    from model.registry import DEFAULT_MODEL
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", type=pathlib.Path, default=pathlib.Path("../shared/datasets/brain-tumor-mri"))
+    parser.add_argument("--images", type=int, nargs="+", default=[1000])
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    args = parser.parse_args()
+    configure_logging()
+    ensure_ray()
+    results = {"model_only_images_per_second": round(model_only_rate(args.model), 1),
+               "runs": [screen_once(args.source, count, args.model) for count in args.images]}
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
