@@ -98,42 +98,49 @@ def training_feed(images: np.ndarray, targets: np.ndarray, config: dict):
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
-def restore(model, state: TrainingState) -> tuple[TrainingState, list | None]:
-    """Load the latest reported checkpoint, if Ray Train has one, into ``model``; return its state and best weights."""
+def restore(model, eval_model, state: TrainingState) -> tuple[TrainingState, list | None]:
+    """Load the latest reported checkpoint, if Ray Train has one, into ``model``; return its state and best weights.
+
+    Every worker runs this, so the distributed ``model`` is loaded everywhere alike; the best weights are read
+    through the plain ``eval_model``."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return state, None
     with checkpoint.as_directory() as directory:
         folder = pathlib.Path(directory)
         state = TrainingState(**json.loads((folder / STATE_FILE).read_text()))
-        model.load_weights(str(folder / BEST_WEIGHTS))
-        best = model.get_weights()
+        eval_model.load_weights(str(folder / BEST_WEIGHTS))
+        best = eval_model.get_weights()
         model.load_weights(str(folder / LATEST_WEIGHTS))
     logger.info("resumed from checkpoint at epoch %d", state.next_epoch)
     return state, best
 
 
-def report_epoch(model, best_weights: list, state: TrainingState, metrics: dict) -> None:
-    """Report metrics from every worker and a checkpoint from rank 0 (latest weights, best weights, state)."""
+def report_epoch(eval_model, best_weights: list, state: TrainingState, metrics: dict) -> None:
+    """Report metrics from every worker and a checkpoint from rank 0 (latest weights, best weights, state).
+
+    The checkpoint is written from ``eval_model``, a plain copy already holding the latest weights: under
+    ``MultiWorkerMirroredStrategy`` reading the distributed model's variables is a collective operation that every
+    worker must join, so rank 0 must not read them alone.
+    """
     if ray.train.get_context().get_world_rank() != 0:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as directory:
         folder = pathlib.Path(directory)
-        model.save_weights(str(folder / LATEST_WEIGHTS))
-        current = model.get_weights()
-        model.set_weights(best_weights)
-        model.save_weights(str(folder / BEST_WEIGHTS))
-        model.set_weights(current)
+        eval_model.save_weights(str(folder / LATEST_WEIGHTS))
+        eval_model.set_weights(best_weights)
+        eval_model.save_weights(str(folder / BEST_WEIGHTS))
         (folder / STATE_FILE).write_text(json.dumps(dataclasses.asdict(state)))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
 
-def validate(predictor, eval_model, model, images: np.ndarray, targets: np.ndarray) -> dict:
+def validate(predictor, eval_model, weights: list, images: np.ndarray, targets: np.ndarray) -> dict:
+    """Validation metrics of ``weights``, computed on the plain ``eval_model`` (left holding them)."""
     from model.metrics import classification_metrics
     from model.predict import masked_crossentropy_numpy
 
-    eval_model.set_weights(model.get_weights())
+    eval_model.set_weights(weights)
     probabilities = predictor(images)
     metrics = classification_metrics(probabilities, targets)
     return {"val_loss": masked_crossentropy_numpy(probabilities, targets), "val_accuracy": metrics["accuracy"],
@@ -142,12 +149,12 @@ def validate(predictor, eval_model, model, images: np.ndarray, targets: np.ndarr
             "val_tumor_specificity": metrics["tumor_vs_no_tumor"]["specificity"]}
 
 
-def update_state(state: TrainingState, epoch: int, metrics: dict, model, best_weights: list | None) -> list:
+def update_state(state: TrainingState, epoch: int, metrics: dict, weights: list, best_weights: list | None) -> list:
     state.next_epoch = epoch + 1
     state.history.append(metrics)
     if metrics["val_loss"] < state.best_val_loss:
         state.best_val_loss, state.best_epoch, state.epochs_without_improvement = metrics["val_loss"], epoch, 0
-        return model.get_weights()
+        return weights
     state.epochs_without_improvement += 1
     return best_weights
 
@@ -169,15 +176,16 @@ def train_loop_per_worker(config: dict) -> None:
                                    config["steps_per_epoch"] * config["epochs"])
     eval_model = build_classifier(architecture)
     predictor = ProbabilityPredictor(eval_model)
-    state, best_weights = restore(model, TrainingState())
+    state, best_weights = restore(model, eval_model, TrainingState())
     val_images, val_targets = shard_arrays(ray.train.get_dataset_shard("val"))
     feed = training_feed(*shard_arrays(ray.train.get_dataset_shard("train")), config)
     for epoch in range(state.next_epoch, config["epochs"]):
         fit = model.fit(feed, epochs=1, verbose=0)
+        weights = model.get_weights()  # every worker reads: a collective under MultiWorkerMirroredStrategy
         metrics = {"epoch": epoch, "train_loss": float(fit.history["loss"][-1]),
-                   **validate(predictor, eval_model, model, val_images, val_targets)}
-        best_weights = update_state(state, epoch, metrics, model, best_weights)
-        report_epoch(model, best_weights, state, metrics)
+                   **validate(predictor, eval_model, weights, val_images, val_targets)}
+        best_weights = update_state(state, epoch, metrics, weights, best_weights)
+        report_epoch(eval_model, best_weights, state, metrics)
         if state.epochs_without_improvement >= config["patience"]:
             break
 
