@@ -21,6 +21,7 @@ from collections import Counter
 
 import pyarrow.compute as pc
 import ray
+from ray.data.expressions import col as column
 
 from infra import storage
 from model import registry
@@ -135,7 +136,7 @@ def write_series(predictions_uri: str, series_uri: str, run_date: str, threshold
     filesystem, path = storage.resolve(predictions_uri)
     frames = ray.data.read_parquet(path, filesystem=filesystem, partitioning=None).select_columns(
         SERIES_INPUT_COLUMNS)
-    dicom = frames.filter(expr=f"{col.SERIES_KEY} IS NOT NULL").materialize()
+    dicom = frames.filter(expr=column(col.SERIES_KEY).is_not_null()).materialize()
     if dicom.count() == 0:
         return 0
     summaries = dicom.groupby(col.SERIES_KEY).map_groups(
