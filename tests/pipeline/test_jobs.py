@@ -4,6 +4,7 @@ and ``ray job submit`` to a head node started by the test."""
 import json
 import os
 import pathlib
+import secrets
 import signal
 import subprocess
 import sys
@@ -60,19 +61,29 @@ def test_an_unwritable_s3_output_stops_the_job_with_a_clear_message(s3_archive, 
 
 
 @pytest.fixture(scope="module")
-def ray_head(tmp_path_factory):
+def cluster_env():
+    """Token authentication on, as on a real cluster: the head and the job client share the token."""
+    return {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
+            "PATH": f"{pathlib.Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+
+@pytest.fixture(scope="module")
+def ray_head(cluster_env):
     """A Ray head node with its dashboard (the job server), stopped with the test module."""
     port, dashboard = free_port(), free_port()
     head = subprocess.Popen([str(pathlib.Path(sys.executable).parent / "ray"), "start", "--head", "--block",
                              f"--port={port}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
-                             "--num-cpus=2", "--include-dashboard=true"],
+                             "--num-cpus=2", "--include-dashboard=true",
+                             # another Ray on this machine (the test session's) holds the default agent ports
+                             f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+                             f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, "PATH": f"{pathlib.Path(sys.executable).parent}:{os.environ['PATH']}"})
+                            env=cluster_env)
     address = f"http://127.0.0.1:{dashboard}"
     deadline = time.time() + 120
     while time.time() < deadline:
         probe = subprocess.run([str(pathlib.Path(sys.executable).parent / "ray"), "job", "list",
-                                "--address", address], capture_output=True, text=True)
+                                "--address", address], capture_output=True, text=True, env=cluster_env)
         if probe.returncode == 0:
             break
         time.sleep(2)
@@ -81,15 +92,18 @@ def ray_head(tmp_path_factory):
     head.wait(timeout=60)
 
 
-def test_ray_job_submit_runs_the_screening_job_on_a_cluster(ray_head, model_uri, tmp_path):
+def test_ray_job_submit_runs_the_screening_job_on_a_cluster(ray_head, cluster_env, model_uri, tmp_path):
     output = tmp_path / "results"
     runtime_env = json.dumps({"env_vars": {"PSEUDONYM_KEY": TEST_KEY}})
-    done = subprocess.run(
-        [str(pathlib.Path(sys.executable).parent / "ray"), "job", "submit", "--address", ray_head,
-         "--working-dir", str(ROOT), "--runtime-env-json", runtime_env, "--",
-         "python", "-m", "jobs.screen", "--input", str(SAMPLES / "archive"), "--output", str(output),
-         "--model", str(pathlib.Path(model_uri).resolve())],
-        cwd=ROOT, capture_output=True, text=True, timeout=900)
+    command = [str(pathlib.Path(sys.executable).parent / "ray"), "job", "submit", "--address", ray_head,
+               "--working-dir", str(ROOT), "--runtime-env-json", runtime_env, "--",
+               "python", "-m", "jobs.screen", "--input", str(SAMPLES / "archive"), "--output", str(output),
+               "--model", str(pathlib.Path(model_uri).resolve())]
+    for _ in range(10):  # the head's job agent comes up a little after its dashboard
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, env=cluster_env)
+        if "No available agent" not in done.stderr:
+            break
+        time.sleep(5)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "succeeded" in done.stdout
     table = pq.read_table(output / "predictions")
