@@ -14,6 +14,7 @@ import json
 from infra import storage
 from model.labels import CLASS_NAMES
 from model.registry import METADATA_FILE
+from model.train import STATE_FILE
 
 CARD_FILE = "MODEL_CARD.md"
 
@@ -141,20 +142,38 @@ def write_model_card(model_dir: str) -> str:
 
 
 def attach_ablation(model_dir: str, ablation_dir: str, summary: str) -> None:
-    """Record the no-LSTM run's history and metrics in the model's metadata, then rewrite its card."""
+    """Record the no-LSTM run in the model's metadata, then rewrite its card.
+
+    ``ablation_dir`` is the no-LSTM candidate's model folder (a finished run) or a Ray Train checkpoint folder of
+    that run (``state.json``: its history so far, when the run was stopped early to compare at equal epochs).
+    """
     record = json.loads(storage.read_text(storage.join(model_dir, METADATA_FILE)))
-    other = json.loads(storage.read_text(storage.join(ablation_dir, METADATA_FILE)))
-    record["ablation"] = {"version": other["version"], "parameters": other.get("parameters", 0),
-                          "history": other["training"]["state"]["history"],
-                          "validation_metrics": other["validation_metrics"], "summary": summary}
+    if storage.exists(storage.join(ablation_dir, METADATA_FILE)):
+        other = json.loads(storage.read_text(storage.join(ablation_dir, METADATA_FILE)))
+        ablation = {"version": other["version"], "parameters": other.get("parameters", 0),
+                    "history": other["training"]["state"]["history"],
+                    "validation_metrics": other["validation_metrics"]}
+    else:
+        state = json.loads(storage.read_text(storage.join(ablation_dir, STATE_FILE)))
+        ablation = {"version": "stopped early", "parameters": ablation_parameters(record),
+                    "history": state["history"], "validation_metrics": None}
+    record["ablation"] = {**ablation, "summary": summary}
     storage.write_text(storage.join(model_dir, METADATA_FILE), json.dumps(record, indent=2, sort_keys=True))
     write_model_card(model_dir)
+
+
+def ablation_parameters(record: dict) -> int:
+    from model.architecture import ArchitectureConfig, build_classifier
+
+    architecture = {**record["architecture"], "use_lstm": False}
+    return int(build_classifier(ArchitectureConfig.from_dict(architecture)).count_params())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
-    parser.add_argument("--ablation", help="model folder of the same recipe trained without the LSTM")
+    parser.add_argument("--ablation", help="model folder, or Ray Train checkpoint folder, of the same recipe "
+                                           "trained without the LSTM")
     parser.add_argument("--ablation-summary", default="", help="one paragraph: what the LSTM adds")
     args = parser.parse_args()
     if args.ablation:
