@@ -22,10 +22,13 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address="local", num_cpus=num_cpus, runtime_env=runtime_env, include_dashboard=False,
                  configure_logging=True, logging_level=logging.WARNING)
     ray.data.DataContext.get_current().enable_progress_bars = False
+    if logging.getLogger().level > logging.DEBUG:  # Ray Data's execution plans drown the job's own summary
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
     logger.info("Ray resources: %s", ray.cluster_resources())
 
 
 def configure_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

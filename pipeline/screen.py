@@ -139,7 +139,8 @@ def write_series(predictions_uri: str, series_uri: str, run_date: str, threshold
     dicom = frames.filter(expr=column(col.SERIES_KEY).is_not_null()).materialize()
     if dicom.count() == 0:
         return 0
-    summaries = dicom.groupby(col.SERIES_KEY).map_groups(
+    partitions = max(1, min(64, dicom.count() // 2000))
+    summaries = dicom.groupby(col.SERIES_KEY, num_partitions=partitions).map_groups(
         summarize_series, fn_kwargs={"threshold": threshold, "run_date": run_date}, batch_format="pandas")
     table = series_table(summaries.to_pandas())
     results.write_table(table.drop_columns([col.RUN_DATE]), storage.join(series_uri, "series.parquet"))
