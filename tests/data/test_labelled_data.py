@@ -75,3 +75,20 @@ def test_shared_set_split_leaves_no_near_duplicate_across_train_and_validation(s
     similarity = thumbnails[in_validation] @ thumbnails[~in_validation].T
     assert similarity.max() < DEFAULT_SIMILARITY
     assert 0.1 < in_validation.mean() < 0.2
+
+
+def test_labelled_folders_are_listed_and_read_from_s3(s3_endpoint):
+    import boto3
+
+    from infra import storage
+    from model.data import decode_raster
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    client.create_bucket(Bucket="training-data")
+    local = sorted((SAMPLES / "labelled").rglob("*.jpg"))
+    for path in local:
+        client.upload_file(str(path), "training-data", f"set/{path.relative_to(SAMPLES / 'labelled')}")
+    images = list_labelled_images("s3://training-data/set")
+    tumor_images = [image for image in images if image.label == "tumor"]
+    assert len(images) == len(local) and len(tumor_images) == len(list((SAMPLES / "labelled" / "tumor").glob("*")))
+    assert decode_raster(storage.read_bytes(images[0].uri)).ndim == 3
