@@ -36,7 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
     parser.add_argument("--cpus-per-worker", type=float, default=TrainConfig.cpus_per_worker)
     parser.add_argument("--image-size", type=int, default=PreprocessConfig.image_size)
-    parser.add_argument("--no-lstm", action="store_true", help="ablation: global average pooling instead of LSTM")
+    parser.add_argument("--head", choices=("pooling", "lstm"), default=ArchitectureConfig().head,
+                        help="head over the backbone's feature map: global average pooling, or an LSTM over its rows")
     parser.add_argument("--validation-fraction", type=float, default=RetrainConfig.validation_fraction)
     parser.add_argument("--no-augment", action="store_true")
     parser.add_argument("--storage-path", help="where Ray Train keeps checkpoints (default: ~/ray_results)")
@@ -52,7 +53,7 @@ def build_config(args: argparse.Namespace) -> RetrainConfig:
                            storage_path=args.storage_path)
     return RetrainConfig(data=args.data, output=args.output, tumor_data=tuple(args.tumor_data),
                          validation_fraction=args.validation_fraction,
-                         architecture=ArchitectureConfig(image_size=args.image_size, use_lstm=not args.no_lstm),
+                         architecture=ArchitectureConfig(image_size=args.image_size, use_lstm=args.head == "lstm"),
                          preprocessing=PreprocessConfig(image_size=args.image_size), training=training,
                          version=args.version)
 

@@ -2,8 +2,8 @@
 
     python -m model.card --model models/<version> [--ablation <model dir of the no-LSTM run>]
 
-With ``--ablation`` the card compares the model with the same recipe trained without the LSTM head (validation
-metrics epoch by epoch and at the best epoch) and stores that comparison in ``model.json`` too.
+With ``--ablation`` the card compares the model with the same recipe trained with the other head (LSTM or pooling:
+validation metrics epoch by epoch and at the best epoch) and stores that comparison in ``model.json`` too.
 """
 
 from __future__ import annotations
@@ -51,7 +51,14 @@ def summary_lines(metrics: dict) -> list[str]:
     ]
 
 
-def history_table(history: list[dict], other: list[dict] | None) -> list[str]:
+HEAD_NAMES = {"lstm": "LSTM head", "pooling": "pooling head"}
+
+
+def head_name(use_lstm: bool) -> str:
+    return HEAD_NAMES["lstm" if use_lstm else "pooling"]
+
+
+def history_table(history: list[dict], other: list[dict] | None = None, names: tuple[str, str] = ("", "")) -> list[str]:
     if other is None:
         lines = ["| epoch | train loss | val loss | val accuracy | val macro-F1 | val tumor sensitivity |",
                  "| --- | --- | --- | --- | --- | --- |"]
@@ -60,11 +67,13 @@ def history_table(history: list[dict], other: list[dict] | None) -> list[str]:
                          f"{percent(epoch['val_accuracy'])} | {number(epoch['val_macro_f1'])} | "
                          f"{number(epoch['val_tumor_sensitivity'])} |")
         return lines
-    lines = ["| epoch | val loss LSTM / no LSTM | val accuracy LSTM / no LSTM | val tumor sensitivity LSTM / no LSTM |",
-             "| --- | --- | --- | --- |"]
+    pair = f"{names[0]} / {names[1]}"
+    lines = [f"| epoch | val loss {pair} | val accuracy {pair} | val macro-F1 {pair} | val tumor sensitivity {pair} |",
+             "| --- | --- | --- | --- | --- |"]
     for mine, theirs in zip(history, other):
         lines.append(f"| {mine['epoch']} | {number(mine['val_loss'])} / {number(theirs['val_loss'])} | "
                      f"{percent(mine['val_accuracy'])} / {percent(theirs['val_accuracy'])} | "
+                     f"{number(mine['val_macro_f1'])} / {number(theirs['val_macro_f1'])} | "
                      f"{number(mine['val_tumor_sensitivity'])} / {number(theirs['val_tumor_sensitivity'])} |")
     return lines
 
@@ -73,13 +82,14 @@ def ablation_section(record: dict) -> list[str]:
     ablation = record.get("ablation")
     if not ablation:
         return ["No ablation recorded for this model."]
-    history = record["training"]["state"]["history"]
+    mine, theirs = head_name(record["architecture"]["use_lstm"]), head_name(ablation["use_lstm"])
     lines = [ablation.get("summary", ""), "",
-             f"Same data, split, preprocessing, schedule and seed; the ablation replaces the LSTM head with global "
-             f"average pooling ({ablation['parameters']:,} parameters against {record['parameters']:,}).", ""]
-    lines += history_table(history, ablation["history"])
+             f"Same data, split, preprocessing, schedule and seed; only the head differs: this model has the {mine} "
+             f"({record.get('parameters', 0):,} parameters), the other run ({ablation['version']}) the {theirs} "
+             f"({ablation['parameters']:,} parameters). Validation metrics per epoch, {mine} / {theirs}:", ""]
+    lines += history_table(record["training"]["state"]["history"], ablation["history"], (mine, theirs))
     if ablation.get("validation_metrics"):
-        lines += ["", "Best epoch of the ablation:", ""] + summary_lines(ablation["validation_metrics"])
+        lines += ["", f"The {theirs} run at its best epoch:", ""] + summary_lines(ablation["validation_metrics"])
     return lines
 
 
@@ -91,7 +101,7 @@ def model_card(record: dict) -> str:
         f"# Model card: {record['version']}", "",
         f"- Weights: `weights.h5`, sha256 `{record['weights_sha256']}` (checked before every load).",
         f"- Architecture: MobileNetV3Small backbone trained from scratch (no pretrained weights), "
-        f"{'an LSTM (' + str(architecture['lstm_units']) + ' units) reading the feature-map rows' if architecture['use_lstm'] else 'global average pooling'}, "
+        f"{'an LSTM (' + str(architecture['lstm_units']) + ' units) reading the feature-map rows' if architecture['use_lstm'] else 'global average pooling of the feature map'}, "
         f"softmax over {', '.join(CLASS_NAMES)}; input {architecture['image_size']}x{architecture['image_size']} "
         f"grey; {record.get('parameters', 0):,} parameters.",
         f"- Preprocessing (shared with scoring): {json.dumps(preprocessing)}.",
@@ -119,7 +129,7 @@ def model_card(record: dict) -> str:
     ]
     lines += summary_lines(metrics) + [""] + per_class_table(metrics)
     lines += ["", "Per epoch:", ""] + history_table(state["history"], None)
-    lines += ["", "## LSTM ablation", ""] + ablation_section(record)
+    lines += ["", "## Head ablation: LSTM or pooling", ""] + ablation_section(record)
     lines += ["", "## Known limits", ""] + [f"- {limit}" for limit in record.get("known_limits", DEFAULT_LIMITS)]
     return "\n".join(lines) + "\n"
 
@@ -142,20 +152,22 @@ def write_model_card(model_dir: str) -> str:
 
 
 def attach_ablation(model_dir: str, ablation_dir: str, summary: str) -> None:
-    """Record the no-LSTM run in the model's metadata, then rewrite its card.
+    """Record the run with the other head in the model's metadata, then rewrite its card.
 
-    ``ablation_dir`` is the no-LSTM candidate's model folder (a finished run) or a Ray Train checkpoint folder of
+    ``ablation_dir`` is that candidate's model folder (a finished run) or a Ray Train checkpoint folder of
     that run (``state.json``: its history so far, when the run was stopped early to compare at equal epochs).
     """
     record = json.loads(storage.read_text(storage.join(model_dir, METADATA_FILE)))
     if storage.exists(storage.join(ablation_dir, METADATA_FILE)):
         other = json.loads(storage.read_text(storage.join(ablation_dir, METADATA_FILE)))
         ablation = {"version": other["version"], "parameters": other.get("parameters", 0),
+                    "use_lstm": other["architecture"]["use_lstm"],
                     "history": other["training"]["state"]["history"],
                     "validation_metrics": other["validation_metrics"]}
     else:
         state = json.loads(storage.read_text(storage.join(ablation_dir, STATE_FILE)))
         ablation = {"version": "stopped early", "parameters": ablation_parameters(record),
+                    "use_lstm": not record["architecture"]["use_lstm"],
                     "history": state["history"], "validation_metrics": None}
     record["ablation"] = {**ablation, "summary": summary}
     storage.write_text(storage.join(model_dir, METADATA_FILE), json.dumps(record, indent=2, sort_keys=True))
@@ -165,7 +177,7 @@ def attach_ablation(model_dir: str, ablation_dir: str, summary: str) -> None:
 def ablation_parameters(record: dict) -> int:
     from model.architecture import ArchitectureConfig, build_classifier
 
-    architecture = {**record["architecture"], "use_lstm": False}
+    architecture = {**record["architecture"], "use_lstm": not record["architecture"]["use_lstm"]}
     return int(build_classifier(ArchitectureConfig.from_dict(architecture)).count_params())
 
 
@@ -173,8 +185,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
     parser.add_argument("--ablation", help="model folder, or Ray Train checkpoint folder, of the same recipe "
-                                           "trained without the LSTM")
-    parser.add_argument("--ablation-summary", default="", help="one paragraph: what the LSTM adds")
+                                           "trained with the other head")
+    parser.add_argument("--ablation-summary", default="", help="one paragraph: what the LSTM adds, or not")
     args = parser.parse_args()
     if args.ablation:
         attach_ablation(args.model, args.ablation, args.ablation_summary)

@@ -68,7 +68,8 @@ class RetrainOutcome:
 
 def split_by_groups(dataset: ray.data.Dataset, config: RetrainConfig):
     """Train and validation datasets that never share a near-duplicate group, and a summary of the split."""
-    table = dataset.select_columns([URI, LABEL, THUMBNAIL]).to_pandas()
+    # sorted, so the split depends only on the data and the seed, never on the order Ray returned the blocks in
+    table = dataset.select_columns([URI, LABEL, THUMBNAIL]).to_pandas().sort_values(URI, ignore_index=True)
     groups = group_near_duplicates(np.stack(table[THUMBNAIL].to_numpy()), config.duplicate_similarity)
     labels = table[LABEL].to_numpy().astype(str)
     in_validation = grouped_split(groups, labels, config.validation_fraction, config.split_seed)

@@ -61,7 +61,8 @@ def test_registry_resolves_to_the_promoted_version_only(saved_model):
     assert json.loads((folder.parent / registry.REGISTRY_FILE).read_text())["current"] == "v1"
 
 
-def test_the_shipped_model_verifies():
+def test_the_shipped_model_verifies_and_its_card_names_its_weights():
     info = registry.load_model_info()
-    assert info.architecture.use_lstm and info.weights_sha256 in (pathlib.Path(registry.DEFAULT_MODEL) / info.version
-                                                                  / "MODEL_CARD.md").read_text()
+    card = (pathlib.Path(registry.DEFAULT_MODEL) / info.version / "MODEL_CARD.md").read_text()
+    assert info.weights_sha256 in card and info.version in card
+    assert info.metadata["ablation"]["history"], "the card must carry the head ablation"
