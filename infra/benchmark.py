@@ -19,7 +19,6 @@ import threading
 import time
 
 import numpy as np
-import psutil
 
 
 def link_archive(source: pathlib.Path, count: int, folder: pathlib.Path) -> None:
@@ -37,13 +36,32 @@ class MemorySampler(threading.Thread):
 
     def run(self) -> None:
         while self.running:
-            total = 0
-            for process in psutil.process_iter(["name", "cmdline", "memory_info"]):
-                command = " ".join(process.info["cmdline"] or [])
-                if process.pid == os.getpid() or "ray" in command or "raylet" in (process.info["name"] or ""):
-                    total += process.info["memory_info"].rss if process.info["memory_info"] else 0
-            self.peak = max(self.peak, total)
+            self.peak = max(self.peak, sum(rss_bytes(pid) for pid in ray_and_own_pids()))
             time.sleep(0.5)
+
+
+def ray_and_own_pids() -> list[int]:
+    """This process and every process whose command line mentions ray (raylet, workers, GCS), from /proc."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                command = pathlib.Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(entry) == os.getpid() or b"ray" in command:
+                pids.append(int(entry))
+    return pids
+
+
+def rss_bytes(pid: int) -> int:
+    try:
+        for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def model_only_rate(model_uri: str, images: int = 512) -> float:
