@@ -84,7 +84,7 @@ def ablation_section(record: dict) -> list[str]:
         return ["No ablation recorded for this model."]
     mine, theirs = head_name(record["architecture"]["use_lstm"]), head_name(ablation["use_lstm"])
     lines = [ablation.get("summary", ""), "",
-             f"Same data, split, preprocessing, schedule and seed; only the head differs: this model has the {mine} "
+             f"Same data, preprocessing, split method, schedule and seed; only the head differs: this model has the {mine} "
              f"({record.get('parameters', 0):,} parameters), the other run ({ablation['version']}) the {theirs} "
              f"({ablation['parameters']:,} parameters). Validation metrics per epoch, {mine} / {theirs}:", ""]
     lines += history_table(record["training"]["state"]["history"], ablation["history"], (mine, theirs))
