@@ -1,4 +1,4 @@
-"""Training-time augmentation of preprocessed uint8 slices (numpy/OpenCV, run inside the Ray Data training feed).
+"""Training-time augmentation of preprocessed uint8 slices (numpy/OpenCV, run inside the training feed).
 
 Geometry (rotation, zoom, flips) teaches orientation invariance; intensity jitter (gamma, contrast, brightness),
 blur, noise and resolution loss teach the model to ignore the look of one scanner or data set. Every transform is
@@ -70,8 +70,7 @@ def augment_image(image: np.ndarray, rng: np.random.Generator, config: AugmentCo
     return np.clip(values, 0, 255).astype(np.uint8)
 
 
-def augment_batch(batch: dict[str, np.ndarray], image_column: str, seed: int | None = None) -> dict[str, np.ndarray]:
-    """Ray Data ``map_batches`` function: replaces ``batch[image_column]`` with augmented copies."""
+def augment_images(images: np.ndarray, seed: int | None = None) -> np.ndarray:
+    """Augmented copies of a ``(n, S, S)`` uint8 batch (used by the training feed through ``tf.numpy_function``)."""
     rng = np.random.default_rng(seed)
-    batch[image_column] = np.stack([augment_image(image, rng) for image in batch[image_column]])
-    return batch
+    return np.stack([augment_image(image, rng) for image in images]) if len(images) else images

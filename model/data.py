@@ -17,7 +17,7 @@ import numpy as np
 import ray
 
 from infra import storage
-from model.dedup import thumbnail
+from model.dedup import THUMBNAIL_SIDE, thumbnail
 from model.labels import CLASS_NAMES, TRAINING_LABELS, TUMOR_UNKNOWN_TYPE, target_mask
 from model.preprocessing import PreprocessConfig, preprocess_image, to_grey
 
@@ -86,7 +86,7 @@ def load_labelled_batch(batch: dict[str, np.ndarray], config: PreprocessConfig) 
     side = config.image_size
     size = len(batch[URI])
     images = np.zeros((size, side, side), dtype=np.uint8)
-    thumbnails = np.zeros((size, 32 * 32), dtype=np.float32)
+    thumbnails = np.zeros((size, THUMBNAIL_SIDE * THUMBNAIL_SIDE), dtype=np.float32)
     errors = [""] * size
     for row, uri in enumerate(batch[URI]):
         try:

@@ -22,6 +22,7 @@ import ray.train
 from ray.train.tensorflow import TensorflowTrainer
 
 from model.architecture import ArchitectureConfig
+from model.augment import augment_images
 from model.data import IMAGE, TARGET
 
 LATEST_WEIGHTS = "latest.weights.h5"
@@ -60,13 +61,6 @@ class TrainingState:
     history: list = dataclasses.field(default_factory=list)
 
 
-def augment_tensor_batch(images: np.ndarray) -> np.ndarray:
-    from model.augment import augment_image
-
-    rng = np.random.default_rng()
-    return np.stack([augment_image(image, rng) for image in images]) if len(images) else images
-
-
 def shard_arrays(shard) -> tuple[np.ndarray, np.ndarray]:
     """The worker's whole shard as numpy (images, target masks): read once, reused every epoch."""
     images, targets = [], []
@@ -88,7 +82,7 @@ def training_feed(images: np.ndarray, targets: np.ndarray, config: dict):
     dataset = dataset.batch(config["worker_batch_size"])
     if config["augment"]:
         def augment(batch_images, batch_targets):
-            augmented = tf.numpy_function(augment_tensor_batch, [batch_images], tf.uint8)
+            augmented = tf.numpy_function(augment_images, [batch_images], tf.uint8)
             augmented.set_shape(batch_images.shape)
             return augmented, batch_targets
 

@@ -19,6 +19,7 @@ import uuid
 from collections import Counter
 
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import ray
 from ray.data.expressions import col as column
 
@@ -128,22 +129,23 @@ def write_predictions(dataset: ray.data.Dataset, uri: str) -> None:
     dataset.drop_columns([col.RUN_DATE]).write_parquet(path, filesystem=filesystem)
 
 
-def write_series(predictions_uri: str, series_uri: str, run_date: str, threshold: float) -> int:
-    """Stage 6: summarise every series of the staged predictions; returns the number of series."""
+def write_series(predictions_uri: str, series_uri: str, run_date: str, threshold: float) -> tuple[int, int]:
+    """Stage 6: summarise every series of the staged predictions; returns (series, flagged series)."""
     if not storage.is_dir(predictions_uri):
-        return 0
+        return 0, 0
     filesystem, path = storage.resolve(predictions_uri)
     frames = ray.data.read_parquet(path, filesystem=filesystem, partitioning=None).select_columns(
         SERIES_INPUT_COLUMNS)
     dicom = frames.filter(expr=column(col.SERIES_KEY).is_not_null()).materialize()
-    if dicom.count() == 0:
-        return 0
-    partitions = max(1, min(64, dicom.count() // 2000))
+    frame_rows = dicom.count()
+    if frame_rows == 0:
+        return 0, 0
+    partitions = max(1, min(64, frame_rows // 2000))
     summaries = dicom.groupby(col.SERIES_KEY, num_partitions=partitions).map_groups(
         summarize_series, fn_kwargs={"threshold": threshold, "run_date": run_date}, batch_format="pandas")
     table = series_table(summaries.to_pandas())
     results.write_table(table.drop_columns([col.RUN_DATE]), storage.join(series_uri, "series.parquet"))
-    return table.num_rows
+    return table.num_rows, int(pc.sum(pc.fill_null(table[col.FLAGGED], False)).as_py() or 0)
 
 
 def count_outcomes(predictions_uri: str) -> tuple[int, int, int, Counter]:
@@ -151,8 +153,6 @@ def count_outcomes(predictions_uri: str) -> tuple[int, int, int, Counter]:
     if not storage.is_dir(predictions_uri):
         return 0, 0, 0, Counter()
     filesystem, path = storage.resolve(predictions_uri)
-    import pyarrow.parquet as pq
-
     table = pq.read_table(path, filesystem=filesystem, columns=[col.STATUS, col.ERROR_CODE, col.FLAGGED],
                           partitioning=None)
     errors = Counter(code for code in table[col.ERROR_CODE].to_pylist() if code)
@@ -195,11 +195,11 @@ def run_screening(config: ScreenConfig) -> RunSummary:
     return finish_run(config, info, run_id, run_date, started, len(uris), (rows, scored, flagged, errors), series)
 
 
-def finish_run(config, info, run_id, run_date, started, files, counts, series) -> RunSummary:
+def finish_run(config, info, run_id, run_date, started, files, counts, series_counts) -> RunSummary:
     rows, scored, flagged, errors = counts
+    series, series_flagged = series_counts
     finished = results.utc_now()
     duration = (finished - started).total_seconds()
-    series_flagged = count_flagged_series(config.output, run_date) if series else 0
     summary = RunSummary(run_id, run_date, config.output, files, rows, scored, rows - scored, flagged, series,
                          series_flagged, dict(sorted(errors.items())), rows / duration if duration else 0.0,
                          duration, info.version)
@@ -213,11 +213,3 @@ def finish_run(config, info, run_id, run_date, started, files, counts, series) -
         col.MODEL_VERSION: info.version, col.MODEL_SHA256: info.weights_sha256,
         "options": json.dumps(options, default=str)}, col.RUNS_SCHEMA)
     return summary
-
-
-def count_flagged_series(output: str, run_date: str) -> int:
-    import pyarrow.parquet as pq
-
-    filesystem, path = storage.resolve(results.partition_uri(output, results.SERIES, run_date))
-    table = pq.read_table(path, filesystem=filesystem, columns=[col.FLAGGED])
-    return int(pc.sum(pc.fill_null(table[col.FLAGGED], False)).as_py() or 0)
