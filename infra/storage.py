@@ -1,17 +1,22 @@
 """Storage addressed by URI: a local path or ``s3://bucket/key``, through pyarrow filesystems.
 
 S3 credentials come only from the standard AWS chain (environment, shared config, instance role); an S3-compatible
-endpoint is taken from ``AWS_ENDPOINT_URL`` when set. Nothing here logs credentials.
+endpoint is taken from ``AWS_ENDPOINT_URL`` when set. Nothing here logs credentials. Every S3 request that fails
+transiently (500, 503, throttling, a dropped connection) is retried by the AWS SDK with exponential back-off and
+jitter, up to ``S3_MAX_ATTEMPTS`` attempts (``MRI_SCREEN_S3_MAX_ATTEMPTS``); what still fails raises StorageError.
+Local files are written to a temporary name and renamed, so a reader never sees half a file.
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
+import uuid
 
 import pyarrow.fs as pafs
 
 S3_SCHEME = "s3://"
+S3_MAX_ATTEMPTS = int(os.environ.get("MRI_SCREEN_S3_MAX_ATTEMPTS", "8"))
 
 
 class StorageError(RuntimeError):
@@ -23,7 +28,7 @@ def is_s3(uri: str) -> bool:
 
 
 def s3_filesystem() -> pafs.S3FileSystem:
-    options = {}
+    options = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS)}
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
     if endpoint:
         options["endpoint_override"] = endpoint
@@ -101,11 +106,17 @@ def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
 
 
 def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole file: one PUT on S3; a temporary file renamed into place on disk."""
     filesystem, path = resolve(uri)
+    target = path
+    if not is_s3(uri):
+        path = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
     try:
         filesystem.create_dir(posixpath.dirname(path) if is_s3(uri) else os.path.dirname(path), recursive=True)
         with filesystem.open_output_stream(path) as stream:
             stream.write(data)
+        if path != target:
+            os.replace(path, target)
     except OSError as error:
         raise StorageError(f"cannot write {uri}: {error}") from error
 
@@ -118,22 +129,37 @@ def write_text(uri: str, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))
 
 
-def move_tree(source: str, destination: str) -> None:
-    """Move a folder: one rename on local disk; copy then delete, object by object, on S3."""
+def move_files(source: str, destination: str, prefix: str = "") -> list[str]:
+    """Move every file under ``source`` into the folder ``destination``, each renamed to ``prefix`` + its path
+    below ``source`` (``/`` becoming ``_``); a rename per file on disk, copy then delete on S3. Returns the new
+    URIs. A move cut short leaves whole files, each either still in ``source`` or already in ``destination``."""
     filesystem, source_path = resolve(source)
     _, destination_path = resolve(destination)
+    moved = []
     try:
-        if not is_s3(source):
-            filesystem.create_dir(os.path.dirname(destination_path), recursive=True)
-            filesystem.move(source_path, destination_path)
-            return
         filesystem.create_dir(destination_path, recursive=True)
         for info in filesystem.get_file_info(pafs.FileSelector(source_path, recursive=True)):
-            if info.type == pafs.FileType.File:
-                filesystem.copy_file(info.path, destination_path + info.path[len(source_path):])
+            if info.type != pafs.FileType.File:
+                continue
+            name = prefix + info.path[len(source_path):].strip("/").replace("/", "_")
+            target = f"{destination_path}/{name}" if is_s3(source) else os.path.join(destination_path, name)
+            if is_s3(source):
+                filesystem.copy_file(info.path, target)
+            else:
+                filesystem.move(info.path, target)
+            moved.append(to_uri(destination, target))
         filesystem.delete_dir(source_path)
     except OSError as error:
         raise StorageError(f"cannot move {source} to {destination}: {error}") from error
+    return moved
+
+
+def delete_file(uri: str) -> None:
+    filesystem, path = resolve(uri)
+    try:
+        filesystem.delete_file(path)
+    except OSError as error:
+        raise StorageError(f"cannot delete {uri}: {error}") from error
 
 
 def delete_tree(uri: str) -> None:

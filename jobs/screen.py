@@ -3,7 +3,8 @@
     python -m jobs.screen --input <dir|s3://bucket/prefix> --output <dir|s3://bucket/prefix> [options]
 
 Embedded, this starts a local Ray; under ``ray job submit`` (or with --address / RAY_ADDRESS) it joins the cluster.
-Exit status: 0 when the run completed (bad input files become error rows), 2 when it could not start.
+Exit status: 0 when the run completed and committed (bad input files become error rows), 2 when it could not
+start (nothing written), 3 when it failed part-way (not committed: every date reads as it did before).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import sys
 
 from infra.ray_runtime import configure_logging, ensure_ray
 from model.registry import DEFAULT_MODEL
-from pipeline.screen import ScreenConfig, ScreeningError, run_screening
+from pipeline.decode import DecodeLimits
+from pipeline.screen import RunFailedError, ScreenConfig, ScreeningError, run_screening
 
 logger = logging.getLogger("jobs.screen")
 
@@ -43,6 +45,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     gpu = parser.add_mutually_exclusive_group()
     gpu.add_argument("--use-gpu", dest="use_gpu", action="store_true", default=None)
     gpu.add_argument("--no-gpu", dest="use_gpu", action="store_false")
+    limits = DecodeLimits()
+    parser.add_argument("--max-file-mb", type=float, default=limits.max_file_bytes / 2**20,
+                        help="files larger than this become file_too_large error rows, unread")
+    parser.add_argument("--max-pixels", type=int, default=limits.max_pixels_per_frame,
+                        help="frames with more pixels than this (from the header) become image_too_large rows")
+    parser.add_argument("--max-frames", type=int, default=limits.max_frames,
+                        help="DICOM objects with more frames than this become image_too_large rows")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     args = parser.parse_args(argv)
     if not args.input and not args.manifest:
@@ -56,7 +65,9 @@ def build_config(args: argparse.Namespace) -> ScreenConfig:
                         pseudonym_key_file=args.pseudonym_key_file, create_pseudonym_key=args.create_pseudonym_key,
                         decode_batch_size=args.decode_batch_size, decode_cpus=args.decode_cpus,
                         inference_batch_size=args.inference_batch_size, inference_actors=args.inference_actors,
-                        inference_cpus=args.inference_cpus, use_gpu=args.use_gpu)
+                        inference_cpus=args.inference_cpus, use_gpu=args.use_gpu,
+                        limits=DecodeLimits(max_file_bytes=int(args.max_file_mb * 2**20),
+                                            max_pixels_per_frame=args.max_pixels, max_frames=args.max_frames))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     except ScreeningError as error:
         logger.error("run not started: %s", error)
         return 2
+    except RunFailedError as error:
+        logger.error("%s", error)
+        return 3
     logger.info("run %s done: %d files, %d rows (%d scored, %d errors %s), %d flagged images, %d series "
                 "(%d flagged), %.1f images/s; results in %s", summary.run_id, summary.files_listed,
                 summary.rows_written, summary.rows_scored, summary.rows_error, summary.errors_by_code,

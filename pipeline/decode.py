@@ -128,11 +128,13 @@ def read_dicom(data: bytes) -> pydicom.Dataset:
 def decode_dicom(data: bytes, limits: DecodeLimits) -> DecodedFile:
     dataset = read_dicom(data)
     if "PixelData" not in dataset and "FloatPixelData" not in dataset and "DoubleFloatPixelData" not in dataset:
-        if not dataset.get("SOPClassUID") and not dataset.get("Rows"):
-            raise DecodeError("unsupported_format", "not a DICOM, JPEG or PNG file (no DICOM elements found)")
+        if not header_value(dataset, "SOPClassUID") and not header_value(dataset, "Rows"):
+            raise DecodeError("unsupported_format", "not a DICOM, JPEG or PNG file (no DICOM image attributes)")
         raise DecodeError("dicom_no_pixel_data", "DICOM object has no pixel data")
-    rows, columns = int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0)
-    frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    rows, columns = header_int(dataset, "Rows"), header_int(dataset, "Columns")
+    frames = header_int(dataset, "NumberOfFrames") or 1
+    if not rows or not columns:
+        raise DecodeError("dicom_pixel_data_invalid", "pixel data without valid Rows and Columns in the header")
     check_frame_size(rows, columns, frames, limits)
     pixels = dicom_pixels(dataset)
     return DecodedFile("dicom", dicom_frames(dataset, pixels, frames), dicom_header(dataset))
@@ -143,19 +145,36 @@ def dicom_pixels(dataset: pydicom.Dataset) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return dataset.pixel_array
-    except (NotImplementedError, RuntimeError) as error:
-        syntax = getattr(dataset.file_meta, "TransferSyntaxUID", None) if hasattr(dataset, "file_meta") else None
-        if "plugin" in str(error).lower() or "decoder" in str(error).lower() or isinstance(error, NotImplementedError):
-            name = getattr(syntax, "name", str(syntax))
+    except NotImplementedError as error:  # pydicom has no decoder for this transfer syntax at all
+        raise DecodeError("dicom_unsupported_transfer_syntax",
+                          f"no installed decoder for transfer syntax {transfer_syntax_name(dataset)}") from error
+    except Exception as error:  # truncated, inconsistent or undecodable pixel data
+        if no_plugin_can_decode(str(error)):
             raise DecodeError("dicom_unsupported_transfer_syntax",
-                              f"no installed decoder for transfer syntax {name}") from error
-        raise DecodeError("dicom_pixel_data_invalid", f"pixel data could not be decoded: {error}") from error
-    except Exception as error:  # truncated or inconsistent pixel data
-        raise DecodeError("dicom_pixel_data_invalid", f"pixel data could not be decoded: {error}") from error
+                              f"no installed decoder for transfer syntax {transfer_syntax_name(dataset)} with "
+                              f"{dataset.get('BitsStored', '?')}-bit samples") from error
+        raise DecodeError("dicom_pixel_data_invalid", f"pixel data could not be decoded: {first_line(error)}") from error
+
+
+def transfer_syntax_name(dataset: pydicom.Dataset) -> str:
+    syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+    return getattr(syntax, "name", str(syntax))
+
+
+def no_plugin_can_decode(message: str) -> bool:
+    """True when pydicom's decoder plugins declined the data's encoding rather than failing on the data itself."""
+    if "missing dependencies" in message:
+        return True
+    reasons = [line.strip() for line in message.splitlines()[1:] if line.strip()]
+    return bool(reasons) and all("does not support" in reason for reason in reasons)
+
+
+def first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def dicom_frames(dataset: pydicom.Dataset, pixels: np.ndarray, frames: int) -> list[np.ndarray]:
-    samples = int(dataset.get("SamplesPerPixel", 1) or 1)
+    samples = header_int(dataset, "SamplesPerPixel") or 1
     stack = pixels if frames > 1 else pixels[np.newaxis]
     expected_ndim = 4 if samples > 1 else 3
     if stack.ndim != expected_ndim or samples not in (1, 3):
@@ -178,9 +197,32 @@ def display_values(dataset: pydicom.Dataset, frame: np.ndarray) -> np.ndarray:
                 pass  # a malformed window is ignored: preprocessing normalises intensity per image anyway
     if not np.isfinite(values).all():
         raise DecodeError("invalid_pixel_values", "rescale slope/intercept produce non-finite pixel values")
-    if dataset.get("PhotometricInterpretation") == "MONOCHROME1":
+    if header_text(dataset, "PhotometricInterpretation") == "MONOCHROME1":
         values = values.max() - values
     return values.astype(np.float32)
+
+
+def header_value(dataset: pydicom.Dataset, keyword: str):
+    """An element's value, or None when it is absent or its stored text does not parse (a malformed header)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return dataset.get(keyword)
+    except Exception:  # pydicom converts values lazily and raises many types for a bad one
+        return None
+
+
+def header_int(dataset: pydicom.Dataset, keyword: str) -> int | None:
+    value = header_value(dataset, keyword)
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def header_text(dataset: pydicom.Dataset, keyword: str) -> str:
+    value = header_value(dataset, keyword)
+    return str(value) if value not in (None, "") else ""
 
 
 def float_list(value) -> list[float] | None:
@@ -192,18 +234,10 @@ def float_list(value) -> list[float] | None:
 
 def dicom_header(dataset: pydicom.Dataset) -> dict:
     """Identifiers and geometry for keys and slice ordering; raw identifiers never leave the worker."""
-    instance = dataset.get("InstanceNumber")
-    try:
-        instance_number = int(instance) if instance not in (None, "") else None
-    except (TypeError, ValueError):
-        instance_number = None
     return {
-        "PatientID": str(dataset.get("PatientID", "") or ""),
-        "StudyInstanceUID": str(dataset.get("StudyInstanceUID", "") or ""),
-        "SeriesInstanceUID": str(dataset.get("SeriesInstanceUID", "") or ""),
-        "StudyDate": str(dataset.get("StudyDate", "") or ""),
-        "Modality": str(dataset.get("Modality", "") or ""),
-        "InstanceNumber": instance_number,
-        "ImagePositionPatient": float_list(dataset.get("ImagePositionPatient")),
-        "ImageOrientationPatient": float_list(dataset.get("ImageOrientationPatient")),
+        **{keyword: header_text(dataset, keyword)
+           for keyword in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "StudyDate", "Modality")},
+        "InstanceNumber": header_int(dataset, "InstanceNumber"),
+        "ImagePositionPatient": float_list(header_value(dataset, "ImagePositionPatient")),
+        "ImageOrientationPatient": float_list(header_value(dataset, "ImageOrientationPatient")),
     }

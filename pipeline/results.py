@@ -1,18 +1,23 @@
-"""Writing the results tables so that a run counts completely or not at all.
+"""Writing the results tables so that a run counts completely or not at all, on local disk and on S3.
 
-Each run writes its ``predictions`` and ``series`` files to ``<table>/_staging/run_date=<date>/<run_id>/`` first
-(readers skip names that start with ``_``). Only when both are complete does the run replace each table's
-``run_date=<date>/`` partition with its staging folder, and then append its row to ``runs``. A re-run of a date
-therefore replaces that date's rows instead of duplicating them, and a run killed half-way leaves the published
-partition as it was; its staging folder is cleared by the next run of the same date.
+A run writes its ``predictions`` and ``series`` files to ``<table>/_staging/run_date=<date>/<run_id>/`` first
+(readers skip names that start with ``_``). When both are complete it moves them into each table's
+``run_date=<date>/`` partition, every file name prefixed with its run id, and then **commits** by writing its row
+to ``runs`` (one object: atomic on S3, a rename on disk). Only then are the files of earlier runs of that date
+removed. The ``runs`` table is the commit log: :func:`read_table` returns, for each date, the rows of the latest
+committed run only. So a run killed at any point (mid-scoring, mid-move, before cleanup) leaves every date
+reading exactly as one complete run, and a re-run of a date replaces its rows instead of duplicating them; the
+next run of the date clears what a killed run left behind.
 """
 
 from __future__ import annotations
 
 import datetime
+import io
 import uuid
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
@@ -22,6 +27,7 @@ PREDICTIONS = "predictions"
 SERIES = "series"
 RUNS = "runs"
 STAGING = "_staging"
+PARTITIONED_TABLES = (PREDICTIONS, SERIES)
 
 
 def partition_name(run_date: str) -> str:
@@ -36,51 +42,85 @@ def partition_uri(output: str, table: str, run_date: str) -> str:
     return storage.join(output, table, partition_name(run_date))
 
 
+def run_file_prefix(run_id: str) -> str:
+    return f"{run_id}-"
+
+
 def check_writable(output: str) -> None:
     """Write and delete a probe file; raises StorageError before any work when the output is not writable."""
     probe = storage.join(output, f"_write_probe_{uuid.uuid4().hex}")
     storage.write_bytes(probe, b"")
-    filesystem, path = storage.resolve(probe)
-    try:
-        filesystem.delete_file(path)
-    except OSError as error:
-        raise storage.StorageError(f"cannot delete in {output}: {error}") from error
+    storage.delete_file(probe)
 
 
 def clear_stale_staging(output: str, run_date: str) -> None:
-    for table in (PREDICTIONS, SERIES):
+    """Remove what killed runs of ``run_date`` left in staging (one run per date at a time is assumed)."""
+    for table in PARTITIONED_TABLES:
         storage.delete_tree(storage.join(output, table, STAGING, partition_name(run_date)))
 
 
 def publish(output: str, table: str, run_date: str, run_id: str) -> None:
-    """Replace the table's partition for ``run_date`` with this run's staged files."""
+    """Move the run's staged files into the table's ``run_date`` partition; invisible to readers until commit."""
     staged = staging_uri(output, table, run_date, run_id)
-    target = partition_uri(output, table, run_date)
-    storage.delete_tree(target)
     if storage.is_dir(staged):
-        storage.move_tree(staged, target)
+        storage.move_files(staged, partition_uri(output, table, run_date), run_file_prefix(run_id))
 
 
-def write_table(table: pa.Table, uri: str) -> None:
-    filesystem, path = storage.resolve(uri)
-    try:
-        filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        pq.write_table(table, path, filesystem=filesystem)
-    except OSError as error:
-        raise storage.StorageError(f"cannot write {uri}: {error}") from error
-
-
-def append_run(output: str, row: dict, schema: pa.Schema) -> str:
+def commit(output: str, row: dict, schema: pa.Schema) -> str:
+    """Append the run's row to ``runs``: from this write on, the run's rows are the ones its date reads."""
     uri = storage.join(output, RUNS, partition_name(row["run_date"]), f"{row['run_id']}.parquet")
     write_table(pa.Table.from_pylist([row], schema=schema).drop_columns(["run_date"]), uri)
     return uri
 
 
-def read_table(output: str, table: str, columns: list[str] | None = None) -> pa.Table:
-    """A whole results table (all published partitions), ``run_date`` restored from the partition names."""
+def remove_superseded(output: str, run_date: str, run_id: str) -> int:
+    """After a commit: delete the files of every other run in the date's partitions; returns how many."""
+    removed = 0
+    for table in PARTITIONED_TABLES:
+        partition = partition_uri(output, table, run_date)
+        if not storage.is_dir(partition):
+            continue
+        for uri in storage.list_files(partition, recursive=False):
+            if not uri.rsplit("/", 1)[-1].startswith(run_file_prefix(run_id)):
+                storage.delete_file(uri)
+                removed += 1
+    return removed
+
+
+def write_table(table: pa.Table, uri: str) -> None:
+    """One Parquet file, written whole (a reader never sees half of it)."""
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    storage.write_bytes(uri, buffer.getvalue())
+
+
+def read_partitioned(output: str, table: str, columns: list[str] | None = None) -> pa.Table:
     filesystem, path = storage.resolve(storage.join(output, table))
     partitioning = pads.partitioning(pa.schema([("run_date", pa.string())]), flavor="hive")
     return pq.read_table(path, filesystem=filesystem, columns=columns, partitioning=partitioning)
+
+
+def committed_runs(output: str) -> dict[str, str]:
+    """``run_date`` -> run id of the latest committed run of that date."""
+    if not storage.is_dir(storage.join(output, RUNS)):
+        return {}
+    runs = read_partitioned(output, RUNS, ["run_id", "run_date", "finished_at"]).to_pylist()
+    latest = {}
+    for run in sorted(runs, key=lambda run: (run["finished_at"], run["run_id"])):
+        latest[run["run_date"]] = run["run_id"]
+    return latest
+
+
+def read_table(output: str, table: str, columns: list[str] | None = None) -> pa.Table:
+    """A results table with ``run_date`` restored from the partition names. For ``predictions`` and ``series``,
+    only the rows of each date's latest committed run: files of runs that never committed are not read."""
+    if table == RUNS:
+        return read_partitioned(output, table, columns)
+    committed = list(committed_runs(output).values())
+    wanted = None if columns is None else list(dict.fromkeys([*columns, "run_id"]))
+    rows = read_partitioned(output, table, wanted)
+    rows = rows.filter(pc.is_in(rows["run_id"], value_set=pa.array(committed, pa.string())))
+    return rows if columns is None else rows.select(columns)
 
 
 def utc_now() -> datetime.datetime:

@@ -55,6 +55,7 @@ ERROR_CODES = {
     "dicom_pixel_data_invalid": "pixel data shorter than or inconsistent with the header",
     "pseudonym_key_missing": "a DICOM file met without a pseudonym key",
     "inference_failed": "the model could not score the image",
+    "internal_error": "an unexpected failure of the pipeline itself on this file (a bug: please report it)",
 }
 
 PREDICTIONS_SCHEMA = pa.schema(

@@ -6,8 +6,10 @@
 4. Score on inference actors, GPU when the cluster has GPUs (``pipeline.stages.InferenceActor``).
 5. Write the predictions to staging (Parquet, ``pipeline.schema.PREDICTIONS_SCHEMA``).
 6. Summarise DICOM series from the staged predictions (``pipeline.series``).
-7. Publish both tables' ``run_date`` partitions and append the run's row (``pipeline.results``).
-The whole archive streams through Ray Data; nothing holds it in memory.
+7. Move both tables' files into their ``run_date`` partitions, commit the run's row to ``runs``, then remove the
+   date's earlier files (``pipeline.results``: a run counts completely or not at all).
+The whole archive streams through Ray Data; nothing holds it in memory. Ray retries the work of a decoding task
+or an inference actor whose process dies; a fault that survives the retries fails the run before its commit.
 """
 
 from __future__ import annotations
@@ -77,6 +79,17 @@ class RunSummary:
 
 class ScreeningError(RuntimeError):
     """The run cannot start (model, input, output or key); nothing was written."""
+
+
+class RunFailedError(RuntimeError):
+    """The run started but could not finish; it did not commit, so every date reads as it did before."""
+
+
+def describe_failure(error: BaseException) -> str:
+    """One line naming a failure: the root cause of a Ray task error rather than its remote traceback."""
+    cause = getattr(error, "cause", None) or error
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[-1] if lines else ''}".strip()
 
 
 def may_hold_dicom(uris: list[str]) -> bool:
@@ -183,16 +196,32 @@ def run_screening(config: ScreenConfig) -> RunSummary:
                 ", ".join(config.inputs + config.manifests), info.version)
     context = StageContext(run_id, run_date, info.preprocessing, config.limits, key, config.threshold,
                            info.version, info.weights_sha256)
-    results.clear_stale_staging(config.output, run_date)
-    staged = results.staging_uri(config.output, results.PREDICTIONS, run_date, run_id)
-    if uris:
-        write_predictions(predictions_dataset(uris, context, config), staged)
-    series = write_series(staged, results.staging_uri(config.output, results.SERIES, run_date, run_id),
-                          run_date, config.threshold)
-    rows, scored, flagged, errors = count_outcomes(staged)
-    for table in (results.PREDICTIONS, results.SERIES):
-        results.publish(config.output, table, run_date, run_id)
-    return finish_run(config, info, run_id, run_date, started, len(uris), (rows, scored, flagged, errors), series)
+    try:
+        results.clear_stale_staging(config.output, run_date)
+        staged = results.staging_uri(config.output, results.PREDICTIONS, run_date, run_id)
+        if uris:
+            write_predictions(predictions_dataset(uris, context, config), staged)
+        series = write_series(staged, results.staging_uri(config.output, results.SERIES, run_date, run_id),
+                              run_date, config.threshold)
+        counts = count_outcomes(staged)
+        for table in results.PARTITIONED_TABLES:
+            results.publish(config.output, table, run_date, run_id)
+        summary = finish_run(config, info, run_id, run_date, started, len(uris), counts, series)
+    except Exception as error:
+        raise RunFailedError(f"run {run_id} failed and was not committed: {describe_failure(error)}; the "
+                             f"{run_date} results read as before this run") from error
+    remove_superseded(config.output, run_date, run_id)
+    return summary
+
+
+def remove_superseded(output: str, run_date: str, run_id: str) -> None:
+    """Tidy after the commit; a failure here loses nothing (readers already ignore the old files)."""
+    try:
+        removed = results.remove_superseded(output, run_date, run_id)
+        logger.info("removed %d file(s) of earlier runs of %s", removed, run_date)
+    except storage.StorageError as error:
+        logger.warning("run %s committed, but earlier files of %s were not removed (the next run will): %s",
+                       run_id, run_date, error)
 
 
 def finish_run(config, info, run_id, run_date, started, files, counts, series_counts) -> RunSummary:
@@ -204,7 +233,7 @@ def finish_run(config, info, run_id, run_date, started, files, counts, series_co
                          series_flagged, dict(sorted(errors.items())), rows / duration if duration else 0.0,
                          duration, info.version)
     options = {key: value for key, value in dataclasses.asdict(config).items() if key != "pseudonym_key_file"}
-    results.append_run(config.output, {
+    results.commit(config.output, {
         col.RUN_ID: run_id, col.RUN_DATE: run_date, "started_at": started, "finished_at": finished,
         "duration_seconds": duration, "input": ", ".join(config.inputs + config.manifests), "output": config.output,
         "files_listed": files, "rows_written": rows, "rows_scored": scored, "rows_error": rows - scored,

@@ -34,7 +34,7 @@ class StageContext:
     run_date: str
     preprocessing: PreprocessConfig
     limits: DecodeLimits
-    pseudonym_key: bytes | None
+    pseudonym_key: bytes | None = dataclasses.field(repr=False)
     threshold: float
     model_version: str
     model_sha256: str
@@ -96,6 +96,10 @@ def file_rows(uri: str, context: StageContext) -> list[dict]:
         return [error_row(uri, sha256, error.code, str(error), context, sniff_format(data, uri) if data else None)]
     except MemoryError:
         return [error_row(uri, sha256, "image_too_large", "decoding ran out of memory", context)]
+    except Exception as error:  # a bug must cost one file its score, not the run; the type only: no header values
+        logger.error("unexpected %s while decoding %s", type(error).__name__, uri)
+        return [error_row(uri, sha256, "internal_error", f"unexpected {type(error).__name__} while decoding",
+                          context)]
 
 
 def rows_to_batch(rows: list[dict], image_size: int) -> dict[str, np.ndarray]:
