@@ -50,9 +50,13 @@ class DecodedFile:
     header: dict = dataclasses.field(default_factory=dict)
 
 
+def has_dicom_marker(data: bytes) -> bool:
+    return len(data) >= 132 and data[128:132] == b"DICM"
+
+
 def sniff_format(data: bytes, uri: str) -> str:
     """'dicom', 'jpeg', 'png' or 'unknown' from the magic bytes, with the file name as a hint for raw DICOM."""
-    if len(data) >= 132 and data[128:132] == b"DICM":
+    if has_dicom_marker(data):
         return "dicom"
     if data.startswith(RASTER_MAGIC[0]):
         return "jpeg"
@@ -129,6 +133,8 @@ def decode_dicom(data: bytes, limits: DecodeLimits) -> DecodedFile:
     dataset = read_dicom(data)
     if "PixelData" not in dataset and "FloatPixelData" not in dataset and "DoubleFloatPixelData" not in dataset:
         if not header_value(dataset, "SOPClassUID") and not header_value(dataset, "Rows"):
+            if has_dicom_marker(data):
+                raise DecodeError("dicom_invalid", "a DICOM file without image attributes (truncated or malformed)")
             raise DecodeError("unsupported_format", "not a DICOM, JPEG or PNG file (no DICOM image attributes)")
         raise DecodeError("dicom_no_pixel_data", "DICOM object has no pixel data")
     rows, columns = header_int(dataset, "Rows"), header_int(dataset, "Columns")
@@ -153,7 +159,7 @@ def dicom_pixels(dataset: pydicom.Dataset) -> np.ndarray:
             raise DecodeError("dicom_unsupported_transfer_syntax",
                               f"no installed decoder for transfer syntax {transfer_syntax_name(dataset)} with "
                               f"{dataset.get('BitsStored', '?')}-bit samples") from error
-        raise DecodeError("dicom_pixel_data_invalid", f"pixel data could not be decoded: {first_line(error)}") from error
+        raise DecodeError("dicom_pixel_data_invalid", f"pixel data could not be decoded: {one_line(error)}") from error
 
 
 def transfer_syntax_name(dataset: pydicom.Dataset) -> str:
@@ -169,8 +175,9 @@ def no_plugin_can_decode(message: str) -> bool:
     return bool(reasons) and all("does not support" in reason for reason in reasons)
 
 
-def first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+def one_line(error: Exception, limit: int = 300) -> str:
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    return text[:limit] or type(error).__name__
 
 
 def dicom_frames(dataset: pydicom.Dataset, pixels: np.ndarray, frames: int) -> list[np.ndarray]:
@@ -189,17 +196,22 @@ def display_values(dataset: pydicom.Dataset, frame: np.ndarray) -> np.ndarray:
     """Stored values -> displayed grey levels: modality LUT, VOI LUT/window, MONOCHROME1 inverted."""
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
-        values = apply_modality_lut(frame, dataset).astype(np.float64)
+        # a malformed LUT or window is skipped: preprocessing normalises intensity per image anyway
+        values = lut_or_unchanged(apply_modality_lut, frame, dataset)
         if "VOILUTSequence" in dataset or "WindowCenter" in dataset:
-            try:
-                values = apply_voi_lut(values, dataset).astype(np.float64)
-            except (ValueError, TypeError, IndexError):
-                pass  # a malformed window is ignored: preprocessing normalises intensity per image anyway
+            values = lut_or_unchanged(apply_voi_lut, values, dataset)
     if not np.isfinite(values).all():
         raise DecodeError("invalid_pixel_values", "rescale slope/intercept produce non-finite pixel values")
     if header_text(dataset, "PhotometricInterpretation") == "MONOCHROME1":
         values = values.max() - values
     return values.astype(np.float32)
+
+
+def lut_or_unchanged(lut, values: np.ndarray, dataset: pydicom.Dataset) -> np.ndarray:
+    try:
+        return lut(values, dataset).astype(np.float64)
+    except Exception:  # pydicom raises many types for a malformed LUT
+        return values.astype(np.float64)
 
 
 def header_value(dataset: pydicom.Dataset, keyword: str):

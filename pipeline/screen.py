@@ -131,9 +131,9 @@ def predictions_dataset(uris: list[str], context: StageContext, config: ScreenCo
         .map_batches(InferenceActor, fn_constructor_kwargs={
             "model_uri": config.model, "threshold": config.threshold, "cpu_threads": max(1, int(cpus)),
             "use_gpu": use_gpu, "batch_size": config.inference_batch_size},
-            batch_size=config.inference_batch_size, num_cpus=cpus, num_gpus=gpus,
+            batch_size=config.inference_batch_size, batch_format="pyarrow", num_cpus=cpus, num_gpus=gpus,
             compute=ray.data.ActorPoolStrategy(size=actors))
-        .map_batches(to_predictions_table, fn_kwargs={"scored_at": scored_at}, batch_format="numpy",
+        .map_batches(to_predictions_table, fn_kwargs={"scored_at": scored_at}, batch_format="pyarrow",
                      num_cpus=0.25))
 
 

@@ -21,7 +21,8 @@ SERIES_INPUT_COLUMNS = [col.RUN_ID, col.SERIES_KEY, col.PATIENT_KEY, col.STUDY_K
 
 
 def optional(value):
-    return None if value is None or (isinstance(value, float) and np.isnan(value)) else value
+    """None for every spelling of a missing scalar (None, NaN, pandas' NA); the value otherwise."""
+    return None if value is None or (np.ndim(value) == 0 and pd.isna(value)) else value
 
 
 def summarize_series(frame: pd.DataFrame, threshold: float, run_date: str) -> pd.DataFrame:

@@ -3,6 +3,8 @@
 ``decode_and_preprocess`` (stateless, CPU): source URIs in, one row per frame out, each with its preprocessed
 model input or an error row naming the problem. ``InferenceActor`` (holds the model): fills the probability
 columns of the ``ok`` rows. ``to_predictions_table``: casts to the declared Parquet schema and drops the image.
+Between stages every batch is a pyarrow table in ``IN_FLIGHT_SCHEMA``, so a batch whose rows are all errors (all
+nulls in a column) has the same types as any other.
 No stage raises for bad input: every file ends as rows with ``status`` ``ok`` or ``error``.
 """
 
@@ -14,6 +16,7 @@ import logging
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from infra import storage
 from model.labels import CLASS_NAMES, NO_TUMOR_INDEX
@@ -102,22 +105,21 @@ def file_rows(uri: str, context: StageContext) -> list[dict]:
                           context)]
 
 
-def rows_to_batch(rows: list[dict], image_size: int) -> dict[str, np.ndarray]:
-    images = np.zeros((len(rows), image_size, image_size), dtype=np.uint8)
-    for index, row in enumerate(rows):
-        image = row.pop(col.IMAGE, None)
-        if image is not None:
-            images[index] = image
-    names = [field.name for field in col.PREDICTIONS_SCHEMA]
-    batch = {name: np.array([row.get(name) for row in rows], dtype=object) for name in names}
-    batch[col.IMAGE] = images
-    return batch
+IN_FLIGHT_SCHEMA = pa.schema([field for field in col.PREDICTIONS_SCHEMA if field.name != col.SCORED_AT]
+                             + [pa.field(col.IMAGE, pa.binary())])
 
 
-def decode_and_preprocess(batch: dict[str, np.ndarray], context: StageContext) -> dict[str, np.ndarray]:
-    """Ray Data function: a batch of ``source_uri`` -> a batch of frame rows with model inputs."""
-    rows = [row for uri in batch[col.SOURCE_URI] for row in file_rows(str(uri), context)]
-    return rows_to_batch(rows, context.preprocessing.image_size)
+def rows_to_table(rows: list[dict]) -> pa.Table:
+    """Frame rows -> a table in ``IN_FLIGHT_SCHEMA``: every batch typed alike, whatever its nulls (the image is
+    the preprocessed uint8 square, as bytes)."""
+    columns = {field.name: [row.get(field.name) for row in rows] for field in IN_FLIGHT_SCHEMA}
+    columns[col.IMAGE] = [None if row.get(col.IMAGE) is None else row[col.IMAGE].tobytes() for row in rows]
+    return pa.Table.from_pydict(columns, schema=IN_FLIGHT_SCHEMA)
+
+
+def decode_and_preprocess(batch: dict[str, np.ndarray], context: StageContext) -> pa.Table:
+    """Ray Data function: a batch of ``source_uri`` -> a table of frame rows with model inputs."""
+    return rows_to_table([row for uri in batch[col.SOURCE_URI] for row in file_rows(str(uri), context)])
 
 
 class InferenceActor:
@@ -131,46 +133,50 @@ class InferenceActor:
         configure_tensorflow(cpu_threads, use_gpu)
         info = registry.load_model_info(model_uri)
         self.predictor = ProbabilityPredictor(registry.load_classifier(info), batch_size)
+        self.image_size = info.preprocessing.image_size
         self.threshold = threshold
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ok = batch[col.STATUS] == col.STATUS_OK
-        size = len(ok)
-        probabilities = np.full((size, len(CLASS_NAMES)), np.nan, dtype=np.float32)
+    def __call__(self, table: pa.Table) -> pa.Table:
+        ok = np.asarray(pc.fill_null(pc.equal(table[col.STATUS], col.STATUS_OK), False))
+        probabilities = np.full((len(ok), len(CLASS_NAMES)), np.nan, dtype=np.float32)
         try:
-            probabilities[ok] = self.predictor(batch[col.IMAGE][ok])
+            probabilities[ok] = self.predictor(self.images(table.filter(pa.array(ok))))
         except Exception as error:  # a model failure marks the rows, it does not lose them
             logger.exception("inference failed for a batch of %d images", int(ok.sum()))
-            batch[col.STATUS] = np.where(ok, col.STATUS_ERROR, batch[col.STATUS]).astype(object)
-            batch[col.ERROR_CODE] = np.where(ok, "inference_failed", batch[col.ERROR_CODE]).astype(object)
-            batch[col.ERROR_MESSAGE] = np.where(ok, f"inference failed: {type(error).__name__}",
-                                                batch[col.ERROR_MESSAGE]).astype(object)
-            ok = np.zeros(size, dtype=bool)
-        return self.fill_scores(batch, probabilities, ok)
+            table = mark_failed(table, ok, "inference_failed", f"inference failed: {type(error).__name__}")
+            ok = np.zeros(len(ok), dtype=bool)
+        return self.fill_scores(table, probabilities, ok)
 
-    def fill_scores(self, batch: dict, probabilities: np.ndarray, ok: np.ndarray) -> dict:
-        for index, name in enumerate(col.PROBABILITY_COLUMNS):
-            batch[name] = np.where(ok, probabilities[:, index], np.nan).astype(np.float32)
-        tumor = np.where(ok, 1.0 - probabilities[:, NO_TUMOR_INDEX], np.nan).astype(np.float32)
-        batch[col.TUMOR_PROBABILITY] = tumor
+    def images(self, table: pa.Table) -> np.ndarray:
+        data = b"".join(table[col.IMAGE].to_pylist())
+        return np.frombuffer(data, dtype=np.uint8).reshape(-1, self.image_size, self.image_size)
+
+    def fill_scores(self, table: pa.Table, probabilities: np.ndarray, ok: np.ndarray) -> pa.Table:
+        missing = ~ok
+        scores = {name: pa.array(probabilities[:, index], pa.float32(), mask=missing)
+                  for index, name in enumerate(col.PROBABILITY_COLUMNS)}
+        tumor = 1.0 - probabilities[:, NO_TUMOR_INDEX]
+        scores[col.TUMOR_PROBABILITY] = pa.array(tumor, pa.float32(), mask=missing)
         predicted = np.array(CLASS_NAMES, dtype=object)[np.nan_to_num(probabilities).argmax(axis=1)]
-        batch[col.PREDICTED_CLASS] = np.where(ok, predicted, None).astype(object)
-        batch[col.FLAGGED] = np.where(ok, tumor >= self.threshold, None).astype(object)
-        return batch
+        scores[col.PREDICTED_CLASS] = pa.array(predicted, pa.string(), mask=missing)
+        scores[col.FLAGGED] = pa.array(np.nan_to_num(tumor) >= self.threshold, pa.bool_(), mask=missing)
+        for name, values in scores.items():
+            table = table.set_column(table.schema.get_field_index(name), name, values)
+        return table
 
 
-def missing_to_none(value):
-    """Ray hands an all-null column back as NaN floats; the schema wants nulls."""
-    return None if value is None or (isinstance(value, float) and np.isnan(value)) else value
+def mark_failed(table: pa.Table, rows: np.ndarray, code: str, message: str) -> pa.Table:
+    """``table`` with the selected rows turned into error rows carrying ``code`` and ``message``."""
+    mask = pa.array(rows)
+    for name, value in ((col.STATUS, col.STATUS_ERROR), (col.ERROR_CODE, code), (col.ERROR_MESSAGE, message)):
+        index = table.schema.get_field_index(name)
+        table = table.set_column(index, name, pc.if_else(mask, pa.scalar(value, pa.string()), table[name]))
+    return table
 
 
-def to_predictions_table(batch: dict[str, np.ndarray], scored_at) -> pa.Table:
-    """Ray Data function: a scored batch -> a pyarrow table in exactly ``PREDICTIONS_SCHEMA`` (no image)."""
-    columns = {}
-    for field in col.PREDICTIONS_SCHEMA:
-        if field.name == col.SCORED_AT:
-            columns[field.name] = pa.array([scored_at] * len(batch[col.SOURCE_URI]), type=field.type)
-            continue
-        values = [missing_to_none(value) for value in batch[field.name].tolist()]
-        columns[field.name] = pa.array(values, type=field.type)
-    return pa.table(columns, schema=col.PREDICTIONS_SCHEMA)
+def to_predictions_table(table: pa.Table, scored_at) -> pa.Table:
+    """Ray Data function: a scored table -> exactly ``PREDICTIONS_SCHEMA`` (the image dropped)."""
+    table = table.drop_columns([col.IMAGE])
+    stamps = pa.array([scored_at] * table.num_rows, type=col.PREDICTIONS_SCHEMA.field(col.SCORED_AT).type)
+    return table.append_column(col.SCORED_AT, stamps).select(col.PREDICTIONS_SCHEMA.names).cast(
+        col.PREDICTIONS_SCHEMA)
