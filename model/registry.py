@@ -3,7 +3,8 @@
 A model directory holds ``weights.h5`` (Keras weights only: nothing is unpickled on load) and ``model.json`` (its
 version, label map, architecture and preprocessing parameters, the weights' sha256 and its validation metrics).
 A registry is a folder of model directories plus ``registry.json`` naming the promoted (``current``) version and
-the history of promotion decisions. Loading verifies the sha256 before the weights are touched.
+the history of promotion decisions. Loading verifies the sha256, and that the weights are an HDF5 file, before
+Keras touches them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from model.preprocessing import PreprocessConfig
 WEIGHTS_FILE = "weights.h5"
 METADATA_FILE = "model.json"
 REGISTRY_FILE = "registry.json"
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 DEFAULT_MODEL = str(pathlib.Path(__file__).resolve().parents[1] / "models")
 
 
@@ -99,18 +101,25 @@ def load_model_info(uri: str = DEFAULT_MODEL) -> ModelInfo:
         info = info_from_record(directory, record)
     except (KeyError, TypeError, json.JSONDecodeError) as error:
         raise ModelError(f"model metadata at {directory} is unreadable: {error}") from error
-    actual = sha256_hex(storage.read_bytes(info.weights_uri))
+    verify_weights(info, storage.read_bytes(info.weights_uri))
+    return info
+
+
+def verify_weights(info: ModelInfo, weights: bytes) -> None:
+    """Refuse weights whose sha256 differs from the recorded one, or that are not an HDF5 file."""
+    actual = sha256_hex(weights)
     if actual != info.weights_sha256:
         raise ModelError(f"model weights at {info.weights_uri} are corrupt or replaced: sha256 {actual} "
                          f"does not match the recorded {info.weights_sha256}")
-    return info
+    if not weights.startswith(HDF5_SIGNATURE):
+        raise ModelError(f"model weights at {info.weights_uri} are not an HDF5 file (they start with "
+                         f"{weights[:8]!r}); refusing to load them")
 
 
 def load_classifier(info: ModelInfo):
     """The Keras classifier described by ``info``, built from code and loaded with its verified weights."""
     weights = storage.read_bytes(info.weights_uri)
-    if sha256_hex(weights) != info.weights_sha256:
-        raise ModelError(f"model weights at {info.weights_uri} changed after they were verified")
+    verify_weights(info, weights)
     model = build_classifier(info.architecture)
     with tempfile.TemporaryDirectory() as scratch:
         local = pathlib.Path(scratch) / WEIGHTS_FILE

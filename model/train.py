@@ -3,9 +3,10 @@
 ``train_classifier`` runs a ``TensorflowTrainer`` whose workers train one model under
 ``MultiWorkerMirroredStrategy`` on their shard of the training set. Every epoch each worker validates on the
 whole validation set with a plain copy of the weights, and reports metrics plus a checkpoint (latest and best
-weights, and the early-stopping state) through ``ray.train.report``. A restarted worker resumes from the latest
-checkpoint; training stops early when validation loss has not improved for ``patience`` epochs. The same code
-runs on one CPU or on many GPUs: ``num_workers`` and ``use_gpu`` choose.
+weights, and the early-stopping state) through ``ray.train.report``. A restarted worker group resumes from the
+latest checkpoint (the state records each epoch it resumed at); training stops early when validation loss has not
+improved for ``patience`` epochs. The same code runs on one CPU or on many GPUs: ``num_workers`` and ``use_gpu``
+choose.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class TrainingState:
     best_epoch: int = -1
     epochs_without_improvement: int = 0
     history: list = dataclasses.field(default_factory=list)
+    resumed_at: list = dataclasses.field(default_factory=list)  # next_epoch of each checkpoint training resumed from
 
 
 def shard_arrays(shard) -> tuple[np.ndarray, np.ndarray]:
@@ -106,6 +108,7 @@ def restore(model, eval_model, state: TrainingState) -> tuple[TrainingState, lis
         eval_model.load_weights(str(folder / BEST_WEIGHTS))
         best = eval_model.get_weights()
         model.load_weights(str(folder / LATEST_WEIGHTS))
+    state.resumed_at.append(state.next_epoch)
     logger.info("resumed from checkpoint at epoch %d", state.next_epoch)
     return state, best
 
@@ -217,6 +220,7 @@ def train_classifier(train_dataset: ray.data.Dataset, val_dataset: ray.data.Data
         for name in (BEST_WEIGHTS, LATEST_WEIGHTS, STATE_FILE):
             (local / name).write_bytes((pathlib.Path(directory) / name).read_bytes())
     state = json.loads((local / STATE_FILE).read_text())
-    logger.info("training stopped after epoch %d; best epoch %d, val loss %.4f", state["next_epoch"] - 1,
-                state["best_epoch"], state["best_val_loss"])
+    logger.info("training stopped after epoch %d; best epoch %d, val loss %.4f; resumed from checkpoints at "
+                "epochs %s", state["next_epoch"] - 1, state["best_epoch"], state["best_val_loss"],
+                state["resumed_at"])
     return local, state

@@ -1,7 +1,9 @@
-"""Model directories: weights verified by sha256 before loading, registry resolution and promotion history."""
+"""Model directories: weights verified by sha256 and format before loading, registry resolution and promotion
+history."""
 
 import json
 import pathlib
+import pickle
 
 import numpy as np
 import pytest
@@ -66,3 +68,32 @@ def test_the_shipped_model_verifies_and_its_card_names_its_weights():
     card = (pathlib.Path(registry.DEFAULT_MODEL) / info.version / "MODEL_CARD.md").read_text()
     assert info.weights_sha256 in card and info.version in card
     assert info.metadata["ablation"]["history"], "the card must carry the head ablation"
+
+
+class PlantedPayload:
+    """A pickle that creates ``path`` if anything ever unpickles it."""
+
+    def __init__(self, path: pathlib.Path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+def test_a_pickle_with_a_matching_sha256_is_refused_and_never_unpickled(saved_model, tmp_path):
+    folder, _ = saved_model
+    proof, sentinel = tmp_path / "proof", tmp_path / "sentinel"
+    pickle.loads(pickle.dumps(PlantedPayload(proof)))
+    assert proof.exists(), "the payload must be live, or this test proves nothing"
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    payload = pickle.dumps(PlantedPayload(sentinel))
+    (planted / registry.WEIGHTS_FILE).write_bytes(payload)
+    record = {**json.loads((folder / registry.METADATA_FILE).read_text()),
+              "weights_sha256": registry.sha256_hex(payload)}
+    (planted / registry.METADATA_FILE).write_text(json.dumps(record))
+    with pytest.raises(registry.ModelError, match="not an HDF5 file"):
+        registry.load_model_info(str(planted))
+    with pytest.raises(registry.ModelError, match="not an HDF5 file"):
+        registry.load_classifier(registry.info_from_record(str(planted), record))
+    assert not sentinel.exists()

@@ -1,0 +1,95 @@
+"""Training faults: a Ray Train worker killed with SIGKILL mid-run; training resumes from the last checkpoint and
+the promoted model's files agree with each other. A real 2-worker run on a local Ray: marked slow."""
+
+import concurrent.futures
+import dataclasses
+import json
+import os
+import pathlib
+import signal
+import time
+
+import pytest
+
+from model import registry
+from model.card import CARD_FILE
+from model.retrain import retrain
+from tests.model.test_training import config
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 6
+RUN_NAME = "fault"
+WORKER_TITLE = "RayTrainWorker"
+
+
+def process_title(pid: int) -> bytes:
+    try:
+        return pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # the process has ended
+        return b""
+
+
+def descends_from(pid: int, ancestor: int) -> bool:
+    try:
+        while pid > 1:
+            pid = int(pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            if pid == ancestor:
+                return True
+    except OSError:  # the process, or one of its parents, has ended
+        pass
+    return False
+
+
+def train_workers() -> list[int]:
+    """Ray Train worker processes of this test's own Ray (started by this process), found by process title."""
+    pids = [int(entry.name) for entry in pathlib.Path("/proc").iterdir() if entry.name.isdigit()]
+    return sorted(pid for pid in pids
+                  if WORKER_TITLE.encode() in process_title(pid) and descends_from(pid, os.getpid()))
+
+
+def wait_for(condition, running: concurrent.futures.Future) -> None:
+    while not condition():
+        assert not running.done(), f"training ended before the fault was injected: {running.result()}"
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory, ray_local):
+    """Retrain in a thread; once Ray Train has registered a checkpoint, SIGKILL one of its workers."""
+    output = tmp_path_factory.mktemp("fault")
+    base = config(output, epochs=EPOCHS, version="survivor")
+    run_config = dataclasses.replace(base, training=dataclasses.replace(base.training, run_name=RUN_NAME))
+    # Ray Train writes this file each time its controller registers a reported checkpoint
+    registered = output / "ray" / RUN_NAME / "checkpoint_manager_snapshot.json"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(retrain, run_config)
+        wait_for(registered.exists, running)
+        workers = train_workers()
+        assert len(workers) == run_config.training.num_workers, workers
+        victim = workers[0]
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: victim not in train_workers(), running)
+        outcome = running.result()
+    return output, outcome
+
+
+def test_killed_worker_is_replaced_and_training_resumes_from_its_checkpoint(killed_run):
+    _, outcome = killed_run
+    resumed_at = outcome.training_state["resumed_at"]
+    assert len(resumed_at) == 1 and 1 <= resumed_at[0] < EPOCHS, resumed_at
+    assert [epoch["epoch"] for epoch in outcome.training_state["history"]] == list(range(EPOCHS))
+
+
+def test_the_promoted_model_after_the_fault_verifies_and_its_card_agrees(killed_run):
+    output, outcome = killed_run
+    folder = output / "registry" / outcome.version
+    assert outcome.promoted and registry.read_registry(str(output / "registry"))["current"] == outcome.version
+    info = registry.load_model_info(str(output / "registry"))
+    registry.load_classifier(info)
+    metadata = json.loads((folder / registry.METADATA_FILE).read_text())
+    sha256 = registry.sha256_hex((folder / registry.WEIGHTS_FILE).read_bytes())
+    assert metadata["weights_sha256"] == info.weights_sha256 == sha256
+    assert metadata["training"]["state"]["resumed_at"] == outcome.training_state["resumed_at"]
+    card = (folder / CARD_FILE).read_text()
+    assert f"# Model card: {outcome.version}\n" in card and f"sha256 `{sha256}`" in card
