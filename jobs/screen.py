@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("run not started: %s", error)
         return 2
     except RunFailedError as error:
-        logger.error("%s", error)
+        logger.error("%s", error, exc_info=error.__cause__)
         return 3
     logger.info("run %s done: %d files, %d rows (%d scored, %d errors %s), %d flagged images, %d series "
                 "(%d flagged), %.1f images/s; results in %s", summary.run_id, summary.files_listed,

@@ -20,10 +20,10 @@ import logging
 import uuid
 from collections import Counter
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
-from ray.data.expressions import col as column
 
 from infra import storage
 from model import registry
@@ -142,19 +142,28 @@ def write_predictions(dataset: ray.data.Dataset, uri: str) -> None:
     dataset.drop_columns([col.RUN_DATE]).write_parquet(path, filesystem=filesystem)
 
 
+def read_staged(uri: str, columns: list[str]) -> pa.Table | None:
+    """Columns of the Parquet files staged under ``uri`` (None when there are none). The files are listed here
+    and read with pyarrow: a folder-marker object on S3 (a zero-byte key ending in ``/``) is never taken for a
+    file, which Ray's Parquet reader does when given the folder."""
+    if not storage.is_dir(uri):
+        return None
+    filesystem, _ = storage.resolve(uri)
+    files = [storage.resolve(file)[1] for file in storage.list_files(uri) if file.endswith(".parquet")]
+    return pq.ParquetDataset(files, filesystem=filesystem).read(columns=columns) if files else None
+
+
 def write_series(predictions_uri: str, series_uri: str, run_date: str, threshold: float) -> tuple[int, int]:
-    """Stage 6: summarise every series of the staged predictions; returns (series, flagged series)."""
-    if not storage.is_dir(predictions_uri):
+    """Stage 6: summarise every series of the staged predictions; returns (series, flagged series).
+    Only the DICOM rows' few series columns are read (about 200 B a frame), then grouped on the cluster."""
+    frames = read_staged(predictions_uri, SERIES_INPUT_COLUMNS)
+    if frames is None:
         return 0, 0
-    filesystem, path = storage.resolve(predictions_uri)
-    frames = ray.data.read_parquet(path, filesystem=filesystem, partitioning=None).select_columns(
-        SERIES_INPUT_COLUMNS)
-    dicom = frames.filter(expr=column(col.SERIES_KEY).is_not_null()).materialize()
-    frame_rows = dicom.count()
-    if frame_rows == 0:
+    frames = frames.filter(pc.is_valid(frames[col.SERIES_KEY]))
+    if frames.num_rows == 0:
         return 0, 0
-    partitions = max(1, min(64, frame_rows // 2000))
-    summaries = dicom.groupby(col.SERIES_KEY, num_partitions=partitions).map_groups(
+    partitions = max(1, min(64, frames.num_rows // 2000))
+    summaries = ray.data.from_arrow(frames).groupby(col.SERIES_KEY, num_partitions=partitions).map_groups(
         summarize_series, fn_kwargs={"threshold": threshold, "run_date": run_date}, batch_format="pandas")
     table = series_table(summaries.to_pandas())
     results.write_table(table.drop_columns([col.RUN_DATE]), storage.join(series_uri, "series.parquet"))
@@ -163,11 +172,9 @@ def write_series(predictions_uri: str, series_uri: str, run_date: str, threshold
 
 def count_outcomes(predictions_uri: str) -> tuple[int, int, int, Counter]:
     """(rows, scored, flagged, errors by code) of the staged predictions."""
-    if not storage.is_dir(predictions_uri):
+    table = read_staged(predictions_uri, [col.STATUS, col.ERROR_CODE, col.FLAGGED])
+    if table is None:
         return 0, 0, 0, Counter()
-    filesystem, path = storage.resolve(predictions_uri)
-    table = pq.read_table(path, filesystem=filesystem, columns=[col.STATUS, col.ERROR_CODE, col.FLAGGED],
-                          partitioning=None)
     errors = Counter(code for code in table[col.ERROR_CODE].to_pylist() if code)
     scored = pc.sum(pc.equal(table[col.STATUS], col.STATUS_OK)).as_py() or 0
     flagged = pc.sum(pc.fill_null(table[col.FLAGGED], False)).as_py() or 0
