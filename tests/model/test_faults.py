@@ -5,7 +5,6 @@ import concurrent.futures
 import dataclasses
 import json
 import os
-import pathlib
 import signal
 import time
 
@@ -15,6 +14,7 @@ from model import registry
 from model.card import CARD_FILE
 from model.retrain import retrain
 from tests.model.test_training import config
+from tests.processes import processes_titled
 
 pytestmark = pytest.mark.slow
 
@@ -23,29 +23,9 @@ RUN_NAME = "fault"
 WORKER_TITLE = "RayTrainWorker"
 
 
-def process_title(pid: int) -> bytes:
-    try:
-        return pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:  # the process has ended
-        return b""
-
-
-def descends_from(pid: int, ancestor: int) -> bool:
-    try:
-        while pid > 1:
-            pid = int(pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            if pid == ancestor:
-                return True
-    except OSError:  # the process, or one of its parents, has ended
-        pass
-    return False
-
-
 def train_workers() -> list[int]:
     """Ray Train worker processes of this test's own Ray (started by this process), found by process title."""
-    pids = [int(entry.name) for entry in pathlib.Path("/proc").iterdir() if entry.name.isdigit()]
-    return sorted(pid for pid in pids
-                  if WORKER_TITLE.encode() in process_title(pid) and descends_from(pid, os.getpid()))
+    return processes_titled(WORKER_TITLE, os.getpid())
 
 
 def wait_for(condition, running: concurrent.futures.Future) -> None:

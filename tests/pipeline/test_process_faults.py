@@ -1,0 +1,111 @@
+"""Processes killed mid-run: an inference actor and a decoding worker (Ray restarts and retries their work, the
+job finishes with every row exactly once), and the driver itself (nothing commits; a re-run of the date leaves
+the tables consistent, nothing duplicated). The real job as a subprocess with its own local Ray."""
+
+import collections
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from infra import storage
+from pipeline import results
+from tests.conftest import ROOT, SAMPLES, TEST_KEY
+from tests.processes import descendants, processes_titled
+
+pytestmark = pytest.mark.slow
+
+INFERENCE_TITLE = "InferenceActor"
+DECODE_TITLE = "decode_and_preprocess"
+RUN_DATE = "2026-11-07"
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    """The sample archive with its loose images copied 20 times over: a run long enough to be cut into."""
+    root = tmp_path_factory.mktemp("faults") / "archive"
+    shutil.copytree(SAMPLES / "archive", root)
+    for copy in range(20):
+        shutil.copytree(SAMPLES / "archive" / "loose", root / "copies" / f"{copy:02d}")
+    files = [path for path in root.rglob("*") if path.is_file()]
+    frames = collections.Counter({str(path): 4 if path.name == "frames.dcm" else 1 for path in files})
+    return root, frames
+
+
+def start_job(archive_root, output) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "jobs.screen", "--input", str(archive_root), "--output", str(output), "--run-date",
+         RUN_DATE, "--decode-batch-size", "4", "--inference-batch-size", "16"],
+        cwd=ROOT, env={**os.environ, "PSEUDONYM_KEY": TEST_KEY}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True)
+
+
+def kill_first(job: subprocess.Popen, title: str, timeout: float = 300) -> int:
+    """SIGKILL the first process of the job's Ray titled ``title``, while the job still runs; returns its pid."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert job.poll() is None, f"the job ended before a {title} process could be killed"
+        found = processes_titled(title, job.pid)
+        if found:
+            os.kill(found[0], signal.SIGKILL)
+            return found[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no {title} process appeared in {timeout} s")
+
+
+def rows_per_frame(output) -> collections.Counter:
+    rows = results.read_table(str(output), results.PREDICTIONS).to_pylist()
+    return collections.Counter((row["source_uri"], row["frame_index"]) for row in rows)
+
+
+def expected_frames(frames: collections.Counter) -> collections.Counter:
+    return collections.Counter({(uri, index): 1 for uri, count in frames.items() for index in range(count)})
+
+
+def test_killed_decoding_worker_and_inference_actor_cost_no_row(archive, tmp_path):
+    root, frames = archive
+    output = tmp_path / "results"
+    job = start_job(root, output)
+    killed = [kill_first(job, DECODE_TITLE)]
+    time.sleep(2)  # let the actor take its first batches before it dies
+    killed.append(kill_first(job, INFERENCE_TITLE))
+    stdout, stderr = job.communicate(timeout=900)
+    assert job.returncode == 0, stderr[-3000:]
+    assert rows_per_frame(output) == expected_frames(frames)
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["rows_written"] == sum(frames.values()) and summary["rows_error"] == 0
+    assert len(set(killed)) == 2
+
+
+def test_killed_driver_commits_nothing_and_a_rerun_leaves_each_frame_once(archive, tmp_path):
+    root, frames = archive
+    output = tmp_path / "results"
+    job = start_job(root, output)
+    kill_first(job, INFERENCE_TITLE)  # proves scoring had begun; then the whole run dies at once
+    time.sleep(3)
+    assert job.poll() is None, "the run ended before the driver could be killed"
+    doomed = descendants(job.pid)
+    os.killpg(job.pid, signal.SIGKILL)
+    for pid in doomed:  # Ray processes that left the job's process group die with it, as on a lost node
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    job.wait(timeout=60)
+    assert not storage.exists(str(output / results.RUNS)), "the killed run must not have committed"
+    rerun = start_job(root, output)
+    stdout, stderr = rerun.communicate(timeout=900)
+    assert rerun.returncode == 0, stderr[-3000:]
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert rows_per_frame(output) == expected_frames(frames)
+    assert [run["run_id"] for run in results.read_table(str(output), results.RUNS).to_pylist()] == [summary["run_id"]]
+    for table in results.PARTITIONED_TABLES:
+        names = [uri.rsplit("/", 1)[-1] for uri in storage.list_files(results.partition_uri(str(output), table,
+                                                                                           RUN_DATE))]
+        assert names and all(name.startswith(results.run_file_prefix(summary["run_id"])) for name in names)
+        assert not storage.list_files(storage.join(str(output), table, results.STAGING))
