@@ -1,0 +1,49 @@
+"""The scoring stages on real files and the real model, without Ray: batches keep their declared types whatever
+their nulls, and a model failure turns a batch's images into error rows instead of losing them."""
+
+import pyarrow as pa
+
+from model import registry
+from model.preprocessing import PreprocessConfig
+from pipeline import schema as col
+from pipeline.decode import DecodeLimits
+from pipeline.stages import (IN_FLIGHT_SCHEMA, InferenceActor, StageContext, file_rows, rows_to_table,
+                             to_predictions_table)
+from tests.conftest import SAMPLES
+
+
+def context(image_size: int) -> StageContext:
+    return StageContext("run", "2026-11-08", PreprocessConfig(image_size=image_size), DecodeLimits(),
+                        b"k" * 32, 0.5, "model", "sha")
+
+
+def batch(image_size: int, tmp_path) -> pa.Table:
+    (tmp_path / "empty.dcm").write_bytes(b"")
+    images = sorted((SAMPLES / "archive" / "loose").glob("*"))[:3]
+    uris = [str(path) for path in images] + [str(tmp_path / "empty.dcm")]
+    return rows_to_table([row for uri in uris for row in file_rows(uri, context(image_size))])
+
+
+def test_an_all_error_batch_has_the_same_types_as_any_other(tmp_path):
+    (tmp_path / "a.dcm").write_bytes(b"")
+    errors = rows_to_table(file_rows(str(tmp_path / "a.dcm"), context(160)))
+    assert errors.schema == IN_FLIGHT_SCHEMA == batch(160, tmp_path).schema
+    assert errors[col.STATUS].to_pylist() == ["error"] and errors[col.PATIENT_KEY].null_count == 1
+
+
+def test_scores_fill_only_the_ok_rows(model_uri, tmp_path):
+    actor = InferenceActor(model_uri, threshold=0.5, cpu_threads=1, use_gpu=False)
+    size = registry.load_model_info(model_uri).preprocessing.image_size
+    scored = to_predictions_table(actor(batch(size, tmp_path)), scored_at=None).to_pylist()
+    assert [row["status"] for row in scored] == ["ok", "ok", "ok", "error"]
+    assert all(row["predicted_class"] and 0 <= row["tumor_probability"] <= 1 for row in scored[:3])
+    assert scored[3]["predicted_class"] is None and scored[3]["tumor_probability"] is None
+
+
+def test_a_model_failure_marks_the_batch_as_error_rows_and_loses_none(model_uri, tmp_path):
+    actor = InferenceActor(model_uri, threshold=0.5, cpu_threads=1, use_gpu=False)
+    mismatched = batch(96, tmp_path)  # preprocessed for another model: the real model cannot take them
+    scored = to_predictions_table(actor(mismatched), scored_at=None).to_pylist()
+    assert len(scored) == mismatched.num_rows
+    assert [row["error_code"] for row in scored] == ["inference_failed"] * 3 + ["empty_file"]
+    assert all(row["status"] == "error" and row["prob_glioma"] is None and row["flagged"] is None for row in scored)
