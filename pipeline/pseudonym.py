@@ -26,14 +26,20 @@ def load_key(key_file: str | None = None, create: bool = False) -> bytes | None:
     if key_file:
         path = pathlib.Path(key_file)
         if not path.exists() and create:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_hex(32))
-            path.chmod(0o600)
+            create_key_file(path)
         if not path.exists():
             raise PseudonymKeyError(f"pseudonym key file {key_file} does not exist")
         return validate_key(path.read_text().strip().encode())
     value = os.environ.get(KEY_ENVIRONMENT_VARIABLE)
     return validate_key(value.strip().encode()) if value else None
+
+
+def create_key_file(path: pathlib.Path) -> None:
+    """A new random key, in a file readable by its owner only from the moment it exists (never replaced)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as key_file:
+        key_file.write(secrets.token_hex(32))
 
 
 def validate_key(key: bytes) -> bytes:
