@@ -106,6 +106,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, nargs="+", default=[1000])
     parser.add_argument("--model", default=DEFAULT_MODEL)
     args = parser.parse_args()
+    if not any(args.source.rglob("*.jpg")):
+        parser.error(f"no JPEG images under {args.source} (give --source a folder of JPEGs)")
     configure_logging()
     ensure_ray()
     results = {"model_only_images_per_second": round(model_only_rate(args.model), 1),
