@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import socket
@@ -37,6 +38,13 @@ def ray_local():
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
+
+
+def job_summary(stdout: str) -> dict:
+    """The run summary a job prints as one JSON line; Ray may forward worker output after it, so not always last."""
+    lines = [line for line in stdout.splitlines() if line.startswith('{"run_id"')]
+    assert lines, f"no run summary in the job's output: {stdout[-2000:]}"
+    return json.loads(lines[-1])
 
 
 def free_port() -> int:

@@ -35,7 +35,7 @@ import pytest
 from pydicom.encaps import encapsulate
 from pydicom.uid import MPEG2MPML
 
-from tests.conftest import ROOT, SAMPLES
+from tests.conftest import ROOT, SAMPLES, job_summary
 from tests.pipeline.corpus import dicom_bytes, mr_dataset
 
 pytestmark = pytest.mark.slow
@@ -237,7 +237,7 @@ def run_job(args: list[str], env: dict, collect_outputs) -> JobRun:
                      if path.is_file() and not path.is_symlink()}
     finally:
         shutil.rmtree(ray_temp, ignore_errors=True)
-    return JobRun(done.stdout, done.stderr, json.loads(done.stdout.strip().splitlines()[-1]), collect_outputs(),
+    return JobRun(done.stdout, done.stderr, job_summary(done.stdout), collect_outputs(),
                   ray_files)
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline import results
 from pipeline.schema import ERROR_CODES
-from tests.conftest import ROOT, TEST_KEY
+from tests.conftest import ROOT, TEST_KEY, job_summary
 from tests.pipeline.corpus import MAX_FILE_MB, Expected, build_corpus
 
 pytestmark = pytest.mark.slow
@@ -37,7 +37,7 @@ def corpus_run(tmp_path_factory, model_uri):
 def test_the_job_exits_0_and_reports_its_errors_by_code(corpus_run):
     expected, output, done = corpus_run
     assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    summary = job_summary(done.stdout)
     rows = results.read_table(str(output), results.PREDICTIONS).to_pylist()
     counted = collections.Counter(row["error_code"] for row in rows if row["error_code"])
     assert summary["errors_by_code"] == dict(counted) and summary["rows_error"] == sum(counted.values())

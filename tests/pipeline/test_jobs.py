@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from infra import storage
-from tests.conftest import ROOT, SAMPLES, TEST_KEY, free_port
+from tests.conftest import ROOT, SAMPLES, TEST_KEY, free_port, job_summary
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,7 @@ def test_screening_reads_and_writes_s3(s3_archive, model_uri):
     done = run_job(["--input", "s3://hospital-archive/mri", "--output", "s3://screening-results/nightly",
                     "--model", model_uri, "--run-date", "2026-11-02"], env)
     assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    summary = job_summary(done.stdout)
     filesystem, path = storage.resolve("s3://screening-results/nightly/predictions")
     table = pq.read_table(path, filesystem=filesystem)
     keys = {obj["Key"] for obj in s3_archive.list_objects_v2(Bucket="hospital-archive")["Contents"]}

@@ -3,7 +3,6 @@ job finishes with every row exactly once), and the driver itself (nothing commit
 the tables consistent, nothing duplicated). The real job as a subprocess with its own local Ray."""
 
 import collections
-import json
 import os
 import shutil
 import signal
@@ -15,7 +14,7 @@ import pytest
 
 from infra import storage
 from pipeline import results
-from tests.conftest import ROOT, SAMPLES, TEST_KEY
+from tests.conftest import ROOT, SAMPLES, TEST_KEY, job_summary
 from tests.processes import descendants, processes_titled
 
 pytestmark = pytest.mark.slow
@@ -77,7 +76,7 @@ def test_killed_decoding_worker_and_inference_actor_cost_no_row(archive, tmp_pat
     stdout, stderr = job.communicate(timeout=900)
     assert job.returncode == 0, stderr[-3000:]
     assert rows_per_frame(output) == expected_frames(frames)
-    summary = json.loads(stdout.strip().splitlines()[-1])
+    summary = job_summary(stdout)
     assert summary["rows_written"] == sum(frames.values()) and summary["rows_error"] == 0
     assert len(set(killed)) == 2
 
@@ -101,7 +100,7 @@ def test_killed_driver_commits_nothing_and_a_rerun_leaves_each_frame_once(archiv
     rerun = start_job(root, output)
     stdout, stderr = rerun.communicate(timeout=900)
     assert rerun.returncode == 0, stderr[-3000:]
-    summary = json.loads(stdout.strip().splitlines()[-1])
+    summary = job_summary(stdout)
     assert rows_per_frame(output) == expected_frames(frames)
     assert [run["run_id"] for run in results.read_table(str(output), results.RUNS).to_pylist()] == [summary["run_id"]]
     for table in results.PARTITIONED_TABLES:

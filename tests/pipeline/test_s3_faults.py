@@ -2,7 +2,6 @@
 throttling on reads and writes are retried and cost nothing; an object that keeps failing becomes an error row;
 an output bucket lost mid-run fails the run without its half-written files ever reading as complete."""
 
-import json
 import os
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import pytest
 
 from infra import storage
 from pipeline import results
-from tests.conftest import ROOT, SAMPLES, TEST_KEY
+from tests.conftest import ROOT, SAMPLES, TEST_KEY, job_summary
 from tests.s3_faults import Fault, FaultyS3Proxy
 
 pytestmark = pytest.mark.slow
@@ -49,7 +48,7 @@ def screen(proxy: FaultyS3Proxy, output: str, run_date: str) -> tuple[subprocess
                            output, "--run-date", run_date], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=900)
     assert SECRET not in done.stdout + done.stderr
-    summary = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else None
+    summary = job_summary(done.stdout) if done.returncode == 0 else None
     return done, summary
 
 
