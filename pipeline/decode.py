@@ -158,7 +158,7 @@ def dicom_pixels(dataset: pydicom.Dataset) -> np.ndarray:
         if no_plugin_can_decode(str(error)):
             raise DecodeError("dicom_unsupported_transfer_syntax",
                               f"no installed decoder for transfer syntax {transfer_syntax_name(dataset)} with "
-                              f"{dataset.get('BitsStored', '?')}-bit samples") from error
+                              f"{header_int(dataset, 'BitsStored') or '?'}-bit samples") from error
         raise DecodeError("dicom_pixel_data_invalid", f"pixel data could not be decoded: {one_line(error)}") from error
 
 
