@@ -30,5 +30,4 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 def configure_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

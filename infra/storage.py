@@ -129,13 +129,12 @@ def write_text(uri: str, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))
 
 
-def move_files(source: str, destination: str, prefix: str = "") -> list[str]:
+def move_files(source: str, destination: str, prefix: str = "") -> None:
     """Move every file under ``source`` into the folder ``destination``, each renamed to ``prefix`` + its path
-    below ``source`` (``/`` becoming ``_``); a rename per file on disk, copy then delete on S3. Returns the new
-    URIs. A move cut short leaves whole files, each either still in ``source`` or already in ``destination``."""
+    below ``source`` (``/`` becoming ``_``); a rename per file on disk, copy then delete on S3. A move cut short
+    leaves whole files, each either still in ``source`` or already in ``destination``."""
     filesystem, source_path = resolve(source)
     _, destination_path = resolve(destination)
-    moved = []
     try:
         filesystem.create_dir(destination_path, recursive=True)
         for info in filesystem.get_file_info(pafs.FileSelector(source_path, recursive=True)):
@@ -147,11 +146,9 @@ def move_files(source: str, destination: str, prefix: str = "") -> list[str]:
                 filesystem.copy_file(info.path, target)
             else:
                 filesystem.move(info.path, target)
-            moved.append(to_uri(destination, target))
         filesystem.delete_dir(source_path)
     except OSError as error:
         raise StorageError(f"cannot move {source} to {destination}: {error}") from error
-    return moved
 
 
 def delete_file(uri: str) -> None:

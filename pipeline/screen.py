@@ -142,6 +142,9 @@ def write_predictions(dataset: ray.data.Dataset, uri: str) -> None:
     dataset.drop_columns([col.RUN_DATE]).write_parquet(path, filesystem=filesystem)
 
 
+STAGED_COLUMNS = [*SERIES_INPUT_COLUMNS, col.ERROR_CODE, col.FLAGGED]  # what stages 6-7 read back, once
+
+
 def read_staged(uri: str, columns: list[str]) -> pa.Table | None:
     """Columns of the Parquet files staged under ``uri`` (None when there are none). The files are listed here
     and read with pyarrow: a folder-marker object on S3 (a zero-byte key ending in ``/``) is never taken for a
@@ -153,13 +156,12 @@ def read_staged(uri: str, columns: list[str]) -> pa.Table | None:
     return pq.ParquetDataset(files, filesystem=filesystem).read(columns=columns) if files else None
 
 
-def write_series(predictions_uri: str, series_uri: str, run_date: str, threshold: float) -> tuple[int, int]:
-    """Stage 6: summarise every series of the staged predictions; returns (series, flagged series).
-    Only the DICOM rows' few series columns are read (about 200 B a frame), then grouped on the cluster."""
-    frames = read_staged(predictions_uri, SERIES_INPUT_COLUMNS)
-    if frames is None:
+def write_series(staged: pa.Table | None, series_uri: str, run_date: str, threshold: float) -> tuple[int, int]:
+    """Stage 6: summarise every series of the staged predictions (their ``STAGED_COLUMNS``, about 200 B a row,
+    grouped on the cluster); returns (series, flagged series)."""
+    if staged is None:
         return 0, 0
-    frames = frames.filter(pc.is_valid(frames[col.SERIES_KEY]))
+    frames = staged.select(SERIES_INPUT_COLUMNS).filter(pc.is_valid(staged[col.SERIES_KEY]))
     if frames.num_rows == 0:
         return 0, 0
     partitions = max(1, min(64, frames.num_rows // 2000))
@@ -170,9 +172,8 @@ def write_series(predictions_uri: str, series_uri: str, run_date: str, threshold
     return table.num_rows, int(pc.sum(pc.fill_null(table[col.FLAGGED], False)).as_py() or 0)
 
 
-def count_outcomes(predictions_uri: str) -> tuple[int, int, int, Counter]:
+def count_outcomes(table: pa.Table | None) -> tuple[int, int, int, Counter]:
     """(rows, scored, flagged, errors by code) of the staged predictions."""
-    table = read_staged(predictions_uri, [col.STATUS, col.ERROR_CODE, col.FLAGGED])
     if table is None:
         return 0, 0, 0, Counter()
     errors = Counter(code for code in table[col.ERROR_CODE].to_pylist() if code)
@@ -208,9 +209,10 @@ def run_screening(config: ScreenConfig) -> RunSummary:
         staged = results.staging_uri(config.output, results.PREDICTIONS, run_date, run_id)
         if uris:
             write_predictions(predictions_dataset(uris, context, config), staged)
-        series = write_series(staged, results.staging_uri(config.output, results.SERIES, run_date, run_id),
+        staged_rows = read_staged(staged, STAGED_COLUMNS)
+        series = write_series(staged_rows, results.staging_uri(config.output, results.SERIES, run_date, run_id),
                               run_date, config.threshold)
-        counts = count_outcomes(staged)
+        counts = count_outcomes(staged_rows)
         for table in results.PARTITIONED_TABLES:
             results.publish(config.output, table, run_date, run_id)
         summary = finish_run(config, info, run_id, run_date, started, len(uris), counts, series)

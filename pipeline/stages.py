@@ -112,7 +112,8 @@ IN_FLIGHT_SCHEMA = pa.schema([field for field in col.PREDICTIONS_SCHEMA if field
 def rows_to_table(rows: list[dict]) -> pa.Table:
     """Frame rows -> a table in ``IN_FLIGHT_SCHEMA``: every batch typed alike, whatever its nulls (the image is
     the preprocessed uint8 square, as bytes)."""
-    columns = {field.name: [row.get(field.name) for row in rows] for field in IN_FLIGHT_SCHEMA}
+    columns = {field.name: [row.get(field.name) for row in rows] for field in IN_FLIGHT_SCHEMA
+               if field.name != col.IMAGE}
     columns[col.IMAGE] = [None if row.get(col.IMAGE) is None else row[col.IMAGE].tobytes() for row in rows]
     return pa.Table.from_pydict(columns, schema=IN_FLIGHT_SCHEMA)
 
