@@ -77,8 +77,9 @@ def malformed_instance_number() -> bytes:
     return data.replace(element + b"11", element + b"1A")
 
 
-def unsupported_syntax() -> bytes:
-    dataset = mr_dataset()
+def unsupported_syntax(dataset: pydicom.Dataset | None = None) -> bytes:
+    """MR_small (or ``dataset``) with its pixel data declared MPEG2: no installed decoder reads it."""
+    dataset = mr_dataset() if dataset is None else dataset
     dataset.file_meta.TransferSyntaxUID = MPEG2MPML
     dataset.PixelData = encapsulate([b"\x00" * 256])
     return dicom_bytes(dataset)

@@ -32,11 +32,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pydicom
 import pytest
-from pydicom.encaps import encapsulate
-from pydicom.uid import MPEG2MPML
 
 from tests.conftest import ROOT, SAMPLES, job_summary
-from tests.pipeline.corpus import dicom_bytes, mr_dataset
+from tests.pipeline.corpus import dicom_bytes, mr_dataset, unsupported_syntax
 
 pytestmark = pytest.mark.slow
 
@@ -94,12 +92,6 @@ def nan_rescale(dataset: pydicom.Dataset) -> bytes:
         return dicom_bytes(dataset)
 
 
-def mpeg2_pixels(dataset: pydicom.Dataset) -> bytes:
-    dataset.file_meta.TransferSyntaxUID = MPEG2MPML
-    dataset.PixelData = encapsulate([b"\x00" * 256])
-    return dicom_bytes(dataset)
-
-
 def invalid_uid_identity() -> dict:
     """UIDs with letters, as some archives hold: pydicom's reading validation quotes such a value in a warning."""
     return {**planted_identity(), "StudyInstanceUID": f"{random_uid()}.{token()}",
@@ -110,7 +102,7 @@ MR_SMALL_CASES = {  # file: (expected error code or None for an ok row, its iden
     "other/truncated.dcm": ("dicom_pixel_data_invalid", planted_identity, truncated_pixels),
     "other/no-pixels.dcm": ("dicom_no_pixel_data", planted_identity, without_pixels),
     "other/nan-rescale.dcm": ("invalid_pixel_values", planted_identity, nan_rescale),
-    "other/mpeg2.dcm": ("dicom_unsupported_transfer_syntax", planted_identity, mpeg2_pixels),
+    "other/mpeg2.dcm": ("dicom_unsupported_transfer_syntax", planted_identity, unsupported_syntax),
     "other/invalid-uids.dcm": (None, invalid_uid_identity, dicom_bytes),
 }
 
