@@ -12,7 +12,7 @@ import logging
 import sys
 
 from infra.ray_runtime import configure_logging, ensure_ray
-from model.architecture import ArchitectureConfig
+from model.architecture import HEADS, ArchitectureConfig
 from model.data import DatasetError
 from model.preprocessing import PreprocessConfig
 from model.retrain import RetrainConfig, retrain
@@ -27,17 +27,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", required=True, help="model registry folder (local or s3://)")
     parser.add_argument("--tumor-data", action="append", default=[],
                         help="folder of tumor images of unknown type (repeatable), e.g. Br35H 'yes'")
-    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs,
+                        help="planned epochs: the learning-rate schedule decays over exactly these")
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="global batch size")
-    parser.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
+    parser.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate,
+                        help="peak learning rate of AdamW, reached after the warm-up")
+    parser.add_argument("--warmup-epochs", type=float, default=TrainConfig.warmup_epochs,
+                        help="epochs of linear learning-rate warm-up")
+    parser.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay,
+                        help="AdamW decoupled weight decay (not applied to BatchNormalization or biases)")
+    parser.add_argument("--label-smoothing", type=float, default=TrainConfig.label_smoothing,
+                        help="label smoothing of the training loss")
+    parser.add_argument("--seed", type=int, default=TrainConfig.seed, help="training seed (weights, shuffling)")
     parser.add_argument("--patience", type=int, default=TrainConfig.patience,
                         help="epochs without validation-loss improvement before stopping")
     parser.add_argument("--num-workers", type=int, default=1, help="Ray Train workers (data parallel)")
     parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
     parser.add_argument("--cpus-per-worker", type=float, default=TrainConfig.cpus_per_worker)
     parser.add_argument("--image-size", type=int, default=PreprocessConfig.image_size)
-    parser.add_argument("--head", choices=("pooling", "lstm"), default=ArchitectureConfig().head,
-                        help="head over the backbone's feature map: global average pooling, or an LSTM over its rows")
+    parser.add_argument("--head", choices=HEADS, default=ArchitectureConfig.head,
+                        help="bilstm: a bidirectional LSTM over the feature-map columns beside global pooling (the "
+                             "CNN+LSTM); pooling: global average pooling; lstm: an LSTM over the rows alone")
     parser.add_argument("--validation-fraction", type=float, default=RetrainConfig.validation_fraction)
     parser.add_argument("--no-augment", action="store_true")
     parser.add_argument("--storage-path", help="where Ray Train keeps checkpoints (default: ~/ray_results)")
@@ -48,12 +58,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_config(args: argparse.Namespace) -> RetrainConfig:
     training = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                           patience=args.patience, num_workers=args.num_workers, use_gpu=args.use_gpu,
+                           patience=args.patience, warmup_epochs=args.warmup_epochs,
+                           weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, seed=args.seed, num_workers=args.num_workers, use_gpu=args.use_gpu,
                            cpus_per_worker=args.cpus_per_worker, augment=not args.no_augment,
                            storage_path=args.storage_path)
     return RetrainConfig(data=args.data, output=args.output, tumor_data=tuple(args.tumor_data),
                          validation_fraction=args.validation_fraction,
-                         architecture=ArchitectureConfig(image_size=args.image_size, use_lstm=args.head == "lstm"),
+                         architecture=ArchitectureConfig(image_size=args.image_size, head=args.head),
                          preprocessing=PreprocessConfig(image_size=args.image_size), training=training,
                          version=args.version)
 

@@ -1,9 +1,15 @@
-"""The classifier: a MobileNetV3Small backbone (from scratch) and one of two heads over its feature map.
+"""The classifier: a MobileNetV3Small backbone (from scratch) and one of three heads over its feature maps.
 
 Input: ``(batch, S, S)`` uint8 preprocessed slices (see ``model.preprocessing``). Output: softmax over the four
-classes of ``model.labels.CLASS_NAMES``. Heads: ``use_lstm=True`` reads the feature-map rows as a sequence with an
-LSTM; ``use_lstm=False`` (the default) pools them globally. The default follows the measured ablation in the
-shipped model's card: trained alike, the pooling head matched or beat the LSTM at every epoch from the third on.
+classes of ``model.labels.CLASS_NAMES``. Heads (``ArchitectureConfig.head``):
+
+- ``bilstm`` (the default, the design's CNN+LSTM): a bidirectional LSTM reads the columns of the backbone's
+  stride-16 feature map (10x10 at 160 px) left to right and right to left, so it can compare the two hemispheres,
+  whose asymmetry a tumor breaks; its summary is concatenated with the globally pooled final feature map, so the
+  sequence model adds to what pooling gives instead of replacing it.
+- ``pooling``: global average pooling of the final feature map.
+- ``lstm``: an LSTM over the rows of the final feature map, alone (the first CNN+LSTM, kept to load its weights).
+
 Built with ``tf_keras`` (the Keras 2 API): Keras 3 models fail under ``MultiWorkerMirroredStrategy`` in Ray Train.
 """
 
@@ -16,40 +22,63 @@ import tf_keras as keras
 
 from model.labels import CLASS_NAMES
 
+HEADS = ("bilstm", "pooling", "lstm")
+COLUMN_FEATURES_LAYER = "expanded_conv_7/Add"  # the last stride-16 block of MobileNetV3Small (10x10x48 at 160 px)
+
 
 @dataclasses.dataclass(frozen=True)
 class ArchitectureConfig:
     """Everything that decides the shape of the network; saved with every model."""
 
     image_size: int = 160
-    use_lstm: bool = False
+    head: str = "bilstm"
     lstm_units: int = 128
     row_channels: int = 128
+    column_channels: int = 32
     dropout: float = 0.3
     batchnorm_momentum: float = 0.9
 
-    @property
-    def head(self) -> str:
-        return "lstm" if self.use_lstm else "pooling"
+    def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ValueError(f"unknown head {self.head!r}: expected one of {', '.join(HEADS)}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> "ArchitectureConfig":
+        values = dict(values)
+        if "head" not in values and "use_lstm" in values:  # model.json written before heads had names
+            values["head"] = "lstm" if values["use_lstm"] else "pooling"
         known = {field.name for field in dataclasses.fields(cls)}
         return cls(**{key: value for key, value in values.items() if key in known})
 
 
 def mobilenet_backbone(config: ArchitectureConfig) -> keras.Model:
-    """MobileNetV3Small without top or weights, its BatchNormalization momentum lowered for from-scratch training."""
+    """MobileNetV3Small without top or weights, its BatchNormalization momentum lowered for from-scratch training.
+
+    Outputs the stride-16 feature map (for the column LSTM) and the final stride-32 one."""
     backbone = keras.applications.MobileNetV3Small(
         input_shape=(config.image_size, config.image_size, 1), include_top=False, weights=None,
         include_preprocessing=False)
     for layer in backbone.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = config.batchnorm_momentum
-    return backbone
+    if config.head != "bilstm":
+        return backbone
+    finer = backbone.get_layer(COLUMN_FEATURES_LAYER).output
+    return keras.Model(backbone.input, [finer, backbone.output], name=backbone.name)
+
+
+def column_bilstm_head(finer: tf.Tensor, final: tf.Tensor, config: ArchitectureConfig) -> tf.Tensor:
+    """Pooled final features beside a bidirectional LSTM's reading of the finer map's columns, left to right."""
+    narrowed = keras.layers.Conv2D(config.column_channels, 1, activation="relu", name="column_projection")(finer)
+    columns = keras.layers.Permute((2, 1, 3), name="columns_first")(narrowed)
+    width, height = columns.shape[1], columns.shape[2]
+    sequence = keras.layers.Reshape((width, height * config.column_channels), name="columns_as_sequence")(columns)
+    summary = keras.layers.Bidirectional(keras.layers.LSTM(config.lstm_units // 2), name="column_bilstm")(sequence)
+    pooled = keras.layers.GlobalAveragePooling2D(name="average_pool")(final)
+    return keras.layers.Concatenate(name="pooled_and_columns")([pooled, summary])
 
 
 def lstm_head(features: tf.Tensor, config: ArchitectureConfig) -> tf.Tensor:
@@ -67,13 +96,16 @@ def build_classifier(config: ArchitectureConfig) -> keras.Model:
     scaled = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")(images)
     channels = keras.layers.Reshape((side, side, 1), name="add_channel")(scaled)
     features = mobilenet_backbone(config)(channels)
-    if config.use_lstm:
+    if config.head == "bilstm":
+        pooled = column_bilstm_head(*features, config)
+    elif config.head == "lstm":
         pooled = lstm_head(features, config)
     else:
         pooled = keras.layers.GlobalAveragePooling2D(name="average_pool")(features)
     dropped = keras.layers.Dropout(config.dropout)(pooled)
     probabilities = keras.layers.Dense(len(CLASS_NAMES), activation="softmax", name="class_probabilities")(dropped)
-    name = "mobilenetv3small_lstm" if config.use_lstm else "mobilenetv3small_gap"
+    name = {"bilstm": "mobilenetv3small_column_bilstm", "lstm": "mobilenetv3small_lstm",
+            "pooling": "mobilenetv3small_gap"}[config.head]
     return keras.Model(images, probabilities, name=name)
 
 
@@ -83,9 +115,33 @@ def masked_crossentropy(target_masks: tf.Tensor, probabilities: tf.Tensor) -> tf
     return -tf.math.log(tf.clip_by_value(covered, 1e-7, 1.0))
 
 
-def compile_classifier(model: keras.Model, learning_rate: float, decay_steps: int = 0) -> keras.Model:
-    """Adam with the masked loss; with ``decay_steps`` the learning rate follows a cosine decay to 5%."""
-    schedule = (keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps, alpha=0.05)
-                if decay_steps > 0 else learning_rate)
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=masked_crossentropy)
+def smoothed_masked_crossentropy(label_smoothing: float):
+    """The masked loss with label smoothing: ``(1 - e) * masked loss + e * mean over classes of -log p``.
+
+    For a one-hot mask this is cross-entropy against the smoothed target ``(1 - e) * onehot + e / classes``."""
+    def loss(target_masks: tf.Tensor, probabilities: tf.Tensor) -> tf.Tensor:
+        uniform = -tf.reduce_mean(tf.math.log(tf.clip_by_value(probabilities, 1e-7, 1.0)), axis=-1)
+        return (1.0 - label_smoothing) * masked_crossentropy(target_masks, probabilities) + label_smoothing * uniform
+
+    return loss
+
+
+def learning_rate_schedule(peak: float, total_steps: int, warmup_steps: int):
+    """Linear warm-up to ``peak``, then cosine decay to 1% of it over exactly the planned remaining steps."""
+    if total_steps <= 0:
+        return peak
+    warmup_steps = min(warmup_steps, total_steps - 1)
+    return keras.optimizers.schedules.CosineDecay(
+        0.0 if warmup_steps else peak, max(1, total_steps - warmup_steps), alpha=0.01,
+        warmup_target=peak if warmup_steps else None, warmup_steps=warmup_steps)
+
+
+def compile_classifier(model: keras.Model, learning_rate: float, total_steps: int = 0, warmup_steps: int = 0,
+                       weight_decay: float = 0.0, label_smoothing: float = 0.0) -> keras.Model:
+    """AdamW (decoupled weight decay, none on BatchNormalization and biases) on the warm-up/cosine schedule, with
+    the label-smoothed masked loss."""
+    optimizer = keras.optimizers.AdamW(learning_rate_schedule(learning_rate, total_steps, warmup_steps),
+                                       weight_decay=weight_decay)
+    optimizer.exclude_from_weight_decay(var_names=["BatchNorm", "bias", "gamma", "beta"])
+    model.compile(optimizer=optimizer, loss=smoothed_masked_crossentropy(label_smoothing))
     return model

@@ -12,6 +12,7 @@ import argparse
 import json
 
 from infra import storage
+from model.architecture import ArchitectureConfig
 from model.labels import CLASS_NAMES
 from model.registry import METADATA_FILE
 from model.train import STATE_FILE
@@ -51,11 +52,24 @@ def summary_lines(metrics: dict) -> list[str]:
     ]
 
 
-HEAD_NAMES = {"lstm": "LSTM head", "pooling": "pooling head"}
+HEAD_NAMES = {"bilstm": "column-BiLSTM + pooling head", "lstm": "row-LSTM head", "pooling": "pooling head"}
 
 
-def head_name(use_lstm: bool) -> str:
-    return HEAD_NAMES["lstm" if use_lstm else "pooling"]
+def head_of(architecture: dict) -> str:
+    """The head of a recorded architecture, for model.json written before heads had names too."""
+    return ArchitectureConfig.from_dict(architecture).head
+
+
+def head_name(architecture: dict) -> str:
+    return HEAD_NAMES[head_of(architecture)]
+
+
+def head_description(architecture: dict) -> str:
+    units = architecture["lstm_units"]
+    return {"bilstm": f"a bidirectional LSTM ({units} units) reading the columns of the stride-16 feature map, "
+                      "concatenated with global average pooling of the final feature map",
+            "lstm": f"an LSTM ({units} units) reading the feature-map rows",
+            "pooling": "global average pooling of the feature map"}[head_of(architecture)]
 
 
 def history_table(history: list[dict], other: list[dict] | None = None, names: tuple[str, str] = ("", "")) -> list[str]:
@@ -82,7 +96,8 @@ def ablation_section(record: dict) -> list[str]:
     ablation = record.get("ablation")
     if not ablation:
         return ["No ablation recorded for this model."]
-    mine, theirs = head_name(record["architecture"]["use_lstm"]), head_name(ablation["use_lstm"])
+    theirs_architecture = ablation.get("architecture") or {"use_lstm": ablation["use_lstm"]}
+    mine, theirs = head_name(record["architecture"]), head_name(theirs_architecture)
     lines = [ablation.get("summary", ""), "",
              f"Same data, preprocessing, split method, schedule and seed; only the head differs: this model has the {mine} "
              f"({record.get('parameters', 0):,} parameters), the other run ({ablation['version']}) the {theirs} "
@@ -101,7 +116,7 @@ def model_card(record: dict) -> str:
         f"# Model card: {record['version']}", "",
         f"- Weights: `weights.h5`, sha256 `{record['weights_sha256']}` (checked before every load).",
         f"- Architecture: MobileNetV3Small backbone trained from scratch (no pretrained weights), "
-        f"{'an LSTM (' + str(architecture['lstm_units']) + ' units) reading the feature-map rows' if architecture['use_lstm'] else 'global average pooling of the feature map'}, "
+        f"{head_description(architecture)}, "
         f"softmax over {', '.join(CLASS_NAMES)}; input {architecture['image_size']}x{architecture['image_size']} "
         f"grey; {record.get('parameters', 0):,} parameters.",
         f"- Preprocessing (shared with scoring): {json.dumps(preprocessing)}.",
@@ -161,13 +176,13 @@ def attach_ablation(model_dir: str, ablation_dir: str, summary: str) -> None:
     if storage.exists(storage.join(ablation_dir, METADATA_FILE)):
         other = json.loads(storage.read_text(storage.join(ablation_dir, METADATA_FILE)))
         ablation = {"version": other["version"], "parameters": other.get("parameters", 0),
-                    "use_lstm": other["architecture"]["use_lstm"],
+                    "architecture": other["architecture"],
                     "history": other["training"]["state"]["history"],
                     "validation_metrics": other["validation_metrics"]}
     else:
         state = json.loads(storage.read_text(storage.join(ablation_dir, STATE_FILE)))
         ablation = {"version": "stopped early", "parameters": ablation_parameters(record),
-                    "use_lstm": not record["architecture"]["use_lstm"],
+                    "architecture": ablation_architecture(record),
                     "history": state["history"], "validation_metrics": None}
     record["ablation"] = {**ablation, "summary": summary}
     storage.write_text(storage.join(model_dir, METADATA_FILE), json.dumps(record, indent=2, sort_keys=True))
@@ -177,8 +192,13 @@ def attach_ablation(model_dir: str, ablation_dir: str, summary: str) -> None:
 def ablation_parameters(record: dict) -> int:
     from model.architecture import ArchitectureConfig, build_classifier
 
-    architecture = {**record["architecture"], "use_lstm": not record["architecture"]["use_lstm"]}
-    return int(build_classifier(ArchitectureConfig.from_dict(architecture)).count_params())
+    return int(build_classifier(ArchitectureConfig.from_dict(ablation_architecture(record))).count_params())
+
+
+def ablation_architecture(record: dict) -> dict:
+    """The other arm of a head ablation: pooling for a model with an LSTM head, the column BiLSTM otherwise."""
+    other = "pooling" if head_of(record["architecture"]) != "pooling" else "bilstm"
+    return {**ArchitectureConfig.from_dict(record["architecture"]).to_dict(), "head": other}
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from tests.conftest import SAMPLES
 pytestmark = pytest.mark.slow
 
 SIZE = 96
-ARCHITECTURE = ArchitectureConfig(image_size=SIZE, use_lstm=True)  # the head with the most to go wrong
+ARCHITECTURE = ArchitectureConfig(image_size=SIZE, head="bilstm")  # the head with the most to go wrong
 
 
 def config(output: pathlib.Path, epochs: int, version: str) -> RetrainConfig:
