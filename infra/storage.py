@@ -23,6 +23,10 @@ class StorageError(RuntimeError):
     """A location that cannot be read or written; the message names the location."""
 
 
+class FileTooLargeError(StorageError):
+    """A file larger than the reader's byte limit (not read)."""
+
+
 def is_s3(uri: str) -> bool:
     return uri.startswith(S3_SCHEME)
 
@@ -99,7 +103,7 @@ def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
     try:
         with filesystem.open_input_file(path) as stream:
             if max_bytes is not None and stream.size() > max_bytes:
-                raise StorageError(f"{uri} is {stream.size()} bytes, over the limit of {max_bytes}")
+                raise FileTooLargeError(f"{uri} is {stream.size()} bytes, over the limit of {max_bytes}")
             return stream.read()
     except OSError as error:
         raise StorageError(f"cannot read {uri}: {error}") from error

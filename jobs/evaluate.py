@@ -9,39 +9,38 @@ import argparse
 import logging
 import sys
 
-from infra.ray_runtime import configure_logging, ensure_ray
-from model.data import DatasetError
-from model.evaluate import evaluate_model
-from model.registry import DEFAULT_MODEL, ModelError
+from jobs.runner import HelpFormatter, add_common_options, run_job
+from model.registry import DEFAULT_MODEL
 
 logger = logging.getLogger("jobs.evaluate")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m jobs.evaluate", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--data", required=True, help="labelled folder: one sub-folder per class")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model or registry folder (default: shipped model)")
     parser.add_argument("--output", required=True, help="folder for metrics.json and confusion_matrix.png")
     parser.add_argument("--tumor-data", action="append", default=[], help="folder of unknown-type tumor images")
     parser.add_argument("--threshold", type=float, default=0.5, help="tumor probability that flags an image")
-    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    add_common_options(parser)
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    configure_logging()
-    args = parse_args(argv)
-    try:
-        ensure_ray(args.address)
-        metrics = evaluate_model(args.data, args.model, args.output, tuple(args.tumor_data), args.threshold)
-    except (DatasetError, ModelError) as error:
-        logger.error("%s", error)
-        return 2
+def evaluate(args: argparse.Namespace) -> dict:
+    from pipeline.evaluate import evaluate_model  # TensorFlow loads here, after the arguments are known to be good
+
+    metrics = evaluate_model(args.data, args.model, args.output, tuple(args.tumor_data), args.threshold)
     tumor = metrics["tumor_vs_no_tumor"]
     logger.info("evaluated %s on %d images: accuracy %.4f, macro-F1 %.4f, tumor sensitivity %s, specificity %s; "
                 "wrote %s", metrics["model_version"], metrics["images"], metrics["accuracy"] or 0.0,
                 metrics["macro_f1"], tumor["sensitivity"], tumor["specificity"], args.output)
-    return 0
+    return {"model_version": metrics["model_version"], "images": metrics["images"], "accuracy": metrics["accuracy"],
+            "macro_f1": metrics["macro_f1"], "tumor_sensitivity": tumor["sensitivity"],
+            "tumor_specificity": tumor["specificity"], "output": args.output}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job("evaluate", parse_args(argv), evaluate)
 
 
 if __name__ == "__main__":

@@ -7,22 +7,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 
-from infra.ray_runtime import configure_logging, ensure_ray
-from model.architecture import HEADS, ArchitectureConfig
-from model.data import DatasetError
+from jobs.runner import HelpFormatter, add_common_options, run_job
+from model.config import HEADS, ArchitectureConfig, RetrainConfig, TrainConfig
 from model.preprocessing import PreprocessConfig
-from model.retrain import RetrainConfig, retrain
-from model.train import TrainConfig
 
 logger = logging.getLogger("jobs.retrain")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m jobs.retrain", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--data", required=True, help="labelled folder: one sub-folder per class")
     parser.add_argument("--output", required=True, help="model registry folder (local or s3://)")
     parser.add_argument("--tumor-data", action="append", default=[],
@@ -43,16 +39,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="epochs without validation-loss improvement before stopping")
     parser.add_argument("--num-workers", type=int, default=1, help="Ray Train workers (data parallel)")
     parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
-    parser.add_argument("--cpus-per-worker", type=float, default=TrainConfig.cpus_per_worker)
-    parser.add_argument("--image-size", type=int, default=PreprocessConfig.image_size)
+    parser.add_argument("--cpus-per-worker", type=float, default=TrainConfig.cpus_per_worker,
+                        help="CPUs each worker reserves (also its TensorFlow thread count)")
+    parser.add_argument("--image-size", type=int, default=PreprocessConfig.image_size,
+                        help="side of the square model input, in pixels")
     parser.add_argument("--head", choices=HEADS, default=ArchitectureConfig.head,
                         help="bilstm: a bidirectional LSTM over the feature-map columns beside global pooling (the "
                              "CNN+LSTM); pooling: global average pooling; lstm: an LSTM over the rows alone")
-    parser.add_argument("--validation-fraction", type=float, default=RetrainConfig.validation_fraction)
-    parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument("--validation-fraction", type=float, default=RetrainConfig.validation_fraction,
+                        help="share of near-duplicate groups held out for validation")
+    parser.add_argument("--no-augment", action="store_true", help="train without data augmentation")
     parser.add_argument("--storage-path", help="where Ray Train keeps checkpoints (default: ~/ray_results)")
     parser.add_argument("--version", help="name of the candidate model (default: timestamped)")
-    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    add_common_options(parser)
     return parser.parse_args(argv)
 
 
@@ -69,23 +68,21 @@ def build_config(args: argparse.Namespace) -> RetrainConfig:
                          version=args.version)
 
 
-def main(argv: list[str] | None = None) -> int:
-    configure_logging()
-    args = parse_args(argv)
-    try:
-        ensure_ray(args.address)
-        outcome = retrain(build_config(args))
-    except DatasetError as error:
-        logger.error("%s", error)
-        return 2
+def run_retraining(args: argparse.Namespace) -> dict:
+    from pipeline.retrain import retrain  # TensorFlow loads here, after the arguments are known to be good
+
+    outcome = retrain(build_config(args))
     metrics = outcome.candidate_metrics
     logger.info("candidate %s at %s: accuracy %.4f, macro-F1 %.4f, tumor sensitivity %.4f; %s: %s",
                 outcome.version, outcome.candidate_uri, metrics["accuracy"], metrics["macro_f1"],
                 metrics["tumor_vs_no_tumor"]["sensitivity"], "PROMOTED" if outcome.promoted else "NOT promoted",
                 outcome.reason)
-    print(json.dumps({"version": outcome.version, "promoted": outcome.promoted, "reason": outcome.reason,
-                      "candidate": outcome.candidate_uri}))
-    return 0
+    return {"version": outcome.version, "promoted": outcome.promoted, "reason": outcome.reason,
+            "candidate": outcome.candidate_uri, "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job("retrain", parse_args(argv), run_retraining)
 
 
 if __name__ == "__main__":

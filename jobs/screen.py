@@ -10,21 +10,20 @@ start (nothing written), 3 when it failed part-way (not committed: every date re
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import logging
 import sys
 
-from infra.ray_runtime import configure_logging, ensure_ray
+from jobs.runner import HelpFormatter, add_common_options, run_job
+from model.decode import DecodeLimits
 from model.registry import DEFAULT_MODEL
-from pipeline.decode import DecodeLimits
-from pipeline.screen import RunFailedError, ScreenConfig, ScreeningError, run_screening
+from pipeline.screen import ScreenConfig, run_screening
 
 logger = logging.getLogger("jobs.screen")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m jobs.screen", description=__doc__,
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--input", action="append", default=[], help="folder, S3 prefix or file (repeatable)")
     parser.add_argument("--manifest", action="append", default=[], help="text file listing one input a line")
     parser.add_argument("--output", required=True, help="results folder or S3 prefix")
@@ -35,16 +34,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pseudonym-key-file", help="file holding the secret pseudonym key (else PSEUDONYM_KEY)")
     parser.add_argument("--create-pseudonym-key", action="store_true",
                         help="generate a random key into --pseudonym-key-file when it does not exist")
-    parser.add_argument("--decode-batch-size", type=int, default=ScreenConfig.decode_batch_size)
+    parser.add_argument("--decode-batch-size", type=int, default=ScreenConfig.decode_batch_size,
+                        help="files per decode/preprocess task")
     parser.add_argument("--decode-cpus", type=float, default=ScreenConfig.decode_cpus,
                         help="CPUs reserved by each decode/preprocess task")
-    parser.add_argument("--inference-batch-size", type=int, default=ScreenConfig.inference_batch_size)
+    parser.add_argument("--inference-batch-size", type=int, default=ScreenConfig.inference_batch_size,
+                        help="images per inference call")
     parser.add_argument("--inference-actors", type=int, help="inference actors (default: one per GPU, or by CPUs)")
     parser.add_argument("--inference-cpus", type=float, default=ScreenConfig.inference_cpus,
                         help="CPUs per CPU inference actor (also its TensorFlow thread count)")
     gpu = parser.add_mutually_exclusive_group()
-    gpu.add_argument("--use-gpu", dest="use_gpu", action="store_true", default=None)
-    gpu.add_argument("--no-gpu", dest="use_gpu", action="store_false")
+    gpu.add_argument("--use-gpu", dest="use_gpu", action="store_true", default=None,
+                     help="score on GPU actors, one GPU each (default: when the cluster has GPUs)")
+    gpu.add_argument("--no-gpu", dest="use_gpu", action="store_false", help="score on CPU actors even with GPUs")
     limits = DecodeLimits()
     parser.add_argument("--max-file-mb", type=float, default=limits.max_file_bytes / 2**20,
                         help="files larger than this become file_too_large error rows, unread")
@@ -52,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="frames with more pixels than this (from the header) become image_too_large rows")
     parser.add_argument("--max-frames", type=int, default=limits.max_frames,
                         help="DICOM objects with more frames than this become image_too_large rows")
-    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    add_common_options(parser)
     args = parser.parse_args(argv)
     if not args.input and not args.manifest:
         parser.error("give at least one --input or --manifest")
@@ -70,25 +72,17 @@ def build_config(args: argparse.Namespace) -> ScreenConfig:
                                             max_pixels_per_frame=args.max_pixels, max_frames=args.max_frames))
 
 
-def main(argv: list[str] | None = None) -> int:
-    configure_logging()
-    args = parse_args(argv)
-    try:
-        ensure_ray(args.address)
-        summary = run_screening(build_config(args))
-    except ScreeningError as error:
-        logger.error("run not started: %s", error)
-        return 2
-    except RunFailedError as error:
-        logger.error("%s", error, exc_info=error.__cause__)
-        return 3
+def screen(args: argparse.Namespace) -> dict:
+    record = run_screening(build_config(args))
     logger.info("run %s done: %d files, %d rows (%d scored, %d errors %s), %d flagged images, %d series "
-                "(%d flagged), %.1f images/s; results in %s", summary.run_id, summary.files_listed,
-                summary.rows_written, summary.rows_scored, summary.rows_error, summary.errors_by_code,
-                summary.rows_flagged, summary.series, summary.series_flagged, summary.images_per_second,
-                summary.output)
-    print(json.dumps(dataclasses.asdict(summary)))
-    return 0
+                "(%d flagged), %.1f images/s; results in %s", record.run_id, record.files_listed,
+                record.rows_written, record.rows_scored, record.rows_error, record.errors_by_code,
+                record.rows_flagged, record.series, record.series_flagged, record.images_per_second, record.output)
+    return record.summary()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job("screen", parse_args(argv), screen)
 
 
 if __name__ == "__main__":

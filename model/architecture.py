@@ -15,51 +15,21 @@ Built with ``tf_keras`` (the Keras 2 API): Keras 3 models fail under ``MultiWork
 
 from __future__ import annotations
 
-import dataclasses
-
 import tensorflow as tf
 import tf_keras as keras
 
+from model.config import ArchitectureConfig
 from model.labels import CLASS_NAMES
 
-HEADS = ("bilstm", "pooling", "lstm")
 COLUMN_FEATURES_LAYER = "expanded_conv_7/Add"  # the last stride-16 block of MobileNetV3Small (10x10x48 at 160 px)
 
 
-@dataclasses.dataclass(frozen=True)
-class ArchitectureConfig:
-    """Everything that decides the shape of the network; saved with every model."""
-
-    image_size: int = 160
-    head: str = "bilstm"
-    lstm_units: int = 128
-    row_channels: int = 128
-    column_channels: int = 32
-    dropout: float = 0.3
-    batchnorm_momentum: float = 0.9
-
-    def __post_init__(self) -> None:
-        if self.head not in HEADS:
-            raise ValueError(f"unknown head {self.head!r}: expected one of {', '.join(HEADS)}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "ArchitectureConfig":
-        values = dict(values)
-        if "head" not in values and "use_lstm" in values:  # model.json written before heads had names
-            values["head"] = "lstm" if values["use_lstm"] else "pooling"
-        known = {field.name for field in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in values.items() if key in known})
-
-
-def mobilenet_backbone(config: ArchitectureConfig) -> keras.Model:
+def mobilenet_backbone(config: ArchitectureConfig, image_size: int) -> keras.Model:
     """MobileNetV3Small without top or weights, its BatchNormalization momentum lowered for from-scratch training.
 
     Outputs the stride-16 feature map (for the column LSTM) and the final stride-32 one."""
     backbone = keras.applications.MobileNetV3Small(
-        input_shape=(config.image_size, config.image_size, 1), include_top=False, weights=None,
+        input_shape=(image_size, image_size, 1), include_top=False, weights=None,
         include_preprocessing=False)
     for layer in backbone.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -89,13 +59,13 @@ def lstm_head(features: tf.Tensor, config: ArchitectureConfig) -> tf.Tensor:
     return keras.layers.LSTM(config.lstm_units, name="row_lstm")(sequence)
 
 
-def build_classifier(config: ArchitectureConfig) -> keras.Model:
-    """The uncompiled classifier."""
-    side = config.image_size
+def build_classifier(config: ArchitectureConfig, image_size: int) -> keras.Model:
+    """The uncompiled classifier for ``(image_size, image_size)`` inputs (``PreprocessConfig.image_size``)."""
+    side = image_size
     images = keras.Input((side, side), dtype="uint8", name="image")
     scaled = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")(images)
     channels = keras.layers.Reshape((side, side, 1), name="add_channel")(scaled)
-    features = mobilenet_backbone(config)(channels)
+    features = mobilenet_backbone(config, side)(channels)
     if config.head == "bilstm":
         pooled = column_bilstm_head(*features, config)
     elif config.head == "lstm":

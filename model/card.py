@@ -12,7 +12,8 @@ import argparse
 import json
 
 from infra import storage
-from model.architecture import ArchitectureConfig
+from model.architecture import build_classifier
+from model.config import ArchitectureConfig
 from model.labels import CLASS_NAMES
 from model.registry import METADATA_FILE
 from model.train import STATE_FILE
@@ -117,7 +118,7 @@ def model_card(record: dict) -> str:
         f"- Weights: `weights.h5`, sha256 `{record['weights_sha256']}` (checked before every load).",
         f"- Architecture: MobileNetV3Small backbone trained from scratch (no pretrained weights), "
         f"{head_description(architecture)}, "
-        f"softmax over {', '.join(CLASS_NAMES)}; input {architecture['image_size']}x{architecture['image_size']} "
+        f"softmax over {', '.join(CLASS_NAMES)}; input {preprocessing['image_size']}x{preprocessing['image_size']} "
         f"grey; {record.get('parameters', 0):,} parameters.",
         f"- Preprocessing (shared with scoring): {json.dumps(preprocessing)}.",
         "", "## Intended use",
@@ -190,9 +191,8 @@ def attach_ablation(model_dir: str, ablation_dir: str, summary: str) -> None:
 
 
 def ablation_parameters(record: dict) -> int:
-    from model.architecture import ArchitectureConfig, build_classifier
-
-    return int(build_classifier(ArchitectureConfig.from_dict(ablation_architecture(record))).count_params())
+    image_size = record["preprocessing"]["image_size"]
+    return int(build_classifier(ArchitectureConfig.from_dict(ablation_architecture(record)), image_size).count_params())
 
 
 def ablation_architecture(record: dict) -> dict:

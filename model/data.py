@@ -2,9 +2,12 @@
 
 In: a root whose sub-folders are named after the classes (``glioma/``, ``meningioma/``, ``notumor/``,
 ``pituitary/``, and optionally ``tumor/`` for tumors of unknown type), plus optional extra folders whose every
-image is a tumor of unknown type. Out: a Ray Dataset with one row per image holding its URI, label, target mask,
+image is a tumor of unknown type. Files are JPEG, PNG or DICOM and are read exactly as the scoring pipeline reads
+them (``model.decode``: the same limits, header checks and DICOM handling). Out: a Ray Dataset with one row per
+image (per frame of a multi-frame DICOM, its URI suffixed ``#frame=N``) holding its URI, label, target mask,
 preprocessed uint8 image and near-duplicate thumbnail. Problems in the data (an unknown class folder, an empty
-class folder, an unreadable image) raise :class:`DatasetError` with the offending paths, before any training.
+class folder, an unreadable image) raise :class:`DatasetError` with the offending paths and error codes, before
+any training.
 """
 
 from __future__ import annotations
@@ -12,16 +15,16 @@ from __future__ import annotations
 import dataclasses
 import posixpath
 
-import cv2
 import numpy as np
 import ray
 
 from infra import storage
+from model.decode import DICOM_EXTENSIONS, DecodeError, DecodeLimits, decode_file
 from model.dedup import THUMBNAIL_SIDE, thumbnail
 from model.labels import CLASS_NAMES, TRAINING_LABELS, TUMOR_UNKNOWN_TYPE, target_mask
-from model.preprocessing import PreprocessConfig, preprocess_image, to_grey
+from model.preprocessing import PreprocessConfig, preprocess_image
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", *DICOM_EXTENSIONS)
 
 URI = "uri"
 LABEL = "label"
@@ -71,33 +74,33 @@ def list_labelled_images(root: str, tumor_roots: tuple[str, ...] = ()) -> list[L
     return images
 
 
-def decode_raster(data: bytes) -> np.ndarray:
-    """Decode JPEG/PNG/BMP/TIFF bytes with OpenCV; raises ValueError when the bytes are not a readable image."""
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED) if data else None
-    if image is None:
-        raise ValueError("not a readable JPEG/PNG/BMP/TIFF image")
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
-    return image
+def frame_uri(uri: str, index: int, frames: int) -> str:
+    return uri if frames == 1 else f"{uri}#frame={index}"
 
 
-def load_labelled_batch(batch: dict[str, np.ndarray], config: PreprocessConfig) -> dict[str, np.ndarray]:
-    """Ray Data function: read, decode and preprocess a batch of labelled images, recording errors per row."""
-    side = config.image_size
-    size = len(batch[URI])
-    images = np.zeros((size, side, side), dtype=np.uint8)
-    thumbnails = np.zeros((size, THUMBNAIL_SIDE * THUMBNAIL_SIDE), dtype=np.float32)
-    errors = [""] * size
-    for row, uri in enumerate(batch[URI]):
-        try:
-            grey = to_grey(decode_raster(storage.read_bytes(str(uri))))
-            images[row] = preprocess_image(grey, config)
-            thumbnails[row] = thumbnail(grey)
-        except (ValueError, storage.StorageError, cv2.error) as error:
-            errors[row] = f"{uri}: {error}"
-    targets = np.stack([target_mask(str(label)) for label in batch[LABEL]])
-    return {URI: batch[URI], LABEL: batch[LABEL], TARGET: targets, IMAGE: images,
-            THUMBNAIL: thumbnails, ERROR: np.array(errors)}
+def labelled_rows(uri: str, label: str, config: PreprocessConfig, limits: DecodeLimits) -> list[dict]:
+    """One labelled file -> a row per frame (or one row whose ``error`` names the file and the problem)."""
+    try:
+        frames = decode_file(storage.read_bytes(uri, max_bytes=limits.max_file_bytes), uri, limits).frames
+        return [{URI: frame_uri(uri, index, len(frames)), LABEL: label, IMAGE: preprocess_image(frame, config),
+                 THUMBNAIL: thumbnail(frame), ERROR: ""} for index, frame in enumerate(frames)]
+    except DecodeError as error:
+        problem = f"{error.code}: {error}"
+    except (ValueError, ArithmeticError, storage.StorageError) as error:
+        problem = str(error)
+    return [{URI: uri, LABEL: label, IMAGE: np.zeros((config.image_size,) * 2, np.uint8),
+             THUMBNAIL: np.zeros(THUMBNAIL_SIDE * THUMBNAIL_SIDE, np.float32), ERROR: f"{uri}: {problem}"}]
+
+
+def load_labelled_batch(batch: dict[str, np.ndarray], config: PreprocessConfig,
+                        limits: DecodeLimits = DecodeLimits()) -> dict[str, np.ndarray]:
+    """Ray Data function: read, decode and preprocess a batch of labelled files, recording errors per row."""
+    rows = [row for uri, label in zip(batch[URI], batch[LABEL])
+            for row in labelled_rows(str(uri), str(label), config, limits)]
+    return {URI: np.array([row[URI] for row in rows]), LABEL: np.array([row[LABEL] for row in rows]),
+            TARGET: np.stack([target_mask(row[LABEL]) for row in rows]),
+            IMAGE: np.stack([row[IMAGE] for row in rows]), THUMBNAIL: np.stack([row[THUMBNAIL] for row in rows]),
+            ERROR: np.array([row[ERROR] for row in rows])}
 
 
 def load_labelled_dataset(images: list[LabelledImage], config: PreprocessConfig,

@@ -1,8 +1,9 @@
-"""Evaluation of a classifier on labelled images: metrics.json and a confusion-matrix PNG.
+"""Evaluation of predictions on labelled images: metrics.json and a confusion-matrix PNG.
 
-In: a predictor (``model.predict.ProbabilityPredictor``), preprocessed images and their target masks, and the
-labels they came from. Out: the metrics of ``model.metrics.classification_metrics`` plus the sensitivity on
-tumors of unknown type (images from other sources, e.g. Br35H), written to an output folder (local or S3).
+In: predicted probabilities, target masks, and the labels they came from. Out: the metrics of
+``model.metrics.classification_metrics`` plus the sensitivity on tumors of unknown type (images from other
+sources, e.g. Br35H), written to an output folder (local or S3). Figures are drawn on a private Agg canvas, so
+importing this module changes no global plotting state.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import io
 import json
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from infra import storage
 from model.labels import CLASS_NAMES, NO_TUMOR_INDEX, TUMOR_UNKNOWN_TYPE
@@ -33,13 +36,10 @@ def evaluate_predictions(probabilities: np.ndarray, targets: np.ndarray, labels:
 
 
 def confusion_matrix_png(metrics: dict, title: str) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     counts = np.array(metrics["confusion_matrix"]["counts"])
-    figure, axes = plt.subplots(figsize=(5.5, 4.8), dpi=120)
+    figure = Figure(figsize=(5.5, 4.8), dpi=120)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
     axes.imshow(counts, cmap="Blues")
     axes.set_xticks(range(len(CLASS_NAMES)), CLASS_NAMES, rotation=30)
     axes.set_yticks(range(len(CLASS_NAMES)), CLASS_NAMES)
@@ -52,32 +52,9 @@ def confusion_matrix_png(metrics: dict, title: str) -> bytes:
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
-    plt.close(figure)
     return buffer.getvalue()
 
 
 def write_evaluation(metrics: dict, output: str, title: str) -> None:
     storage.write_text(storage.join(output, METRICS_FILE), json.dumps(metrics, indent=2))
     storage.write_bytes(storage.join(output, CONFUSION_FILE), confusion_matrix_png(metrics, title))
-
-
-def evaluate_model(data: str, model_uri: str, output: str, tumor_data: tuple[str, ...] = (),
-                   threshold: float = 0.5) -> dict:
-    """Score a labelled folder with a registered model; write metrics.json and the confusion matrix to ``output``."""
-    from model import registry
-    from model.data import IMAGE, LABEL, TARGET, list_labelled_images, load_labelled_dataset
-    from model.predict import ProbabilityPredictor
-
-    info = registry.load_model_info(model_uri)
-    predictor = ProbabilityPredictor(registry.load_classifier(info))
-    dataset = load_labelled_dataset(list_labelled_images(data, tumor_data), info.preprocessing)
-    probabilities, targets, labels = [], [], []
-    for batch in dataset.iter_batches(batch_size=256, batch_format="numpy"):
-        probabilities.append(predictor(batch[IMAGE]))
-        targets.append(batch[TARGET])
-        labels.append(batch[LABEL].astype(str))
-    metrics = evaluate_predictions(np.concatenate(probabilities), np.concatenate(targets),
-                                   np.concatenate(labels), threshold)
-    metrics["model_version"], metrics["model_sha256"], metrics["data"] = info.version, info.weights_sha256, data
-    write_evaluation(metrics, output, f"{info.version} on {data.rstrip('/').split('/')[-1]}")
-    return metrics

@@ -1,13 +1,21 @@
-"""Batch inference with a loaded classifier: uint8 preprocessed slices in, class probabilities out.
+"""Loading a verified classifier and batch inference with it: uint8 preprocessed slices in, class probabilities out.
 
-One compiled ``tf.function`` per model, called on fixed-size chunks (eager ``model.predict`` is slower on CPU).
-Used by training-time validation, the evaluation job and the scoring pipeline's inference actors.
+:func:`load_classifier` builds the network from code and loads the weights the registry has verified (sha256 and
+HDF5 signature). One compiled ``tf.function`` per model is called on fixed-size chunks (eager ``model.predict`` is
+slower on CPU). Used by training-time validation, the evaluation job and the scoring pipeline's inference actors.
 """
 
 from __future__ import annotations
 
+import pathlib
+import tempfile
+
 import numpy as np
 import tensorflow as tf
+
+from infra import storage
+from model.architecture import build_classifier
+from model.registry import WEIGHTS_FILE, ModelError, ModelInfo, verify_weights
 
 
 def configure_tensorflow(cpu_threads: int | None = None, use_gpu: bool = False) -> None:
@@ -20,6 +28,25 @@ def configure_tensorflow(cpu_threads: int | None = None, use_gpu: bool = False) 
             tf.config.experimental.set_memory_growth(gpu, True)
     except RuntimeError:
         pass  # TensorFlow already initialised in this process: its settings stay as they are.
+
+
+def load_classifier(info: ModelInfo, expected_sha256: str | None = None):
+    """The Keras classifier described by ``info``, built from code and loaded with its verified weights.
+
+    ``expected_sha256`` pins the weights a caller resolved earlier (the screening driver stamps every row with it):
+    weights that differ, e.g. after a promotion in between, raise :class:`ModelError` instead of scoring silently
+    with another model."""
+    if expected_sha256 is not None and info.weights_sha256 != expected_sha256:
+        raise ModelError(f"model at {info.uri} has weights sha256 {info.weights_sha256}, but this run resolved "
+                         f"{expected_sha256}: the model changed after the run started; refusing to score with it")
+    weights = storage.read_bytes(info.weights_uri)
+    verify_weights(info, weights)
+    model = build_classifier(info.architecture, info.preprocessing.image_size)
+    with tempfile.TemporaryDirectory() as scratch:
+        local = pathlib.Path(scratch) / WEIGHTS_FILE
+        local.write_bytes(weights)
+        model.load_weights(str(local))
+    return model
 
 
 class ProbabilityPredictor:

@@ -4,7 +4,8 @@ A model directory holds ``weights.h5`` (Keras weights only: nothing is unpickled
 version, label map, architecture and preprocessing parameters, the weights' sha256 and its validation metrics).
 A registry is a folder of model directories plus ``registry.json`` naming the promoted (``current``) version and
 the history of promotion decisions. Loading verifies the sha256, and that the weights are an HDF5 file, before
-Keras touches them.
+Keras touches them (``model.predict.load_classifier`` does the loading). Nothing here imports TensorFlow: the
+screening driver and the jobs' ``--help`` read models without it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pathlib
 import tempfile
 
 from infra import storage
-from model.architecture import ArchitectureConfig, build_classifier
+from model.config import ArchitectureConfig
 from model.labels import CLASS_NAMES
 from model.preprocessing import PreprocessConfig
 
@@ -114,18 +115,6 @@ def verify_weights(info: ModelInfo, weights: bytes) -> None:
     if not weights.startswith(HDF5_SIGNATURE):
         raise ModelError(f"model weights at {info.weights_uri} are not an HDF5 file (they start with "
                          f"{weights[:8]!r}); refusing to load them")
-
-
-def load_classifier(info: ModelInfo):
-    """The Keras classifier described by ``info``, built from code and loaded with its verified weights."""
-    weights = storage.read_bytes(info.weights_uri)
-    verify_weights(info, weights)
-    model = build_classifier(info.architecture)
-    with tempfile.TemporaryDirectory() as scratch:
-        local = pathlib.Path(scratch) / WEIGHTS_FILE
-        local.write_bytes(weights)
-        model.load_weights(str(local))
-    return model
 
 
 def read_registry(registry: str) -> dict:

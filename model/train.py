@@ -21,38 +21,21 @@ import time
 import numpy as np
 import ray
 import ray.train
+import tensorflow as tf
 from ray.train.tensorflow import TensorflowTrainer
 
-from model.architecture import ArchitectureConfig
+from model.architecture import build_classifier, compile_classifier
 from model.augment import augment_images
+from model.config import ArchitectureConfig, TrainConfig
 from model.data import IMAGE, TARGET
+from model.metrics import classification_metrics
+from model.predict import ProbabilityPredictor, configure_tensorflow, masked_crossentropy_numpy
 
 LATEST_WEIGHTS = "latest.weights.h5"
 BEST_WEIGHTS = "best.weights.h5"
 STATE_FILE = "state.json"
 
 logger = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """How to train: schedule, early stopping and the scale of the Ray Train run."""
-
-    epochs: int = 30
-    batch_size: int = 32
-    learning_rate: float = 1e-3  # the peak, reached after the warm-up
-    warmup_epochs: float = 2.0
-    weight_decay: float = 0.05
-    label_smoothing: float = 0.1
-    patience: int = 10
-    augment: bool = True
-    seed: int = 0
-    num_workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: float = 2.0
-    max_failures: int = 2
-    storage_path: str | None = None
-    run_name: str | None = None
 
 
 @dataclasses.dataclass
@@ -82,8 +65,6 @@ def training_feed(images: np.ndarray, targets: np.ndarray, config: dict):
 
     Ray has already split the data between workers, so TensorFlow's own auto-sharding is switched off.
     """
-    import tensorflow as tf
-
     dataset = tf.data.Dataset.from_tensor_slices((images, targets))
     dataset = dataset.shuffle(len(images), seed=config["seed"], reshuffle_each_iteration=True)
     dataset = dataset.batch(config["worker_batch_size"])
@@ -140,9 +121,6 @@ def report_epoch(eval_model, best_weights: list, state: TrainingState, metrics: 
 
 def validate(predictor, eval_model, weights: list, images: np.ndarray, targets: np.ndarray) -> dict:
     """Validation metrics of ``weights``, computed on the plain ``eval_model`` (left holding them)."""
-    from model.metrics import classification_metrics
-    from model.predict import masked_crossentropy_numpy
-
     eval_model.set_weights(weights)
     probabilities = predictor(images)
     metrics = classification_metrics(probabilities, targets)
@@ -162,7 +140,7 @@ def update_state(state: TrainingState, epoch: int, metrics: dict, weights: list,
     return best_weights
 
 
-def distribution_strategy(tf, world_size: int):
+def distribution_strategy(world_size: int) -> tf.distribute.Strategy:
     """MultiWorkerMirroredStrategy across workers; one worker trains under the default strategy, which skips the
     collective all-reduce of every gradient (measured: a 1-worker epoch under MWMS ran at about 0.6x a plain fit)."""
     return tf.distribute.MultiWorkerMirroredStrategy() if world_size > 1 else tf.distribute.get_strategy()
@@ -171,22 +149,16 @@ def distribution_strategy(tf, world_size: int):
 def train_loop_per_worker(config: dict) -> None:
     """The Ray Train worker: build (under MWMS when there are several workers), resume, then train, validate and
     checkpoint each epoch."""
-    from model.predict import ProbabilityPredictor, configure_tensorflow
-
     configure_tensorflow(max(1, int(config["cpus_per_worker"])), use_gpu=config["use_gpu"])
-    import tensorflow as tf
-
-    from model.architecture import build_classifier, compile_classifier
-
     architecture = ArchitectureConfig.from_dict(config["architecture"])
     tf.keras.utils.set_random_seed(config["seed"] + ray.train.get_context().get_world_rank())
-    strategy = distribution_strategy(tf, ray.train.get_context().get_world_size())
+    strategy = distribution_strategy(ray.train.get_context().get_world_size())
     with strategy.scope():
         model = compile_classifier(
-            build_classifier(architecture), config["learning_rate"], config["steps_per_epoch"] * config["epochs"],
+            build_classifier(architecture, config["image_size"]), config["learning_rate"], config["steps_per_epoch"] * config["epochs"],
             int(config["steps_per_epoch"] * config["warmup_epochs"]), config["weight_decay"],
             config["label_smoothing"])
-    eval_model = build_classifier(architecture)
+    eval_model = build_classifier(architecture, config["image_size"])
     predictor = ProbabilityPredictor(eval_model)
     state, best_weights = restore(model, eval_model, TrainingState())
     val_images, val_targets = shard_arrays(ray.train.get_dataset_shard("val"))
@@ -208,10 +180,10 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 def build_trainer(train_dataset: ray.data.Dataset, val_dataset: ray.data.Dataset,
-                  architecture: ArchitectureConfig, config: TrainConfig) -> TensorflowTrainer:
+                  architecture: ArchitectureConfig, image_size: int, config: TrainConfig) -> TensorflowTrainer:
     worker_batch_size = max(1, config.batch_size // config.num_workers)
     rows_per_worker = train_dataset.count() // config.num_workers
-    loop_config = {**dataclasses.asdict(config), "architecture": architecture.to_dict(),
+    loop_config = {**dataclasses.asdict(config), "architecture": architecture.to_dict(), "image_size": image_size,
                    "worker_batch_size": worker_batch_size, "rows_per_worker": rows_per_worker,
                    "steps_per_epoch": max(1, -(-rows_per_worker // worker_batch_size))}
     resources = {"CPU": config.cpus_per_worker}
@@ -230,9 +202,10 @@ def build_trainer(train_dataset: ray.data.Dataset, val_dataset: ray.data.Dataset
 
 
 def train_classifier(train_dataset: ray.data.Dataset, val_dataset: ray.data.Dataset,
-                     architecture: ArchitectureConfig, config: TrainConfig) -> tuple[pathlib.Path, dict]:
+                     architecture: ArchitectureConfig, image_size: int,
+                     config: TrainConfig) -> tuple[pathlib.Path, dict]:
     """Train; return a local folder with the best weights (``best.weights.h5``) and the final training state."""
-    result = build_trainer(train_dataset, val_dataset, architecture, config).fit()
+    result = build_trainer(train_dataset, val_dataset, architecture, image_size, config).fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training reported no checkpoint: {result.error}")
     local = pathlib.Path(tempfile.mkdtemp(prefix="mri-train-"))

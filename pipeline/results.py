@@ -22,6 +22,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from infra import storage
+from pipeline import schema as col
 
 PREDICTIONS = "predictions"
 SERIES = "series"
@@ -31,7 +32,7 @@ PARTITIONED_TABLES = (PREDICTIONS, SERIES)
 
 
 def partition_name(run_date: str) -> str:
-    return f"run_date={run_date}"
+    return f"{col.RUN_DATE}={run_date}"
 
 
 def staging_uri(output: str, table: str, run_date: str, run_id: str) -> str:
@@ -68,8 +69,8 @@ def publish(output: str, table: str, run_date: str, run_id: str) -> None:
 
 def commit(output: str, row: dict, schema: pa.Schema) -> str:
     """Append the run's row to ``runs``: from this write on, the run's rows are the ones its date reads."""
-    uri = storage.join(output, RUNS, partition_name(row["run_date"]), f"{row['run_id']}.parquet")
-    write_table(pa.Table.from_pylist([row], schema=schema).drop_columns(["run_date"]), uri)
+    uri = storage.join(output, RUNS, partition_name(row[col.RUN_DATE]), f"{row[col.RUN_ID]}.parquet")
+    write_table(pa.Table.from_pylist([row], schema=schema).drop_columns([col.RUN_DATE]), uri)
     return uri
 
 
@@ -96,7 +97,7 @@ def write_table(table: pa.Table, uri: str) -> None:
 
 def read_partitioned(output: str, table: str, columns: list[str] | None = None) -> pa.Table:
     filesystem, path = storage.resolve(storage.join(output, table))
-    partitioning = pads.partitioning(pa.schema([("run_date", pa.string())]), flavor="hive")
+    partitioning = pads.partitioning(pa.schema([(col.RUN_DATE, pa.string())]), flavor="hive")
     return pq.read_table(path, filesystem=filesystem, columns=columns, partitioning=partitioning)
 
 
@@ -104,10 +105,10 @@ def committed_runs(output: str) -> dict[str, str]:
     """``run_date`` -> run id of the latest committed run of that date."""
     if not storage.is_dir(storage.join(output, RUNS)):
         return {}
-    runs = read_partitioned(output, RUNS, ["run_id", "run_date", "finished_at"]).to_pylist()
+    runs = read_partitioned(output, RUNS, [col.RUN_ID, col.RUN_DATE, col.FINISHED_AT]).to_pylist()
     latest = {}
-    for run in sorted(runs, key=lambda run: (run["finished_at"], run["run_id"])):
-        latest[run["run_date"]] = run["run_id"]
+    for run in sorted(runs, key=lambda run: (run[col.FINISHED_AT], run[col.RUN_ID])):
+        latest[run[col.RUN_DATE]] = run[col.RUN_ID]
     return latest
 
 
@@ -117,9 +118,9 @@ def read_table(output: str, table: str, columns: list[str] | None = None) -> pa.
     if table == RUNS:
         return read_partitioned(output, table, columns)
     committed = list(committed_runs(output).values())
-    wanted = None if columns is None else list(dict.fromkeys([*columns, "run_id"]))
+    wanted = None if columns is None else list(dict.fromkeys([*columns, col.RUN_ID]))
     rows = read_partitioned(output, table, wanted)
-    rows = rows.filter(pc.is_in(rows["run_id"], value_set=pa.array(committed, pa.string())))
+    rows = rows.filter(pc.is_in(rows[col.RUN_ID], value_set=pa.array(committed, pa.string())))
     return rows if columns is None else rows.select(columns)
 
 

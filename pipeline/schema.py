@@ -1,13 +1,15 @@
-"""Column names, error codes and the Parquet schemas of the three results tables, declared once.
+"""Column names and the Parquet schemas of the three results tables, declared once.
 
 ``predictions``: one row per input image (per frame of a multi-frame DICOM). ``series``: one row per DICOM series.
 ``runs``: one row per run. Every writer casts to these schemas, so a table's columns never drift between runs.
+Error codes are ``model.errors.ErrorCode``; ``ERROR_CODES`` maps each to its description.
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 
+from model.errors import ErrorCode
 from model.labels import CLASS_NAMES
 
 RUN_ID = "run_id"
@@ -39,24 +41,33 @@ IMAGE = "image"  # in-flight only: the preprocessed model input, never written
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
 
-ERROR_CODES = {
-    "empty_file": "the file has zero bytes",
-    "unreadable_file": "the file could not be read from storage",
-    "file_too_large": "the file is larger than the byte limit",
-    "unsupported_format": "not a DICOM, JPEG or PNG file",
-    "image_decode_failed": "a JPEG/PNG that could not be decoded (corrupt or truncated)",
-    "image_too_small": "smaller than the minimum side length",
-    "image_too_large": "more pixels (or frames) than the decoding limit",
-    "unsupported_image_layout": "pixel data is not a grey or RGB image (e.g. 4-D or many samples)",
-    "invalid_pixel_values": "pixel values that are not finite after rescaling",
-    "dicom_invalid": "the DICOM file could not be parsed",
-    "dicom_no_pixel_data": "a DICOM object without pixel data (e.g. a report or structured data)",
-    "dicom_unsupported_transfer_syntax": "compressed pixel data with no installed decoder",
-    "dicom_pixel_data_invalid": "pixel data shorter than or inconsistent with the header",
-    "pseudonym_key_missing": "a DICOM file met without a pseudonym key",
-    "inference_failed": "the model could not score the image",
-    "internal_error": "an unexpected failure of the pipeline itself on this file (a bug: please report it)",
-}
+ERROR_CODES = {code.value: code.description for code in ErrorCode}
+
+# series table
+SLICES = "slices"
+SLICES_SCORED = "slices_scored"
+SLICE_ORDER = "slice_order"
+ORDERED_SOURCE_URIS = "ordered_source_uris"
+ORDERED_FRAME_INDICES = "ordered_frame_indices"
+ORDERED_TUMOR_PROBABILITIES = "ordered_tumor_probabilities"
+MOST_SUSPICIOUS_SLICE_INDEX = "most_suspicious_slice_index"
+
+# runs table
+STARTED_AT = "started_at"
+FINISHED_AT = "finished_at"
+DURATION_SECONDS = "duration_seconds"
+INPUT = "input"
+OUTPUT = "output"
+FILES_LISTED = "files_listed"
+ROWS_WRITTEN = "rows_written"
+ROWS_SCORED = "rows_scored"
+ROWS_ERROR = "rows_error"
+ROWS_FLAGGED = "rows_flagged"
+SERIES = "series"
+SERIES_FLAGGED = "series_flagged"
+ERRORS_BY_CODE = "errors_by_code"
+IMAGES_PER_SECOND = "images_per_second"
+OPTIONS = "options"
 
 PREDICTIONS_SCHEMA = pa.schema(
     [pa.field(RUN_ID, pa.string()), pa.field(RUN_DATE, pa.string()),
@@ -74,20 +85,20 @@ PREDICTIONS_SCHEMA = pa.schema(
 SERIES_SCHEMA = pa.schema([
     pa.field(RUN_ID, pa.string()), pa.field(RUN_DATE, pa.string()), pa.field(PATIENT_KEY, pa.string()),
     pa.field(STUDY_KEY, pa.string()), pa.field(SERIES_KEY, pa.string()), pa.field(STUDY_DATE, pa.string()),
-    pa.field(MODALITY, pa.string()), pa.field("slices", pa.int32()), pa.field("slices_scored", pa.int32()),
-    pa.field("slice_order", pa.string()), pa.field("ordered_source_uris", pa.list_(pa.string())),
-    pa.field("ordered_frame_indices", pa.list_(pa.int32())),
-    pa.field("ordered_tumor_probabilities", pa.list_(pa.float32())),
+    pa.field(MODALITY, pa.string()), pa.field(SLICES, pa.int32()), pa.field(SLICES_SCORED, pa.int32()),
+    pa.field(SLICE_ORDER, pa.string()), pa.field(ORDERED_SOURCE_URIS, pa.list_(pa.string())),
+    pa.field(ORDERED_FRAME_INDICES, pa.list_(pa.int32())),
+    pa.field(ORDERED_TUMOR_PROBABILITIES, pa.list_(pa.float32())),
     pa.field(TUMOR_PROBABILITY, pa.float32()), pa.field(PREDICTED_CLASS, pa.string()),
-    pa.field("most_suspicious_slice_index", pa.int32()), pa.field(FLAGGED, pa.bool_()),
+    pa.field(MOST_SUSPICIOUS_SLICE_INDEX, pa.int32()), pa.field(FLAGGED, pa.bool_()),
     pa.field(MODEL_VERSION, pa.string())])
 
 RUNS_SCHEMA = pa.schema([
     pa.field(RUN_ID, pa.string()), pa.field(RUN_DATE, pa.string()),
-    pa.field("started_at", pa.timestamp("us", tz="UTC")), pa.field("finished_at", pa.timestamp("us", tz="UTC")),
-    pa.field("duration_seconds", pa.float64()), pa.field("input", pa.string()), pa.field("output", pa.string()),
-    pa.field("files_listed", pa.int64()), pa.field("rows_written", pa.int64()), pa.field("rows_scored", pa.int64()),
-    pa.field("rows_error", pa.int64()), pa.field("rows_flagged", pa.int64()), pa.field("series", pa.int64()),
-    pa.field("series_flagged", pa.int64()), pa.field("errors_by_code", pa.string()),
-    pa.field("images_per_second", pa.float64()), pa.field(MODEL_VERSION, pa.string()),
-    pa.field(MODEL_SHA256, pa.string()), pa.field("options", pa.string())])
+    pa.field(STARTED_AT, pa.timestamp("us", tz="UTC")), pa.field(FINISHED_AT, pa.timestamp("us", tz="UTC")),
+    pa.field(DURATION_SECONDS, pa.float64()), pa.field(INPUT, pa.string()), pa.field(OUTPUT, pa.string()),
+    pa.field(FILES_LISTED, pa.int64()), pa.field(ROWS_WRITTEN, pa.int64()), pa.field(ROWS_SCORED, pa.int64()),
+    pa.field(ROWS_ERROR, pa.int64()), pa.field(ROWS_FLAGGED, pa.int64()), pa.field(SERIES, pa.int64()),
+    pa.field(SERIES_FLAGGED, pa.int64()), pa.field(ERRORS_BY_CODE, pa.string()),
+    pa.field(IMAGES_PER_SECOND, pa.float64()), pa.field(MODEL_VERSION, pa.string()),
+    pa.field(MODEL_SHA256, pa.string()), pa.field(OPTIONS, pa.string())])

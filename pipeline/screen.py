@@ -15,6 +15,7 @@ or an inference actor whose process dies; a fault that survives the retries fail
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import logging
 import uuid
@@ -29,7 +30,8 @@ from infra import storage
 from model import registry
 from pipeline import results
 from pipeline import schema as col
-from pipeline.decode import DICOM_EXTENSIONS, DecodeLimits
+from pipeline.errors import RunFailedError, RunNotStartedError, describe_failure
+from model.decode import DICOM_EXTENSIONS, DecodeLimits
 from pipeline.listing import list_inputs
 from pipeline.pseudonym import PseudonymKeyError, load_key
 from pipeline.series import SERIES_INPUT_COLUMNS, series_table, summarize_series
@@ -60,9 +62,15 @@ class ScreenConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class RunSummary:
+class RunRecord:
+    """One run, as its ``runs`` row (``to_row``) and as the job's one-line JSON summary (``summary``)."""
+
     run_id: str
     run_date: str
+    started_at: datetime.datetime
+    finished_at: datetime.datetime
+    duration_seconds: float
+    input: str
     output: str
     files_listed: int
     rows_written: int
@@ -73,23 +81,20 @@ class RunSummary:
     series_flagged: int
     errors_by_code: dict
     images_per_second: float
-    duration_seconds: float
     model_version: str
+    model_sha256: str
+    options: dict
 
+    def to_row(self) -> dict:
+        """The ``runs`` row: every column of ``RUNS_SCHEMA``, the two mappings as JSON text."""
+        row = dataclasses.asdict(self)
+        row[col.ERRORS_BY_CODE] = json.dumps(self.errors_by_code)
+        row[col.OPTIONS] = json.dumps(self.options, default=str)
+        return {name: row[name] for name in col.RUNS_SCHEMA.names}
 
-class ScreeningError(RuntimeError):
-    """The run cannot start (model, input, output or key); nothing was written."""
-
-
-class RunFailedError(RuntimeError):
-    """The run started but could not finish; it did not commit, so every date reads as it did before."""
-
-
-def describe_failure(error: BaseException) -> str:
-    """One line naming a failure: the root cause of a Ray task error rather than its remote traceback."""
-    cause = getattr(error, "cause", None) or error
-    lines = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {lines[-1] if lines else ''}".strip()
+    def summary(self) -> dict:
+        """JSON-ready counts and identity of the run (without its options)."""
+        return {key: value for key, value in dataclasses.asdict(self).items() if key != col.OPTIONS}
 
 
 def may_hold_dicom(uris: list[str]) -> bool:
@@ -118,7 +123,8 @@ def inference_resources(config: ScreenConfig) -> tuple[int, float, int, bool]:
     return config.inference_actors or max(1, int(spare // (config.inference_cpus * 2))), config.inference_cpus, 0, False
 
 
-def predictions_dataset(uris: list[str], context: StageContext, config: ScreenConfig) -> ray.data.Dataset:
+def predictions_dataset(uris: list[str], context: StageContext, config: ScreenConfig,
+                        model: registry.ModelInfo) -> ray.data.Dataset:
     """Stages 3-4: URIs -> scored prediction tables, lazily."""
     actors, cpus, gpus, use_gpu = inference_resources(config)
     logger.info("inference: %d actor(s), %s CPU and %d GPU each", actors, cpus, gpus)
@@ -129,7 +135,7 @@ def predictions_dataset(uris: list[str], context: StageContext, config: ScreenCo
         .map_batches(decode_and_preprocess, fn_kwargs={"context": context}, batch_size=config.decode_batch_size,
                      num_cpus=config.decode_cpus)
         .map_batches(InferenceActor, fn_constructor_kwargs={
-            "model_uri": config.model, "threshold": config.threshold, "cpu_threads": max(1, int(cpus)),
+            "model_dir": model.uri, "weights_sha256": model.weights_sha256, "threshold": config.threshold, "cpu_threads": max(1, int(cpus)),
             "use_gpu": use_gpu, "batch_size": config.inference_batch_size},
             batch_size=config.inference_batch_size, batch_format="pyarrow", num_cpus=cpus, num_gpus=gpus,
             compute=ray.data.ActorPoolStrategy(size=actors))
@@ -190,14 +196,19 @@ def prepare(config: ScreenConfig) -> tuple[registry.ModelInfo, list[str], bytes 
         key = resolve_key(config, uris)
         results.check_writable(config.output)
     except (registry.ModelError, storage.StorageError, PseudonymKeyError) as error:
-        raise ScreeningError(str(error)) from error
+        raise RunNotStartedError(str(error)) from error
     return info, uris, key
 
 
-def run_screening(config: ScreenConfig) -> RunSummary:
+def run_screening(config: ScreenConfig) -> RunRecord:
     """Score every image under ``config.inputs`` and publish the results tables; see the module docstring."""
+    return score_and_commit(config, *prepare(config))
+
+
+def score_and_commit(config: ScreenConfig, info: registry.ModelInfo, uris: list[str],
+                     key: bytes | None) -> RunRecord:
+    """Stages 3-7 with the model ``prepare`` resolved: every row is scored by, and stamped with, that model."""
     started = results.utc_now()
-    info, uris, key = prepare(config)
     run_date = config.run_date or started.date().isoformat()
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     logger.info("run %s (%s): %d files from %s, model %s", run_id, run_date, len(uris),
@@ -208,19 +219,19 @@ def run_screening(config: ScreenConfig) -> RunSummary:
         results.clear_stale_staging(config.output, run_date)
         staged = results.staging_uri(config.output, results.PREDICTIONS, run_date, run_id)
         if uris:
-            write_predictions(predictions_dataset(uris, context, config), staged)
+            write_predictions(predictions_dataset(uris, context, config, info), staged)
         staged_rows = read_staged(staged, STAGED_COLUMNS)
         series = write_series(staged_rows, results.staging_uri(config.output, results.SERIES, run_date, run_id),
                               run_date, config.threshold)
         counts = count_outcomes(staged_rows)
         for table in results.PARTITIONED_TABLES:
             results.publish(config.output, table, run_date, run_id)
-        summary = finish_run(config, info, run_id, run_date, started, len(uris), counts, series)
+        record = finish_run(config, info, run_id, run_date, started, len(uris), counts, series)
     except Exception as error:
         raise RunFailedError(f"run {run_id} failed and was not committed: {describe_failure(error)}; the "
                              f"{run_date} results read as before this run") from error
     remove_superseded(config.output, run_date, run_id)
-    return summary
+    return record
 
 
 def remove_superseded(output: str, run_date: str, run_id: str) -> None:
@@ -233,21 +244,18 @@ def remove_superseded(output: str, run_date: str, run_id: str) -> None:
                        run_id, run_date, error)
 
 
-def finish_run(config, info, run_id, run_date, started, files, counts, series_counts) -> RunSummary:
+def finish_run(config, info, run_id, run_date, started, files, counts, series_counts) -> RunRecord:
+    """Stage 7's commit: the run's ``runs`` row, written last; returns the record."""
     rows, scored, flagged, errors = counts
-    series, series_flagged = series_counts
     finished = results.utc_now()
     duration = (finished - started).total_seconds()
-    summary = RunSummary(run_id, run_date, config.output, files, rows, scored, rows - scored, flagged, series,
-                         series_flagged, dict(sorted(errors.items())), rows / duration if duration else 0.0,
-                         duration, info.version)
-    options = {key: value for key, value in dataclasses.asdict(config).items() if key != "pseudonym_key_file"}
-    results.commit(config.output, {
-        col.RUN_ID: run_id, col.RUN_DATE: run_date, "started_at": started, "finished_at": finished,
-        "duration_seconds": duration, "input": ", ".join(config.inputs + config.manifests), "output": config.output,
-        "files_listed": files, "rows_written": rows, "rows_scored": scored, "rows_error": rows - scored,
-        "rows_flagged": flagged, "series": series, "series_flagged": series_flagged,
-        "errors_by_code": json.dumps(summary.errors_by_code), "images_per_second": summary.images_per_second,
-        col.MODEL_VERSION: info.version, col.MODEL_SHA256: info.weights_sha256,
-        "options": json.dumps(options, default=str)}, col.RUNS_SCHEMA)
-    return summary
+    record = RunRecord(
+        run_id=run_id, run_date=run_date, started_at=started, finished_at=finished, duration_seconds=duration,
+        input=", ".join(config.inputs + config.manifests), output=config.output, files_listed=files,
+        rows_written=rows, rows_scored=scored, rows_error=rows - scored, rows_flagged=flagged,
+        series=series_counts[0], series_flagged=series_counts[1], errors_by_code=dict(sorted(errors.items())),
+        images_per_second=rows / duration if duration else 0.0, model_version=info.version,
+        model_sha256=info.weights_sha256,
+        options={key: value for key, value in dataclasses.asdict(config).items() if key != "pseudonym_key_file"})
+    results.commit(config.output, record.to_row(), col.RUNS_SCHEMA)
+    return record

@@ -44,13 +44,13 @@ def summarize_series(frame: pd.DataFrame, threshold: float, run_date: str) -> pd
     return pd.DataFrame([{
         col.RUN_ID: first[col.RUN_ID], col.RUN_DATE: run_date, col.PATIENT_KEY: first[col.PATIENT_KEY],
         col.STUDY_KEY: first[col.STUDY_KEY], col.SERIES_KEY: first[col.SERIES_KEY],
-        col.STUDY_DATE: first[col.STUDY_DATE], col.MODALITY: first[col.MODALITY], "slices": len(ordered),
-        "slices_scored": int(scored.sum()), "slice_order": ordered_by,
-        "ordered_source_uris": ordered[col.SOURCE_URI].tolist(),
-        "ordered_frame_indices": [int(v) for v in ordered[col.FRAME_INDEX]],
-        "ordered_tumor_probabilities": [optional(float(v)) for v in probabilities],
+        col.STUDY_DATE: first[col.STUDY_DATE], col.MODALITY: first[col.MODALITY], col.SLICES: len(ordered),
+        col.SLICES_SCORED: int(scored.sum()), col.SLICE_ORDER: ordered_by,
+        col.ORDERED_SOURCE_URIS: ordered[col.SOURCE_URI].tolist(),
+        col.ORDERED_FRAME_INDICES: [int(v) for v in ordered[col.FRAME_INDEX]],
+        col.ORDERED_TUMOR_PROBABILITIES: [optional(float(v)) for v in probabilities],
         col.TUMOR_PROBABILITY: tumor_probability, col.PREDICTED_CLASS: predicted,
-        "most_suspicious_slice_index": suspicious,
+        col.MOST_SUSPICIOUS_SLICE_INDEX: suspicious,
         col.FLAGGED: None if tumor_probability is None else tumor_probability >= threshold,
         col.MODEL_VERSION: first[col.MODEL_VERSION]}])
 

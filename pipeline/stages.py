@@ -19,10 +19,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from infra import storage
+from model import registry
+from model.decode import DecodedFile, DecodeError, DecodeLimits, decode_file, sniff_format
+from model.errors import ErrorCode
 from model.labels import CLASS_NAMES, NO_TUMOR_INDEX
 from model.preprocessing import PreprocessConfig, preprocess_image
 from pipeline import schema as col
-from pipeline.decode import DecodedFile, DecodeError, DecodeLimits, decode_file, sniff_format
 from pipeline.geometry import slice_position
 from pipeline.pseudonym import pseudonymize
 
@@ -50,7 +52,7 @@ def base_row(uri: str, sha256: str | None, context: StageContext) -> dict:
             col.MODEL_SHA256: context.model_sha256}
 
 
-def error_row(uri: str, sha256: str | None, code: str, message: str, context: StageContext,
+def error_row(uri: str, sha256: str | None, code: ErrorCode, message: str, context: StageContext,
               file_format: str | None = None) -> dict:
     return {**base_row(uri, sha256, context), col.FILE_FORMAT: file_format, col.STATUS: col.STATUS_ERROR,
             col.ERROR_CODE: code, col.ERROR_MESSAGE: message}
@@ -76,7 +78,7 @@ def frame_rows(uri: str, sha256: str, decoded: DecodedFile, context: StageContex
         try:
             row[col.IMAGE] = preprocess_image(frame, context.preprocessing)
         except (ValueError, ArithmeticError) as error:
-            row.update({col.STATUS: col.STATUS_ERROR, col.ERROR_CODE: "invalid_pixel_values",
+            row.update({col.STATUS: col.STATUS_ERROR, col.ERROR_CODE: ErrorCode.INVALID_PIXEL_VALUES,
                         col.ERROR_MESSAGE: f"frame {index} could not be preprocessed: {error}"})
         rows.append(row)
     return rows
@@ -86,22 +88,23 @@ def file_rows(uri: str, context: StageContext) -> list[dict]:
     """Read, decode and preprocess one file; never raises for a bad file."""
     try:
         data = storage.read_bytes(uri, max_bytes=context.limits.max_file_bytes)
+    except storage.FileTooLargeError as error:
+        return [error_row(uri, None, ErrorCode.FILE_TOO_LARGE, str(error), context)]
     except storage.StorageError as error:
-        code = "file_too_large" if "over the limit" in str(error) else "unreadable_file"
-        return [error_row(uri, None, code, str(error).replace(uri, "the file"), context)]
+        return [error_row(uri, None, ErrorCode.UNREADABLE_FILE, str(error), context)]
     sha256 = hashlib.sha256(data).hexdigest()
     if context.pseudonym_key is None and data and sniff_format(data, uri) == "dicom":
-        return [error_row(uri, sha256, "pseudonym_key_missing", "DICOM file met but no pseudonym key was given",
+        return [error_row(uri, sha256, ErrorCode.PSEUDONYM_KEY_MISSING, "DICOM file met but no pseudonym key was given",
                           context, "dicom")]
     try:
         return frame_rows(uri, sha256, decode_file(data, uri, context.limits), context)
     except DecodeError as error:
         return [error_row(uri, sha256, error.code, str(error), context, sniff_format(data, uri) if data else None)]
     except MemoryError:
-        return [error_row(uri, sha256, "image_too_large", "decoding ran out of memory", context)]
+        return [error_row(uri, sha256, ErrorCode.IMAGE_TOO_LARGE, "decoding ran out of memory", context)]
     except Exception as error:  # a bug must cost one file its score, not the run; the type only: no header values
         logger.error("unexpected %s while decoding %s", type(error).__name__, uri)
-        return [error_row(uri, sha256, "internal_error", f"unexpected {type(error).__name__} while decoding",
+        return [error_row(uri, sha256, ErrorCode.INTERNAL_ERROR, f"unexpected {type(error).__name__} while decoding",
                           context)]
 
 
@@ -124,16 +127,20 @@ def decode_and_preprocess(batch: dict[str, np.ndarray], context: StageContext) -
 
 
 class InferenceActor:
-    """Loads the verified model once per actor, then scores the ``ok`` rows of each batch."""
+    """Loads the verified model once per actor, then scores the ``ok`` rows of each batch.
 
-    def __init__(self, model_uri: str, threshold: float, cpu_threads: int | None, use_gpu: bool,
-                 batch_size: int = 64):
-        from model import registry
-        from model.predict import ProbabilityPredictor, configure_tensorflow
+    ``model_dir`` is the model folder the driver resolved (never a registry, whose current model may change during
+    the run) and ``weights_sha256`` the weights it stamped on every row: an actor that finds other weights there,
+    when it starts or restarts, raises ``ModelError`` and the run fails uncommitted."""
+
+    def __init__(self, model_dir: str, weights_sha256: str, threshold: float, cpu_threads: int | None,
+                 use_gpu: bool, batch_size: int = 64):
+        # TensorFlow loads here, in the actor that runs the network, never in the driver that imports this module
+        from model.predict import ProbabilityPredictor, configure_tensorflow, load_classifier
 
         configure_tensorflow(cpu_threads, use_gpu)
-        info = registry.load_model_info(model_uri)
-        self.predictor = ProbabilityPredictor(registry.load_classifier(info), batch_size)
+        info = registry.load_model_info(model_dir)
+        self.predictor = ProbabilityPredictor(load_classifier(info, weights_sha256), batch_size)
         self.image_size = info.preprocessing.image_size
         self.threshold = threshold
 
@@ -144,7 +151,7 @@ class InferenceActor:
             probabilities[ok] = self.predictor(self.images(table.filter(pa.array(ok))))
         except Exception as error:  # a model failure marks the rows, it does not lose them
             logger.exception("inference failed for a batch of %d images", int(ok.sum()))
-            table = mark_failed(table, ok, "inference_failed", f"inference failed: {type(error).__name__}")
+            table = mark_failed(table, ok, ErrorCode.INFERENCE_FAILED, f"inference failed: {type(error).__name__}")
             ok = np.zeros(len(ok), dtype=bool)
         return self.fill_scores(table, probabilities, ok)
 
@@ -166,7 +173,7 @@ class InferenceActor:
         return table
 
 
-def mark_failed(table: pa.Table, rows: np.ndarray, code: str, message: str) -> pa.Table:
+def mark_failed(table: pa.Table, rows: np.ndarray, code: ErrorCode, message: str) -> pa.Table:
     """``table`` with the selected rows turned into error rows carrying ``code`` and ``message``."""
     mask = pa.array(rows)
     for name, value in ((col.STATUS, col.STATUS_ERROR), (col.ERROR_CODE, code), (col.ERROR_MESSAGE, message)):

@@ -6,7 +6,7 @@ import numpy as np
 import model.data
 import pipeline.stages
 from model.preprocessing import PreprocessConfig, head_bounding_box, preprocess_image
-from pipeline.decode import DecodeLimits
+from model.decode import DecodeLimits
 from pipeline.stages import StageContext, file_rows
 from tests.conftest import SAMPLES
 

@@ -60,7 +60,8 @@ def test_labelled_dataset_rows_carry_preprocessed_images_and_masks(labelled_copy
 @pytest.mark.slow
 def test_shared_set_split_leaves_no_near_duplicate_across_train_and_validation(shared_training, ray_local):
     from model.dedup import DEFAULT_SIMILARITY
-    from model.retrain import RetrainConfig, split_by_groups
+    from model.config import RetrainConfig
+    from pipeline.retrain import split_by_groups
 
     images = list_labelled_images(str(shared_training), (str(BR35H),))
     assert {image.label for image in images} == set(CLASS_NAMES) | {"tumor"}
@@ -81,7 +82,7 @@ def test_labelled_folders_are_listed_and_read_from_s3(s3_endpoint):
     import boto3
 
     from infra import storage
-    from model.data import decode_raster
+    from model.decode import decode_raster
 
     client = boto3.client("s3", endpoint_url=s3_endpoint)
     client.create_bucket(Bucket="training-data")

@@ -11,8 +11,9 @@ import time
 import pytest
 
 from model import registry
+from model.predict import load_classifier
 from model.card import CARD_FILE
-from model.retrain import retrain
+from pipeline.retrain import retrain
 from tests.model.test_training import config
 from tests.processes import processes_titled
 
@@ -66,7 +67,7 @@ def test_the_promoted_model_after_the_fault_verifies_and_its_card_agrees(killed_
     folder = output / "registry" / outcome.version
     assert outcome.promoted and registry.read_registry(str(output / "registry"))["current"] == outcome.version
     info = registry.load_model_info(str(output / "registry"))
-    registry.load_classifier(info)
+    load_classifier(info)
     metadata = json.loads((folder / registry.METADATA_FILE).read_text())
     sha256 = registry.sha256_hex((folder / registry.WEIGHTS_FILE).read_bytes())
     assert metadata["weights_sha256"] == info.weights_sha256 == sha256

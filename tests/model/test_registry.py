@@ -9,17 +9,18 @@ import numpy as np
 import pytest
 
 from model import registry
-from model.architecture import ArchitectureConfig, build_classifier
-from model.predict import ProbabilityPredictor
+from model.architecture import build_classifier
+from model.config import ArchitectureConfig
+from model.predict import ProbabilityPredictor, load_classifier
 from model.preprocessing import PreprocessConfig
 
-SMALL = ArchitectureConfig(image_size=64)
+SMALL = ArchitectureConfig(head="pooling")
 
 
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory) -> tuple[pathlib.Path, object]:
     folder = tmp_path_factory.mktemp("registry") / "v1"
-    model = build_classifier(SMALL)
+    model = build_classifier(SMALL, 64)
     registry.save_model(model, str(folder), "v1", SMALL, PreprocessConfig(image_size=64), {"note": "test"})
     return folder, model
 
@@ -29,7 +30,7 @@ def test_saved_model_loads_with_identical_predictions(saved_model):
     info = registry.load_model_info(str(folder))
     assert info.version == "v1" and info.architecture == SMALL and info.preprocessing.image_size == 64
     images = np.random.default_rng(0).integers(0, 255, size=(3, 64, 64), dtype=np.uint8)
-    np.testing.assert_allclose(ProbabilityPredictor(registry.load_classifier(info))(images),
+    np.testing.assert_allclose(ProbabilityPredictor(load_classifier(info))(images),
                                ProbabilityPredictor(model)(images), atol=1e-6)
 
 
@@ -95,5 +96,5 @@ def test_a_pickle_with_a_matching_sha256_is_refused_and_never_unpickled(saved_mo
     with pytest.raises(registry.ModelError, match="not an HDF5 file"):
         registry.load_model_info(str(planted))
     with pytest.raises(registry.ModelError, match="not an HDF5 file"):
-        registry.load_classifier(registry.info_from_record(str(planted), record))
+        load_classifier(registry.info_from_record(str(planted), record))
     assert not sentinel.exists()

@@ -8,17 +8,18 @@ import numpy as np
 import pytest
 
 from model import registry
-from model.architecture import ArchitectureConfig, build_classifier
+from model.architecture import build_classifier
+from model.config import ArchitectureConfig, RetrainConfig, TrainConfig
 from model.predict import ProbabilityPredictor, masked_crossentropy_numpy
 from model.preprocessing import PreprocessConfig
-from model.retrain import RetrainConfig, retrain, validation_arrays
-from model.train import BEST_WEIGHTS, TrainConfig, train_classifier
+from pipeline.retrain import retrain, validation_arrays
+from model.train import BEST_WEIGHTS, train_classifier
 from tests.conftest import SAMPLES
 
 pytestmark = pytest.mark.slow
 
 SIZE = 96
-ARCHITECTURE = ArchitectureConfig(image_size=SIZE, head="bilstm")  # the head with the most to go wrong
+ARCHITECTURE = ArchitectureConfig(head="bilstm")  # the head with the most to go wrong
 
 
 def config(output: pathlib.Path, epochs: int, version: str) -> RetrainConfig:
@@ -54,14 +55,14 @@ def test_first_candidate_is_promoted_and_its_files_verify(first_run):
 
 def test_checkpoint_restores_the_reported_best_weights(first_run, ray_local):
     from model.data import list_labelled_images, load_labelled_dataset
-    from model.retrain import split_by_groups
+    from pipeline.retrain import split_by_groups
 
     output, outcome = first_run
     cfg = config(output, epochs=1, version="unused")
     images = list_labelled_images(cfg.data, cfg.tumor_data)
     train, validation, _ = split_by_groups(load_labelled_dataset(images, cfg.preprocessing), cfg)
-    folder, state = train_classifier(train, validation, ARCHITECTURE, cfg.training)
-    model = build_classifier(ARCHITECTURE)
+    folder, state = train_classifier(train, validation, ARCHITECTURE, SIZE, cfg.training)
+    model = build_classifier(ARCHITECTURE, SIZE)
     model.load_weights(str(folder / BEST_WEIGHTS))
     val_images, val_targets, _ = validation_arrays(validation)
     recomputed = masked_crossentropy_numpy(ProbabilityPredictor(model)(val_images), val_targets)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from pydicom.data import get_testdata_file
 
-from pipeline.decode import DecodeError, DecodeLimits, decode_file
+from model.decode import DecodeError, DecodeLimits, decode_file
 from tests.conftest import SAMPLES
 
 

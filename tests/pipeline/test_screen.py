@@ -3,12 +3,15 @@ order, bad files become specific error rows, a re-run replaces its date, and no 
 
 import json
 import pathlib
+import shutil
 
+import numpy as np
 import pydicom
 import pytest
 
 from pipeline import results
-from pipeline.screen import ScreenConfig, ScreeningError, run_screening
+from pipeline.errors import RunNotStartedError
+from pipeline.screen import ScreenConfig, run_screening
 from tests.conftest import TEST_KEY
 
 pytestmark = pytest.mark.slow
@@ -116,18 +119,54 @@ def test_a_corrupt_model_stops_the_run_before_anything_is_written(model_uri, tmp
     (broken / registry.WEIGHTS_FILE).write_bytes(b"not the weights")
     output = tmp_path / "out"
     monkeypatch.setenv("PSEUDONYM_KEY", TEST_KEY)
-    with pytest.raises(ScreeningError, match="sha256"):
+    with pytest.raises(RunNotStartedError, match="sha256"):
         run_screening(ScreenConfig(inputs=(str(tmp_path),), output=str(output), model=str(broken)))
     assert not output.exists()
 
 
 def test_dicom_without_a_pseudonym_key_is_refused(mixed_archive, model_uri, tmp_path, monkeypatch):
     monkeypatch.delenv("PSEUDONYM_KEY", raising=False)
-    with pytest.raises(ScreeningError, match="pseudonym key"):
+    with pytest.raises(RunNotStartedError, match="pseudonym key"):
         run_screening(ScreenConfig(inputs=(str(mixed_archive[0]),), output=str(tmp_path / "o"), model=model_uri))
     assert not (tmp_path / "o").exists()
 
 
 def test_an_unreachable_input_stops_the_run(model_uri, tmp_path):
-    with pytest.raises(ScreeningError, match="does not exist"):
+    with pytest.raises(RunNotStartedError, match="does not exist"):
         run_screening(ScreenConfig(inputs=(str(tmp_path / "missing"),), output=str(tmp_path / "o"), model=model_uri))
+
+
+def test_a_promotion_during_a_run_cannot_mix_models(model_uri, ray_local, tmp_path, monkeypatch):
+    """The driver resolves the registry's current model once; a promotion before the actors start changes neither
+    the weights that score the run nor the sha256 stamped on its rows."""
+    from model import registry
+    from model.decode import decode_file
+    from model.labels import NO_TUMOR_INDEX
+    from model.predict import ProbabilityPredictor, load_classifier
+    from model.preprocessing import preprocess_image
+    from pipeline.screen import prepare, score_and_commit
+
+    shipped = pathlib.Path(registry.resolve_model_dir(registry.DEFAULT_MODEL)).parent
+    models = tmp_path / "registry"
+    models.mkdir()
+    for version in ("mri-pool-v1", "mri-lstm-v1"):
+        shutil.copytree(shipped / version, models / version)
+    registry.record_decision(str(models), "mri-pool-v1", True, "first")
+    images = sorted((pathlib.Path(__file__).parents[2] / "samples" / "archive" / "loose").glob("*.jpg"))[:3]
+    config = ScreenConfig(inputs=tuple(str(image) for image in images), output=str(tmp_path / "out"),
+                          model=str(models), run_date=RUN_DATE)
+    monkeypatch.setenv("PSEUDONYM_KEY", TEST_KEY)
+    resolved, uris, key = prepare(config)
+    registry.record_decision(str(models), "mri-lstm-v1", True, "promoted while the run was starting")
+    score_and_commit(config, resolved, uris, key)
+
+    rows = {row["source_uri"]: row for row in predictions(tmp_path / "out")}
+    assert {row["model_sha256"] for row in rows.values()} == {resolved.weights_sha256}
+    assert {row["model_version"] for row in rows.values()} == {"mri-pool-v1"}
+    inputs = np.stack([preprocess_image(decode_file(image.read_bytes(), str(image)).frames[0],
+                                        resolved.preprocessing) for image in images])
+    scored = np.array([rows[str(image)]["tumor_probability"] for image in images])
+    for version, should_match in (("mri-pool-v1", True), ("mri-lstm-v1", False)):
+        info = registry.load_model_info(str(models / version))
+        expected = 1.0 - ProbabilityPredictor(load_classifier(info))(inputs)[:, NO_TUMOR_INDEX]
+        assert np.allclose(scored, expected, atol=1e-5) == should_match, version

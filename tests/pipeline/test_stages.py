@@ -2,11 +2,12 @@
 their nulls, and a model failure turns a batch's images into error rows instead of losing them."""
 
 import pyarrow as pa
+import pytest
 
 from model import registry
 from model.preprocessing import PreprocessConfig
 from pipeline import schema as col
-from pipeline.decode import DecodeLimits
+from model.decode import DecodeLimits
 from pipeline.stages import (IN_FLIGHT_SCHEMA, InferenceActor, StageContext, file_rows, rows_to_table,
                              to_predictions_table)
 from tests.conftest import SAMPLES
@@ -31,8 +32,13 @@ def test_an_all_error_batch_has_the_same_types_as_any_other(tmp_path):
     assert errors[col.STATUS].to_pylist() == ["error"] and errors[col.PATIENT_KEY].null_count == 1
 
 
+def actor_for(model_uri: str) -> InferenceActor:
+    info = registry.load_model_info(model_uri)
+    return InferenceActor(info.uri, info.weights_sha256, threshold=0.5, cpu_threads=1, use_gpu=False)
+
+
 def test_scores_fill_only_the_ok_rows(model_uri, tmp_path):
-    actor = InferenceActor(model_uri, threshold=0.5, cpu_threads=1, use_gpu=False)
+    actor = actor_for(model_uri)
     size = registry.load_model_info(model_uri).preprocessing.image_size
     scored = to_predictions_table(actor(batch(size, tmp_path)), scored_at=None).to_pylist()
     assert [row["status"] for row in scored] == ["ok", "ok", "ok", "error"]
@@ -40,8 +46,14 @@ def test_scores_fill_only_the_ok_rows(model_uri, tmp_path):
     assert scored[3]["predicted_class"] is None and scored[3]["tumor_probability"] is None
 
 
+def test_an_actor_refuses_weights_other_than_the_ones_the_run_resolved(model_uri):
+    info = registry.load_model_info(model_uri)
+    with pytest.raises(registry.ModelError, match="changed after the run started"):
+        InferenceActor(info.uri, "0" * 64, threshold=0.5, cpu_threads=1, use_gpu=False)
+
+
 def test_a_model_failure_marks_the_batch_as_error_rows_and_loses_none(model_uri, tmp_path):
-    actor = InferenceActor(model_uri, threshold=0.5, cpu_threads=1, use_gpu=False)
+    actor = actor_for(model_uri)
     mismatched = batch(96, tmp_path)  # preprocessed for another model: the real model cannot take them
     scored = to_predictions_table(actor(mismatched), scored_at=None).to_pylist()
     assert len(scored) == mismatched.num_rows

@@ -1,9 +1,14 @@
-"""Retraining end to end: labelled folders in, a candidate model and a promotion decision in the registry out.
+"""Retraining a classifier: the whole run, stage by stage.
 
-Steps, in order: list the labelled images (:mod:`model.data`), read and preprocess them into a Ray Dataset, group
-near-duplicates and split train/validation by group (:mod:`model.dedup`), train with Ray Train
-(:mod:`model.train`), evaluate the candidate and the registry's current model on the same validation images
-(:mod:`model.evaluate`), write the candidate, and promote it only if its validation macro-F1 is not worse.
+1. List the labelled images (``model.data``); unusable data stops the run before anything is written.
+2. Read and preprocess them into a Ray Dataset, through the decoder scoring uses (``model.decode``).
+3. Group near-duplicates and split train/validation by whole groups (``model.dedup``).
+4. Train with Ray Train (``model.train``).
+5. Evaluate the candidate, and the registry's current model, on the same validation images, each model with its
+   own preprocessing (``model.evaluate``).
+6. Write the candidate (weights, ``model.json``, card, figures) and record the promotion decision in the registry:
+   promoted only if its validation macro-F1 is not worse.
+A failure after step 3 raises ``RunFailedError``: the registry's ``current`` model is unchanged.
 """
 
 from __future__ import annotations
@@ -18,30 +23,18 @@ import ray
 
 from infra import storage
 from model import registry
-from model.architecture import ArchitectureConfig, build_classifier
+from model.architecture import build_classifier
 from model.card import write_model_card
-from model.data import IMAGE, LABEL, TARGET, THUMBNAIL, URI, list_labelled_images, load_labelled_dataset
-from model.dedup import DEFAULT_SIMILARITY, group_near_duplicates, grouped_split
+from model.config import RetrainConfig, TrainConfig
+from model.data import (IMAGE, LABEL, TARGET, THUMBNAIL, URI, LabelledImage, list_labelled_images,
+                        load_labelled_dataset)
+from model.dedup import group_near_duplicates, grouped_split
 from model.evaluate import evaluate_predictions, write_evaluation
-from model.predict import ProbabilityPredictor
-from model.preprocessing import PreprocessConfig
-from model.train import BEST_WEIGHTS, TrainConfig, train_classifier
+from model.predict import ProbabilityPredictor, load_classifier
+from model.train import BEST_WEIGHTS, train_classifier
+from pipeline.errors import RunFailedError, describe_failure
 
 logger = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class RetrainConfig:
-    data: str
-    output: str
-    tumor_data: tuple[str, ...] = ()
-    validation_fraction: float = 0.15
-    duplicate_similarity: float = DEFAULT_SIMILARITY
-    split_seed: int = 0
-    architecture: ArchitectureConfig = ArchitectureConfig()
-    preprocessing: PreprocessConfig = PreprocessConfig()
-    training: TrainConfig = TrainConfig()
-    version: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,15 +86,25 @@ def validation_arrays(validation: ray.data.Dataset) -> tuple[np.ndarray, np.ndar
             np.concatenate([b[LABEL] for b in batches]).astype(str))
 
 
-def evaluate_current(config: RetrainConfig, images, targets, labels) -> dict | None:
-    """Validation metrics of the registry's current model on this run's validation images, if it has one."""
+def evaluate_current(config: RetrainConfig, validation: ray.data.Dataset, images, targets,
+                     labels) -> dict | None:
+    """Validation metrics of the registry's current model on this run's validation images, if it has one; a model
+    with other preprocessing (another input size, say) reads them through its own."""
     if not registry.read_registry(config.output).get("current"):
         return None
     info = registry.load_model_info(config.output)
     if info.preprocessing != config.preprocessing:
-        logger.warning("current model %s uses other preprocessing; comparing on this run's inputs", info.version)
-    predictor = ProbabilityPredictor(registry.load_classifier(info))
+        logger.info("current model %s has its own preprocessing: validation images read again with it", info.version)
+        images, targets, labels = validation_arrays(reload_validation(validation, info.preprocessing))
+    predictor = ProbabilityPredictor(load_classifier(info))
     return evaluate_predictions(predictor(images), targets, labels)
+
+
+def reload_validation(validation: ray.data.Dataset, preprocessing) -> ray.data.Dataset:
+    """The validation files read again with other preprocessing (a multi-frame file gives all its frames)."""
+    rows = validation.select_columns([URI, LABEL]).take_all()
+    files = dict.fromkeys((str(row[URI]).split("#frame=")[0], str(row[LABEL])) for row in rows)
+    return load_labelled_dataset([LabelledImage(uri, label) for uri, label in files], preprocessing)
 
 
 def promotion_decision(candidate: dict, current: dict | None) -> tuple[bool, str]:
@@ -114,17 +117,28 @@ def promotion_decision(candidate: dict, current: dict | None) -> tuple[bool, str
 
 
 def retrain(config: RetrainConfig) -> RetrainOutcome:
-    """Train a candidate and decide on its promotion; see the module docstring for the steps."""
+    """Train a candidate and decide on its promotion; see the module docstring for the stages."""
     started = time.time()
     images = list_labelled_images(config.data, config.tumor_data)
     logger.info("labelled images: %d from %s (+%d tumor folders)", len(images), config.data, len(config.tumor_data))
     train, validation, split = split_by_groups(load_labelled_dataset(images, config.preprocessing), config)
-    weights_dir, state = train_classifier(train, validation, config.architecture, config.training)
-    model = build_classifier(config.architecture)
+    try:
+        return train_and_decide(config, train, validation, split, started)
+    except Exception as error:
+        raise RunFailedError(f"retraining failed: {describe_failure(error)}; the registry's current model is "
+                             f"unchanged") from error
+
+
+def train_and_decide(config: RetrainConfig, train: ray.data.Dataset, validation: ray.data.Dataset,
+                     split: SplitSummary, started: float) -> RetrainOutcome:
+    """Stages 4-6."""
+    weights_dir, state = train_classifier(train, validation, config.architecture, config.preprocessing.image_size,
+                                          config.training)
+    model = build_classifier(config.architecture, config.preprocessing.image_size)
     model.load_weights(str(weights_dir / BEST_WEIGHTS))
     val_images, val_targets, val_labels = validation_arrays(validation)
     candidate_metrics = evaluate_predictions(ProbabilityPredictor(model)(val_images), val_targets, val_labels)
-    current_metrics = evaluate_current(config, val_images, val_targets, val_labels)
+    current_metrics = evaluate_current(config, validation, val_images, val_targets, val_labels)
     promoted, reason = promotion_decision(candidate_metrics, current_metrics)
     version = config.version or registry.new_version()
     candidate_uri = storage.join(config.output, version)

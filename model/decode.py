@@ -1,10 +1,11 @@
-"""Decoding stage: one archive file's bytes in, one decoded grey frame per image (or one error) out.
+"""Decoding: one file's bytes in, one decoded grey frame per image (or one error) out; scoring and training alike.
 
 DICOM goes through pydicom (every transfer syntax its installed plugins decode: RLE, JPEG, JPEG-LS, JPEG 2000,
 deflated, big-endian, implicit VR), with the modality LUT (rescale slope/intercept), the VOI LUT or window, and
 MONOCHROME1 inversion applied; multi-frame objects give one frame per row. JPEG and PNG go through OpenCV after
 their header size is checked. Limits on bytes, pixels and frames keep one hostile file from exhausting a worker.
-Failures raise :class:`DecodeError` carrying one of ``pipeline.schema.ERROR_CODES``.
+Failures raise :class:`DecodeError` carrying an :class:`model.errors.ErrorCode`. The scoring stages
+(``pipeline.stages``) and the training data loader (``model.data``) both read files through :func:`decode_file`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ import pydicom.errors
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from PIL import Image
 
-from model.data import decode_raster
+import cv2
+
+from model.errors import ErrorCode
+from model.preprocessing import to_grey
 
 DICOM_EXTENSIONS = (".dcm", ".dicom", ".ima")
 RASTER_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
@@ -34,9 +38,9 @@ class DecodeLimits:
 
 
 class DecodeError(ValueError):
-    """A file that cannot be turned into images; ``code`` is one of ``pipeline.schema.ERROR_CODES``."""
+    """A file that cannot be turned into images; ``code`` says why."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: ErrorCode, message: str):
         super().__init__(message)
         self.code = code
 
@@ -70,25 +74,25 @@ def sniff_format(data: bytes, uri: str) -> str:
 
 def check_frame_size(rows: int, columns: int, frames: int, limits: DecodeLimits) -> None:
     if rows * columns > limits.max_pixels_per_frame:
-        raise DecodeError("image_too_large", f"{columns}x{rows} pixels exceeds the limit of "
+        raise DecodeError(ErrorCode.IMAGE_TOO_LARGE, f"{columns}x{rows} pixels exceeds the limit of "
                                              f"{limits.max_pixels_per_frame} pixels per frame")
     if frames > limits.max_frames:
-        raise DecodeError("image_too_large", f"{frames} frames exceeds the limit of {limits.max_frames}")
+        raise DecodeError(ErrorCode.IMAGE_TOO_LARGE, f"{frames} frames exceeds the limit of {limits.max_frames}")
     if min(rows, columns) < limits.min_side:
-        raise DecodeError("image_too_small", f"{columns}x{rows} pixels is below the minimum side of "
+        raise DecodeError(ErrorCode.IMAGE_TOO_SMALL, f"{columns}x{rows} pixels is below the minimum side of "
                                              f"{limits.min_side}")
 
 
 def decode_file(data: bytes, uri: str, limits: DecodeLimits = DecodeLimits()) -> DecodedFile:
     """Decode one file's bytes; raises DecodeError with a specific code for anything unusable."""
     if len(data) == 0:
-        raise DecodeError("empty_file", "the file is empty (0 bytes)")
+        raise DecodeError(ErrorCode.EMPTY_FILE, "the file is empty (0 bytes)")
     file_format = sniff_format(data, uri)
     if file_format == "dicom":
         return decode_dicom(data, limits)
     if file_format in ("jpeg", "png"):
         return DecodedFile(file_format, [decode_raster_checked(data, file_format, limits)])
-    raise DecodeError("unsupported_format", "not a DICOM, JPEG or PNG file (unrecognised content)")
+    raise DecodeError(ErrorCode.UNSUPPORTED_FORMAT, "not a DICOM, JPEG or PNG file (unrecognised content)")
 
 
 def decode_raster_checked(data: bytes, file_format: str, limits: DecodeLimits) -> np.ndarray:
@@ -96,27 +100,35 @@ def decode_raster_checked(data: bytes, file_format: str, limits: DecodeLimits) -
         with Image.open(io.BytesIO(data)) as header:
             width, height = header.size
     except Image.DecompressionBombError as error:
-        raise DecodeError("image_too_large", f"{file_format.upper()} header declares too many pixels") from error
+        raise DecodeError(ErrorCode.IMAGE_TOO_LARGE, f"{file_format.upper()} header declares too many pixels") from error
     except Exception as error:  # Pillow raises many types for a broken header
-        raise DecodeError("image_decode_failed", f"{file_format.upper()} header unreadable: {error}") from error
+        raise DecodeError(ErrorCode.IMAGE_DECODE_FAILED, f"{file_format.upper()} header unreadable: {error}") from error
     check_frame_size(height, width, 1, limits)
     try:
         image = decode_raster(data)
     except ValueError as error:
-        raise DecodeError("image_decode_failed", f"corrupt or truncated {file_format.upper()}") from error
+        raise DecodeError(ErrorCode.IMAGE_DECODE_FAILED, f"corrupt or truncated {file_format.upper()}") from error
     return grey_frame(image)
+
+
+def decode_raster(data: bytes) -> np.ndarray:
+    """Decode JPEG/PNG bytes with OpenCV (grey, RGB or RGBA); raises ValueError when they are not a readable image."""
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    if image is None:
+        raise ValueError("not a readable JPEG/PNG image")
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    return image
 
 
 def grey_frame(image: np.ndarray) -> np.ndarray:
     """A 2-D float32 frame from a grey or RGB(A) array."""
-    from model.preprocessing import to_grey
-
     try:
         frame = to_grey(image)
     except ValueError as error:
-        raise DecodeError("unsupported_image_layout", str(error)) from error
+        raise DecodeError(ErrorCode.UNSUPPORTED_IMAGE_LAYOUT, str(error)) from error
     if not np.isfinite(frame).all():
-        raise DecodeError("invalid_pixel_values", "pixel values are not finite (NaN or infinity)")
+        raise DecodeError(ErrorCode.INVALID_PIXEL_VALUES, "pixel values are not finite (NaN or infinity)")
     return frame
 
 
@@ -126,7 +138,7 @@ def read_dicom(data: bytes) -> pydicom.Dataset:
             warnings.simplefilter("ignore")
             return pydicom.dcmread(io.BytesIO(data), force=True)
     except Exception as error:  # pydicom raises many types on malformed input
-        raise DecodeError("dicom_invalid", f"not a parseable DICOM file: {type(error).__name__}") from error
+        raise DecodeError(ErrorCode.DICOM_INVALID, f"not a parseable DICOM file: {type(error).__name__}") from error
 
 
 def decode_dicom(data: bytes, limits: DecodeLimits) -> DecodedFile:
@@ -134,13 +146,13 @@ def decode_dicom(data: bytes, limits: DecodeLimits) -> DecodedFile:
     if "PixelData" not in dataset and "FloatPixelData" not in dataset and "DoubleFloatPixelData" not in dataset:
         if not header_value(dataset, "SOPClassUID") and not header_value(dataset, "Rows"):
             if has_dicom_marker(data):
-                raise DecodeError("dicom_invalid", "a DICOM file without image attributes (truncated or malformed)")
-            raise DecodeError("unsupported_format", "not a DICOM, JPEG or PNG file (no DICOM image attributes)")
-        raise DecodeError("dicom_no_pixel_data", "DICOM object has no pixel data")
+                raise DecodeError(ErrorCode.DICOM_INVALID, "a DICOM file without image attributes (truncated or malformed)")
+            raise DecodeError(ErrorCode.UNSUPPORTED_FORMAT, "not a DICOM, JPEG or PNG file (no DICOM image attributes)")
+        raise DecodeError(ErrorCode.DICOM_NO_PIXEL_DATA, "DICOM object has no pixel data")
     rows, columns = header_int(dataset, "Rows"), header_int(dataset, "Columns")
     frames = header_int(dataset, "NumberOfFrames") or 1
     if not rows or not columns:
-        raise DecodeError("dicom_pixel_data_invalid", "pixel data without valid Rows and Columns in the header")
+        raise DecodeError(ErrorCode.DICOM_PIXEL_DATA_INVALID, "pixel data without valid Rows and Columns in the header")
     check_frame_size(rows, columns, frames, limits)
     pixels = dicom_pixels(dataset)
     return DecodedFile("dicom", dicom_frames(dataset, pixels, frames), dicom_header(dataset))
@@ -152,14 +164,14 @@ def dicom_pixels(dataset: pydicom.Dataset) -> np.ndarray:
             warnings.simplefilter("ignore")
             return dataset.pixel_array
     except NotImplementedError as error:  # pydicom has no decoder for this transfer syntax at all
-        raise DecodeError("dicom_unsupported_transfer_syntax",
+        raise DecodeError(ErrorCode.DICOM_UNSUPPORTED_TRANSFER_SYNTAX,
                           f"no installed decoder for transfer syntax {transfer_syntax_name(dataset)}") from error
     except Exception as error:  # truncated, inconsistent or undecodable pixel data
         if no_plugin_can_decode(str(error)):
-            raise DecodeError("dicom_unsupported_transfer_syntax",
+            raise DecodeError(ErrorCode.DICOM_UNSUPPORTED_TRANSFER_SYNTAX,
                               f"no installed decoder for transfer syntax {transfer_syntax_name(dataset)} with "
                               f"{header_int(dataset, 'BitsStored') or '?'}-bit samples") from error
-        raise DecodeError("dicom_pixel_data_invalid", f"pixel data could not be decoded: {one_line(error)}") from error
+        raise DecodeError(ErrorCode.DICOM_PIXEL_DATA_INVALID, f"pixel data could not be decoded: {one_line(error)}") from error
 
 
 def transfer_syntax_name(dataset: pydicom.Dataset) -> str:
@@ -185,7 +197,7 @@ def dicom_frames(dataset: pydicom.Dataset, pixels: np.ndarray, frames: int) -> l
     stack = pixels if frames > 1 else pixels[np.newaxis]
     expected_ndim = 4 if samples > 1 else 3
     if stack.ndim != expected_ndim or samples not in (1, 3):
-        raise DecodeError("unsupported_image_layout",
+        raise DecodeError(ErrorCode.UNSUPPORTED_IMAGE_LAYOUT,
                           f"pixel array of shape {pixels.shape} with {samples} samples per pixel is not an image")
     if samples == 3:
         return [grey_frame(frame) for frame in stack]
@@ -201,7 +213,7 @@ def display_values(dataset: pydicom.Dataset, frame: np.ndarray) -> np.ndarray:
         if "VOILUTSequence" in dataset or "WindowCenter" in dataset:
             values = lut_or_unchanged(apply_voi_lut, values, dataset)
     if not np.isfinite(values).all():
-        raise DecodeError("invalid_pixel_values", "rescale slope/intercept produce non-finite pixel values")
+        raise DecodeError(ErrorCode.INVALID_PIXEL_VALUES, "rescale slope/intercept produce non-finite pixel values")
     if header_text(dataset, "PhotometricInterpretation") == "MONOCHROME1":
         values = values.max() - values
     return values.astype(np.float32)

@@ -1,0 +1,79 @@
+"""The configurations of the model's life, without TensorFlow: the network's shape, training, retraining.
+
+Read by the registry, the card and the jobs (whose ``--help`` shows these defaults without loading TensorFlow).
+The input side is ``model.preprocessing.PreprocessConfig.image_size`` (its one home); the network is built from
+both by ``model.architecture.build_classifier``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from model.dedup import DEFAULT_SIMILARITY
+from model.preprocessing import PreprocessConfig
+
+HEADS = ("bilstm", "pooling", "lstm")
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchitectureConfig:
+    """Everything that decides the shape of the network; saved with every model."""
+
+    head: str = "bilstm"
+    lstm_units: int = 128
+    row_channels: int = 128
+    column_channels: int = 32
+    dropout: float = 0.3
+    batchnorm_momentum: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ValueError(f"unknown head {self.head!r}: expected one of {', '.join(HEADS)}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ArchitectureConfig":
+        values = dict(values)
+        if "head" not in values and "use_lstm" in values:  # model.json written before heads had names
+            values["head"] = "lstm" if values["use_lstm"] else "pooling"
+        known = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in known})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How to train: schedule, early stopping and the scale of the Ray Train run."""
+
+    epochs: int = 30
+    batch_size: int = 32
+    learning_rate: float = 1e-3  # the peak, reached after the warm-up
+    warmup_epochs: float = 2.0
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    patience: int = 10
+    augment: bool = True
+    seed: int = 0
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 2.0
+    max_failures: int = 2
+    storage_path: str | None = None
+    run_name: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrainConfig:
+    """One retraining run: where the labelled data is, the registry it writes to, and how to split and train."""
+
+    data: str
+    output: str
+    tumor_data: tuple[str, ...] = ()
+    validation_fraction: float = 0.15
+    duplicate_similarity: float = DEFAULT_SIMILARITY
+    split_seed: int = 0
+    architecture: ArchitectureConfig = ArchitectureConfig()
+    preprocessing: PreprocessConfig = PreprocessConfig()
+    training: TrainConfig = TrainConfig()
+    version: str | None = None
