@@ -9,8 +9,9 @@ import argparse
 import logging
 import sys
 
-from jobs.runner import HelpFormatter, add_common_options, run_job
-from model.registry import DEFAULT_MODEL
+from jobs.runner import PROBABILITY, HelpFormatter, add_common_options, run_job
+from model.data import list_labelled_images
+from model.registry import DEFAULT_MODEL, load_model_info
 
 logger = logging.getLogger("jobs.evaluate")
 
@@ -21,9 +22,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model or registry folder (default: shipped model)")
     parser.add_argument("--output", required=True, help="folder for metrics.json and confusion_matrix.png")
     parser.add_argument("--tumor-data", action="append", default=[], help="folder of unknown-type tumor images")
-    parser.add_argument("--threshold", type=float, default=0.5, help="tumor probability that flags an image")
+    parser.add_argument("--threshold", type=PROBABILITY, default=0.5, help="tumor probability that flags an image")
     add_common_options(parser)
     return parser.parse_args(argv)
+
+
+def check_inputs(args: argparse.Namespace) -> argparse.Namespace:
+    """Before Ray starts: the model is there and verified, the labelled folders are usable."""
+    load_model_info(args.model)
+    list_labelled_images(args.data, tuple(args.tumor_data))
+    return args
 
 
 def evaluate(args: argparse.Namespace) -> dict:
@@ -40,7 +48,7 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_job("evaluate", parse_args(argv), evaluate)
+    return run_job("evaluate", parse_args(argv), check_inputs, evaluate)
 
 
 if __name__ == "__main__":

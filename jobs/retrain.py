@@ -10,8 +10,9 @@ import argparse
 import logging
 import sys
 
-from jobs.runner import HelpFormatter, add_common_options, run_job
+from jobs.runner import POSITIVE_INT, POSITIVE_NUMBER, HelpFormatter, add_common_options, bounded, run_job
 from model.config import HEADS, ArchitectureConfig, RetrainConfig, TrainConfig
+from model.data import LabelledImage, list_labelled_images
 from model.preprocessing import PreprocessConfig
 
 logger = logging.getLogger("jobs.retrain")
@@ -23,30 +24,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", required=True, help="model registry folder (local or s3://)")
     parser.add_argument("--tumor-data", action="append", default=[],
                         help="folder of tumor images of unknown type (repeatable), e.g. Br35H 'yes'")
-    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs,
+    parser.add_argument("--epochs", type=POSITIVE_INT, default=TrainConfig.epochs,
                         help="planned epochs: the learning-rate schedule decays over exactly these")
-    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="global batch size")
-    parser.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate,
+    parser.add_argument("--batch-size", type=POSITIVE_INT, default=TrainConfig.batch_size, help="global batch size")
+    parser.add_argument("--learning-rate", type=POSITIVE_NUMBER, default=TrainConfig.learning_rate,
                         help="peak learning rate of AdamW, reached after the warm-up")
-    parser.add_argument("--warmup-epochs", type=float, default=TrainConfig.warmup_epochs,
+    parser.add_argument("--warmup-epochs", type=bounded(float, 0), default=TrainConfig.warmup_epochs,
                         help="epochs of linear learning-rate warm-up")
-    parser.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay,
+    parser.add_argument("--weight-decay", type=bounded(float, 0), default=TrainConfig.weight_decay,
                         help="AdamW decoupled weight decay (not applied to BatchNormalization or biases)")
-    parser.add_argument("--label-smoothing", type=float, default=TrainConfig.label_smoothing,
+    parser.add_argument("--label-smoothing", type=bounded(float, 0, 1, high_open=True), default=TrainConfig.label_smoothing,
                         help="label smoothing of the training loss")
-    parser.add_argument("--seed", type=int, default=TrainConfig.seed, help="training seed (weights, shuffling)")
-    parser.add_argument("--patience", type=int, default=TrainConfig.patience,
+    parser.add_argument("--seed", type=bounded(int, 0), default=TrainConfig.seed, help="training seed (weights, shuffling)")
+    parser.add_argument("--patience", type=POSITIVE_INT, default=TrainConfig.patience,
                         help="epochs without validation-loss improvement before stopping")
-    parser.add_argument("--num-workers", type=int, default=1, help="Ray Train workers (data parallel)")
+    parser.add_argument("--num-workers", type=POSITIVE_INT, default=1, help="Ray Train workers (data parallel)")
     parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
-    parser.add_argument("--cpus-per-worker", type=float, default=TrainConfig.cpus_per_worker,
+    parser.add_argument("--cpus-per-worker", type=POSITIVE_NUMBER, default=TrainConfig.cpus_per_worker,
                         help="CPUs each worker reserves (also its TensorFlow thread count)")
-    parser.add_argument("--image-size", type=int, default=PreprocessConfig.image_size,
+    parser.add_argument("--image-size", type=bounded(int, 32, what=" pixels (the backbone needs 32)"), default=PreprocessConfig.image_size,
                         help="side of the square model input, in pixels")
     parser.add_argument("--head", choices=HEADS, default=ArchitectureConfig.head,
                         help="bilstm: a bidirectional LSTM over the feature-map columns beside global pooling (the "
                              "CNN+LSTM); pooling: global average pooling; lstm: an LSTM over the rows alone")
-    parser.add_argument("--validation-fraction", type=float, default=RetrainConfig.validation_fraction,
+    parser.add_argument("--validation-fraction", type=bounded(float, 0, 1, low_open=True, high_open=True), default=RetrainConfig.validation_fraction,
                         help="share of near-duplicate groups held out for validation")
     parser.add_argument("--no-augment", action="store_true", help="train without data augmentation")
     parser.add_argument("--storage-path", help="where Ray Train keeps checkpoints (default: ~/ray_results)")
@@ -68,10 +69,16 @@ def build_config(args: argparse.Namespace) -> RetrainConfig:
                          version=args.version)
 
 
-def run_retraining(args: argparse.Namespace) -> dict:
+def check_data(args: argparse.Namespace) -> tuple[RetrainConfig, list[LabelledImage]]:
+    """Before Ray starts: the configuration is valid and the labelled folders are usable."""
+    config = build_config(args)
+    return config, list_labelled_images(config.data, config.tumor_data)
+
+
+def run_retraining(plan: tuple[RetrainConfig, list[LabelledImage]]) -> dict:
     from pipeline.retrain import retrain  # TensorFlow loads here, after the arguments are known to be good
 
-    outcome = retrain(build_config(args))
+    outcome = retrain(*plan)
     metrics = outcome.candidate_metrics
     logger.info("candidate %s at %s: accuracy %.4f, macro-F1 %.4f, tumor sensitivity %.4f; %s: %s",
                 outcome.version, outcome.candidate_uri, metrics["accuracy"], metrics["macro_f1"],
@@ -82,7 +89,7 @@ def run_retraining(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_job("retrain", parse_args(argv), run_retraining)
+    return run_job("retrain", parse_args(argv), check_data, run_retraining)
 
 
 if __name__ == "__main__":

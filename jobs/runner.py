@@ -8,9 +8,12 @@ Arguments are parsed before anything heavy is imported or started, so ``--help``
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import logging
+import re
 from collections.abc import Callable
+from typing import Any
 
 from infra import storage
 from infra.ray_runtime import configure_logging, ensure_ray
@@ -27,13 +30,17 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="debug logging")
 
 
-def run_job(name: str, args: argparse.Namespace, execute: Callable[[argparse.Namespace], dict]) -> int:
-    """Run ``execute(args)`` on Ray; print its summary dict as one JSON line; return the exit status."""
+def run_job(name: str, args: argparse.Namespace, prepare: Callable[[argparse.Namespace], Any],
+            execute: Callable[[Any], dict]) -> int:
+    """``prepare(args)`` checks everything it can without Ray (inputs, model, key, output) and returns a plan;
+    then Ray starts (or is joined) and ``execute(plan)`` runs it. Its summary dict is printed as one JSON line;
+    the exit status is returned."""
     configure_logging(args.verbose)
     logger = logging.getLogger(f"jobs.{name}")
     try:
+        plan = prepare(args)
         ensure_ray(args.address)
-        summary = execute(args)
+        summary = execute(plan)
     except NOT_STARTED as error:
         logger.error("%s not started: %s", name, error)
         return 2
@@ -49,3 +56,38 @@ def run_job(name: str, args: argparse.Namespace, execute: Callable[[argparse.Nam
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """The module docstring as written, and every option's default after its help."""
+
+
+def bounded(kind: type, low: float | None = None, high: float | None = None, low_open: bool = False,
+            high_open: bool = False, what: str = "") -> Callable[[str], Any]:
+    """An argparse type: a ``kind`` number within [low, high] (or open ends), else a message saying what is allowed."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if too_low or too_high:
+            left = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+            right = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
+            raise argparse.ArgumentTypeError(f"must be {' and '.join(filter(None, (left, right)))}{what}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+POSITIVE_INT = bounded(int, 1)
+POSITIVE_NUMBER = bounded(float, 0, low_open=True)
+PROBABILITY = bounded(float, 0, 1, what=" (a probability)")
+
+
+def iso_date(text: str) -> str:
+    """An argparse type: a calendar date written YYYY-MM-DD."""
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            return datetime.date.fromisoformat(text).isoformat()
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"must be a date written YYYY-MM-DD, e.g. 2026-11-24, got {text!r}")

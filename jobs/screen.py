@@ -13,10 +13,11 @@ import argparse
 import logging
 import sys
 
-from jobs.runner import HelpFormatter, add_common_options, run_job
+from jobs.runner import (POSITIVE_INT, POSITIVE_NUMBER, PROBABILITY, HelpFormatter, add_common_options, iso_date,
+                         run_job)
 from model.decode import DecodeLimits
 from model.registry import DEFAULT_MODEL
-from pipeline.screen import ScreenConfig, run_screening
+from pipeline.screen import ScreenConfig, ScreeningPlan, prepare, score_and_commit
 
 logger = logging.getLogger("jobs.screen")
 
@@ -28,32 +29,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--manifest", action="append", default=[], help="text file listing one input a line")
     parser.add_argument("--output", required=True, help="results folder or S3 prefix")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model or registry folder (default: shipped model)")
-    parser.add_argument("--threshold", type=float, default=ScreenConfig.threshold,
+    parser.add_argument("--threshold", type=PROBABILITY, default=ScreenConfig.threshold,
                         help="tumor probability at or above which an image or series is flagged")
-    parser.add_argument("--run-date", help="partition date YYYY-MM-DD (default: today, UTC)")
+    parser.add_argument("--run-date", type=iso_date, help="partition date YYYY-MM-DD (default: today, UTC)")
     parser.add_argument("--pseudonym-key-file", help="file holding the secret pseudonym key (else PSEUDONYM_KEY)")
     parser.add_argument("--create-pseudonym-key", action="store_true",
                         help="generate a random key into --pseudonym-key-file when it does not exist")
-    parser.add_argument("--decode-batch-size", type=int, default=ScreenConfig.decode_batch_size,
+    parser.add_argument("--decode-batch-size", type=POSITIVE_INT, default=ScreenConfig.decode_batch_size,
                         help="files per decode/preprocess task")
-    parser.add_argument("--decode-cpus", type=float, default=ScreenConfig.decode_cpus,
+    parser.add_argument("--decode-cpus", type=POSITIVE_NUMBER, default=ScreenConfig.decode_cpus,
                         help="CPUs reserved by each decode/preprocess task")
-    parser.add_argument("--inference-batch-size", type=int, default=ScreenConfig.inference_batch_size,
+    parser.add_argument("--inference-batch-size", type=POSITIVE_INT, default=ScreenConfig.inference_batch_size,
                         help="images per inference call")
-    parser.add_argument("--inference-actors", type=int, help="inference actors (default: one per GPU, or by CPUs)")
-    parser.add_argument("--inference-cpus", type=float, default=ScreenConfig.inference_cpus,
+    parser.add_argument("--inference-actors", type=POSITIVE_INT, help="inference actors (default: one per GPU, or by CPUs)")
+    parser.add_argument("--inference-cpus", type=POSITIVE_NUMBER, default=ScreenConfig.inference_cpus,
                         help="CPUs per CPU inference actor (also its TensorFlow thread count)")
     gpu = parser.add_mutually_exclusive_group()
     gpu.add_argument("--use-gpu", dest="use_gpu", action="store_true", default=None,
                      help="score on GPU actors, one GPU each (default: when the cluster has GPUs)")
     gpu.add_argument("--no-gpu", dest="use_gpu", action="store_false", help="score on CPU actors even with GPUs")
     limits = DecodeLimits()
-    parser.add_argument("--max-file-mb", type=float, default=limits.max_file_bytes / 2**20,
+    parser.add_argument("--max-file-mb", type=POSITIVE_NUMBER, default=limits.max_file_bytes / 2**20,
                         help="files larger than this become file_too_large error rows, unread")
-    parser.add_argument("--max-pixels", type=int, default=limits.max_pixels_per_frame,
+    parser.add_argument("--max-pixels", type=POSITIVE_INT, default=limits.max_pixels_per_frame,
                         help="frames with more pixels than this (from the header) become image_too_large rows")
-    parser.add_argument("--max-frames", type=int, default=limits.max_frames,
+    parser.add_argument("--max-frames", type=POSITIVE_INT, default=limits.max_frames,
                         help="DICOM objects with more frames than this become image_too_large rows")
+    parser.add_argument("--allow-empty", action="store_true",
+                        help="record a run even when the input holds no files (it replaces the date's results); "
+                             "without it an empty input is refused with exit status 2")
     add_common_options(parser)
     args = parser.parse_args(argv)
     if not args.input and not args.manifest:
@@ -69,11 +73,12 @@ def build_config(args: argparse.Namespace) -> ScreenConfig:
                         inference_batch_size=args.inference_batch_size, inference_actors=args.inference_actors,
                         inference_cpus=args.inference_cpus, use_gpu=args.use_gpu,
                         limits=DecodeLimits(max_file_bytes=int(args.max_file_mb * 2**20),
-                                            max_pixels_per_frame=args.max_pixels, max_frames=args.max_frames))
+                                            max_pixels_per_frame=args.max_pixels, max_frames=args.max_frames),
+                        allow_empty=args.allow_empty)
 
 
-def screen(args: argparse.Namespace) -> dict:
-    record = run_screening(build_config(args))
+def screen(plan: ScreeningPlan) -> dict:
+    record = score_and_commit(plan)
     logger.info("run %s done: %d files, %d rows (%d scored, %d errors %s), %d flagged images, %d series "
                 "(%d flagged), %.1f images/s; results in %s", record.run_id, record.files_listed,
                 record.rows_written, record.rows_scored, record.rows_error, record.errors_by_code,
@@ -82,7 +87,7 @@ def screen(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_job("screen", parse_args(argv), screen)
+    return run_job("screen", parse_args(argv), lambda args: prepare(build_config(args)), screen)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ SERIES = "series"
 RUNS = "runs"
 STAGING = "_staging"
 PARTITIONED_TABLES = (PREDICTIONS, SERIES)
+TABLE_SCHEMAS = {PREDICTIONS: col.PREDICTIONS_SCHEMA, SERIES: col.SERIES_SCHEMA, RUNS: col.RUNS_SCHEMA}
 
 
 def partition_name(run_date: str) -> str:
@@ -96,9 +97,16 @@ def write_table(table: pa.Table, uri: str) -> None:
 
 
 def read_partitioned(output: str, table: str, columns: list[str] | None = None) -> pa.Table:
-    filesystem, path = storage.resolve(storage.join(output, table))
+    """Every file of a table in its declared schema, ``run_date`` from the partition names; a table with no files
+    yet (a new output, or a date whose only run found nothing to score) reads as no rows, never as an error."""
+    schema = TABLE_SCHEMAS[table]
+    uri = storage.join(output, table)
+    if not storage.is_dir(uri):
+        return schema.empty_table().select(columns or schema.names)
+    filesystem, path = storage.resolve(uri)
     partitioning = pads.partitioning(pa.schema([(col.RUN_DATE, pa.string())]), flavor="hive")
-    return pq.read_table(path, filesystem=filesystem, columns=columns, partitioning=partitioning)
+    dataset = pads.dataset(path, schema=schema, format="parquet", filesystem=filesystem, partitioning=partitioning)
+    return dataset.to_table(columns=columns)
 
 
 def committed_runs(output: str) -> dict[str, str]:

@@ -116,10 +116,11 @@ def promotion_decision(candidate: dict, current: dict | None) -> tuple[bool, str
     return False, f"validation macro-F1 {new:.4f} is worse than the current model's {old:.4f}"
 
 
-def retrain(config: RetrainConfig) -> RetrainOutcome:
-    """Train a candidate and decide on its promotion; see the module docstring for the stages."""
+def retrain(config: RetrainConfig, images: list[LabelledImage] | None = None) -> RetrainOutcome:
+    """Train a candidate and decide on its promotion; see the module docstring for the stages. ``images`` is the
+    listing of stage 1 when the caller has made it already (the job does, before Ray starts)."""
     started = time.time()
-    images = list_labelled_images(config.data, config.tumor_data)
+    images = images if images is not None else list_labelled_images(config.data, config.tumor_data)
     logger.info("labelled images: %d from %s (+%d tumor folders)", len(images), config.data, len(config.tumor_data))
     train, validation, split = split_by_groups(load_labelled_dataset(images, config.preprocessing), config)
     try:

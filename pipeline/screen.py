@@ -18,6 +18,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import re
 import uuid
 from collections import Counter
 
@@ -59,6 +60,13 @@ class ScreenConfig:
     inference_cpus: float = 1.0
     use_gpu: bool | None = None
     limits: DecodeLimits = DecodeLimits()
+    allow_empty: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be a probability between 0 and 1, got {self.threshold}")
+        if self.run_date is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", self.run_date):
+            raise ValueError(f"run_date must be written YYYY-MM-DD, got {self.run_date!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,26 +196,45 @@ def count_outcomes(table: pa.Table | None) -> tuple[int, int, int, Counter]:
     return table.num_rows, int(scored), int(flagged), errors
 
 
-def prepare(config: ScreenConfig) -> tuple[registry.ModelInfo, list[str], bytes | None]:
-    """Stage 1-2: everything that can stop the run, checked before anything is written."""
+@dataclasses.dataclass(frozen=True)
+class ScreeningPlan:
+    """What stages 1-2 settled before any work: the resolved model, the files, the key. Needs no Ray."""
+
+    config: ScreenConfig
+    model: registry.ModelInfo
+    uris: list[str]
+    pseudonym_key: bytes | None = dataclasses.field(repr=False)
+
+
+def prepare(config: ScreenConfig) -> ScreeningPlan:
+    """Stages 1-2: everything that can stop the run, checked before Ray starts and before anything is written."""
     try:
         info = registry.load_model_info(config.model)
         uris = list_inputs(list(config.inputs), list(config.manifests))
+        refuse_empty_input(config, uris)
         key = resolve_key(config, uris)
         results.check_writable(config.output)
     except (registry.ModelError, storage.StorageError, PseudonymKeyError) as error:
         raise RunNotStartedError(str(error)) from error
-    return info, uris, key
+    return ScreeningPlan(config, info, uris, key)
+
+
+def refuse_empty_input(config: ScreenConfig, uris: list[str]) -> None:
+    """An input with no files is what a failed export looks like: it must not replace a date's results unasked."""
+    if not uris and not config.allow_empty:
+        raise RunNotStartedError(
+            f"no input files found in {', '.join(config.inputs + config.manifests)}: nothing was written (an empty "
+            f"run would replace the results of its date); pass --allow-empty to record an empty run on purpose")
 
 
 def run_screening(config: ScreenConfig) -> RunRecord:
     """Score every image under ``config.inputs`` and publish the results tables; see the module docstring."""
-    return score_and_commit(config, *prepare(config))
+    return score_and_commit(prepare(config))
 
 
-def score_and_commit(config: ScreenConfig, info: registry.ModelInfo, uris: list[str],
-                     key: bytes | None) -> RunRecord:
+def score_and_commit(plan: ScreeningPlan) -> RunRecord:
     """Stages 3-7 with the model ``prepare`` resolved: every row is scored by, and stamped with, that model."""
+    config, info, uris, key = plan.config, plan.model, plan.uris, plan.pseudonym_key
     started = results.utc_now()
     run_date = config.run_date or started.date().isoformat()
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"

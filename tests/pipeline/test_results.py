@@ -10,13 +10,15 @@ from infra import storage
 from pipeline import results
 
 DATE = "2026-11-03"
-SCHEMA = pa.schema([("run_id", pa.string()), ("source_uri", pa.string())])
+KEY = {results.PREDICTIONS: "source_uri", results.SERIES: "series_key"}  # a column that names each row
 RUNS_SCHEMA = pa.schema([("run_id", pa.string()), ("run_date", pa.string()), ("finished_at", pa.timestamp("us"))])
 
 
 def stage(output: str, run_id: str, uris: list[str]) -> None:
     for table in results.PARTITIONED_TABLES:
-        rows = pa.table({"run_id": [run_id] * len(uris), "source_uri": uris}, schema=SCHEMA)
+        schema = results.TABLE_SCHEMAS[table]
+        rows = pa.Table.from_pylist([{"run_id": run_id, KEY[table]: uri} for uri in uris], schema=schema)
+        rows = rows.drop_columns(["run_date"])
         results.write_table(rows, storage.join(results.staging_uri(output, table, DATE, run_id), "part-0.parquet"))
 
 
@@ -35,7 +37,7 @@ def complete_run(output: str, run_id: str, uris: list[str], minute: int) -> None
 
 
 def read(output: str, table: str = results.PREDICTIONS) -> list[tuple[str, str]]:
-    return sorted((row["run_id"], row["source_uri"]) for row in results.read_table(output, table).to_pylist())
+    return sorted((row["run_id"], row[KEY[table]]) for row in results.read_table(output, table).to_pylist())
 
 
 @pytest.fixture
@@ -76,5 +78,19 @@ def test_the_next_run_of_the_date_clears_what_a_killed_run_left(output):
 
 def test_a_local_write_is_never_seen_half_done(tmp_path):
     target = tmp_path / "runs" / "one.parquet"
-    results.write_table(pa.table({"run_id": ["a"], "source_uri": ["b"]}, schema=SCHEMA), str(target))
+    results.write_table(pa.table({"run_id": ["a"], "source_uri": ["b"]}), str(target))
     assert [path.name for path in target.parent.iterdir()] == ["one.parquet"]  # no temporary left beside it
+
+
+def test_every_state_a_run_can_leave_reads_without_error(tmp_path):
+    """A new output, a committed run that wrote no rows, and a table folder that exists but holds no file all read
+    as tables with their declared columns and no rows."""
+    output = str(tmp_path / "results")
+    for table in (results.PREDICTIONS, results.SERIES, results.RUNS):
+        assert results.read_table(output, table).schema.names == results.TABLE_SCHEMAS[table].names
+    commit(output, "run-empty", minute=5)
+    for table in results.PARTITIONED_TABLES:
+        (tmp_path / "results" / table / f"run_date={DATE}").mkdir(parents=True)
+        empty = results.read_table(output, table)
+        assert empty.num_rows == 0 and "run_id" in empty.schema.names
+    assert [row["run_id"] for row in results.read_table(output, results.RUNS).to_pylist()] == ["run-empty"]

@@ -156,9 +156,10 @@ def test_a_promotion_during_a_run_cannot_mix_models(model_uri, ray_local, tmp_pa
     config = ScreenConfig(inputs=tuple(str(image) for image in images), output=str(tmp_path / "out"),
                           model=str(models), run_date=RUN_DATE)
     monkeypatch.setenv("PSEUDONYM_KEY", TEST_KEY)
-    resolved, uris, key = prepare(config)
+    plan = prepare(config)
+    resolved = plan.model
     registry.record_decision(str(models), "mri-lstm-v1", True, "promoted while the run was starting")
-    score_and_commit(config, resolved, uris, key)
+    score_and_commit(plan)
 
     rows = {row["source_uri"]: row for row in predictions(tmp_path / "out")}
     assert {row["model_sha256"] for row in rows.values()} == {resolved.weights_sha256}
