@@ -16,7 +16,7 @@ from model.registry import DEFAULT_MODEL, load_model_info
 logger = logging.getLogger("jobs.evaluate")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m jobs.evaluate", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--data", required=True, help="labelled folder: one sub-folder per class")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model or registry folder (default: shipped model)")
@@ -24,7 +24,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tumor-data", action="append", default=[], help="folder of unknown-type tumor images")
     parser.add_argument("--threshold", type=PROBABILITY, default=0.5, help="tumor probability that flags an image")
     add_common_options(parser)
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def check_inputs(args: argparse.Namespace) -> argparse.Namespace:

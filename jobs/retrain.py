@@ -18,7 +18,7 @@ from model.preprocessing import PreprocessConfig
 logger = logging.getLogger("jobs.retrain")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m jobs.retrain", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--data", required=True, help="labelled folder: one sub-folder per class")
     parser.add_argument("--output", required=True, help="model registry folder (local or s3://)")
@@ -53,7 +53,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--storage-path", help="where Ray Train keeps checkpoints (default: ~/ray_results)")
     parser.add_argument("--version", help="name of the candidate model (default: timestamped)")
     add_common_options(parser)
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def build_config(args: argparse.Namespace) -> RetrainConfig:

@@ -22,7 +22,7 @@ from pipeline.screen import ScreenConfig, ScreeningPlan, prepare, score_and_comm
 logger = logging.getLogger("jobs.screen")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m jobs.screen", description=__doc__,
                                      formatter_class=HelpFormatter)
     parser.add_argument("--input", action="append", default=[], help="folder, S3 prefix or file (repeatable)")
@@ -59,6 +59,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="record a run even when the input holds no files (it replaces the date's results); "
                              "without it an empty input is refused with exit status 2")
     add_common_options(parser)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not args.input and not args.manifest:
         parser.error("give at least one --input or --manifest")

@@ -1,0 +1,70 @@
+"""Bad usage is bad input: each mistake a new user makes is refused at once, before Ray starts, with exit status 2
+and a message naming the option or path and what is allowed; nothing is written."""
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, SAMPLES
+
+
+def job(name: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", f"jobs.{name}", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--threshold", "2", "--threshold: must be >= 0 and <= 1"),
+    ("--threshold", "-1", "--threshold: must be >= 0 and <= 1"),
+    ("--run-date", "23/11/2026", "--run-date: must be a date written YYYY-MM-DD"),
+    ("--run-date", "2026-02-30", "--run-date: must be a date written YYYY-MM-DD"),
+    ("--decode-batch-size", "0", "--decode-batch-size: must be >= 1"),
+    ("--inference-cpus", "-0.5", "--inference-cpus: must be > 0"),
+    ("--max-frames", "many", "--max-frames: expected an integer"),
+])
+def test_out_of_range_options_are_refused_with_what_is_allowed(tmp_path, option, value, message):
+    result = job("screen", "--input", str(SAMPLES / "archive"), "--output", str(tmp_path / "out"), option, value)
+    assert result.returncode == 2 and message in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--validation-fraction", "1.5", "--validation-fraction: must be > 0 and < 1"),
+    ("--epochs", "0", "--epochs: must be >= 1"),
+    ("--image-size", "16", "--image-size: must be >= 32"),
+])
+def test_retraining_options_are_validated(tmp_path, option, value, message):
+    result = job("retrain", "--data", str(SAMPLES / "labelled"), "--output", str(tmp_path / "reg"), option, value)
+    assert result.returncode == 2 and message in result.stderr
+
+
+def test_an_empty_input_never_replaces_a_dates_results(tmp_path):
+    empty = tmp_path / "export"
+    empty.mkdir()
+    result = job("screen", "--input", str(empty), "--output", str(tmp_path / "out"), "--run-date", "2026-11-20")
+    assert result.returncode == 2 and "no input files found" in result.stderr and "--allow-empty" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--input", "/nonexistent/archive"], "/nonexistent/archive does not exist"),
+    (["--input", "SAMPLES", "--model", "/nonexistent/model"], "no model at /nonexistent/model"),
+    (["--manifest", "/nonexistent/list.txt"], "/nonexistent/list.txt"),
+])
+def test_missing_paths_are_reported_before_ray_starts(tmp_path, args, message):
+    args = [str(SAMPLES / "archive") if arg == "SAMPLES" else arg for arg in args]
+    result = job("screen", *args, "--output", str(tmp_path / "out"))
+    assert result.returncode == 2 and message in result.stderr
+    assert "Ray resources" not in result.stderr  # refused before Ray started
+
+
+@pytest.mark.parametrize("name", ["screen", "retrain", "evaluate"])
+def test_help_is_quick_and_explains_every_option(name):
+    module = importlib.import_module(f"jobs.{name}")
+    undocumented = [action.option_strings for action in module.build_parser()._actions if not action.help]
+    assert not undocumented
+    result = job(name, "--help")
+    assert result.returncode == 0 and result.stdout.startswith(f"usage: python -m jobs.{name}")
+    assert "(default:" in result.stdout and "tensorflow" not in result.stderr.lower()
