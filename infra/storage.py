@@ -17,6 +17,8 @@ import pyarrow.fs as pafs
 
 S3_SCHEME = "s3://"
 S3_MAX_ATTEMPTS = int(os.environ.get("MRI_SCREEN_S3_MAX_ATTEMPTS", "8"))
+S3_CONNECT_TIMEOUT = float(os.environ.get("MRI_SCREEN_S3_CONNECT_TIMEOUT", "3"))
+PROBE_ATTEMPTS = 2  # reachability is checked with few attempts, so a dead endpoint is reported in seconds
 
 
 class StorageError(RuntimeError):
@@ -31,9 +33,14 @@ def is_s3(uri: str) -> bool:
     return uri.startswith(S3_SCHEME)
 
 
-def s3_filesystem() -> pafs.S3FileSystem:
-    options = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS)}
-    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+def s3_endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+
+
+def s3_filesystem(max_attempts: int = S3_MAX_ATTEMPTS) -> pafs.S3FileSystem:
+    options = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts),
+               "connect_timeout": S3_CONNECT_TIMEOUT}
+    endpoint = s3_endpoint()
     if endpoint:
         options["endpoint_override"] = endpoint
         options["scheme"] = "https" if endpoint.startswith("https") else "http"
@@ -41,6 +48,18 @@ def s3_filesystem() -> pafs.S3FileSystem:
     if region:
         options["region"] = region
     return pafs.S3FileSystem(**options)
+
+
+def check_reachable(uri: str) -> None:
+    """For an S3 URI, one quick request with few attempts: an endpoint that does not answer raises StorageError
+    naming it within seconds, instead of after every retry of the first real request."""
+    if not is_s3(uri):
+        return
+    try:
+        s3_filesystem(PROBE_ATTEMPTS).get_file_info(uri[len(S3_SCHEME):].rstrip("/"))
+    except OSError as error:
+        endpoint = s3_endpoint() or "the AWS default endpoint"
+        raise StorageError(f"cannot reach S3 at {endpoint} for {uri}: {error}") from error
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:

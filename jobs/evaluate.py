@@ -9,6 +9,7 @@ import argparse
 import logging
 import sys
 
+from infra import storage
 from jobs.runner import PROBABILITY, HelpFormatter, add_common_options, run_job
 from model.data import list_labelled_images
 from model.registry import DEFAULT_MODEL, load_model_info
@@ -33,6 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_inputs(args: argparse.Namespace) -> argparse.Namespace:
     """Before Ray starts: the model is there and verified, the labelled folders are usable."""
+    for location in (args.data, *args.tumor_data, args.model, args.output):
+        storage.check_reachable(location)
     load_model_info(args.model)
     list_labelled_images(args.data, tuple(args.tumor_data))
     return args

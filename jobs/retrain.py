@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 
+from infra import storage
 from jobs.runner import POSITIVE_INT, POSITIVE_NUMBER, HelpFormatter, add_common_options, bounded, run_job
 from model.config import HEADS, ArchitectureConfig, RetrainConfig, TrainConfig
 from model.data import LabelledImage, list_labelled_images
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "CNN+LSTM); pooling: global average pooling; lstm: an LSTM over the rows alone")
     parser.add_argument("--validation-fraction", type=bounded(float, 0, 1, low_open=True, high_open=True), default=RetrainConfig.validation_fraction,
                         help="share of near-duplicate groups held out for validation")
+    parser.add_argument("--min-macro-f1", type=bounded(float, 0, 1), default=RetrainConfig.min_macro_f1,
+                        help="quality floor: a first model (empty registry) below this validation macro-F1 is not "
+                             "promoted")
     parser.add_argument("--no-augment", action="store_true", help="train without data augmentation")
     parser.add_argument("--storage-path", help="where Ray Train keeps checkpoints (default: ~/ray_results)")
     parser.add_argument("--version", help="name of the candidate model (default: timestamped)")
@@ -67,8 +71,8 @@ def build_config(args: argparse.Namespace) -> RetrainConfig:
                            cpus_per_worker=args.cpus_per_worker, augment=not args.no_augment,
                            storage_path=args.storage_path)
     return RetrainConfig(data=args.data, output=args.output, tumor_data=tuple(args.tumor_data),
-                         validation_fraction=args.validation_fraction,
-                         architecture=ArchitectureConfig(image_size=args.image_size, head=args.head),
+                         validation_fraction=args.validation_fraction, min_macro_f1=args.min_macro_f1,
+                         architecture=ArchitectureConfig(head=args.head),
                          preprocessing=PreprocessConfig(image_size=args.image_size), training=training,
                          version=args.version)
 
@@ -76,6 +80,8 @@ def build_config(args: argparse.Namespace) -> RetrainConfig:
 def check_data(args: argparse.Namespace) -> tuple[RetrainConfig, list[LabelledImage]]:
     """Before Ray starts: the configuration is valid and the labelled folders are usable."""
     config = build_config(args)
+    for location in (config.data, *config.tumor_data, config.output):
+        storage.check_reachable(location)
     return config, list_labelled_images(config.data, config.tumor_data)
 
 

@@ -73,6 +73,7 @@ class RetrainConfig:
     validation_fraction: float = 0.15
     duplicate_similarity: float = DEFAULT_SIMILARITY
     split_seed: int = 0
+    min_macro_f1: float = 0.8  # a first model (empty registry) below this validation macro-F1 stays a candidate
     architecture: ArchitectureConfig = ArchitectureConfig()
     preprocessing: PreprocessConfig = PreprocessConfig()
     training: TrainConfig = TrainConfig()

@@ -107,10 +107,15 @@ def reload_validation(validation: ray.data.Dataset, preprocessing) -> ray.data.D
     return load_labelled_dataset([LabelledImage(uri, label) for uri, label in files], preprocessing)
 
 
-def promotion_decision(candidate: dict, current: dict | None) -> tuple[bool, str]:
+def promotion_decision(candidate: dict, current: dict | None, min_macro_f1: float) -> tuple[bool, str]:
+    """Promote a first model only above the quality floor, a later one only if it is not worse than the current."""
+    new = candidate["macro_f1"]
     if current is None:
-        return True, "the registry has no current model"
-    new, old = candidate["macro_f1"], current["macro_f1"]
+        if new < min_macro_f1:
+            return False, (f"validation macro-F1 {new:.4f} is below the floor of {min_macro_f1:.2f} for a first model; "
+                           f"it stays a candidate")
+        return True, f"the registry has no current model and validation macro-F1 {new:.4f} meets the floor"
+    old = current["macro_f1"]
     if new >= old:
         return True, f"validation macro-F1 {new:.4f} is not worse than the current model's {old:.4f}"
     return False, f"validation macro-F1 {new:.4f} is worse than the current model's {old:.4f}"
@@ -140,7 +145,7 @@ def train_and_decide(config: RetrainConfig, train: ray.data.Dataset, validation:
     val_images, val_targets, val_labels = validation_arrays(validation)
     candidate_metrics = evaluate_predictions(ProbabilityPredictor(model)(val_images), val_targets, val_labels)
     current_metrics = evaluate_current(config, validation, val_images, val_targets, val_labels)
-    promoted, reason = promotion_decision(candidate_metrics, current_metrics)
+    promoted, reason = promotion_decision(candidate_metrics, current_metrics, config.min_macro_f1)
     version = config.version or registry.new_version()
     candidate_uri = storage.join(config.output, version)
     training = {"seconds": round(time.time() - started, 1), "hardware": training_hardware(config.training),

@@ -209,6 +209,8 @@ class ScreeningPlan:
 def prepare(config: ScreenConfig) -> ScreeningPlan:
     """Stages 1-2: everything that can stop the run, checked before Ray starts and before anything is written."""
     try:
+        for location in (*config.inputs, *config.manifests, config.output, config.model):
+            storage.check_reachable(location)
         info = registry.load_model_info(config.model)
         uris = list_inputs(list(config.inputs), list(config.manifests))
         refuse_empty_input(config, uris)

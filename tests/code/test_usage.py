@@ -2,6 +2,9 @@
 and a message naming the option or path and what is allowed; nothing is written."""
 
 import importlib
+import os
+import socket
+import time
 import subprocess
 import sys
 
@@ -68,3 +71,19 @@ def test_help_is_quick_and_explains_every_option(name):
     result = job(name, "--help")
     assert result.returncode == 0 and result.stdout.startswith(f"usage: python -m jobs.{name}")
     assert "(default:" in result.stdout and "tensorflow" not in result.stderr.lower()
+
+
+@pytest.mark.parametrize("name, args", [
+    ("screen", ["--input", "s3://archive/exports", "--output", "s3://results/screening"]),
+    ("retrain", ["--data", "s3://archive/labelled", "--output", "s3://models/registry"]),
+])
+def test_an_unreachable_s3_endpoint_is_named_within_seconds(name, args):
+    with socket.socket() as closed:  # a port that was free a moment ago: nothing listens there
+        closed.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    env = {**os.environ, "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+           "AWS_REGION": "us-east-1"}
+    started = time.monotonic()
+    result = job(name, *args, env=env)
+    assert result.returncode == 2 and f"cannot reach S3 at {endpoint}" in result.stderr
+    assert time.monotonic() - started < 20

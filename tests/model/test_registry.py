@@ -98,3 +98,14 @@ def test_a_pickle_with_a_matching_sha256_is_refused_and_never_unpickled(saved_mo
     with pytest.raises(registry.ModelError, match="not an HDF5 file"):
         load_classifier(registry.info_from_record(str(planted), record))
     assert not sentinel.exists()
+
+
+def test_a_first_model_must_pass_the_quality_floor_and_a_later_one_the_current_model():
+    from pipeline.retrain import promotion_decision
+
+    weak, fair, good = {"macro_f1": 0.25}, {"macro_f1": 0.85}, {"macro_f1": 0.9}
+    assert promotion_decision(weak, None, 0.8)[0] is False
+    assert "below the floor" in promotion_decision(weak, None, 0.8)[1]
+    assert promotion_decision(fair, None, 0.8)[0] is True
+    assert promotion_decision(fair, good, 0.8)[0] is False
+    assert promotion_decision(good, fair, 0.8)[0] is True

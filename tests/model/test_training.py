@@ -26,7 +26,7 @@ def config(output: pathlib.Path, epochs: int, version: str) -> RetrainConfig:
     training = TrainConfig(epochs=epochs, batch_size=16, learning_rate=3e-3, augment=False, num_workers=2,
                            cpus_per_worker=0.5, storage_path=str(output / "ray"), patience=10)
     return RetrainConfig(data=str(SAMPLES / "labelled"), output=str(output / "registry"), validation_fraction=0.25,
-                         architecture=ARCHITECTURE, preprocessing=PreprocessConfig(image_size=SIZE),
+                         min_macro_f1=0.0, architecture=ARCHITECTURE, preprocessing=PreprocessConfig(image_size=SIZE),
                          training=training, version=version)
 
 
@@ -45,7 +45,7 @@ def test_two_workers_train_and_the_loss_falls(first_run):
 
 def test_first_candidate_is_promoted_and_its_files_verify(first_run):
     output, outcome = first_run
-    assert outcome.promoted and "no current model" in outcome.reason
+    assert outcome.promoted and "no current model" in outcome.reason and "meets the floor" in outcome.reason
     info = registry.load_model_info(str(output / "registry"))
     assert info.version == "candidate-1"
     metadata = json.loads((output / "registry" / "candidate-1" / registry.METADATA_FILE).read_text())
