@@ -1,33 +1,55 @@
-"""Starting or joining Ray: a job submitted to a cluster joins it, a plain ``python -m jobs.<name>`` starts a local one."""
+"""Starting or joining Ray, and keeping its output readable: a job submitted to a cluster joins it, a plain
+``python -m jobs.<name>`` starts a local one.
+
+Without ``--verbose`` the libraries' start-up chatter is quieted, in the driver and in every worker (the runtime
+environment carries the settings): TensorFlow's C++ notices (``model.tensorflow_runtime``), Ray's own warnings at
+start-up, and Ray Data's progress notices.
+Worker output forwarded to the driver carries no colour codes unless stderr is a terminal.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 
 import ray
 
 logger = logging.getLogger(__name__)
 
 
-def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+def quiet_environment(verbose: bool) -> dict[str, str]:
+    """Environment variables for the driver and the workers: quiet unless ``verbose``."""
+    if verbose:
+        return {"TF_CPP_MIN_LOG_LEVEL": "0", "TF_USE_LEGACY_KERAS": "1"}
+    return {"TF_CPP_MIN_LOG_LEVEL": "3", "TF_USE_LEGACY_KERAS": "1"}
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None, verbose: bool = False) -> None:
     """Connect to ``address`` (or ``RAY_ADDRESS``) when given, else start an embedded local Ray."""
     if ray.is_initialized():
         return
+    environment = quiet_environment(verbose)
+    for name, value in environment.items():
+        os.environ.setdefault(name, value)
+    if not sys.stderr.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     address = address or os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_USE_LEGACY_KERAS": "1"}}
+    ray_level = logging.INFO if verbose else logging.ERROR
+    runtime_env = {"env_vars": environment}
     if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, logging_level=ray_level)
     else:
         ray.init(address="local", num_cpus=num_cpus, runtime_env=runtime_env, include_dashboard=False,
-                 configure_logging=True, logging_level=logging.WARNING)
+                 configure_logging=True, logging_level=ray_level)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    if logging.getLogger().level > logging.DEBUG:  # Ray Data's execution plans drown the job's own summary
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
+    if not verbose:  # Ray Data's execution plans and notices drown the job's own summary
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
     logger.info("Ray resources: %s", ray.cluster_resources())
 
 
 def configure_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    for name, value in quiet_environment(verbose).items():
+        os.environ.setdefault(name, value)

@@ -39,7 +39,7 @@ def run_job(name: str, args: argparse.Namespace, prepare: Callable[[argparse.Nam
     logger = logging.getLogger(f"jobs.{name}")
     try:
         plan = prepare(args)
-        ensure_ray(args.address)
+        ensure_ray(args.address, verbose=args.verbose)
         summary = execute(plan)
     except NOT_STARTED as error:
         logger.error("%s not started: %s", name, error)

@@ -15,8 +15,7 @@ Built with ``tf_keras`` (the Keras 2 API): Keras 3 models fail under ``MultiWork
 
 from __future__ import annotations
 
-import tensorflow as tf
-import tf_keras as keras
+from model.tensorflow_runtime import keras, tf
 
 from model.config import ArchitectureConfig
 from model.labels import CLASS_NAMES

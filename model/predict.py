@@ -11,9 +11,9 @@ import pathlib
 import tempfile
 
 import numpy as np
-import tensorflow as tf
 
 from infra import storage
+from model.tensorflow_runtime import native_stderr_silenced, quiet_requested, tf
 from model.architecture import build_classifier
 from model.registry import WEIGHTS_FILE, ModelError, ModelInfo, verify_weights
 
@@ -24,7 +24,9 @@ def configure_tensorflow(cpu_threads: int | None = None, use_gpu: bool = False) 
         if cpu_threads:
             tf.config.threading.set_intra_op_parallelism_threads(cpu_threads)
             tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, cpu_threads)))
-        for gpu in tf.config.list_physical_devices("GPU") if use_gpu else []:
+        with native_stderr_silenced(quiet_requested()):  # the CUDA probe's notices on a machine without CUDA
+            gpus = tf.config.list_physical_devices("GPU") if use_gpu else []
+        for gpu in gpus:
             tf.config.experimental.set_memory_growth(gpu, True)
     except RuntimeError:
         pass  # TensorFlow already initialised in this process: its settings stay as they are.

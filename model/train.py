@@ -21,8 +21,10 @@ import time
 import numpy as np
 import ray
 import ray.train
-import tensorflow as tf
-from ray.train.tensorflow import TensorflowTrainer
+
+from model.tensorflow_runtime import tf  # first: TensorFlow is imported quietly before Ray Train imports it
+
+from ray.train.tensorflow import TensorflowTrainer  # noqa: E402
 
 from model.architecture import build_classifier, compile_classifier
 from model.augment import augment_images

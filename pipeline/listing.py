@@ -1,6 +1,8 @@
 """Listing stage: what to score. Folders and S3 prefixes are walked recursively (any file name, DICOMDIR
-skipped, symbolic links to folders not followed, so link loops cannot trap the walk); single files and manifests
-(text files, one path or ``s3://`` URI a line, ``#`` for comments) are taken as they are.
+skipped, symbolic links to folders not followed, so link loops cannot trap the walk); single files are taken as
+they are. A manifest is a text file with one path or ``s3://`` URI a line (``#`` for comments): a line naming a
+local folder, or ending in ``/``, is walked like an ``--input`` folder; any other line is a file, taken as it is
+(a missing one becomes an ``unreadable_file`` row naming it, not a refused run).
 """
 
 from __future__ import annotations
@@ -41,8 +43,15 @@ def list_location(location: str) -> list[str]:
 
 
 def read_manifest(manifest: str) -> list[str]:
+    """The files a manifest names, its folders walked."""
     lines = storage.read_text(manifest).splitlines()
-    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    entries = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    return [uri for entry in entries for uri in manifest_entry(entry)]
+
+
+def manifest_entry(entry: str) -> list[str]:
+    is_folder = entry.endswith("/") or (not storage.is_s3(entry) and os.path.isdir(entry))
+    return list_location(entry) if is_folder else [entry]
 
 
 def list_inputs(locations: list[str], manifests: list[str] = ()) -> list[str]:

@@ -59,3 +59,22 @@ def test_a_model_failure_marks_the_batch_as_error_rows_and_loses_none(model_uri,
     assert len(scored) == mismatched.num_rows
     assert [row["error_code"] for row in scored] == ["inference_failed"] * 3 + ["empty_file"]
     assert all(row["status"] == "error" and row["prob_glioma"] is None and row["flagged"] is None for row in scored)
+
+
+def test_an_unreadable_file_names_its_path(tmp_path):
+    missing = str(tmp_path / "exports" / "typo.dcm")
+    [row] = file_rows(missing, context(160))
+    assert row[col.ERROR_CODE] == "unreadable_file" and missing in row[col.ERROR_MESSAGE]
+
+
+def test_a_manifest_line_naming_a_folder_is_walked(tmp_path):
+    from pipeline.listing import list_inputs
+
+    folder = tmp_path / "series"
+    (folder / "deeper").mkdir(parents=True)
+    for name in ("a.dcm", "deeper/b.dcm"):
+        (folder / name).write_bytes(b"x")
+    manifest = tmp_path / "list.txt"
+    manifest.write_text(f"# tonight\n{folder}\n{tmp_path / 'missing.dcm'}\n")
+    assert list_inputs([], [str(manifest)]) == sorted([str(folder / "a.dcm"), str(folder / "deeper" / "b.dcm"),
+                                                       str(tmp_path / "missing.dcm")])
