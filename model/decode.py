@@ -257,11 +257,37 @@ def float_list(value) -> list[float] | None:
 
 
 def dicom_header(dataset: pydicom.Dataset) -> dict:
-    """Identifiers and geometry for keys and slice ordering; raw identifiers never leave the worker."""
+    """Identifiers and geometry for keys and slice ordering; raw identifiers never leave the worker.
+
+    ``FramePositions`` holds each frame's ImagePositionPatient from the Per-frame Functional Groups of a multi-frame
+    object (None where the file has none); the orientation falls back to the Shared Functional Groups."""
+    positions = frame_positions(dataset)
     return {
         **{keyword: header_text(dataset, keyword)
            for keyword in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "StudyDate", "Modality")},
         "InstanceNumber": header_int(dataset, "InstanceNumber"),
         "ImagePositionPatient": float_list(header_value(dataset, "ImagePositionPatient")),
-        "ImageOrientationPatient": float_list(header_value(dataset, "ImageOrientationPatient")),
+        "ImageOrientationPatient": float_list(header_value(dataset, "ImageOrientationPatient"))
+        or functional_group_value(header_value(dataset, "SharedFunctionalGroupsSequence"), "PlaneOrientationSequence",
+                                  "ImageOrientationPatient"),
+        "FramePositions": positions,
     }
+
+
+def functional_group_value(groups, macro: str, keyword: str) -> list[float] | None:
+    """``keyword`` of the first item of ``macro`` in a functional-groups item, or None when any part is missing."""
+    try:
+        item = groups[0] if groups is not None and not isinstance(groups, pydicom.Dataset) else groups
+        return float_list(header_value(header_value(item, macro)[0], keyword))
+    except (TypeError, IndexError, AttributeError):
+        return None
+
+
+def frame_positions(dataset: pydicom.Dataset) -> list[list[float] | None] | None:
+    per_frame = header_value(dataset, "PerFrameFunctionalGroupsSequence")
+    if not per_frame:
+        return None
+    try:
+        return [functional_group_value(item, "PlanePositionSequence", "ImagePositionPatient") for item in per_frame]
+    except TypeError:
+        return None

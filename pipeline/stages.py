@@ -67,6 +67,13 @@ def dicom_columns(header: dict, key: bytes) -> dict:
             col.SLICE_POSITION: slice_position(header["ImagePositionPatient"], header["ImageOrientationPatient"])}
 
 
+def frame_slice_position(header: dict, index: int) -> float | None:
+    """A multi-frame object's own position for frame ``index``, when its Per-frame Functional Groups give one."""
+    positions = header.get("FramePositions") or []
+    position = positions[index] if index < len(positions) else None
+    return slice_position(position, header["ImageOrientationPatient"]) if position else None
+
+
 def frame_rows(uri: str, sha256: str, decoded: DecodedFile, context: StageContext) -> list[dict]:
     """One row per frame, each with its preprocessed image (or an error row for a frame that fails)."""
     shared = {**base_row(uri, sha256, context), col.FILE_FORMAT: decoded.file_format}
@@ -75,6 +82,9 @@ def frame_rows(uri: str, sha256: str, decoded: DecodedFile, context: StageContex
     rows = []
     for index, frame in enumerate(decoded.frames):
         row = {**shared, col.FRAME_INDEX: index}
+        own_position = frame_slice_position(decoded.header, index) if decoded.file_format == "dicom" else None
+        if own_position is not None:
+            row[col.SLICE_POSITION] = own_position
         try:
             row[col.IMAGE] = preprocess_image(frame, context.preprocessing)
         except (ValueError, ArithmeticError) as error:

@@ -87,3 +87,10 @@ def test_an_unreachable_s3_endpoint_is_named_within_seconds(name, args):
     result = job(name, *args, env=env)
     assert result.returncode == 2 and f"cannot reach S3 at {endpoint}" in result.stderr
     assert time.monotonic() - started < 20
+
+
+def test_the_readme_lists_every_error_code():
+    from model.errors import ErrorCode
+
+    readme = (ROOT / "README.md").read_text()
+    assert [code.value for code in ErrorCode if f"`{code.value}`" not in readme] == []

@@ -1,6 +1,8 @@
 """The scoring stages on real files and the real model, without Ray: batches keep their declared types whatever
 their nulls, and a model failure turns a batch's images into error rows instead of losing them."""
 
+import dataclasses
+
 import pyarrow as pa
 import pytest
 
@@ -78,3 +80,37 @@ def test_a_manifest_line_naming_a_folder_is_walked(tmp_path):
     manifest.write_text(f"# tonight\n{folder}\n{tmp_path / 'missing.dcm'}\n")
     assert list_inputs([], [str(manifest)]) == sorted([str(folder / "a.dcm"), str(folder / "deeper" / "b.dcm"),
                                                        str(tmp_path / "missing.dcm")])
+
+
+def test_frames_of_a_multiframe_object_take_their_own_positions(tmp_path):
+    """An enhanced (multi-frame) object stores each frame's position in its Per-frame Functional Groups; frames
+    stored out of order along the slice normal get positions that put them back in order."""
+    import numpy as np
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    source = pydicom.dcmread(get_testdata_file("MR_small.dcm", download=False))
+    heights = [20.0, 0.0, 10.0]  # stored order: top, bottom, middle
+    frames = np.stack([source.pixel_array] * len(heights))
+    source.NumberOfFrames, source.PixelData = len(heights), frames.tobytes()
+    del source.ImagePositionPatient, source.ImageOrientationPatient
+    orientation = Dataset()
+    orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    shared = Dataset()
+    shared.PlaneOrientationSequence = Sequence([orientation])
+    source.SharedFunctionalGroupsSequence = Sequence([shared])
+    per_frame = []
+    for height in heights:
+        position, item = Dataset(), Dataset()
+        position.ImagePositionPatient = [0.0, 0.0, height]
+        item.PlanePositionSequence = Sequence([position])
+        per_frame.append(item)
+    source.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    path = tmp_path / "enhanced.dcm"
+    source.save_as(path)
+    keyed = dataclasses.replace(context(64), pseudonym_key=b"k" * 32)
+    rows = file_rows(str(path), keyed)
+    assert [row[col.STATUS] for row in rows] == ["ok"] * 3
+    assert [row[col.SLICE_POSITION] for row in rows] == heights
