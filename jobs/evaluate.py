@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model or registry folder (default: shipped model)")
     parser.add_argument("--output", required=True, help="folder for metrics.json and confusion_matrix.png")
     parser.add_argument("--tumor-data", action="append", default=[], help="folder of unknown-type tumor images")
-    parser.add_argument("--threshold", type=PROBABILITY, default=0.5, help="tumor probability that flags an image")
+    parser.add_argument("--threshold", type=PROBABILITY, default=None,
+                        help="tumor probability that flags an image (default: the model's operating point)")
     add_common_options(parser)
     return parser
 

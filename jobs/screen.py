@@ -29,8 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--manifest", action="append", default=[], help="text file listing one input a line")
     parser.add_argument("--output", required=True, help="results folder or S3 prefix")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model or registry folder (default: shipped model)")
-    parser.add_argument("--threshold", type=PROBABILITY, default=ScreenConfig.threshold,
-                        help="tumor probability at or above which an image or series is flagged")
+    parser.add_argument("--threshold", type=PROBABILITY, default=None,
+                        help="tumor probability at or above which an image or series is flagged (default: the "
+                             "model's operating point, chosen on validation for tumor sensitivity >= 0.98)")
     parser.add_argument("--run-date", type=iso_date, help="partition date YYYY-MM-DD (default: today, UTC)")
     parser.add_argument("--pseudonym-key-file", help="file holding the secret pseudonym key (else PSEUDONYM_KEY)")
     parser.add_argument("--create-pseudonym-key", action="store_true",

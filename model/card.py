@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 
+import numpy as np
+
 from infra import storage
 from model.architecture import build_classifier
 from model.config import ArchitectureConfig
@@ -135,19 +137,89 @@ def model_card(record: dict) -> str:
         f"{split['train_images']}. No near-duplicate crosses the split.",
         "", "## Training",
         f"- {training['hardware']}; {training['seconds'] / 60:.0f} minutes wall clock including data preparation.",
-        f"- Epochs run: {state['next_epoch']} (best: epoch {state['best_epoch']}, validation loss "
-        f"{number(state['best_val_loss'])}); Adam, cosine-decayed learning rate from "
-        f"{training['config']['learning_rate']}, batch {training['config']['batch_size']}, early stopping patience "
-        f"{training['config']['patience']}; augmentation: rotation, zoom, flips, gamma/contrast/brightness, blur, "
-        f"noise, down-sampling.",
-        "- Loss: cross-entropy for the four classes; for tumor slices of unknown type, -log(1 - p(no tumor)).",
+        f"- Epochs run: {state['next_epoch']} of {training['config']['epochs']} planned (best: epoch "
+        f"{state['best_epoch']}, validation loss {number(state['best_val_loss'])}); {recipe(training['config'])}; "
+        f"augmentation: rotation, zoom, flips, gamma/contrast/brightness, blur, noise, down-sampling.",
+        f"- {loss_text(training['config'])}",
+        *throughput_lines(state["history"]),
         "", "## Validation metrics (best epoch)", "",
     ]
     lines += summary_lines(metrics) + [""] + per_class_table(metrics)
+    lines += calibration_lines(record)
     lines += ["", "Per epoch:", ""] + history_table(state["history"], None)
-    lines += ["", "## Head ablation: LSTM or pooling", ""] + ablation_section(record)
+    lines += ["", "Figures in `validation/`: `confusion_matrix.png`, `roc_curves.png`, `reliability.png`, "
+                  "`training_curves.png` (each present when the model's training wrote it)."]
+    lines += ["", "## Head ablation: LSTM or pooling", ""]
+    lines += ablation_runs_section(record) if record.get("ablation_runs") else ablation_section(record)
     lines += ["", "## Known limits", ""] + [f"- {limit}" for limit in record.get("known_limits", DEFAULT_LIMITS)]
     return "\n".join(lines) + "\n"
+
+
+def recipe(config: dict) -> str:
+    if "warmup_epochs" not in config:  # trained before the recipe had a warm-up and weight decay
+        return (f"Adam, cosine-decayed learning rate from {config['learning_rate']}, batch {config['batch_size']}, "
+                f"early stopping patience {config['patience']}")
+    return (f"AdamW (weight decay {config['weight_decay']:g}, none on BatchNormalization and biases), learning rate "
+            f"warmed up linearly over {config['warmup_epochs']:g} epochs to {config['learning_rate']:g}, then "
+            f"cosine-decayed to 1% of it over the planned epochs; batch {config['batch_size']}; early stopping "
+            f"patience {config['patience']}; seed {config.get('seed', 0)}")
+
+
+def loss_text(config: dict) -> str:
+    smoothing = config.get("label_smoothing", 0.0)
+    text = "Loss: cross-entropy for the four classes; for tumor slices of unknown type, -log(1 - p(no tumor))"
+    return text + (f"; label smoothing {smoothing:g} (mixed with the mean -log p over classes)." if smoothing
+                   else ".")
+
+
+def throughput_lines(history: list[dict]) -> list[str]:
+    rates = [entry["train_images_per_second"] for entry in history if entry.get("train_images_per_second")]
+    if not rates:
+        return []
+    return [f"- Training speed: median {np.median(rates):.0f} images/s per epoch (range {min(rates):.0f}-"
+            f"{max(rates):.0f}; augmentation included, validation excluded)."]
+
+
+def calibration_lines(record: dict) -> list[str]:
+    calibration, operating = record.get("calibration"), record.get("operating_point")
+    if not calibration or not operating:
+        return []
+    half = operating["at_threshold_0.5"]
+    return [
+        "", "## Calibration and the operating point", "",
+        f"- Temperature scaling fitted on the validation split: T = {calibration['temperature']:.3f}; expected "
+        f"calibration error {number(calibration['expected_calibration_error_before'])} before, "
+        f"{number(calibration['expected_calibration_error_after'])} after. The metrics above are of the calibrated "
+        f"probabilities, which scoring writes.",
+        f"- Flag threshold **{operating['threshold']:.4f}** on the tumor probability, chosen on validation for "
+        f"tumor sensitivity >= {operating['target_sensitivity']}: sensitivity "
+        f"{number(operating['validation_sensitivity'])}, specificity {number(operating['validation_specificity'])}; "
+        f"held-out Br35H tumor slices {number(operating['unknown_type_tumor_sensitivity'])}. At 0.5 (uncalibrated) "
+        f"it was sensitivity {number(half['sensitivity'])}, specificity {number(half['specificity'])}. "
+        f"`jobs.screen` uses this threshold unless `--threshold` is given.",
+        "- The same validation split chose the best epoch, the temperature and the threshold: expect slightly lower "
+        "figures on data the project never saw.",
+    ]
+
+
+def ablation_runs_section(record: dict) -> list[str]:
+    """The head ablation as measured runs: each arm with several seeds, same split, data and recipe."""
+    runs = record["ablation_runs"]
+    lines = [record.get("ablation_summary", ""), "",
+             "| head | seed | epochs | best val loss | val accuracy | val macro-F1 | tumor sensitivity at 0.5 |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for run in runs:
+        lines.append(f"| {HEAD_NAMES[run['head']]} | {run['seed']} | {run['epochs']} | {number(run['val_loss'])} | "
+                     f"{percent(run['val_accuracy'])} | {number(run['val_macro_f1'])} | "
+                     f"{number(run['val_tumor_sensitivity'])} |")
+    lines += ["", "| head | runs | mean val accuracy | spread (max - min) | mean val macro-F1 |", "| --- | --- | --- | --- | --- |"]
+    for head in dict.fromkeys(run["head"] for run in runs):
+        arm = [run for run in runs if run["head"] == head]
+        accuracy = [run["val_accuracy"] for run in arm]
+        lines.append(f"| {HEAD_NAMES[head]} | {len(arm)} | {percent(float(np.mean(accuracy)))} | "
+                     f"{100 * (max(accuracy) - min(accuracy)):.1f} points | "
+                     f"{number(float(np.mean([run['val_macro_f1'] for run in arm])))} |")
+    return lines
 
 
 DEFAULT_LIMITS = (

@@ -15,6 +15,7 @@ import numpy as np
 from infra import storage
 from model.tensorflow_runtime import native_stderr_silenced, quiet_requested, tf
 from model.architecture import build_classifier
+from model.calibration import apply_temperature
 from model.registry import WEIGHTS_FILE, ModelError, ModelInfo, verify_weights
 
 
@@ -52,11 +53,13 @@ def load_classifier(info: ModelInfo, expected_sha256: str | None = None):
 
 
 class ProbabilityPredictor:
-    """Wraps a Keras classifier in a compiled inference function."""
+    """Wraps a Keras classifier in a compiled inference function; ``temperature`` calibrates its probabilities
+    (``model.calibration``; a model's own is ``ModelInfo.temperature``)."""
 
-    def __init__(self, model, batch_size: int = 64):
+    def __init__(self, model, batch_size: int = 64, temperature: float = 1.0):
         self.model = model
         self.batch_size = batch_size
+        self.temperature = temperature
         self._infer = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -65,7 +68,7 @@ class ProbabilityPredictor:
             return np.zeros((0, self.model.output_shape[-1]), dtype=np.float32)
         chunks = [self._infer(tf.constant(images[start:start + self.batch_size])).numpy()
                   for start in range(0, len(images), self.batch_size)]
-        return np.concatenate(chunks).astype(np.float32)
+        return apply_temperature(np.concatenate(chunks).astype(np.float32), self.temperature)
 
 
 def masked_crossentropy_numpy(probabilities: np.ndarray, targets: np.ndarray) -> float:

@@ -49,6 +49,16 @@ class ModelInfo:
     def weights_uri(self) -> str:
         return storage.join(self.uri, WEIGHTS_FILE)
 
+    @property
+    def temperature(self) -> float:
+        """The fitted calibration temperature (1.0 for a model calibrated before there was one)."""
+        return float(self.metadata.get("calibration", {}).get("temperature", 1.0))
+
+    @property
+    def threshold(self) -> float:
+        """The flag threshold chosen on validation (0.5 for a model without an operating point)."""
+        return float(self.metadata.get("operating_point", {}).get("threshold", 0.5))
+
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()

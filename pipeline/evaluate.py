@@ -16,18 +16,20 @@ from model.predict import ProbabilityPredictor, load_classifier
 
 
 def evaluate_model(data: str, model_uri: str, output: str, tumor_data: tuple[str, ...] = (),
-                   threshold: float = 0.5) -> dict:
-    """Score a labelled folder with a registered model; write metrics.json and the confusion matrix to ``output``."""
+                   threshold: float | None = None) -> dict:
+    """Score a labelled folder with a registered model (its calibration applied; at its operating point unless
+    ``threshold`` is given); write metrics.json, the confusion matrix and the ROC curves to ``output``."""
     info = registry.load_model_info(model_uri)
-    predictor = ProbabilityPredictor(load_classifier(info))
+    threshold = info.threshold if threshold is None else threshold
+    predictor = ProbabilityPredictor(load_classifier(info), temperature=info.temperature)
     dataset = load_labelled_dataset(list_labelled_images(data, tumor_data), info.preprocessing)
     probabilities, targets, labels = [], [], []
     for batch in dataset.iter_batches(batch_size=256, batch_format="numpy"):
         probabilities.append(predictor(batch[IMAGE]))
         targets.append(batch[TARGET])
         labels.append(batch[LABEL].astype(str))
-    metrics = evaluate_predictions(np.concatenate(probabilities), np.concatenate(targets),
-                                   np.concatenate(labels), threshold)
+    probabilities, targets = np.concatenate(probabilities), np.concatenate(targets)
+    metrics = evaluate_predictions(probabilities, targets, np.concatenate(labels), threshold)
     metrics["model_version"], metrics["model_sha256"], metrics["data"] = info.version, info.weights_sha256, data
-    write_evaluation(metrics, output, f"{info.version} on {data.rstrip('/').split('/')[-1]}")
+    write_evaluation(metrics, output, f"{info.version} on {data.rstrip('/').split('/')[-1]}", probabilities, targets)
     return metrics

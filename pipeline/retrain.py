@@ -5,8 +5,10 @@
 3. Group near-duplicates and split train/validation by whole groups (``model.dedup``).
 4. Train with Ray Train (``model.train``).
 5. Evaluate the candidate, and the registry's current model, on the same validation images, each model with its
-   own preprocessing (``model.evaluate``).
-6. Write the candidate (weights, ``model.json``, card, figures) and record the promotion decision in the registry:
+   own preprocessing (``model.evaluate``); calibrate the candidate (temperature scaling) and choose its flag
+   threshold for tumor sensitivity >= 0.98 on that split (``model.calibration``).
+6. Write the candidate (weights, ``model.json`` with its calibration and operating point, card, figures: confusion
+   matrix, ROC curves, reliability diagram, training curves) and record the promotion decision in the registry:
    promoted only if its validation macro-F1 is not worse.
 A failure after step 3 raises ``RunFailedError``: the registry's ``current`` model is unchanged.
 """
@@ -29,7 +31,9 @@ from model.config import RetrainConfig, TrainConfig
 from model.data import (IMAGE, LABEL, TARGET, THUMBNAIL, URI, LabelledImage, list_labelled_images,
                         load_labelled_dataset)
 from model.dedup import group_near_duplicates, grouped_split
-from model.evaluate import evaluate_predictions, write_evaluation
+from model.calibration import TARGET_SENSITIVITY, apply_temperature, fit_temperature, operating_threshold
+from model.evaluate import (CURVES_FILE, RELIABILITY_FILE, evaluate_predictions, reliability_png, training_curves_png,
+                            write_evaluation)
 from model.predict import ProbabilityPredictor, load_classifier
 from model.train import BEST_WEIGHTS, train_classifier
 from pipeline.errors import RunFailedError, describe_failure
@@ -96,8 +100,8 @@ def evaluate_current(config: RetrainConfig, validation: ray.data.Dataset, images
     if info.preprocessing != config.preprocessing:
         logger.info("current model %s has its own preprocessing: validation images read again with it", info.version)
         images, targets, labels = validation_arrays(reload_validation(validation, info.preprocessing))
-    predictor = ProbabilityPredictor(load_classifier(info))
-    return evaluate_predictions(predictor(images), targets, labels)
+    predictor = ProbabilityPredictor(load_classifier(info), temperature=info.temperature)
+    return evaluate_predictions(predictor(images), targets, labels, info.threshold)
 
 
 def reload_validation(validation: ray.data.Dataset, preprocessing) -> ray.data.Dataset:
@@ -135,6 +139,38 @@ def retrain(config: RetrainConfig, images: list[LabelledImage] | None = None) ->
                              f"unchanged") from error
 
 
+def calibrated_evaluation(raw: np.ndarray, targets: np.ndarray, labels: np.ndarray) -> tuple[dict, dict, np.ndarray]:
+    """Fit the temperature and choose the operating point on validation; return the metrics of the calibrated
+    probabilities at that threshold, the ``calibration`` and ``operating_point`` records, and the probabilities."""
+    temperature = fit_temperature(raw, targets)
+    calibrated = apply_temperature(raw, temperature)
+    threshold = operating_threshold(calibrated, targets)
+    metrics = evaluate_predictions(calibrated, targets, labels, threshold)
+    before = evaluate_predictions(raw, targets, labels)
+    tumor, unknown = metrics["tumor_vs_no_tumor"], metrics.get("unknown_type_tumor_sensitivity", {})
+    records = {
+        "calibration": {"method": "temperature scaling on the validation split", "temperature": temperature,
+                        "expected_calibration_error_before": before["expected_calibration_error"],
+                        "expected_calibration_error_after": metrics["expected_calibration_error"]},
+        "operating_point": {"threshold": threshold, "target_sensitivity": TARGET_SENSITIVITY,
+                            "chosen_on": "validation tumor images (four-class and unknown-type)",
+                            "validation_sensitivity": tumor["sensitivity"],
+                            "validation_specificity": tumor["specificity"],
+                            "unknown_type_tumor_sensitivity": unknown.get("sensitivity"),
+                            "at_threshold_0.5": before["tumor_vs_no_tumor"]},
+    }
+    return metrics, records, calibrated
+
+
+def write_candidate_figures(folder: str, version: str, raw: np.ndarray, calibrated: np.ndarray, targets: np.ndarray,
+                            metrics: dict, history: list[dict]) -> None:
+    """The pictures people look at: confusion matrix, ROC curves, reliability diagram, training curves."""
+    write_evaluation(metrics, folder, f"{version} validation", calibrated, targets)
+    storage.write_bytes(storage.join(folder, RELIABILITY_FILE),
+                        reliability_png(raw, calibrated, targets, f"{version} validation"))
+    storage.write_bytes(storage.join(folder, CURVES_FILE), training_curves_png(history, f"{version} training"))
+
+
 def train_and_decide(config: RetrainConfig, train: ray.data.Dataset, validation: ray.data.Dataset,
                      split: SplitSummary, started: float) -> RetrainOutcome:
     """Stages 4-6."""
@@ -143,7 +179,8 @@ def train_and_decide(config: RetrainConfig, train: ray.data.Dataset, validation:
     model = build_classifier(config.architecture, config.preprocessing.image_size)
     model.load_weights(str(weights_dir / BEST_WEIGHTS))
     val_images, val_targets, val_labels = validation_arrays(validation)
-    candidate_metrics = evaluate_predictions(ProbabilityPredictor(model)(val_images), val_targets, val_labels)
+    raw = ProbabilityPredictor(model)(val_images)
+    candidate_metrics, calibration, calibrated = calibrated_evaluation(raw, val_targets, val_labels)
     current_metrics = evaluate_current(config, validation, val_images, val_targets, val_labels)
     promoted, reason = promotion_decision(candidate_metrics, current_metrics, config.min_macro_f1)
     version = config.version or registry.new_version()
@@ -153,9 +190,10 @@ def train_and_decide(config: RetrainConfig, train: ray.data.Dataset, validation:
                 "data": config.data, "tumor_data": list(config.tumor_data)}
     registry.save_model(model, candidate_uri, version, config.architecture, config.preprocessing,
                         {"validation_metrics": candidate_metrics, "training": training,
-                         "parameters": int(model.count_params())})
+                         "parameters": int(model.count_params()), **calibration})
+    write_candidate_figures(storage.join(candidate_uri, "validation"), version, raw, calibrated, val_targets,
+                            candidate_metrics, state["history"])
     write_model_card(candidate_uri)
-    write_evaluation(candidate_metrics, storage.join(candidate_uri, "validation"), f"{version} validation")
     registry.record_decision(config.output, version, promoted, reason)
     return RetrainOutcome(version, candidate_uri, promoted, reason, candidate_metrics, current_metrics, split, state)
 

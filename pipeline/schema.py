@@ -67,6 +67,7 @@ SERIES = "series"
 SERIES_FLAGGED = "series_flagged"
 ERRORS_BY_CODE = "errors_by_code"
 IMAGES_PER_SECOND = "images_per_second"
+THRESHOLD = "threshold"
 OPTIONS = "options"
 
 PREDICTIONS_SCHEMA = pa.schema(
@@ -101,4 +102,4 @@ RUNS_SCHEMA = pa.schema([
     pa.field(ROWS_ERROR, pa.int64()), pa.field(ROWS_FLAGGED, pa.int64()), pa.field(SERIES, pa.int64()),
     pa.field(SERIES_FLAGGED, pa.int64()), pa.field(ERRORS_BY_CODE, pa.string()),
     pa.field(IMAGES_PER_SECOND, pa.float64()), pa.field(MODEL_VERSION, pa.string()),
-    pa.field(MODEL_SHA256, pa.string()), pa.field(OPTIONS, pa.string())])
+    pa.field(MODEL_SHA256, pa.string()), pa.field(THRESHOLD, pa.float64()), pa.field(OPTIONS, pa.string())])

@@ -49,7 +49,7 @@ class ScreenConfig:
     output: str
     manifests: tuple[str, ...] = ()
     model: str = registry.DEFAULT_MODEL
-    threshold: float = 0.5
+    threshold: float | None = None  # None: the model's own operating point
     run_date: str | None = None
     pseudonym_key_file: str | None = None
     create_pseudonym_key: bool = False
@@ -63,7 +63,7 @@ class ScreenConfig:
     allow_empty: bool = False
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.threshold <= 1.0:
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be a probability between 0 and 1, got {self.threshold}")
         if self.run_date is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", self.run_date):
             raise ValueError(f"run_date must be written YYYY-MM-DD, got {self.run_date!r}")
@@ -91,6 +91,7 @@ class RunRecord:
     images_per_second: float
     model_version: str
     model_sha256: str
+    threshold: float
     options: dict
 
     def to_row(self) -> dict:
@@ -143,8 +144,8 @@ def predictions_dataset(uris: list[str], context: StageContext, config: ScreenCo
         .map_batches(decode_and_preprocess, fn_kwargs={"context": context}, batch_size=config.decode_batch_size,
                      num_cpus=config.decode_cpus)
         .map_batches(InferenceActor, fn_constructor_kwargs={
-            "model_dir": model.uri, "weights_sha256": model.weights_sha256, "threshold": config.threshold, "cpu_threads": max(1, int(cpus)),
-            "use_gpu": use_gpu, "batch_size": config.inference_batch_size},
+            "model_dir": model.uri, "weights_sha256": model.weights_sha256, "threshold": context.threshold,
+            "cpu_threads": max(1, int(cpus)), "use_gpu": use_gpu, "batch_size": config.inference_batch_size},
             batch_size=config.inference_batch_size, batch_format="pyarrow", num_cpus=cpus, num_gpus=gpus,
             compute=ray.data.ActorPoolStrategy(size=actors))
         .map_batches(to_predictions_table, fn_kwargs={"scored_at": scored_at}, batch_format="pyarrow",
@@ -242,7 +243,8 @@ def score_and_commit(plan: ScreeningPlan) -> RunRecord:
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     logger.info("run %s (%s): %d files from %s, model %s", run_id, run_date, len(uris),
                 ", ".join(config.inputs + config.manifests), info.version)
-    context = StageContext(run_id, run_date, info.preprocessing, config.limits, key, config.threshold,
+    threshold = info.threshold if config.threshold is None else config.threshold
+    context = StageContext(run_id, run_date, info.preprocessing, config.limits, key, threshold,
                            info.version, info.weights_sha256)
     try:
         results.clear_stale_staging(config.output, run_date)
@@ -251,11 +253,11 @@ def score_and_commit(plan: ScreeningPlan) -> RunRecord:
             write_predictions(predictions_dataset(uris, context, config, info), staged)
         staged_rows = read_staged(staged, STAGED_COLUMNS)
         series = write_series(staged_rows, results.staging_uri(config.output, results.SERIES, run_date, run_id),
-                              run_date, config.threshold)
+                              run_date, threshold)
         counts = count_outcomes(staged_rows)
         for table in results.PARTITIONED_TABLES:
             results.publish(config.output, table, run_date, run_id)
-        record = finish_run(config, info, run_id, run_date, started, len(uris), counts, series)
+        record = finish_run(config, info, run_id, run_date, started, len(uris), counts, series, threshold)
     except Exception as error:
         raise RunFailedError(f"run {run_id} failed and was not committed: {describe_failure(error)}; the "
                              f"{run_date} results read as before this run") from error
@@ -273,7 +275,7 @@ def remove_superseded(output: str, run_date: str, run_id: str) -> None:
                        run_id, run_date, error)
 
 
-def finish_run(config, info, run_id, run_date, started, files, counts, series_counts) -> RunRecord:
+def finish_run(config, info, run_id, run_date, started, files, counts, series_counts, threshold) -> RunRecord:
     """Stage 7's commit: the run's ``runs`` row, written last; returns the record."""
     rows, scored, flagged, errors = counts
     finished = results.utc_now()
@@ -284,7 +286,7 @@ def finish_run(config, info, run_id, run_date, started, files, counts, series_co
         rows_written=rows, rows_scored=scored, rows_error=rows - scored, rows_flagged=flagged,
         series=series_counts[0], series_flagged=series_counts[1], errors_by_code=dict(sorted(errors.items())),
         images_per_second=rows / duration if duration else 0.0, model_version=info.version,
-        model_sha256=info.weights_sha256,
+        model_sha256=info.weights_sha256, threshold=threshold,
         options={key: value for key, value in dataclasses.asdict(config).items() if key != "pseudonym_key_file"})
     results.commit(config.output, record.to_row(), col.RUNS_SCHEMA)
     return record

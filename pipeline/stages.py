@@ -150,7 +150,7 @@ class InferenceActor:
 
         configure_tensorflow(cpu_threads, use_gpu)
         info = registry.load_model_info(model_dir)
-        self.predictor = ProbabilityPredictor(load_classifier(info, weights_sha256), batch_size)
+        self.predictor = ProbabilityPredictor(load_classifier(info, weights_sha256), batch_size, info.temperature)
         self.image_size = info.preprocessing.image_size
         self.threshold = threshold
 

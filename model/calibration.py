@@ -1,0 +1,52 @@
+"""Calibrated probabilities and the flag threshold: fitted on validation, stored with the model, used by scoring.
+
+Temperature scaling divides the log-probabilities by one scalar ``T`` fitted to minimise the masked negative
+log-likelihood on the validation set (the training loss, so tumors of unknown type count as "any tumor"); it
+changes confidence, never the ranking or the predicted class. The operating point is the highest threshold on the
+calibrated tumor probability (1 - p(no tumor)) at which at least ``target_sensitivity`` of the validation tumors
+are flagged. Both live in ``model.json`` (``calibration``, ``operating_point``) and ``ModelInfo`` exposes them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+from model.labels import NO_TUMOR_INDEX
+
+TARGET_SENSITIVITY = 0.98
+MARGIN = 1e-6
+
+
+def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """``softmax(log(p) / T)`` row by row; ``T = 1`` returns the probabilities unchanged."""
+    if temperature == 1.0 or len(probabilities) == 0:
+        return probabilities
+    logits = np.log(np.clip(probabilities, 1e-12, 1.0)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    scaled = np.exp(logits)
+    return (scaled / scaled.sum(axis=1, keepdims=True)).astype(probabilities.dtype)
+
+
+def masked_nll(probabilities: np.ndarray, targets: np.ndarray) -> float:
+    covered = np.clip((probabilities * targets).sum(axis=1), 1e-12, 1.0)
+    return float(-np.log(covered).mean())
+
+
+def fit_temperature(probabilities: np.ndarray, targets: np.ndarray) -> float:
+    """The temperature in [0.05, 20] that minimises the masked NLL of the calibrated probabilities."""
+    result = minimize_scalar(lambda t: masked_nll(apply_temperature(probabilities, t), targets),
+                             bounds=(0.05, 20.0), method="bounded", options={"xatol": 1e-4})
+    return float(result.x)
+
+
+def operating_threshold(probabilities: np.ndarray, targets: np.ndarray,
+                        target_sensitivity: float = TARGET_SENSITIVITY) -> float:
+    """The highest tumor-probability threshold that flags at least ``target_sensitivity`` of the tumor rows (less
+    ``MARGIN``, so float32 scoring cannot lose the boundary tumor to rounding)."""
+    is_tumor = targets[:, NO_TUMOR_INDEX] < 0.5
+    tumor_scores = np.sort(1.0 - probabilities[is_tumor, NO_TUMOR_INDEX])
+    if len(tumor_scores) == 0:
+        raise ValueError("no tumor images to choose an operating point on")
+    may_miss = int(np.floor((1.0 - target_sensitivity) * len(tumor_scores) + 1e-9))
+    return max(0.0, float(tumor_scores[may_miss]) - MARGIN)

@@ -1,0 +1,47 @@
+"""Temperature scaling and the operating point, on probabilities with known answers."""
+
+import numpy as np
+import pytest
+
+from model.calibration import apply_temperature, fit_temperature, masked_nll, operating_threshold
+from model.labels import NO_TUMOR_INDEX, target_mask
+
+
+def test_temperature_one_changes_nothing_and_any_temperature_keeps_the_ranking():
+    probabilities = np.array([[0.7, 0.1, 0.1, 0.1], [0.2, 0.5, 0.2, 0.1]], dtype=np.float32)
+    assert apply_temperature(probabilities, 1.0) is probabilities
+    softer = apply_temperature(probabilities, 2.0)
+    np.testing.assert_allclose(softer.sum(axis=1), 1.0, rtol=1e-6)
+    assert (softer.argmax(axis=1) == probabilities.argmax(axis=1)).all()
+    assert softer.max() < probabilities.max()
+    # softmax(log p / 2) is proportional to sqrt(p)
+    expected = np.sqrt(probabilities[0]) / np.sqrt(probabilities[0]).sum()
+    np.testing.assert_allclose(softer[0], expected, rtol=1e-5)
+
+
+def test_an_overconfident_model_gets_a_temperature_above_one():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 400)
+    correct = rng.random(400) < 0.8  # right 80% of the time, but always 99% sure
+    predicted = np.where(correct, labels, (labels + 1) % 4)
+    probabilities = np.full((400, 4), 0.01 / 3, dtype=np.float64)
+    probabilities[np.arange(400), predicted] = 0.99
+    targets = np.eye(4)[labels]
+    temperature = fit_temperature(probabilities, targets)
+    assert temperature > 1.5
+    assert masked_nll(apply_temperature(probabilities, temperature), targets) < masked_nll(probabilities, targets)
+
+
+def test_the_operating_point_flags_the_target_share_of_tumors():
+    tumor_scores = np.linspace(0.01, 0.99, 100)  # 100 tumors
+    probabilities = np.zeros((110, 4))
+    probabilities[:100, NO_TUMOR_INDEX] = 1 - tumor_scores
+    probabilities[:100, 0] = tumor_scores
+    probabilities[100:, NO_TUMOR_INDEX] = 1.0
+    targets = np.stack([target_mask("glioma")] * 50 + [target_mask("tumor")] * 50 + [target_mask("notumor")] * 10)
+    threshold = operating_threshold(probabilities, targets, 0.98)
+    scores = (1 - probabilities[:100, NO_TUMOR_INDEX]).astype(np.float32)  # as the scoring actors compute them
+    assert (scores >= threshold).mean() == 0.98  # 2 of 100 may be missed, not 3
+    assert threshold == pytest.approx(tumor_scores[2], abs=1e-5)
+    with pytest.raises(ValueError, match="no tumor"):
+        operating_threshold(probabilities[100:], targets[100:])
