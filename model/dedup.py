@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 THUMBNAIL_SIDE = 32
 DEFAULT_SIMILARITY = 0.99
@@ -23,30 +25,25 @@ def thumbnail(grey: np.ndarray) -> np.ndarray:
     return vector / norm if norm > 0 else vector
 
 
-def _find(parent: np.ndarray, index: int) -> int:
-    while parent[index] != index:
-        parent[index] = parent[parent[index]]
-        index = parent[index]
-    return index
-
-
 def group_near_duplicates(thumbnails: np.ndarray, threshold: float = DEFAULT_SIMILARITY,
                           block: int = 2048) -> np.ndarray:
-    """Group ids (0..n_groups-1, in order of first appearance) from an ``(n, d)`` array of unit thumbnails."""
+    """Group ids (0..n_groups-1, in order of first appearance) from an ``(n, d)`` array of unit thumbnails: the
+    connected components of the graph linking every pair at or above ``threshold``."""
     count = len(thumbnails)
-    parent = np.arange(count)
     vectors = thumbnails.astype(np.float32)
+    rows, cols = [], []
     for start in range(0, count, block):
-        similarity = vectors[start:start + block] @ vectors.T
-        rows, cols = np.nonzero(similarity >= threshold)
-        for row, col in zip(rows + start, cols):
-            if col > row:
-                root_a, root_b = _find(parent, row), _find(parent, col)
-                if root_a != root_b:
-                    parent[max(root_a, root_b)] = min(root_a, root_b)
-    roots = np.array([_find(parent, index) for index in range(count)])
-    _, group_ids = np.unique(roots, return_inverse=True)
-    return group_ids
+        pair_rows, pair_cols = np.nonzero(vectors[start:start + block] @ vectors.T >= threshold)
+        rows.append(pair_rows + start)
+        cols.append(pair_cols)
+    links = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    graph = coo_matrix((np.ones(len(links), np.int8), (links, np.concatenate(cols) if cols else links)),
+                       shape=(count, count))
+    _, components = connected_components(graph, directed=False)
+    _, first = np.unique(components, return_index=True)
+    order = np.empty(len(first), dtype=np.int64)
+    order[np.argsort(first)] = np.arange(len(first))  # renumber by first appearance
+    return order[components]
 
 
 def grouped_folds(group_ids: np.ndarray, labels: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:

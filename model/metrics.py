@@ -1,4 +1,4 @@
-"""Classification metrics from predicted probabilities and target masks (numpy only).
+"""Classification metrics from predicted probabilities and target masks (scikit-learn's, plus calibration error).
 
 In: ``probabilities`` ``(n, 4)`` and ``targets`` ``(n, 4)`` masks from ``model.labels.target_mask``. Rows whose
 mask is one-hot have a known class and count in the four-class metrics; every row counts in tumor-vs-no-tumor
@@ -8,6 +8,7 @@ metrics (an unknown-type tumor mask is a tumor). Out: a JSON-ready dict.
 from __future__ import annotations
 
 import numpy as np
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
 from model.labels import CLASS_NAMES, NO_TUMOR_INDEX
 
@@ -16,37 +17,19 @@ def known_class_rows(targets: np.ndarray) -> np.ndarray:
     return np.isclose(targets.sum(axis=1), 1.0)
 
 
-def confusion_matrix(true_classes: np.ndarray, predicted_classes: np.ndarray, classes: int) -> np.ndarray:
-    matrix = np.zeros((classes, classes), dtype=np.int64)
-    np.add.at(matrix, (true_classes, predicted_classes), 1)
-    return matrix
-
-
-def per_class_scores(matrix: np.ndarray) -> dict[str, dict[str, float]]:
-    scores = {}
-    for index, name in enumerate(CLASS_NAMES):
-        true_positive = matrix[index, index]
-        precision = true_positive / max(1, matrix[:, index].sum())
-        recall = true_positive / max(1, matrix[index, :].sum())
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        scores[name] = {"precision": float(precision), "recall": float(recall), "f1": float(f1),
-                        "support": int(matrix[index, :].sum())}
-    return scores
+def per_class_scores(true_classes: np.ndarray, predicted: np.ndarray) -> dict[str, dict[str, float]]:
+    classes = list(range(len(CLASS_NAMES)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        true_classes, predicted, labels=classes, zero_division=0)
+    return {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                   "support": int(support[i])} for i, name in enumerate(CLASS_NAMES)}
 
 
 def roc_auc(scores: np.ndarray, positives: np.ndarray) -> float | None:
-    """Area under the ROC curve (rank statistic, ties averaged); None when one side is empty."""
-    positive_count, negative_count = int(positives.sum()), int((~positives).sum())
-    if positive_count == 0 or negative_count == 0:
+    """Area under the ROC curve; None when one side is empty."""
+    if positives.all() or not positives.any():
         return None
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores))
-    sorted_scores = scores[order]
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    average_ranks = first + (counts + 1) / 2.0
-    ranks[order] = np.repeat(average_ranks, counts)
-    return float((ranks[positives].sum() - positive_count * (positive_count + 1) / 2) /
-                 (positive_count * negative_count))
+    return float(roc_auc_score(positives, scores))
 
 
 def expected_calibration_error(probabilities: np.ndarray, true_classes: np.ndarray, bins: int = 15) -> float:
@@ -81,8 +64,8 @@ def classification_metrics(probabilities: np.ndarray, targets: np.ndarray, thres
     true_classes = targets[known].argmax(axis=1)
     known_probabilities = probabilities[known]
     predicted = known_probabilities.argmax(axis=1)
-    matrix = confusion_matrix(true_classes, predicted, len(CLASS_NAMES))
-    per_class = per_class_scores(matrix)
+    matrix = confusion_matrix(true_classes, predicted, labels=list(range(len(CLASS_NAMES))))
+    per_class = per_class_scores(true_classes, predicted)
     aucs = {name: roc_auc(known_probabilities[:, index], true_classes == index)
             for index, name in enumerate(CLASS_NAMES)}
     defined_aucs = [value for value in aucs.values() if value is not None]

@@ -15,7 +15,7 @@ from model.predict import load_classifier
 from model.card import CARD_FILE
 from pipeline.retrain import retrain
 from tests.model.test_training import config
-from tests.processes import processes_titled
+from tests.support.processes import processes_titled
 
 pytestmark = pytest.mark.slow
 

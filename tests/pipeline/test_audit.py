@@ -34,7 +34,7 @@ import pydicom
 import pytest
 
 from tests.conftest import ROOT, SAMPLES, job_summary
-from tests.pipeline.corpus import dicom_bytes, mr_dataset, unsupported_syntax
+from tests.support.corpus import dicom_bytes, mr_dataset, unsupported_syntax
 
 pytestmark = pytest.mark.slow
 

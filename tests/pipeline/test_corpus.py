@@ -13,7 +13,7 @@ import pytest
 from pipeline import results
 from pipeline.schema import ERROR_CODES
 from tests.conftest import ROOT, TEST_KEY, job_summary
-from tests.pipeline.corpus import MAX_FILE_MB, Expected, build_corpus
+from tests.support.corpus import MAX_FILE_MB, Expected, build_corpus
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ import pytest
 from infra import storage
 from pipeline import results
 from tests.conftest import ROOT, SAMPLES, TEST_KEY, job_summary
-from tests.processes import descendants, processes_titled
+from tests.support.processes import descendants, processes_titled
 
 pytestmark = pytest.mark.slow
 

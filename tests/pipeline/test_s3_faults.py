@@ -12,7 +12,7 @@ import pytest
 from infra import storage
 from pipeline import results
 from tests.conftest import ROOT, SAMPLES, TEST_KEY, job_summary
-from tests.s3_faults import Fault, FaultyS3Proxy
+from tests.support.s3_faults import Fault, FaultyS3Proxy
 
 pytestmark = pytest.mark.slow
 

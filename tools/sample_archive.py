@@ -1,6 +1,6 @@
 """Builds the sample data committed under ``samples/`` from real images of the shared brain-tumor set.
 
-    python -m infra.sample_archive --shared ../shared/datasets --output samples
+    python -m tools.sample_archive --shared ../shared/datasets --output samples
 
 ``samples/archive/``: what the demo scores. DICOM series made from real slices with synthetic, non-identifying
 metadata (invented names and IDs that the outputs must never show): an axial series whose file names run against

@@ -1,6 +1,6 @@
 """Throughput and memory of the screening pipeline on this machine (results go to docs/benchmarks.md).
 
-    python -m infra.benchmark --source ../shared/datasets/brain-tumor-mri/Training --images 1000 2000
+    python -m tools.benchmark --source ../shared/datasets/brain-tumor-mri/Training --images 1000 2000
 
 For each size it links that many real JPEGs into a scratch archive, runs a whole screening job on an embedded
 Ray, and reports images per second and the peak resident memory of all Ray and driver processes together (sampled
@@ -19,6 +19,13 @@ import threading
 import time
 
 import numpy as np
+import psutil
+
+from infra.ray_runtime import configure_logging, ensure_ray
+from model import registry
+from model.predict import ProbabilityPredictor, load_classifier
+from model.registry import DEFAULT_MODEL
+from pipeline.screen import ScreenConfig, run_screening
 
 
 def link_archive(source: pathlib.Path, count: int, folder: pathlib.Path) -> None:
@@ -28,7 +35,7 @@ def link_archive(source: pathlib.Path, count: int, folder: pathlib.Path) -> None
 
 
 class MemorySampler(threading.Thread):
-    """Peak total RSS of this process and every Ray process on the machine."""
+    """Peak total RSS of this process and every Ray process on the machine (psutil, sampled every 0.5 s)."""
 
     def __init__(self):
         super().__init__(daemon=True)
@@ -36,40 +43,30 @@ class MemorySampler(threading.Thread):
 
     def run(self) -> None:
         while self.running:
-            self.peak = max(self.peak, sum(rss_bytes(pid) for pid in ray_and_own_pids()))
+            self.peak = max(self.peak, sum(rss_bytes(process) for process in ray_and_own_processes()))
             time.sleep(0.5)
 
 
-def ray_and_own_pids() -> list[int]:
-    """This process and every process whose command line mentions ray (raylet, workers, GCS), from /proc."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                command = pathlib.Path(f"/proc/{entry}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if int(entry) == os.getpid() or b"ray" in command:
-                pids.append(int(entry))
-    return pids
+def ray_and_own_processes() -> list[psutil.Process]:
+    """This process and every process whose command line mentions ray (raylet, workers, GCS)."""
+    own = psutil.Process()
+    found = [own]
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        if process.pid != own.pid and "ray" in " ".join(process.info["cmdline"] or []):
+            found.append(process)
+    return found
 
 
-def rss_bytes(pid: int) -> int:
+def rss_bytes(process: psutil.Process) -> int:
     try:
-        for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+        return process.memory_info().rss
+    except psutil.Error:  # the process ended between listing and reading
+        return 0
 
 
 def model_only_rate(model_uri: str, images: int = 512) -> float:
-    from model import registry
-    from model.predict import ProbabilityPredictor
-
     info = registry.load_model_info(model_uri)
-    predictor = ProbabilityPredictor(registry.load_classifier(info))
+    predictor = ProbabilityPredictor(load_classifier(info))
     batch = np.random.default_rng(0).integers(0, 255, (images, info.preprocessing.image_size,
                                                         info.preprocessing.image_size), dtype=np.uint8)
     predictor(batch[:64])
@@ -79,8 +76,6 @@ def model_only_rate(model_uri: str, images: int = 512) -> float:
 
 
 def screen_once(source: pathlib.Path, count: int, model_uri: str) -> dict:
-    from pipeline.screen import ScreenConfig, run_screening
-
     with tempfile.TemporaryDirectory() as scratch:
         archive = pathlib.Path(scratch) / "archive"
         archive.mkdir()
@@ -98,9 +93,6 @@ def screen_once(source: pathlib.Path, count: int, model_uri: str) -> dict:
 
 
 def main() -> None:
-    from infra.ray_runtime import configure_logging, ensure_ray
-    from model.registry import DEFAULT_MODEL
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", type=pathlib.Path, default=pathlib.Path("../shared/datasets/brain-tumor-mri"))
     parser.add_argument("--images", type=int, nargs="+", default=[1000])

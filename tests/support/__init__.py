@@ -1,0 +1,1 @@
+"""Test harness shared by several test modules: process lookup, the S3 fault proxy, the bad-input corpus."""

@@ -1,0 +1,1 @@
+"""Developer tools: the scoring benchmark and the sample-archive builder (not part of any job)."""
