@@ -37,7 +37,66 @@ def s3_endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
 
 
-def s3_filesystem(max_attempts: int = S3_MAX_ATTEMPTS) -> pafs.S3FileSystem:
+class NoFolderMarkers(pafs.FileSystemHandler):
+    """An S3 filesystem whose ``create_dir`` does nothing. S3 has no folders: pyarrow (and Ray's writers through
+    it) would otherwise leave a zero-byte marker object for every "folder" created, e.g. ``_staging/run_date=.../``."""
+
+    def __init__(self, s3: pafs.S3FileSystem):
+        self.s3 = s3
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, NoFolderMarkers) and self.s3.equals(other.s3)
+
+    def __reduce__(self):
+        return NoFolderMarkers, (self.s3,)
+
+    def get_type_name(self) -> str:
+        return "s3-no-folder-markers"
+
+    def normalize_path(self, path):
+        return self.s3.normalize_path(path)
+
+    def get_file_info(self, paths):
+        return self.s3.get_file_info(paths)
+
+    def get_file_info_selector(self, selector):
+        return self.s3.get_file_info(selector)
+
+    def create_dir(self, path, recursive):
+        pass
+
+    def delete_dir(self, path):
+        self.s3.delete_dir(path)
+
+    def delete_dir_contents(self, path, missing_dir_ok=False):
+        self.s3.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self):
+        raise OSError("refusing to delete the contents of a whole S3 account")
+
+    def delete_file(self, path):
+        self.s3.delete_file(path)
+
+    def move(self, src, dest):
+        self.s3.move(src, dest)
+
+    def copy_file(self, src, dest):
+        self.s3.copy_file(src, dest)
+
+    def open_input_stream(self, path):
+        return self.s3.open_input_stream(path)
+
+    def open_input_file(self, path):
+        return self.s3.open_input_file(path)
+
+    def open_output_stream(self, path, metadata):
+        return self.s3.open_output_stream(path, metadata=metadata)
+
+    def open_append_stream(self, path, metadata):
+        return self.s3.open_append_stream(path, metadata=metadata)
+
+
+def s3_filesystem(max_attempts: int = S3_MAX_ATTEMPTS) -> pafs.FileSystem:
     options = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts),
                "connect_timeout": S3_CONNECT_TIMEOUT}
     endpoint = s3_endpoint()
@@ -47,7 +106,7 @@ def s3_filesystem(max_attempts: int = S3_MAX_ATTEMPTS) -> pafs.S3FileSystem:
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if region:
         options["region"] = region
-    return pafs.S3FileSystem(**options)
+    return pafs.PyFileSystem(NoFolderMarkers(pafs.S3FileSystem(**options)))
 
 
 def check_reachable(uri: str) -> None:

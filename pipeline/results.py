@@ -89,6 +89,15 @@ def remove_superseded(output: str, run_date: str, run_id: str) -> int:
     return removed
 
 
+def remove_empty_staging(output: str) -> None:
+    """After a run: drop each table's staging folder when no run has files staged in it, so an S3 output keeps no
+    zero-byte folder-marker objects (S3 deletions leave a marker for a parent they empty)."""
+    for table in PARTITIONED_TABLES:
+        staging = storage.join(output, table, STAGING)
+        if storage.is_dir(staging) and not storage.list_files(staging):
+            storage.delete_tree(staging)
+
+
 def write_table(table: pa.Table, uri: str) -> None:
     """One Parquet file, written whole (a reader never sees half of it)."""
     buffer = io.BytesIO()

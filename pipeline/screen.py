@@ -269,6 +269,7 @@ def remove_superseded(output: str, run_date: str, run_id: str) -> None:
     """Tidy after the commit; a failure here loses nothing (readers already ignore the old files)."""
     try:
         removed = results.remove_superseded(output, run_date, run_id)
+        results.remove_empty_staging(output)
         logger.info("removed %d file(s) of earlier runs of %s", removed, run_date)
     except storage.StorageError as error:
         logger.warning("run %s committed, but earlier files of %s were not removed (the next run will): %s",
