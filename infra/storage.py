@@ -169,6 +169,14 @@ def list_files(uri: str, recursive: bool = True) -> list[str]:
     return sorted(to_uri(uri, info.path) for info in infos if info.type == pafs.FileType.File)
 
 
+def list_file_versions(uri: str) -> list[tuple[str, int, float]]:
+    """(URI, size in bytes, modification time) of every file under a folder or prefix, sorted, from one listing:
+    what changes when a file is replaced."""
+    infos = [info for info in list_entries(uri, recursive=True) if info.type == pafs.FileType.File]
+    return sorted((to_uri(uri, info.path), int(info.size or 0), info.mtime.timestamp() if info.mtime else 0.0)
+                  for info in infos)
+
+
 def list_dirs(uri: str) -> list[str]:
     """The immediate sub-folders of a folder or prefix, sorted."""
     infos = list_entries(uri, recursive=False)

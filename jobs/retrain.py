@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import pathlib
 import sys
 
 from infra import storage
@@ -54,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="quality floor: a first model (empty registry) below this validation macro-F1 is not "
                              "promoted")
     parser.add_argument("--no-augment", action="store_true", help="train without data augmentation")
+    cache = parser.add_mutually_exclusive_group()
+    cache.add_argument("--cache", default=str(pathlib.Path("~/.cache/mri-screen/preprocessed").expanduser()),
+                       help="folder (local or s3://) keeping decoded, preprocessed training images between runs, "
+                            "keyed by the files and the preprocessing parameters")
+    cache.add_argument("--no-cache", dest="cache", action="store_const", const=None,
+                       help="decode and preprocess every image again")
     parser.add_argument("--storage-path", help="where Ray Train keeps checkpoints (default: ~/ray_results)")
     parser.add_argument("--version", help="name of the candidate model (default: timestamped)")
     add_common_options(parser)
@@ -74,7 +81,7 @@ def build_config(args: argparse.Namespace) -> RetrainConfig:
                          validation_fraction=args.validation_fraction, min_macro_f1=args.min_macro_f1,
                          architecture=ArchitectureConfig(head=args.head),
                          preprocessing=PreprocessConfig(image_size=args.image_size), training=training,
-                         version=args.version)
+                         version=args.version, cache=args.cache)
 
 
 def check_data(args: argparse.Namespace) -> tuple[RetrainConfig, list[LabelledImage]]:

@@ -78,3 +78,4 @@ class RetrainConfig:
     preprocessing: PreprocessConfig = PreprocessConfig()
     training: TrainConfig = TrainConfig()
     version: str | None = None
+    cache: str | None = None  # folder (local or S3) keeping preprocessed training images between runs

@@ -13,6 +13,9 @@ any training.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import logging
 import posixpath
 
 import numpy as np
@@ -25,6 +28,10 @@ from model.labels import CLASS_NAMES, TRAINING_LABELS, TUMOR_UNKNOWN_TYPE, targe
 from model.preprocessing import PreprocessConfig, preprocess_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", *DICOM_EXTENSIONS)
+CACHE_FORMAT = 1  # bump when a cached row's columns or meaning change
+CACHE_COMPLETE = "_COMPLETE"  # written last: a cache without it (a run killed while writing) is rebuilt
+
+logger = logging.getLogger(__name__)
 
 URI = "uri"
 LABEL = "label"
@@ -42,6 +49,8 @@ class DatasetError(ValueError):
 class LabelledImage:
     uri: str
     label: str
+    size: int = 0  # bytes and modification time, when listed: what the preprocessed-image cache is keyed on
+    modified: float = 0.0
 
 
 def is_image_file(uri: str) -> bool:
@@ -50,7 +59,8 @@ def is_image_file(uri: str) -> bool:
 
 def list_class_folder(folder: str, label: str) -> list[LabelledImage]:
     """Every image file under one class folder; raises DatasetError when there is none."""
-    images = [LabelledImage(uri, label) for uri in storage.list_files(folder) if is_image_file(uri)]
+    images = [LabelledImage(uri, label, size, modified) for uri, size, modified in storage.list_file_versions(folder)
+              if is_image_file(uri)]
     if not images:
         raise DatasetError(f"class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     return images
@@ -103,8 +113,36 @@ def load_labelled_batch(batch: dict[str, np.ndarray], config: PreprocessConfig,
             ERROR: np.array([row[ERROR] for row in rows])}
 
 
-def load_labelled_dataset(images: list[LabelledImage], config: PreprocessConfig,
-                          batch_size: int = 64) -> ray.data.Dataset:
+def cache_key(images: list[LabelledImage], config: PreprocessConfig, limits: DecodeLimits) -> str:
+    """A digest of everything the preprocessed images depend on: the files (name, label, size, modification
+    time), the preprocessing parameters, the decode limits and the format of a cached row."""
+    parts = {"format": CACHE_FORMAT, "preprocessing": config.to_dict(), "limits": dataclasses.asdict(limits),
+             "images": sorted(dataclasses.astuple(image) for image in images)}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def load_labelled_dataset(images: list[LabelledImage], config: PreprocessConfig, batch_size: int = 64,
+                          cache: str | None = None) -> ray.data.Dataset:
+    """A materialized Ray Dataset of preprocessed labelled images; raises DatasetError naming unreadable files.
+
+    With ``cache`` (a folder, local or S3), the preprocessed rows are kept there as Parquet under
+    :func:`cache_key`, and a later run over the same files with the same parameters reads them back instead of
+    decoding again."""
+    cached = storage.join(cache, cache_key(images, config, DecodeLimits())) if cache else None
+    if cached and storage.exists(storage.join(cached, CACHE_COMPLETE)):
+        logger.info("preprocessed images read from the cache at %s", cached)
+        return ray.data.read_parquet(storage.resolve(cached)[1], filesystem=storage.resolve(cached)[0]).materialize()
+    dataset = decode_labelled_dataset(images, config, batch_size)
+    if cached:
+        storage.delete_tree(cached)
+        dataset.write_parquet(storage.resolve(cached)[1], filesystem=storage.resolve(cached)[0])
+        storage.write_text(storage.join(cached, CACHE_COMPLETE), json.dumps({"images": len(images)}))
+        logger.info("preprocessed images cached at %s", cached)
+    return dataset
+
+
+def decode_labelled_dataset(images: list[LabelledImage], config: PreprocessConfig,
+                            batch_size: int = 64) -> ray.data.Dataset:
     """A materialized Ray Dataset of preprocessed labelled images; raises DatasetError naming unreadable files."""
     items = [{URI: image.uri, LABEL: image.label} for image in images]
     blocks = max(1, min(64, len(items) // batch_size))
@@ -113,4 +151,4 @@ def load_labelled_dataset(images: list[LabelledImage], config: PreprocessConfig,
     errors = [row[ERROR] for row in dataset.filter(lambda row: row[ERROR] != "").select_columns([ERROR]).take(20)]
     if errors:
         raise DatasetError("unreadable image(s) in the labelled data:\n  " + "\n  ".join(errors))
-    return dataset.drop_columns([ERROR])
+    return dataset.drop_columns([ERROR]).materialize()

@@ -131,7 +131,8 @@ def retrain(config: RetrainConfig, images: list[LabelledImage] | None = None) ->
     started = time.time()
     images = images if images is not None else list_labelled_images(config.data, config.tumor_data)
     logger.info("labelled images: %d from %s (+%d tumor folders)", len(images), config.data, len(config.tumor_data))
-    train, validation, split = split_by_groups(load_labelled_dataset(images, config.preprocessing), config)
+    dataset = load_labelled_dataset(images, config.preprocessing, cache=config.cache)
+    train, validation, split = split_by_groups(dataset, config)
     try:
         return train_and_decide(config, train, validation, split, started)
     except Exception as error:

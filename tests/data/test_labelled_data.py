@@ -5,7 +5,8 @@ import shutil
 import numpy as np
 import pytest
 
-from model.data import DatasetError, list_labelled_images, load_labelled_dataset
+from model.data import DatasetError, cache_key, list_labelled_images, load_labelled_dataset
+from model.decode import DecodeLimits
 from model.labels import CLASS_NAMES
 from model.preprocessing import PreprocessConfig
 from tests.conftest import BR35H, SAMPLES
@@ -55,6 +56,24 @@ def test_labelled_dataset_rows_carry_preprocessed_images_and_masks(labelled_copy
     tumor_rows = [row for row in rows if row["label"] == "tumor"]
     assert tumor_rows and all(row["target"].tolist() == [1, 1, 0, 1] for row in tumor_rows)
     assert all(row["image"].shape == (64, 64) and row["image"].dtype == np.uint8 for row in rows)
+
+
+def test_preprocessed_images_are_cached_and_a_changed_file_misses_the_cache(labelled_copy, ray_local, tmp_path):
+    cache, config = str(tmp_path / "cache"), PreprocessConfig(image_size=64)
+    images = list_labelled_images(str(labelled_copy))
+    first = {row["uri"]: row["image"] for row in load_labelled_dataset(images, config, cache=cache).take_all()}
+    [entry] = list((tmp_path / "cache").iterdir())
+    assert (entry / "_COMPLETE").exists() and entry.name == cache_key(images, config, DecodeLimits())
+    shutil.copytree(labelled_copy, tmp_path / "original")
+    shutil.rmtree(labelled_copy / "glioma")  # only the cache can give these rows now
+    again = {row["uri"]: row["image"] for row in load_labelled_dataset(images, config, cache=cache).take_all()}
+    assert again.keys() == first.keys() and all(np.array_equal(again[uri], first[uri]) for uri in first)
+    shutil.copytree(tmp_path / "original" / "glioma", labelled_copy / "glioma")
+    changed = next((labelled_copy / "glioma").iterdir())
+    changed.write_bytes(changed.read_bytes() + b"\0")  # same name, other content
+    relisted = list_labelled_images(str(labelled_copy))
+    assert cache_key(relisted, config, DecodeLimits()) != entry.name
+    assert cache_key(images, PreprocessConfig(image_size=96), DecodeLimits()) != entry.name
 
 
 @pytest.mark.slow
