@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import pathlib
 import sys
 
 from infra import storage
@@ -25,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tumor-data", action="append", default=[], help="folder of unknown-type tumor images")
     parser.add_argument("--threshold", type=PROBABILITY, default=None,
                         help="tumor probability that flags an image (default: the model's operating point)")
+    parser.add_argument("--cache", default=str(pathlib.Path("~/.cache/mri-screen/preprocessed").expanduser()),
+                        help="preprocessed-image cache (as jobs.retrain --cache), used to read the model's training "
+                             "data for the overlap check")
     add_common_options(parser)
     return parser
 
@@ -45,14 +49,17 @@ def check_inputs(args: argparse.Namespace) -> argparse.Namespace:
 def evaluate(args: argparse.Namespace) -> dict:
     from pipeline.evaluate import evaluate_model  # TensorFlow loads here, after the arguments are known to be good
 
-    metrics = evaluate_model(args.data, args.model, args.output, tuple(args.tumor_data), args.threshold)
+    metrics = evaluate_model(args.data, args.model, args.output, tuple(args.tumor_data), args.threshold, args.cache)
     tumor = metrics["tumor_vs_no_tumor"]
     logger.info("evaluated %s on %d images: accuracy %.4f, macro-F1 %.4f, tumor sensitivity %s, specificity %s; "
                 "wrote %s", metrics["model_version"], metrics["images"], metrics["accuracy"] or 0.0,
                 metrics["macro_f1"], tumor["sensitivity"], tumor["specificity"], args.output)
+    overlap = metrics["training_overlap"]
     return {"model_version": metrics["model_version"], "images": metrics["images"], "accuracy": metrics["accuracy"],
             "macro_f1": metrics["macro_f1"], "tumor_sensitivity": tumor["sensitivity"],
-            "tumor_specificity": tumor["specificity"], "output": args.output}
+            "tumor_specificity": tumor["specificity"], "overlap_checked": overlap["checked"],
+            "near_duplicates_of_training_data": overlap.get("near_duplicates"),
+            "unseen_accuracy": metrics.get("unseen_images_only", {}).get("accuracy"), "output": args.output}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,35 +1,79 @@
-"""Evaluating a registered model on a labelled folder, end to end: metrics.json and confusion_matrix.png.
+"""Evaluating a registered model on a labelled folder, end to end: metrics.json, the confusion matrix, ROC curves.
 
-Steps, in order: load the model's metadata and verified weights (``model.registry``, ``model.predict``), read and
-preprocess the labelled images with the model's own preprocessing (``model.data``), score them, and write the
-metrics and the figure (``model.evaluate``).
+1. Load the model's metadata and verified weights (``model.registry``, ``model.predict``).
+2. Read and preprocess the labelled images with the model's own preprocessing (``model.data``).
+3. Check them against the data the model was trained and validated on (its ``model.json`` records where): images
+   that are near-duplicates of it (``model.dedup``, the threshold the split used) are counted, logged as a warning,
+   and the metrics are reported on all images and on the unseen ones. When that data cannot be read, the metrics
+   say the overlap was not checked.
+4. Score, and write the metrics and the figures (``model.evaluate``).
 """
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
+from infra import storage
 from model import registry
-from model.data import IMAGE, LABEL, TARGET, list_labelled_images, load_labelled_dataset
+from model.data import (IMAGE, LABEL, TARGET, THUMBNAIL, DatasetError, list_labelled_images,
+                        load_labelled_dataset)
+from model.dedup import DEFAULT_SIMILARITY
 from model.evaluate import evaluate_predictions, write_evaluation
 from model.predict import ProbabilityPredictor, load_classifier
 
+logger = logging.getLogger(__name__)
+
 
 def evaluate_model(data: str, model_uri: str, output: str, tumor_data: tuple[str, ...] = (),
-                   threshold: float | None = None) -> dict:
+                   threshold: float | None = None, cache: str | None = None) -> dict:
     """Score a labelled folder with a registered model (its calibration applied; at its operating point unless
     ``threshold`` is given); write metrics.json, the confusion matrix and the ROC curves to ``output``."""
     info = registry.load_model_info(model_uri)
     threshold = info.threshold if threshold is None else threshold
     predictor = ProbabilityPredictor(load_classifier(info), temperature=info.temperature)
     dataset = load_labelled_dataset(list_labelled_images(data, tumor_data), info.preprocessing)
-    probabilities, targets, labels = [], [], []
+    columns = {IMAGE: [], TARGET: [], LABEL: [], THUMBNAIL: []}
     for batch in dataset.iter_batches(batch_size=256, batch_format="numpy"):
-        probabilities.append(predictor(batch[IMAGE]))
-        targets.append(batch[TARGET])
-        labels.append(batch[LABEL].astype(str))
-    probabilities, targets = np.concatenate(probabilities), np.concatenate(targets)
-    metrics = evaluate_predictions(probabilities, targets, np.concatenate(labels), threshold)
+        for name in columns:
+            columns[name].append(batch[name])
+    images, targets, labels, thumbnails = (np.concatenate(columns[name]) for name in (IMAGE, TARGET, LABEL, THUMBNAIL))
+    probabilities = predictor(images)
+    metrics = evaluate_predictions(probabilities, targets, labels.astype(str), threshold)
+    seen, overlap = training_overlap(info, thumbnails, cache)
+    metrics["training_overlap"] = overlap
+    if seen is not None and seen.any() and not seen.all():
+        metrics["unseen_images_only"] = evaluate_predictions(probabilities[~seen], targets[~seen],
+                                                             labels[~seen].astype(str), threshold)
     metrics["model_version"], metrics["model_sha256"], metrics["data"] = info.version, info.weights_sha256, data
     write_evaluation(metrics, output, f"{info.version} on {data.rstrip('/').split('/')[-1]}", probabilities, targets)
     return metrics
+
+
+def training_overlap(info: registry.ModelInfo, thumbnails: np.ndarray,
+                     cache: str | None) -> tuple[np.ndarray | None, dict]:
+    """Which evaluation images near-duplicate the model's own labelled data, and a record of the check."""
+    training = info.metadata.get("training", {})
+    folders = [training.get("data"), *training.get("tumor_data", [])]
+    if not training.get("data") or not all(storage.is_dir(folder) for folder in folders):
+        logger.warning("evaluation images were not checked against the model's training data: it is not readable "
+                       "at %s; metrics on images the model was trained on would read too high", folders)
+        return None, {"checked": False, "training_data": folders}
+    try:
+        known = load_labelled_dataset(list_labelled_images(folders[0], tuple(folders[1:])), info.preprocessing,
+                                      cache=cache)
+    except DatasetError as error:
+        logger.warning("evaluation images were not checked against the model's training data: %s", error)
+        return None, {"checked": False, "training_data": folders}
+    known_thumbnails = np.concatenate([batch[THUMBNAIL] for batch in
+                                       known.select_columns([THUMBNAIL]).iter_batches(batch_format="numpy")])
+    similarity = np.concatenate([thumbnails[start:start + 1024] @ known_thumbnails.T
+                                 for start in range(0, len(thumbnails), 1024)]) if len(thumbnails) else np.zeros((0, 1))
+    seen = similarity.max(axis=1) >= DEFAULT_SIMILARITY if len(thumbnails) else np.zeros(0, bool)
+    if seen.any():
+        logger.warning("%d of %d evaluation images are near-duplicates of the data %s was trained and validated on: "
+                       "metrics on them read too high; metrics on the other %d are reported as unseen_images_only",
+                       int(seen.sum()), len(seen), info.version, int((~seen).sum()))
+    return seen, {"checked": True, "training_data": folders, "near_duplicates": int(seen.sum()),
+                  "images": int(len(seen)), "similarity_threshold": DEFAULT_SIMILARITY}

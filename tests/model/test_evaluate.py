@@ -1,10 +1,13 @@
 """The evaluation job on real labelled images with the shipped model: files written, counts and metrics sane."""
 
 import json
+import pathlib
+import shutil
 
 import pytest
 
 from jobs.evaluate import main
+from model import registry
 from model.labels import CLASS_NAMES
 from tests.conftest import SAMPLES
 
@@ -12,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_evaluate_writes_metrics_and_confusion_matrix(tmp_path, ray_local):
-    assert main(["--data", str(SAMPLES / "labelled"), "--output", str(tmp_path)]) == 0
+    assert main(["--data", str(SAMPLES / "labelled"), "--output", str(tmp_path), "--cache", str(tmp_path / "c")]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     images = sum(1 for _ in (SAMPLES / "labelled").glob("*/*.jpg"))
     tumor_only = sum(1 for _ in (SAMPLES / "labelled" / "tumor").glob("*.jpg"))
@@ -26,3 +29,28 @@ def test_evaluate_writes_metrics_and_confusion_matrix(tmp_path, ray_local):
 def test_evaluate_reports_a_bad_data_folder_without_a_traceback(tmp_path, ray_local, caplog):
     assert main(["--data", str(tmp_path / "nowhere"), "--output", str(tmp_path / "o")]) == 2
     assert "does not exist" in caplog.text
+
+
+def test_evaluation_on_the_models_own_training_images_is_flagged(tmp_path, ray_local, capsys):
+    """A model whose recorded training data holds half of the evaluation images: those are counted as seen, and the
+    metrics are reported on the other half too."""
+    shipped = pathlib.Path(registry.resolve_model_dir(registry.DEFAULT_MODEL))
+    model = tmp_path / "model"
+    shutil.copytree(shipped, model)
+    trained_on = tmp_path / "trained-on"
+    seen = 0
+    for name in CLASS_NAMES:
+        (trained_on / name).mkdir(parents=True)
+        for path in sorted((SAMPLES / "labelled" / name).glob("*.jpg"))[::2]:
+            shutil.copy(path, trained_on / name / path.name)
+            seen += 1
+    record = json.loads((model / "model.json").read_text())
+    record["training"]["data"], record["training"]["tumor_data"] = str(trained_on), []
+    (model / "model.json").write_text(json.dumps(record))
+    assert main(["--data", str(SAMPLES / "labelled"), "--model", str(model), "--output", str(tmp_path / "eval"),
+                 "--cache", str(tmp_path / "cache")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["training_overlap"]["checked"] and metrics["training_overlap"]["near_duplicates"] == seen
+    assert metrics["unseen_images_only"]["images"] == metrics["images"] - seen
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["near_duplicates_of_training_data"] == seen and summary["overlap_checked"] is True
