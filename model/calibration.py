@@ -4,7 +4,9 @@ Temperature scaling divides the log-probabilities by one scalar ``T`` fitted to 
 log-likelihood on the validation set (the training loss, so tumors of unknown type count as "any tumor"); it
 changes confidence, never the ranking or the predicted class. The operating point is the highest threshold on the
 calibrated tumor probability (1 - p(no tumor)) at which at least ``target_sensitivity`` of the validation tumors
-are flagged. Both live in ``model.json`` (``calibration``, ``operating_point``) and ``ModelInfo`` exposes them.
+are flagged, in each group of tumors separately (typed tumors, and tumors of unknown type from another source), and
+never above ``MAX_THRESHOLD``: a screening threshold is lowered to find tumors, never raised to buy specificity.
+Both live in ``model.json`` (``calibration``, ``operating_point``) and ``ModelInfo`` exposes them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from scipy.optimize import minimize_scalar
 from model.labels import NO_TUMOR_INDEX
 
 TARGET_SENSITIVITY = 0.98
+MAX_THRESHOLD = 0.5
 MARGIN = 1e-6
 
 
@@ -40,13 +43,21 @@ def fit_temperature(probabilities: np.ndarray, targets: np.ndarray) -> float:
     return float(result.x)
 
 
+def sensitivity_threshold(tumor_scores: np.ndarray, target_sensitivity: float) -> float:
+    """The highest threshold flagging at least ``target_sensitivity`` of ``tumor_scores`` (less ``MARGIN``, so
+    float32 scoring cannot lose the boundary tumor to rounding)."""
+    ordered = np.sort(tumor_scores)
+    may_miss = int(np.floor((1.0 - target_sensitivity) * len(ordered) + 1e-9))
+    return max(0.0, float(ordered[may_miss]) - MARGIN)
+
+
 def operating_threshold(probabilities: np.ndarray, targets: np.ndarray,
                         target_sensitivity: float = TARGET_SENSITIVITY) -> float:
-    """The highest tumor-probability threshold that flags at least ``target_sensitivity`` of the tumor rows (less
-    ``MARGIN``, so float32 scoring cannot lose the boundary tumor to rounding)."""
+    """The flag threshold: see the module docstring."""
+    tumor_score = 1.0 - probabilities[:, NO_TUMOR_INDEX]
     is_tumor = targets[:, NO_TUMOR_INDEX] < 0.5
-    tumor_scores = np.sort(1.0 - probabilities[is_tumor, NO_TUMOR_INDEX])
-    if len(tumor_scores) == 0:
+    typed = is_tumor & np.isclose(targets.sum(axis=1), 1.0)
+    groups = [group for group in (typed, is_tumor & ~typed) if group.any()]
+    if not groups:
         raise ValueError("no tumor images to choose an operating point on")
-    may_miss = int(np.floor((1.0 - target_sensitivity) * len(tumor_scores) + 1e-9))
-    return max(0.0, float(tumor_scores[may_miss]) - MARGIN)
+    return min([MAX_THRESHOLD] + [sensitivity_threshold(tumor_score[group], target_sensitivity) for group in groups])

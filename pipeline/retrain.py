@@ -154,7 +154,8 @@ def calibrated_evaluation(raw: np.ndarray, targets: np.ndarray, labels: np.ndarr
                         "expected_calibration_error_before": before["expected_calibration_error"],
                         "expected_calibration_error_after": metrics["expected_calibration_error"]},
         "operating_point": {"threshold": threshold, "target_sensitivity": TARGET_SENSITIVITY,
-                            "chosen_on": "validation tumor images (four-class and unknown-type)",
+                            "chosen_on": "validation tumors, typed and of unknown type each reaching the target; "
+                                         "never above 0.5",
                             "validation_sensitivity": tumor["sensitivity"],
                             "validation_specificity": tumor["specificity"],
                             "unknown_type_tumor_sensitivity": unknown.get("sensitivity"),

@@ -32,16 +32,29 @@ def test_an_overconfident_model_gets_a_temperature_above_one():
     assert masked_nll(apply_temperature(probabilities, temperature), targets) < masked_nll(probabilities, targets)
 
 
+def scored(tumor_scores: np.ndarray, labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    probabilities = np.zeros((len(tumor_scores), 4))
+    probabilities[:, NO_TUMOR_INDEX] = 1 - tumor_scores
+    probabilities[:, 0] = tumor_scores
+    return probabilities, np.stack([target_mask(label) for label in labels])
+
+
 def test_the_operating_point_flags_the_target_share_of_tumors():
-    tumor_scores = np.linspace(0.01, 0.99, 100)  # 100 tumors
-    probabilities = np.zeros((110, 4))
-    probabilities[:100, NO_TUMOR_INDEX] = 1 - tumor_scores
-    probabilities[:100, 0] = tumor_scores
-    probabilities[100:, NO_TUMOR_INDEX] = 1.0
-    targets = np.stack([target_mask("glioma")] * 50 + [target_mask("tumor")] * 50 + [target_mask("notumor")] * 10)
+    tumor_scores = np.concatenate([np.linspace(0.01, 0.45, 100), np.zeros(10)])  # 100 tumors, 10 without
+    probabilities, targets = scored(tumor_scores, ["glioma"] * 100 + ["notumor"] * 10)
     threshold = operating_threshold(probabilities, targets, 0.98)
     scores = (1 - probabilities[:100, NO_TUMOR_INDEX]).astype(np.float32)  # as the scoring actors compute them
     assert (scores >= threshold).mean() == 0.98  # 2 of 100 may be missed, not 3
     assert threshold == pytest.approx(tumor_scores[2], abs=1e-5)
+
+
+def test_each_group_of_tumors_reaches_the_target_and_the_threshold_is_never_raised_above_one_half():
+    typed = np.linspace(0.6, 0.99, 50)  # easy: every typed tumor scores above 0.6
+    other_source = np.linspace(0.2, 0.99, 50)  # harder: tumors of unknown type from another source
+    probabilities, targets = scored(np.concatenate([typed, other_source]), ["meningioma"] * 50 + ["tumor"] * 50)
+    threshold = operating_threshold(probabilities, targets, 0.98)
+    assert threshold == pytest.approx(other_source[1], abs=1e-5)  # the harder group decides (1 of 50 may be missed)
+    easy, easy_targets = scored(typed, ["pituitary"] * 50)
+    assert operating_threshold(easy, easy_targets, 0.98) == 0.5
     with pytest.raises(ValueError, match="no tumor"):
         operating_threshold(probabilities[100:], targets[100:])
