@@ -5,7 +5,8 @@
 ``samples/archive/``: what the demo scores. DICOM series made from real slices with synthetic, non-identifying
 metadata (invented names and IDs that the outputs must never show): an axial series whose file names run against
 the slice order, a sagittal series whose positions descend, a MONOCHROME1 series with RLE compression, and one
-multi-frame object; plus loose JPEG and PNG files. ``samples/labelled/``: a small folder-per-class set (and a few
+multi-frame object whose frames carry their own positions (Per-frame Functional Groups, stored top down);
+plus loose JPEG and PNG files. ``samples/labelled/``: a small folder-per-class set (and a few
 Br35H tumor slices under ``tumor/``) for training tests that must run without the shared data.
 """
 
@@ -19,6 +20,7 @@ import shutil
 import cv2
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, RLELossless, generate_uid
 
 from model.labels import CLASS_NAMES
@@ -98,16 +100,31 @@ def slice_dataset(spec: tuple, series_index: int, slice_index: int, pixels: np.n
 
 
 def multiframe_dataset(spec: tuple, series_index: int, frames: list[np.ndarray]) -> Dataset:
-    name, _, _, orientation, _, photometric, _, _ = spec
+    """One object holding the series' frames, each frame's position in the Per-frame Functional Groups (stored
+    from the top of the head down, so the pipeline has to put them in order) and the orientation shared."""
+    name, _, _, orientation, step, photometric, _, _ = spec
     ds = base_dataset(series_index, name, photometric)
     stack = np.stack(frames)
     ds.NumberOfFrames = len(frames)
     ds.Rows, ds.Columns = stack.shape[1:]
-    ds.ImageOrientationPatient = list(orientation)
-    ds.ImagePositionPatient = [-100.0, -100.0, -100.0]
+    plane = Dataset()
+    plane.ImageOrientationPatient = list(orientation)
+    shared = Dataset()
+    shared.PlaneOrientationSequence = Sequence([plane])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    normal = np.cross(orientation[:3], orientation[3:])
+    ds.PerFrameFunctionalGroupsSequence = Sequence(
+        [frame_position(-100 + normal * step * (len(frames) - 1 - index)) for index in range(len(frames))])
     ds.InstanceNumber = 1
     ds.PixelData = stack.tobytes()
     return with_file_meta(ds, uid(name, "multiframe"))
+
+
+def frame_position(position: np.ndarray) -> Dataset:
+    plane, item = Dataset(), Dataset()
+    plane.ImagePositionPatient = [float(value) for value in position]
+    item.PlanePositionSequence = Sequence([plane])
+    return item
 
 
 def scrambled_name(*parts: str) -> str:

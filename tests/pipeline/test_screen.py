@@ -9,6 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 
+from model import registry
 from pipeline import results
 from pipeline.errors import RunNotStartedError
 from pipeline.screen import ScreenConfig, run_screening
@@ -64,14 +65,15 @@ def test_bad_files_give_one_error_row_with_a_specific_code(screened, mixed_archi
     assert summary.errors_by_code == {code: list(expected.values()).count(code) for code in set(expected.values())}
 
 
-def test_probabilities_are_consistent(screened):
-    _, output, config, _ = screened
+def test_probabilities_are_consistent(screened, model_uri):
+    _, output, config, summary = screened
+    assert config.threshold is None and summary.threshold == registry.load_model_info(model_uri).threshold
     for row in predictions(output):
         if row["status"] == "ok":
             total = sum(row[f"prob_{name}"] for name in ("glioma", "meningioma", "notumor", "pituitary"))
             assert abs(total - 1) < 1e-4
             assert abs(row["tumor_probability"] - (1 - row["prob_notumor"])) < 1e-6
-            assert row["flagged"] == (row["tumor_probability"] >= config.threshold)
+            assert row["flagged"] == (row["tumor_probability"] >= summary.threshold)
 
 
 def dicom_instances(folder: pathlib.Path) -> dict[str, int]:
@@ -171,3 +173,13 @@ def test_a_promotion_during_a_run_cannot_mix_models(model_uri, ray_local, tmp_pa
         info = registry.load_model_info(str(models / version))
         expected = 1.0 - ProbabilityPredictor(load_classifier(info))(inputs)[:, NO_TUMOR_INDEX]
         assert np.allclose(scored, expected, atol=1e-5) == should_match, version
+
+
+def test_the_multiframe_series_is_ordered_by_its_per_frame_positions(screened):
+    """The sample's multi-frame object stores its frames from the top of the head down: the series lists them
+    bottom up, by the positions in its Per-frame Functional Groups."""
+    archive, output, _, _ = screened
+    frames = str(archive / "dicom" / "axial-notumor-multiframe" / "frames.dcm")
+    row = next(r for r in results.read_table(str(output), results.SERIES).to_pylist()
+               if r["ordered_source_uris"][0] == frames)
+    assert row["slice_order"] == "slice_position" and row["ordered_frame_indices"] == [3, 2, 1, 0]
