@@ -1,9 +1,10 @@
 """The model card: ``MODEL_CARD.md`` written from a model's own ``model.json``, so the two cannot disagree.
 
-    python -m model.card --model models/<version> [--ablation <model dir of the no-LSTM run>]
+    python -m model.card --model models/<version> [--ablation-runs <candidate folders> --ablation-summary <text>]
 
-With ``--ablation`` the card compares the model with the same recipe trained with the other head (LSTM or pooling:
-validation metrics epoch by epoch and at the best epoch) and stores that comparison in ``model.json`` too.
+With ``--ablation-runs`` the card tabulates a seeded head ablation (each head, each seed: the best epoch's validation
+figures, and each head's mean and spread) and stores it in ``model.json`` too. ``--ablation`` (one run with the other
+head, compared epoch by epoch) is how the first models were compared.
 """
 
 from __future__ import annotations
@@ -263,6 +264,26 @@ def attach_ablation(model_dir: str, ablation_dir: str, summary: str) -> None:
     write_model_card(model_dir)
 
 
+def ablation_run(model_dir: str) -> dict:
+    """One arm-and-seed of a head ablation, from that candidate's model.json: its best epoch's validation figures."""
+    other = json.loads(storage.read_text(storage.join(model_dir, METADATA_FILE)))
+    state, config = other["training"]["state"], other["training"]["config"]
+    best = next(entry for entry in state["history"] if entry["epoch"] == state["best_epoch"])
+    return {"version": other["version"], "head": head_of(other["architecture"]), "seed": config.get("seed", 0),
+            "epochs": state["next_epoch"], "val_loss": best["val_loss"], "val_accuracy": best["val_accuracy"],
+            "val_macro_f1": best["val_macro_f1"], "val_tumor_sensitivity": best["val_tumor_sensitivity"]}
+
+
+def attach_ablation_runs(model_dir: str, run_dirs: list[str], summary: str) -> None:
+    """Record a seeded head ablation (several candidates, same data, split and recipe) in the model's metadata,
+    then rewrite its card."""
+    record = json.loads(storage.read_text(storage.join(model_dir, METADATA_FILE)))
+    record["ablation_runs"] = [ablation_run(run_dir) for run_dir in run_dirs]
+    record["ablation_summary"] = summary
+    storage.write_text(storage.join(model_dir, METADATA_FILE), json.dumps(record, indent=2, sort_keys=True))
+    write_model_card(model_dir)
+
+
 def ablation_parameters(record: dict) -> int:
     image_size = record["preprocessing"]["image_size"]
     return int(build_classifier(ArchitectureConfig.from_dict(ablation_architecture(record)), image_size).count_params())
@@ -279,9 +300,13 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--ablation", help="model folder, or Ray Train checkpoint folder, of the same recipe "
                                            "trained with the other head")
+    parser.add_argument("--ablation-runs", nargs="+", help="model folders of a seeded head ablation (each arm, each "
+                                                            "seed, same data, split and recipe)")
     parser.add_argument("--ablation-summary", default="", help="one paragraph: what the LSTM adds, or not")
     args = parser.parse_args()
-    if args.ablation:
+    if args.ablation_runs:
+        attach_ablation_runs(args.model, args.ablation_runs, args.ablation_summary)
+    elif args.ablation:
         attach_ablation(args.model, args.ablation, args.ablation_summary)
     else:
         write_model_card(args.model)
