@@ -35,21 +35,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="epochs of linear learning-rate warm-up")
     parser.add_argument("--weight-decay", type=bounded(float, 0), default=TrainConfig.weight_decay,
                         help="AdamW decoupled weight decay (not applied to BatchNormalization or biases)")
-    parser.add_argument("--label-smoothing", type=bounded(float, 0, 1, high_open=True), default=TrainConfig.label_smoothing,
-                        help="label smoothing of the training loss")
-    parser.add_argument("--seed", type=bounded(int, 0), default=TrainConfig.seed, help="training seed (weights, shuffling)")
+    parser.add_argument("--label-smoothing", type=bounded(float, 0, 1, high_open=True),
+                        default=TrainConfig.label_smoothing, help="label smoothing of the training loss")
+    parser.add_argument("--seed", type=bounded(int, 0), default=TrainConfig.seed,
+                        help="training seed (weights, shuffling)")
     parser.add_argument("--patience", type=POSITIVE_INT, default=TrainConfig.patience,
                         help="epochs without validation-loss improvement before stopping")
     parser.add_argument("--num-workers", type=POSITIVE_INT, default=1, help="Ray Train workers (data parallel)")
     parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
     parser.add_argument("--cpus-per-worker", type=POSITIVE_NUMBER, default=TrainConfig.cpus_per_worker,
                         help="CPUs each worker reserves (also its TensorFlow thread count)")
-    parser.add_argument("--image-size", type=bounded(int, 32, what=" pixels (the backbone needs 32)"), default=PreprocessConfig.image_size,
-                        help="side of the square model input, in pixels")
+    parser.add_argument("--image-size", type=bounded(int, 32, what=" pixels (the backbone needs 32)"),
+                        default=PreprocessConfig.image_size, help="side of the square model input, in pixels")
     parser.add_argument("--head", choices=HEADS, default=ArchitectureConfig.head,
                         help="bilstm: a bidirectional LSTM over the feature-map columns beside global pooling (the "
                              "CNN+LSTM); pooling: global average pooling; lstm: an LSTM over the rows alone")
-    parser.add_argument("--validation-fraction", type=bounded(float, 0, 1, low_open=True, high_open=True), default=RetrainConfig.validation_fraction,
+    parser.add_argument("--validation-fraction", type=bounded(float, 0, 1, low_open=True, high_open=True),
+                        default=RetrainConfig.validation_fraction,
                         help="share of near-duplicate groups held out for validation")
     parser.add_argument("--min-macro-f1", type=bounded(float, 0, 1), default=RetrainConfig.min_macro_f1,
                         help="quality floor: a first model (empty registry) below this validation macro-F1 is not "
@@ -74,7 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_config(args: argparse.Namespace) -> RetrainConfig:
     training = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                            patience=args.patience, warmup_epochs=args.warmup_epochs,
-                           weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, seed=args.seed, num_workers=args.num_workers, use_gpu=args.use_gpu,
+                           weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, seed=args.seed,
+                           num_workers=args.num_workers, use_gpu=args.use_gpu,
                            cpus_per_worker=args.cpus_per_worker, augment=not args.no_augment,
                            storage_path=args.storage_path)
     return RetrainConfig(data=args.data, output=args.output, tumor_data=tuple(args.tumor_data),

@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CPUs reserved by each decode/preprocess task")
     parser.add_argument("--inference-batch-size", type=POSITIVE_INT, default=ScreenConfig.inference_batch_size,
                         help="images per inference call")
-    parser.add_argument("--inference-actors", type=POSITIVE_INT, help="inference actors (default: one per GPU, or by CPUs)")
+    parser.add_argument("--inference-actors", type=POSITIVE_INT,
+                        help="inference actors (default: one per GPU, or by CPUs)")
     parser.add_argument("--inference-cpus", type=POSITIVE_NUMBER, default=ScreenConfig.inference_cpus,
                         help="CPUs per CPU inference actor (also its TensorFlow thread count)")
     gpu = parser.add_mutually_exclusive_group()

@@ -103,7 +103,8 @@ def ablation_section(record: dict) -> list[str]:
     theirs_architecture = ablation.get("architecture") or {"use_lstm": ablation["use_lstm"]}
     mine, theirs = head_name(record["architecture"]), head_name(theirs_architecture)
     lines = [ablation.get("summary", ""), "",
-             f"Same data, preprocessing, split method, schedule and seed; only the head differs: this model has the {mine} "
+             f"Same data, preprocessing, split method, schedule and seed; only the head differs: this model has the "
+             f"{mine} "
              f"({record.get('parameters', 0):,} parameters), the other run ({ablation['version']}) the {theirs} "
              f"({ablation['parameters']:,} parameters). Validation metrics per epoch, {mine} / {theirs}:", ""]
     lines += history_table(record["training"]["state"]["history"], ablation["history"], (mine, theirs))
@@ -214,7 +215,8 @@ def ablation_runs_section(record: dict) -> list[str]:
         lines.append(f"| {HEAD_NAMES[run['head']]} | {run['seed']} | {run['epochs']} | {number(run['val_loss'])} | "
                      f"{percent(run['val_accuracy'])} | {number(run['val_macro_f1'])} | "
                      f"{number(run['val_tumor_sensitivity'])} |")
-    lines += ["", "| head | runs | mean val accuracy | spread (max - min) | mean val macro-F1 |", "| --- | --- | --- | --- | --- |"]
+    lines += ["", "| head | runs | mean val accuracy | spread (max - min) | mean val macro-F1 |",
+              "| --- | --- | --- | --- | --- |"]
     for head in dict.fromkeys(run["head"] for run in runs):
         arm = [run for run in runs if run["head"] == head]
         accuracy = [run["val_accuracy"] for run in arm]

@@ -100,7 +100,8 @@ def decode_raster_checked(data: bytes, file_format: str, limits: DecodeLimits) -
         with Image.open(io.BytesIO(data)) as header:
             width, height = header.size
     except Image.DecompressionBombError as error:
-        raise DecodeError(ErrorCode.IMAGE_TOO_LARGE, f"{file_format.upper()} header declares too many pixels") from error
+        raise DecodeError(ErrorCode.IMAGE_TOO_LARGE,
+                          f"{file_format.upper()} header declares too many pixels") from error
     except Exception as error:  # Pillow raises many types for a broken header
         raise DecodeError(ErrorCode.IMAGE_DECODE_FAILED, f"{file_format.upper()} header unreadable: {error}") from error
     check_frame_size(height, width, 1, limits)
@@ -146,7 +147,8 @@ def decode_dicom(data: bytes, limits: DecodeLimits) -> DecodedFile:
     if "PixelData" not in dataset and "FloatPixelData" not in dataset and "DoubleFloatPixelData" not in dataset:
         if not header_value(dataset, "SOPClassUID") and not header_value(dataset, "Rows"):
             if has_dicom_marker(data):
-                raise DecodeError(ErrorCode.DICOM_INVALID, "a DICOM file without image attributes (truncated or malformed)")
+                raise DecodeError(ErrorCode.DICOM_INVALID,
+                                  "a DICOM file without image attributes (truncated or malformed)")
             raise DecodeError(ErrorCode.UNSUPPORTED_FORMAT, "not a DICOM, JPEG or PNG file (no DICOM image attributes)")
         raise DecodeError(ErrorCode.DICOM_NO_PIXEL_DATA, "DICOM object has no pixel data")
     rows, columns = header_int(dataset, "Rows"), header_int(dataset, "Columns")
@@ -171,7 +173,8 @@ def dicom_pixels(dataset: pydicom.Dataset) -> np.ndarray:
             raise DecodeError(ErrorCode.DICOM_UNSUPPORTED_TRANSFER_SYNTAX,
                               f"no installed decoder for transfer syntax {transfer_syntax_name(dataset)} with "
                               f"{header_int(dataset, 'BitsStored') or '?'}-bit samples") from error
-        raise DecodeError(ErrorCode.DICOM_PIXEL_DATA_INVALID, f"pixel data could not be decoded: {one_line(error)}") from error
+        raise DecodeError(ErrorCode.DICOM_PIXEL_DATA_INVALID,
+                          f"pixel data could not be decoded: {one_line(error)}") from error
 
 
 def transfer_syntax_name(dataset: pydicom.Dataset) -> str:

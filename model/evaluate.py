@@ -81,7 +81,8 @@ def roc_curves_png(probabilities: np.ndarray, targets: np.ndarray, title: str, t
     tumor_probability = 1.0 - probabilities[:, NO_TUMOR_INDEX]
     if is_tumor.any() and (~is_tumor).any():
         false_positive, true_positive, _ = roc_curve(is_tumor, tumor_probability)
-        axes.plot(false_positive, true_positive, "k--", label=f"tumor vs none (AUC {auc(false_positive, true_positive):.3f})")
+        area = auc(false_positive, true_positive)
+        axes.plot(false_positive, true_positive, "k--", label=f"tumor vs none (AUC {area:.3f})")
         flagged = tumor_probability >= threshold
         axes.plot([flagged[~is_tumor].mean()], [flagged[is_tumor].mean()], "ko",
                   label=f"operating point (threshold {threshold:.3f})")

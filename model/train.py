@@ -157,9 +157,9 @@ def train_loop_per_worker(config: dict) -> None:
     strategy = distribution_strategy(ray.train.get_context().get_world_size())
     with strategy.scope():
         model = compile_classifier(
-            build_classifier(architecture, config["image_size"]), config["learning_rate"], config["steps_per_epoch"] * config["epochs"],
-            int(config["steps_per_epoch"] * config["warmup_epochs"]), config["weight_decay"],
-            config["label_smoothing"])
+            build_classifier(architecture, config["image_size"]), config["learning_rate"],
+            config["steps_per_epoch"] * config["epochs"], int(config["steps_per_epoch"] * config["warmup_epochs"]),
+            config["weight_decay"], config["label_smoothing"])
     eval_model = build_classifier(architecture, config["image_size"])
     predictor = ProbabilityPredictor(eval_model)
     state, best_weights = restore(model, eval_model, TrainingState())

@@ -72,7 +72,8 @@ def ray_train_run(images: np.ndarray, targets: np.ndarray, epochs: int, image_si
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", type=pathlib.Path, default=pathlib.Path("../shared/datasets/brain-tumor-mri/Training"))
+    parser.add_argument("--source", type=pathlib.Path,
+                        default=pathlib.Path("../shared/datasets/brain-tumor-mri/Training"))
     parser.add_argument("--images", type=int, default=960, help="training images (equal per class)")
     parser.add_argument("--epochs", type=int, default=4, help="epochs of each measured run")
     parser.add_argument("--storage", default="/tmp/mri-train-benchmark", help="Ray Train checkpoint folder")
