@@ -14,7 +14,7 @@ from model import registry
 from model.predict import load_classifier
 from model.card import CARD_FILE
 from pipeline.retrain import retrain
-from tests.model.test_training import config
+from tests.support.training import small_retraining as config
 from tests.support.processes import processes_titled
 
 pytestmark = pytest.mark.slow

@@ -9,26 +9,13 @@ import pytest
 
 from model import registry
 from model.architecture import build_classifier
-from model.config import ArchitectureConfig, RetrainConfig, TrainConfig
 from model.predict import ProbabilityPredictor, masked_crossentropy_numpy
-from model.preprocessing import PreprocessConfig
-from pipeline.retrain import retrain, validation_arrays
 from model.train import BEST_WEIGHTS, train_classifier
-from tests.conftest import SAMPLES
+from pipeline.retrain import retrain, validation_arrays
+from tests.support.training import ARCHITECTURE, SIZE
+from tests.support.training import small_retraining as config
 
 pytestmark = pytest.mark.slow
-
-SIZE = 96
-ARCHITECTURE = ArchitectureConfig(head="bilstm")  # the head with the most to go wrong
-
-
-def config(output: pathlib.Path, epochs: int, version: str) -> RetrainConfig:
-    training = TrainConfig(epochs=epochs, batch_size=16, learning_rate=3e-3, augment=False, num_workers=2,
-                           cpus_per_worker=0.5, storage_path=str(output / "ray"), patience=10)
-    return RetrainConfig(data=str(SAMPLES / "labelled"), output=str(output / "registry"), validation_fraction=0.25,
-                         min_macro_f1=0.0, architecture=ARCHITECTURE, preprocessing=PreprocessConfig(image_size=SIZE),
-                         training=training, version=version)
-
 
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory, ray_local):
