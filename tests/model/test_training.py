@@ -1,6 +1,7 @@
 """Ray Train: a real 2-worker data-parallel run on a few real images; loss falls, checkpoints restore,
 the registry records the promotion decision. Minutes, not hours: marked slow."""
 
+import dataclasses
 import json
 import pathlib
 
@@ -10,6 +11,7 @@ import pytest
 from model import registry
 from model.architecture import build_classifier
 from model.predict import ProbabilityPredictor, masked_crossentropy_numpy
+from model.preprocessing import PreprocessConfig
 from model.train import BEST_WEIGHTS, train_classifier
 from pipeline.retrain import retrain, validation_arrays
 from tests.support.training import ARCHITECTURE, SIZE
@@ -57,8 +59,13 @@ def test_checkpoint_restores_the_reported_best_weights(first_run, ray_local):
 
 
 def test_a_second_candidate_gets_a_recorded_decision(first_run):
+    """The second candidate reads its inputs at another size than the current model: each model is evaluated on
+    its own preprocessing, and the comparison is recorded."""
     output, _ = first_run
-    outcome = retrain(config(output, epochs=1, version="candidate-2"))
+    other_size = config(output, epochs=1, version="candidate-2")
+    other_size = dataclasses.replace(other_size, preprocessing=PreprocessConfig(image_size=SIZE - 32))
+    outcome = retrain(other_size)
+    assert outcome.current_metrics is not None and outcome.current_metrics["images"] == outcome.candidate_metrics["images"]
     history = registry.read_registry(str(output / "registry"))["history"]
     assert [entry["version"] for entry in history] == ["candidate-1", "candidate-2"]
     assert "macro-F1" in outcome.reason and history[-1]["promoted"] == outcome.promoted

@@ -50,6 +50,8 @@ def test_screening_reads_and_writes_s3(s3_archive, model_uri):
     assert table.num_rows == summary["rows_written"] == len(keys) + 3
     assert summary["errors_by_code"] == {"empty_file": 1}
     assert TEST_KEY not in done.stdout + done.stderr
+    noise = ("oneDNN", "cuda", "cuInit", "absl::InitializeLog", "Progress bars disabled", "\x1b[")
+    assert [word for word in noise if word in done.stderr] == []  # quiet unless --verbose, no colour codes
     keys = [obj["Key"] for obj in s3_archive.list_objects_v2(Bucket="screening-results")["Contents"]]
     markers = [key for key in keys if key.endswith("/")]
     assert not [key for key in markers if "_staging" in key]  # nothing left of the run's staging

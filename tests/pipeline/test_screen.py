@@ -183,3 +183,15 @@ def test_the_multiframe_series_is_ordered_by_its_per_frame_positions(screened):
     row = next(r for r in results.read_table(str(output), results.SERIES).to_pylist()
                if r["ordered_source_uris"][0] == frames)
     assert row["slice_order"] == "slice_position" and row["ordered_frame_indices"] == [3, 2, 1, 0]
+
+
+def test_the_sample_archive_is_a_fair_demo_of_the_shipped_model(screened, model_uri):
+    """Model behaviour on the bundled demo: each sample series gets the class its name says, and only tumor series
+    are flagged (the no-tumor multi-frame series included)."""
+    if model_uri != registry.DEFAULT_MODEL:
+        pytest.skip("a statement about the shipped model")
+    archive, output, _, _ = screened
+    for row in results.read_table(str(output), results.SERIES).to_pylist():
+        series = pathlib.Path(row["ordered_source_uris"][0]).parent.name
+        expected = next(name for name in ("glioma", "meningioma", "pituitary", "notumor") if name in series)
+        assert (row["predicted_class"], row["flagged"]) == (expected, expected != "notumor"), series
