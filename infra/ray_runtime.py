@@ -25,8 +25,11 @@ def quiet_environment(verbose: bool) -> dict[str, str]:
     return {"TF_CPP_MIN_LOG_LEVEL": "3", "TF_USE_LEGACY_KERAS": "1"}
 
 
-def ensure_ray(address: str | None = None, num_cpus: int | None = None, verbose: bool = False) -> None:
-    """Connect to ``address`` (or ``RAY_ADDRESS``) when given, else start an embedded local Ray."""
+def ensure_ray(address: str | None = None, num_cpus: int | None = None, verbose: bool = False,
+               dashboard: bool = False) -> None:
+    """Connect to ``address`` (or ``RAY_ADDRESS``) when given, else start an embedded local Ray; with ``dashboard``
+    the embedded Ray serves its state API on 127.0.0.1 (Ray Train's placement-group cleaner polls it, and warns
+    every few seconds when it is missing)."""
     if ray.is_initialized():
         return
     environment = quiet_environment(verbose)
@@ -40,8 +43,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, verbose:
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, logging_level=ray_level)
     else:
-        ray.init(address="local", num_cpus=num_cpus, runtime_env=runtime_env, include_dashboard=False,
-                 configure_logging=True, logging_level=ray_level)
+        ray.init(address="local", num_cpus=num_cpus, runtime_env=runtime_env, include_dashboard=dashboard,
+                 dashboard_host="127.0.0.1", configure_logging=True, logging_level=ray_level)
     ray.data.DataContext.get_current().enable_progress_bars = False
     if not verbose:  # Ray Data's execution plans and notices drown the job's own summary
         logging.getLogger("ray.data").setLevel(logging.ERROR)

@@ -109,7 +109,7 @@ def run_retraining(plan: tuple[RetrainConfig, list[LabelledImage]]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_job("retrain", parse_args(argv), check_data, run_retraining)
+    return run_job("retrain", parse_args(argv), check_data, run_retraining, dashboard=True)
 
 
 if __name__ == "__main__":

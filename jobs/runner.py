@@ -31,15 +31,15 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run_job(name: str, args: argparse.Namespace, prepare: Callable[[argparse.Namespace], Any],
-            execute: Callable[[Any], dict]) -> int:
+            execute: Callable[[Any], dict], dashboard: bool = False) -> int:
     """``prepare(args)`` checks everything it can without Ray (inputs, model, key, output) and returns a plan;
-    then Ray starts (or is joined) and ``execute(plan)`` runs it. Its summary dict is printed as one JSON line;
-    the exit status is returned."""
+    then Ray starts (or is joined; ``dashboard`` for jobs that run Ray Train) and ``execute(plan)`` runs it. Its
+    summary dict is printed as one JSON line; the exit status is returned."""
     configure_logging(args.verbose)
     logger = logging.getLogger(f"jobs.{name}")
     try:
         plan = prepare(args)
-        ensure_ray(args.address, verbose=args.verbose)
+        ensure_ray(args.address, verbose=args.verbose, dashboard=dashboard)
         summary = execute(plan)
     except NOT_STARTED as error:
         logger.error("%s not started: %s", name, error)
