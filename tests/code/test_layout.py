@@ -1,0 +1,37 @@
+"""The layout's rules, checked on the code: dependencies point one way, and TensorFlow loads only where a network is
+built or run (never in the jobs' argument parsing or the screening driver)."""
+
+import ast
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+MAY_IMPORT = {"infra": set(), "model": {"infra"}, "pipeline": {"infra", "model"},
+              "jobs": {"infra", "model", "pipeline"}, "tools": {"infra", "model", "pipeline"}}
+
+
+def project_imports(path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+    return names & set(MAY_IMPORT)
+
+
+@pytest.mark.parametrize("package", sorted(MAY_IMPORT))
+def test_dependencies_point_one_way(package):
+    wrong = {str(path.relative_to(ROOT)): sorted(project_imports(path) - MAY_IMPORT[package] - {package})
+             for path in (ROOT / package).glob("*.py")}
+    assert {path: names for path, names in wrong.items() if names} == {}
+
+
+def test_the_jobs_and_the_screening_driver_do_not_load_tensorflow():
+    code = ("import sys, jobs.screen, jobs.retrain, jobs.evaluate, pipeline.screen, pipeline.stages, model.registry; "
+            "print(sorted(name for name in ('tensorflow', 'tf_keras', 'keras') if name in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr[-2000:]
