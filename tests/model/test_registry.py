@@ -68,7 +68,9 @@ def test_the_shipped_model_verifies_and_its_card_names_its_weights():
     info = registry.load_model_info()
     card = (pathlib.Path(registry.DEFAULT_MODEL) / info.version / "MODEL_CARD.md").read_text()
     assert info.weights_sha256 in card and info.version in card
-    assert info.metadata["ablation"]["history"], "the card must carry the head ablation"
+    ablation = info.metadata.get("ablation_runs") or info.metadata.get("ablation", {}).get("history")
+    assert ablation and "Head ablation" in card, "the card must carry the head ablation"
+    assert info.metadata["operating_point"]["threshold"] == info.threshold and "Calibration" in card
 
 
 class PlantedPayload:
