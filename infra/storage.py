@@ -156,9 +156,10 @@ def is_dir(uri: str) -> bool:
 
 
 def list_entries(uri: str, recursive: bool) -> list[pafs.FileInfo]:
+    """What a folder or prefix holds; nothing for one that does not exist (as S3 answers for an unused prefix)."""
     filesystem, path = resolve(uri)
     try:
-        return filesystem.get_file_info(pafs.FileSelector(path, recursive=recursive))
+        return filesystem.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True))
     except (OSError, FileNotFoundError) as error:
         raise StorageError(f"cannot list {uri}: {error}") from error
 

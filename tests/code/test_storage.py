@@ -31,6 +31,7 @@ def test_a_missing_file_raises_a_storage_error_naming_it(tmp_path):
     with pytest.raises(storage.StorageError, match="nowhere/x.dcm"):
         storage.read_bytes(missing)
     assert not storage.exists(missing) and not storage.is_dir(missing)
+    assert storage.list_files(str(tmp_path / "nowhere")) == []  # like an unused S3 prefix
 
 
 def test_moving_a_folder_renames_each_file_with_its_prefix(tmp_path):
