@@ -17,10 +17,21 @@ def known_class_rows(targets: np.ndarray) -> np.ndarray:
     return np.isclose(targets.sum(axis=1), 1.0)
 
 
+CLASS_INDICES = list(range(len(CLASS_NAMES)))
+
+
+def class_confusion(true_classes: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Counts by (true, predicted) class; all zero without known-class rows (scikit-learn refuses empty input)."""
+    if len(true_classes) == 0:
+        return np.zeros((len(CLASS_NAMES), len(CLASS_NAMES)), dtype=np.int64)
+    return confusion_matrix(true_classes, predicted, labels=CLASS_INDICES)
+
+
 def per_class_scores(true_classes: np.ndarray, predicted: np.ndarray) -> dict[str, dict[str, float]]:
-    classes = list(range(len(CLASS_NAMES)))
+    if len(true_classes) == 0:
+        return {name: {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0} for name in CLASS_NAMES}
     precision, recall, f1, support = precision_recall_fscore_support(
-        true_classes, predicted, labels=classes, zero_division=0)
+        true_classes, predicted, labels=CLASS_INDICES, zero_division=0)
     return {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
                    "support": int(support[i])} for i, name in enumerate(CLASS_NAMES)}
 
@@ -64,7 +75,7 @@ def classification_metrics(probabilities: np.ndarray, targets: np.ndarray, thres
     true_classes = targets[known].argmax(axis=1)
     known_probabilities = probabilities[known]
     predicted = known_probabilities.argmax(axis=1)
-    matrix = confusion_matrix(true_classes, predicted, labels=list(range(len(CLASS_NAMES))))
+    matrix = class_confusion(true_classes, predicted)
     per_class = per_class_scores(true_classes, predicted)
     aucs = {name: roc_auc(known_probabilities[:, index], true_classes == index)
             for index, name in enumerate(CLASS_NAMES)}

@@ -37,3 +37,22 @@ def test_grouped_folds_cover_every_image_and_balance_labels():
     assert sorted(set(folds.tolist())) == [0, 1, 2, 3]
     for fold in range(4):
         assert 80 <= (folds == fold).sum() <= 120
+
+
+def unit_vectors(*angles: float) -> np.ndarray:
+    return np.array([[np.cos(angle), np.sin(angle)] for angle in angles], dtype=np.float32)
+
+
+def test_groups_are_linked_transitively_and_numbered_by_first_appearance():
+    # cos 0.1 = 0.995 links neighbours at 0.99; the ends of the chain (cos 0.2 = 0.980) only through the middle
+    vectors = unit_vectors(1.5, 0.0, 0.1, 0.2, 1.5)
+    assert group_near_duplicates(vectors, threshold=0.99).tolist() == [0, 1, 1, 1, 0]
+    assert group_near_duplicates(vectors, threshold=0.99, block=2).tolist() == [0, 1, 1, 1, 0]
+    assert group_near_duplicates(vectors[[1, 3]], threshold=0.99).tolist() == [0, 1]
+
+
+def test_a_pair_exactly_at_the_threshold_is_one_group():
+    vectors = np.array([[1.0, 0.0], [0.6, 0.8]], dtype=np.float32)  # cosine 0.6
+    assert group_near_duplicates(vectors, threshold=0.6).tolist() == [0, 0]
+    assert group_near_duplicates(vectors, threshold=0.61).tolist() == [0, 1]
+    assert group_near_duplicates(np.zeros((0, 2), dtype=np.float32)).tolist() == []

@@ -29,3 +29,7 @@ def test_order_by_position_then_instance_number_then_name():
     assert slice_order([5.0, -2.5, 0.0], [1, 2, 3], names) == ([1, 2, 0], "slice_position")
     assert slice_order([1.0, 1.0, 0.0], [3, 1, 2], names) == ([1, 2, 0], "instance_number")  # positions repeat
     assert slice_order([None, 1.0, 0.0], [2, 2, None], names) == ([1, 2, 0], "file_name")
+
+
+def test_a_position_that_is_not_a_number_falls_back_to_instance_numbers():
+    assert slice_order([0.0, float("nan"), 2.0], [3, 1, 2], ["a", "b", "c"]) == ([1, 2, 0], "instance_number")

@@ -30,3 +30,24 @@ def test_a_manifest_lists_files_and_skips_comments(tmp_path):
 def test_a_missing_input_is_a_storage_error_naming_it(tmp_path):
     with pytest.raises(storage.StorageError, match="nothing-here"):
         list_inputs([str(tmp_path / "nothing-here")])
+
+
+def test_a_link_to_a_folder_is_not_followed_and_a_link_to_a_file_is_listed(tmp_path):
+    outside, archive = tmp_path / "outside", tmp_path / "archive"
+    outside.mkdir()
+    archive.mkdir()
+    (outside / "private.dcm").write_bytes(b"x")
+    (archive / "own.dcm").write_bytes(b"x")
+    os.symlink(outside, archive / "linked-folder")
+    os.symlink(outside / "private.dcm", archive / "linked-file.dcm")
+    assert list_inputs([str(archive)]) == [str(archive / "linked-file.dcm"), str(archive / "own.dcm")]
+
+
+def test_manifest_lines_naming_folders_are_walked_and_dicomdir_is_skipped_in_any_case(tmp_path):
+    for name in ("one/a.dcm", "one/DicomDir", "two/b.dcm"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    manifest = tmp_path / "manifest.txt"
+    manifest.write_text(f"{tmp_path / 'one'}\n{tmp_path / 'two'}/\n/pacs/DICOMDIR\n/pacs/c.dcm\n")
+    assert list_inputs([], [str(manifest)]) == sorted(
+        ["/pacs/c.dcm", str(tmp_path / "one" / "a.dcm"), str(tmp_path / "two" / "b.dcm")])

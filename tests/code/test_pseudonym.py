@@ -38,3 +38,12 @@ def test_missing_or_short_keys_are_refused_without_showing_them(tmp_path, monkey
     assert "short" not in str(raised.value).replace("shorter", "")
     monkeypatch.delenv("PSEUDONYM_KEY")
     assert load_key() is None
+
+
+def test_a_key_is_read_without_surrounding_whitespace_from_a_file_or_the_environment(tmp_path, monkeypatch):
+    path = tmp_path / "pseudonym.key"
+    path.write_text("  0123456789abcdef0123\n")
+    assert load_key(str(path)) == b"0123456789abcdef0123"
+    monkeypatch.setenv("PSEUDONYM_KEY", "\tfedcba9876543210\n")
+    assert load_key() == b"fedcba9876543210"
+    assert load_key(str(path)) == b"0123456789abcdef0123"  # a named file wins over the environment

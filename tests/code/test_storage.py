@@ -47,3 +47,20 @@ def test_moving_a_folder_renames_each_file_with_its_prefix(tmp_path):
 def test_s3_uris_join_with_slashes_and_local_ones_with_the_os():
     assert storage.join("s3://bucket/prefix/", "a", "b.txt") == "s3://bucket/prefix/a/b.txt"
     assert storage.is_s3("s3://bucket") and not storage.is_s3("/data/s3:/x")
+
+
+def test_listing_a_missing_folder_raises_a_storage_error_naming_it(tmp_path):
+    missing = str(tmp_path / "no-such-export")
+    for listing in (storage.list_files, storage.list_dirs):
+        with pytest.raises(storage.StorageError, match="cannot list .*no-such-export"):
+            listing(missing)
+
+
+def test_a_rewritten_text_file_holds_only_the_new_text(tmp_path):
+    path = str(tmp_path / "notes.txt")
+    storage.write_text(path, "a long first version of the text")
+    storage.write_text(path, "Größe 2 mm")
+    assert storage.read_text(path) == "Größe 2 mm"
+    assert (tmp_path / "notes.txt").read_bytes() == "Größe 2 mm".encode("utf-8")
+    assert storage.exists(path) and not storage.is_dir(path)
+    assert storage.list_dirs(str(tmp_path)) == []
