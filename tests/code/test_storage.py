@@ -49,11 +49,10 @@ def test_s3_uris_join_with_slashes_and_local_ones_with_the_os():
     assert storage.is_s3("s3://bucket") and not storage.is_s3("/data/s3:/x")
 
 
-def test_listing_a_missing_folder_raises_a_storage_error_naming_it(tmp_path):
+def test_listing_a_missing_folder_gives_nothing_as_an_unused_s3_prefix_does(tmp_path):
     missing = str(tmp_path / "no-such-export")
-    for listing in (storage.list_files, storage.list_dirs):
-        with pytest.raises(storage.StorageError, match="cannot list .*no-such-export"):
-            listing(missing)
+    assert storage.list_files(missing) == [] and storage.list_dirs(missing) == []
+    assert storage.list_file_versions(missing) == []
 
 
 def test_a_rewritten_text_file_holds_only_the_new_text(tmp_path):
