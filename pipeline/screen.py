@@ -1,13 +1,16 @@
 """Screening an MRI archive: the whole scoring run, stage by stage.
 
-1. Check the model (sha256), the output (writable) and the pseudonym key, before any work.
-2. List the inputs (``pipeline.listing``).
+1. Resolve the model once (registry -> model folder, sha256 checked), check that S3 endpoints answer, the output
+   is writable and the pseudonym key is there: ``prepare``, before Ray starts and before any work.
+2. List the inputs (``pipeline.listing``); an empty input is refused unless the run asks for an empty run.
 3. Decode and preprocess on CPU tasks (``pipeline.stages.decode_and_preprocess``).
-4. Score on inference actors, GPU when the cluster has GPUs (``pipeline.stages.InferenceActor``).
+4. Score on inference actors, GPU when the cluster has GPUs (``pipeline.stages.InferenceActor``), each loading the
+   model folder resolved in stage 1 and refusing other weights; the flag threshold is the model's operating point
+   unless the run sets one.
 5. Write the predictions to staging (Parquet, ``pipeline.schema.PREDICTIONS_SCHEMA``).
 6. Summarise DICOM series from the staged predictions (``pipeline.series``).
 7. Move both tables' files into their ``run_date`` partitions, commit the run's row to ``runs``, then remove the
-   date's earlier files (``pipeline.results``: a run counts completely or not at all).
+   date's earlier files and the empty staging folders (``pipeline.results``: a run counts completely or not at all).
 The whole archive streams through Ray Data; nothing holds it in memory. Ray retries the work of a decoding task
 or an inference actor whose process dies; a fault that survives the retries fails the run before its commit.
 """
