@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import pathlib
 import sys
 
@@ -60,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     cache = parser.add_mutually_exclusive_group()
     cache.add_argument("--cache", default=str(pathlib.Path("~/.cache/mri-screen/preprocessed").expanduser()),
                        help="folder (local or s3://) keeping decoded, preprocessed training images between runs, "
-                            "keyed by the files and the preprocessing parameters")
+                            "keyed by the files and the preprocessing parameters; on a cluster give an s3:// folder "
+                            "(a local one is not used there)")
     cache.add_argument("--no-cache", dest="cache", action="store_const", const=None,
                        help="decode and preprocess every image again")
     parser.add_argument("--storage-path", help="where Ray Train keeps checkpoints (default: ~/ray_results)")
@@ -71,6 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
+
+
+def usable_cache(args: argparse.Namespace) -> str | None:
+    """The cache folder, unless it is a local path while the job joins a cluster: workers on other nodes could not
+    read it there (give an ``s3://`` cache on a cluster)."""
+    joins_cluster = bool(args.address or os.environ.get("RAY_ADDRESS"))
+    if args.cache and joins_cluster and not storage.is_s3(args.cache):
+        logger.warning("preprocessed-image cache %s is a local path and this job joins a cluster: not using it "
+                       "(pass an s3:// --cache to keep preprocessed images between cluster runs)", args.cache)
+        return None
+    return args.cache
 
 
 def build_config(args: argparse.Namespace) -> RetrainConfig:
@@ -84,7 +97,7 @@ def build_config(args: argparse.Namespace) -> RetrainConfig:
                          validation_fraction=args.validation_fraction, min_macro_f1=args.min_macro_f1,
                          architecture=ArchitectureConfig(head=args.head),
                          preprocessing=PreprocessConfig(image_size=args.image_size), training=training,
-                         version=args.version, cache=args.cache)
+                         version=args.version, cache=usable_cache(args))
 
 
 def check_data(args: argparse.Namespace) -> tuple[RetrainConfig, list[LabelledImage]]:

@@ -94,3 +94,15 @@ def test_the_readme_lists_every_error_code():
 
     readme = (ROOT / "README.md").read_text()
     assert [code.value for code in ErrorCode if f"`{code.value}`" not in readme] == []
+
+
+def test_a_local_cache_is_not_used_when_retraining_joins_a_cluster(monkeypatch):
+    from jobs.retrain import parse_args, usable_cache
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    local = parse_args(["--data", "d", "--output", "o", "--cache", "/var/cache/mri"])
+    assert usable_cache(local) == "/var/cache/mri"
+    on_cluster = parse_args(["--data", "d", "--output", "o", "--cache", "/var/cache/mri", "--address", "auto"])
+    assert usable_cache(on_cluster) is None
+    shared = parse_args(["--data", "d", "--output", "o", "--cache", "s3://models/cache", "--address", "auto"])
+    assert usable_cache(shared) == "s3://models/cache"
