@@ -128,16 +128,18 @@ def load_labelled_dataset(images: list[LabelledImage], config: PreprocessConfig,
     With ``cache`` (a folder, local or S3), the preprocessed rows are kept there as Parquet under
     :func:`cache_key`, and a later run over the same files with the same parameters reads them back instead of
     decoding again."""
-    cached = storage.join(cache, cache_key(images, config, DecodeLimits())) if cache else None
-    if cached and storage.exists(storage.join(cached, CACHE_COMPLETE)):
+    if not cache:
+        return decode_labelled_dataset(images, config, batch_size)
+    cached = storage.join(cache, cache_key(images, config, DecodeLimits()))
+    filesystem, path = storage.resolve(cached)
+    if storage.exists(storage.join(cached, CACHE_COMPLETE)):
         logger.info("preprocessed images read from the cache at %s", cached)
-        return ray.data.read_parquet(storage.resolve(cached)[1], filesystem=storage.resolve(cached)[0]).materialize()
+        return ray.data.read_parquet(path, filesystem=filesystem).materialize()
     dataset = decode_labelled_dataset(images, config, batch_size)
-    if cached:
-        storage.delete_tree(cached)
-        dataset.write_parquet(storage.resolve(cached)[1], filesystem=storage.resolve(cached)[0])
-        storage.write_text(storage.join(cached, CACHE_COMPLETE), json.dumps({"images": len(images)}))
-        logger.info("preprocessed images cached at %s", cached)
+    storage.delete_tree(cached)
+    dataset.write_parquet(path, filesystem=filesystem)
+    storage.write_text(storage.join(cached, CACHE_COMPLETE), json.dumps({"images": len(images)}))
+    logger.info("preprocessed images cached at %s", cached)
     return dataset
 
 
