@@ -109,6 +109,23 @@ def s3_filesystem(max_attempts: int = S3_MAX_ATTEMPTS) -> pafs.FileSystem:
     return pafs.PyFileSystem(NoFolderMarkers(pafs.S3FileSystem(**options)))
 
 
+def delta_options(uri: str) -> dict[str, str]:
+    """``storage_options`` for delta-rs at ``uri``: the endpoint, region and retries this module uses; credentials
+    stay with the standard AWS chain, which delta-rs reads itself. delta-rs commits on S3 with conditional writes,
+    so no lock service or unsafe rename is configured."""
+    if not is_s3(uri):
+        return {}
+    options = {"max_retries": str(S3_MAX_ATTEMPTS - 1), "connect_timeout": f"{S3_CONNECT_TIMEOUT:g}s"}
+    endpoint = s3_endpoint()
+    if endpoint:
+        options["AWS_ENDPOINT_URL"] = endpoint
+        options["AWS_ALLOW_HTTP"] = str(endpoint.startswith("http://")).lower()
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        options["AWS_REGION"] = region
+    return options
+
+
 def check_reachable(uri: str) -> None:
     """For an S3 URI, one quick request with few attempts: an endpoint that does not answer raises StorageError
     naming it within seconds, instead of after every retry of the first real request."""

@@ -1,4 +1,7 @@
-"""Screen an MRI archive (DICOM, JPEG, PNG; local folder or S3 prefix) and write Parquet results tables.
+"""Screen an MRI archive (DICOM, JPEG, PNG; local folder or S3 prefix) into Delta Lake results tables.
+
+By default a run scores only the files that are new or changed since the output's last runs (nightly use);
+--full rescores everything, e.g. after a new model is promoted.
 
     python -m jobs.screen --input <dir|s3://bucket/prefix> --output <dir|s3://bucket/prefix> [options]
 
@@ -57,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="frames with more pixels than this (from the header) become image_too_large rows")
     parser.add_argument("--max-frames", type=POSITIVE_INT, default=limits.max_frames,
                         help="DICOM objects with more frames than this become image_too_large rows")
+    parser.add_argument("--full", action="store_true",
+                        help="score every listed file; by default a run scores only files that are new or changed "
+                             "(size or modification time) since a completed run of another date scored them")
+    parser.add_argument("--rescore-on-model-change", action="store_true",
+                        help="also rescore unchanged files whose results come from another model than this run's")
     parser.add_argument("--allow-empty", action="store_true",
                         help="record a run even when the input holds no files (it replaces the date's results); "
                              "without it an empty input is refused with exit status 2")
@@ -81,15 +89,16 @@ def build_config(args: argparse.Namespace) -> ScreenConfig:
                         inference_cpus=args.inference_cpus, use_gpu=args.use_gpu,
                         limits=DecodeLimits(max_file_bytes=int(args.max_file_mb * 2**20),
                                             max_pixels_per_frame=args.max_pixels, max_frames=args.max_frames),
-                        allow_empty=args.allow_empty)
+                        allow_empty=args.allow_empty, full=args.full,
+                        rescore_on_model_change=args.rescore_on_model_change)
 
 
 def screen(plan: ScreeningPlan) -> dict:
     record = score_and_commit(plan)
-    logger.info("run %s done: %d files, %d rows (%d scored, %d errors %s), %d flagged images, %d series "
-                "(%d flagged), %.1f images/s; results in %s", record.run_id, record.files_listed,
-                record.rows_written, record.rows_scored, record.rows_error, record.errors_by_code,
-                record.rows_flagged, record.series, record.series_flagged, record.images_per_second, record.output)
+    logger.info("run %s done: %d files listed, %d unchanged, %d rows (%d scored, %d errors %s), %d flagged "
+                "images, %d series (%d flagged), %.1f images/s; results in %s", record.run_id, record.files_listed,
+                record.files_unchanged, record.rows_written, record.rows_scored, record.rows_error,
+                record.errors_by_code, record.rows_flagged, record.series, record.series_flagged, record.images_per_second, record.output)
     return record.summary()
 
 

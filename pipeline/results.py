@@ -1,51 +1,75 @@
-"""Writing the results tables so that a run counts completely or not at all, on local disk and on S3.
+"""The results tables: three Delta Lake tables under one output, committed so that a run counts completely or not
+at all, on local disk and on S3.
 
-A run writes its ``predictions`` and ``series`` files to ``<table>/_staging/run_date=<date>/<run_id>/`` first
-(readers skip names that start with ``_``). When both are complete it moves them into each table's
-``run_date=<date>/`` partition, every file name prefixed with its run id, and then **commits** by writing its row
-to ``runs`` (one object: atomic on S3, a rename on disk). Only then are the files of earlier runs of that date
-removed. The ``runs`` table is the commit log: :func:`read_table` returns, for each date, the rows of the latest
-committed run only. So a run killed at any point (mid-scoring, mid-move, before cleanup) leaves every date
-reading exactly as one complete run, and a re-run of a date replaces its rows instead of duplicating them; the
-next run of the date clears what a killed run left behind.
+``<output>/predictions`` and ``<output>/series`` are partitioned by ``run_date``; ``<output>/runs`` holds one row
+per run. Every Delta reader (deltalake, pandas, Polars, DuckDB, Spark, Trino) sees only committed table versions,
+and each table's history is its time travel.
+
+A run works in ``<output>/_work/<run_id>/``: Ray Data writes its predictions there, the series summary and the
+run's ``runs`` row follow, and a ``READY`` marker says the work is complete. Then it commits, one Delta
+transaction per table, in the order **predictions -> series -> runs**; predictions and series replace the rows of
+the run's date (an overwrite with a ``run_date`` predicate), runs appends. Each commit carries the run id in its
+commit metadata, so a commit is never made twice. The ``runs`` table is the record of complete runs: a reader that
+must be exact joins with it (``pipeline.views`` and ``jobs.query`` do).
+
+What a run killed at any moment leaves:
+- before ``READY``: nothing any table shows. The next run of the output deletes the work folder.
+- between two commits: the next run of the output (or ``python -m jobs.maintain recover``) finishes the commits
+  from the work folder before its own work: the run's results land whole, once. Until then the tables show the
+  partial commit, which readers joined with ``runs`` do not count.
+A lock (``pipeline.run_lock``) keeps two runs from writing one output at once; Delta's optimistic concurrency
+rejects a conflicting commit should two ever race past it.
 """
 
 from __future__ import annotations
 
 import datetime
 import io
+import logging
 import uuid
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from infra import storage
 from pipeline import schema as col
 
+logger = logging.getLogger(__name__)
+
 PREDICTIONS = "predictions"
 SERIES = "series"
 RUNS = "runs"
-STAGING = "_staging"
+TABLES = (PREDICTIONS, SERIES, RUNS)  # also the commit order
 PARTITIONED_TABLES = (PREDICTIONS, SERIES)
 TABLE_SCHEMAS = {PREDICTIONS: col.PREDICTIONS_SCHEMA, SERIES: col.SERIES_SCHEMA, RUNS: col.RUNS_SCHEMA}
+WORK = "_work"
+READY = "READY"
+COMMIT_RUN_ID = "mri_screen_run_id"  # commit metadata key naming the run that made a commit
+RECENT_COMMITS = 20  # how far back a table's history is searched for an interrupted run's commit
 
 
-def partition_name(run_date: str) -> str:
-    return f"{col.RUN_DATE}={run_date}"
+class ResultsError(storage.StorageError):
+    """An output that is not a results output this version can write or read; the message says what to do."""
 
 
-def staging_uri(output: str, table: str, run_date: str, run_id: str) -> str:
-    return storage.join(output, table, STAGING, partition_name(run_date), run_id)
+class CommitError(RuntimeError):
+    """A run's commit failed part-way; its work folder stays, and the next run of the output finishes it."""
 
 
-def partition_uri(output: str, table: str, run_date: str) -> str:
-    return storage.join(output, table, partition_name(run_date))
+def table_uri(output: str, table: str) -> str:
+    return storage.join(output, table)
 
 
-def run_file_prefix(run_id: str) -> str:
-    return f"{run_id}-"
+def work_uri(output: str, run_id: str, *parts: str) -> str:
+    return storage.join(output, WORK, run_id, *parts)
+
+
+def utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
 
 
 def check_writable(output: str) -> None:
@@ -55,91 +79,146 @@ def check_writable(output: str) -> None:
     storage.delete_file(probe)
 
 
-def clear_stale_staging(output: str, run_date: str) -> None:
-    """Remove what killed runs of ``run_date`` left in staging (one run per date at a time is assumed)."""
-    for table in PARTITIONED_TABLES:
-        storage.delete_tree(storage.join(output, table, STAGING, partition_name(run_date)))
+def check_layout(output: str) -> None:
+    """Refuse an output written by the Parquet layout before Delta tables, with what to do about it."""
+    if storage.is_dir(storage.join(output, RUNS)) and not is_delta(output, RUNS):
+        raise ResultsError(
+            f"{output} holds results in the earlier Parquet layout (no Delta transaction log); convert it once with "
+            f"`python -m jobs.maintain migrate --results {output}`, then run again")
 
 
-def publish(output: str, table: str, run_date: str, run_id: str) -> None:
-    """Move the run's staged files into the table's ``run_date`` partition; invisible to readers until commit."""
-    staged = staging_uri(output, table, run_date, run_id)
-    if storage.is_dir(staged):
-        storage.move_files(staged, partition_uri(output, table, run_date), run_file_prefix(run_id))
+def is_delta(output: str, table: str) -> bool:
+    return storage.exists(storage.join(output, table, "_delta_log"))
 
 
-def commit(output: str, row: dict, schema: pa.Schema) -> str:
-    """Append the run's row to ``runs``: from this write on, the run's rows are the ones its date reads."""
-    uri = storage.join(output, RUNS, partition_name(row[col.RUN_DATE]), f"{row[col.RUN_ID]}.parquet")
-    write_table(pa.Table.from_pylist([row], schema=schema).drop_columns([col.RUN_DATE]), uri)
-    return uri
+def open_table(output: str, table: str, version: int | datetime.datetime | None = None) -> DeltaTable | None:
+    """The Delta table (at ``version``: a number or a time), or None while the output has no such table."""
+    uri = table_uri(output, table)
+    try:
+        delta = DeltaTable(uri, storage_options=storage.delta_options(uri))
+    except TableNotFoundError:
+        return None
+    except (DeltaError, OSError) as error:
+        raise storage.StorageError(f"cannot read the {table} table at {uri}: {error}") from error
+    if version is not None:
+        try:
+            delta.load_as_version(version)
+        except (DeltaError, OSError, ValueError) as error:
+            raise ResultsError(f"the {table} table at {uri} has no version {version}: {error}") from error
+    return delta
 
 
-def remove_superseded(output: str, run_date: str, run_id: str) -> int:
-    """After a commit: delete the files of every other run in the date's partitions; returns how many."""
-    removed = 0
-    for table in PARTITIONED_TABLES:
-        partition = partition_uri(output, table, run_date)
-        if not storage.is_dir(partition):
-            continue
-        for uri in storage.list_files(partition, recursive=False):
-            if not uri.rsplit("/", 1)[-1].startswith(run_file_prefix(run_id)):
-                storage.delete_file(uri)
-                removed += 1
-    return removed
+def dataset(output: str, table: str, version: int | datetime.datetime | None = None) -> pads.Dataset:
+    """A table as a pyarrow dataset in its declared schema (filters and column selection push down to the files);
+    a table not written yet is an empty dataset."""
+    schema = TABLE_SCHEMAS[table]
+    delta = open_table(output, table, version)
+    if delta is None:
+        return pads.dataset(schema.empty_table())
+    files = delta.to_pyarrow_dataset()
+    return files.replace_schema(schema) if files.schema.equals(schema) else pads.dataset(
+        files.to_table().select(schema.names).cast(schema))
 
 
-def remove_empty_staging(output: str) -> None:
-    """After a run: drop each table's staging folder when no run has files staged in it, so an S3 output keeps no
-    zero-byte folder-marker objects (S3 deletions leave a marker for a parent they empty)."""
-    for table in PARTITIONED_TABLES:
-        staging = storage.join(output, table, STAGING)
-        if storage.is_dir(staging) and not storage.list_files(staging):
-            storage.delete_tree(staging)
+def read_table(output: str, table: str, columns: list[str] | None = None) -> pa.Table:
+    """A table's committed rows; for ``predictions`` and ``series`` only the rows of runs recorded in ``runs``."""
+    rows = dataset(output, table).to_table(columns=None if columns is None else sorted(
+        set(columns) | ({col.RUN_ID} if table != RUNS else set())))
+    if table != RUNS:
+        complete = dataset(output, RUNS).to_table(columns=[col.RUN_ID])[col.RUN_ID].combine_chunks()
+        rows = rows.filter(pc.is_in(rows[col.RUN_ID], value_set=complete.cast(pa.string())))
+    return rows.select(columns or TABLE_SCHEMAS[table].names)
 
 
-def write_table(table: pa.Table, uri: str) -> None:
+def write_parquet(table: pa.Table, uri: str) -> None:
     """One Parquet file, written whole (a reader never sees half of it)."""
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     storage.write_bytes(uri, buffer.getvalue())
 
 
-def read_partitioned(output: str, table: str, columns: list[str] | None = None) -> pa.Table:
-    """Every file of a table in its declared schema, ``run_date`` from the partition names; a table with no files
-    yet (a new output, or a date whose only run found nothing to score) reads as no rows, never as an error."""
-    schema = TABLE_SCHEMAS[table]
-    uri = storage.join(output, table)
-    if not storage.is_dir(uri):
+def read_parquet_files(uri: str, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
+    """Every Parquet file under ``uri`` in ``schema`` (no rows when there are none). Files are listed here, so a
+    folder-marker object on S3 is never taken for a file."""
+    files = [file for file in storage.list_files(uri) if file.endswith(".parquet")]
+    if not files:
         return schema.empty_table().select(columns or schema.names)
-    filesystem, path = storage.resolve(uri)
-    partitioning = pads.partitioning(pa.schema([(col.RUN_DATE, pa.string())]), flavor="hive")
-    dataset = pads.dataset(path, schema=schema, format="parquet", filesystem=filesystem, partitioning=partitioning)
-    return dataset.to_table(columns=columns)
+    filesystem, _ = storage.resolve(uri)
+    paths = [storage.resolve(file)[1] for file in files]
+    return pads.dataset(paths, schema=schema, format="parquet", filesystem=filesystem).to_table(columns=columns)
 
 
-def committed_runs(output: str) -> dict[str, str]:
-    """``run_date`` -> run id of the latest committed run of that date."""
-    if not storage.is_dir(storage.join(output, RUNS)):
-        return {}
-    runs = read_partitioned(output, RUNS, [col.RUN_ID, col.RUN_DATE, col.FINISHED_AT]).to_pylist()
-    latest = {}
-    for run in sorted(runs, key=lambda run: (run[col.FINISHED_AT], run[col.RUN_ID])):
-        latest[run[col.RUN_DATE]] = run[col.RUN_ID]
-    return latest
+def stage_run_row(output: str, row: dict) -> None:
+    """Write the run's ``runs`` row beside its staged tables, then ``READY``: from here on the run will commit,
+    now or, if it dies, at the start of the next run of the output."""
+    write_parquet(pa.Table.from_pylist([row], schema=col.RUNS_SCHEMA), work_uri(output, row[col.RUN_ID], RUNS, "run.parquet"))
+    storage.write_text(work_uri(output, row[col.RUN_ID], READY), row[col.RUN_DATE])
 
 
-def read_table(output: str, table: str, columns: list[str] | None = None) -> pa.Table:
-    """A results table with ``run_date`` restored from the partition names. For ``predictions`` and ``series``,
-    only the rows of each date's latest committed run: files of runs that never committed are not read."""
+def committed_by(output: str, table: str, run_id: str) -> bool:
+    """Whether one of the table's recent commits was made by ``run_id``."""
+    delta = open_table(output, table)
+    if delta is None:
+        return False
+    return any(entry.get(COMMIT_RUN_ID) == run_id for entry in delta.history(limit=RECENT_COMMITS))
+
+
+def commit_run(output: str, run_id: str) -> None:
+    """Commit a READY run's staged tables in order, each at most once, then remove its work folder."""
+    run_date = storage.read_text(work_uri(output, run_id, READY)).strip()
+    for table in TABLES:
+        if committed_by(output, table, run_id):
+            continue
+        rows = read_parquet_files(work_uri(output, run_id, table), TABLE_SCHEMAS[table])
+        try:
+            commit_table(output, table, rows, run_id, run_date)
+        except (DeltaError, OSError) as error:
+            raise CommitError(f"run {run_id}'s commit to the {table} table failed: {error}") from error
+        logger.info("run %s: %d %s row(s) committed", run_id, rows.num_rows, table)
+    storage.delete_tree(work_uri(output, run_id))
+
+
+def commit_table(output: str, table: str, rows: pa.Table, run_id: str, run_date: str) -> None:
+    uri = table_uri(output, table)
+    properties = CommitProperties(custom_metadata={COMMIT_RUN_ID: run_id})
     if table == RUNS:
-        return read_partitioned(output, table, columns)
-    committed = list(committed_runs(output).values())
-    wanted = None if columns is None else list(dict.fromkeys([*columns, col.RUN_ID]))
-    rows = read_partitioned(output, table, wanted)
-    rows = rows.filter(pc.is_in(rows[col.RUN_ID], value_set=pa.array(committed, pa.string())))
-    return rows if columns is None else rows.select(columns)
+        write_deltalake(uri, rows, mode="append", commit_properties=properties,
+                        storage_options=storage.delta_options(uri))
+        return
+    write_deltalake(uri, rows.cast(TABLE_SCHEMAS[table]), mode="overwrite", partition_by=[col.RUN_DATE],
+                    predicate=f"{col.RUN_DATE} = '{run_date}'", commit_properties=properties,
+                    storage_options=storage.delta_options(uri))
 
 
-def utc_now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+def recover(output: str, keep: str | None = None) -> list[str]:
+    """Finish the commits of READY runs that died part-way, oldest first, and delete the work of runs that died
+    before READY (all but ``keep``, the caller's own). Returns the run ids committed. Needs the output's lock."""
+    finished = []
+    for folder in storage.list_dirs(storage.join(output, WORK)):
+        run_id = folder.rstrip("/").rsplit("/", 1)[-1]
+        if run_id == keep:
+            continue
+        if storage.exists(work_uri(output, run_id, READY)):
+            logger.warning("run %s died while committing; finishing its commit now", run_id)
+            commit_run(output, run_id)
+            finished.append(run_id)
+        else:
+            storage.delete_tree(folder)
+    return finished
+
+
+def history(output: str) -> list[dict]:
+    """Every commit of the three tables, newest first: table, version, time, operation, run id, rows added."""
+    entries = []
+    for table in TABLES:
+        delta = open_table(output, table)
+        for entry in delta.history() if delta is not None else []:
+            metrics = entry.get("operationMetrics") or {}
+            entries.append({"table": table, "version": entry.get("version"),
+                            "committed_at": datetime.datetime.fromtimestamp(entry["timestamp"] / 1000,
+                                                                            datetime.timezone.utc),
+                            "operation": entry.get("operation"), "run_id": entry.get(COMMIT_RUN_ID),
+                            "rows_added": metrics.get("num_added_rows"),
+                            "predicate": (entry.get("operationParameters") or {}).get("predicate")})
+    return sorted(entries, key=lambda entry: (entry["committed_at"], entry["table"]), reverse=True)
+

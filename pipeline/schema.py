@@ -17,6 +17,8 @@ RUN_DATE = "run_date"
 SCORED_AT = "scored_at"
 SOURCE_URI = "source_uri"
 SOURCE_SHA256 = "source_sha256"
+SOURCE_SIZE = "source_size"
+SOURCE_MODIFIED = "source_modified"
 FRAME_INDEX = "frame_index"
 FILE_FORMAT = "file_format"
 STATUS = "status"
@@ -42,6 +44,9 @@ STATUS_OK = "ok"
 STATUS_ERROR = "error"
 
 ERROR_CODES = {code.value: code.description for code in ErrorCode}
+# errors that say nothing about the file itself: an incremental run tries such a file again even when unchanged
+RETRIED_ERROR_CODES = (ErrorCode.UNREADABLE_FILE, ErrorCode.PSEUDONYM_KEY_MISSING, ErrorCode.INFERENCE_FAILED,
+                       ErrorCode.INTERNAL_ERROR)
 
 # series table
 SLICES = "slices"
@@ -59,6 +64,9 @@ DURATION_SECONDS = "duration_seconds"
 INPUT = "input"
 OUTPUT = "output"
 FILES_LISTED = "files_listed"
+MODE = "mode"
+FILES_UNCHANGED = "files_unchanged"
+FILES_OTHER_MODEL = "files_other_model"
 ROWS_WRITTEN = "rows_written"
 ROWS_SCORED = "rows_scored"
 ROWS_ERROR = "rows_error"
@@ -73,7 +81,8 @@ OPTIONS = "options"
 PREDICTIONS_SCHEMA = pa.schema(
     [pa.field(RUN_ID, pa.string()), pa.field(RUN_DATE, pa.string()),
      pa.field(SCORED_AT, pa.timestamp("us", tz="UTC")), pa.field(SOURCE_URI, pa.string()),
-     pa.field(SOURCE_SHA256, pa.string()), pa.field(FRAME_INDEX, pa.int32()), pa.field(FILE_FORMAT, pa.string()),
+     pa.field(SOURCE_SHA256, pa.string()), pa.field(SOURCE_SIZE, pa.int64()),
+     pa.field(SOURCE_MODIFIED, pa.timestamp("us", tz="UTC")), pa.field(FRAME_INDEX, pa.int32()), pa.field(FILE_FORMAT, pa.string()),
      pa.field(STATUS, pa.string()), pa.field(ERROR_CODE, pa.string()), pa.field(ERROR_MESSAGE, pa.string()),
      pa.field(PREDICTED_CLASS, pa.string())]
     + [pa.field(name, pa.float32()) for name in PROBABILITY_COLUMNS]
@@ -98,7 +107,8 @@ RUNS_SCHEMA = pa.schema([
     pa.field(RUN_ID, pa.string()), pa.field(RUN_DATE, pa.string()),
     pa.field(STARTED_AT, pa.timestamp("us", tz="UTC")), pa.field(FINISHED_AT, pa.timestamp("us", tz="UTC")),
     pa.field(DURATION_SECONDS, pa.float64()), pa.field(INPUT, pa.string()), pa.field(OUTPUT, pa.string()),
-    pa.field(FILES_LISTED, pa.int64()), pa.field(ROWS_WRITTEN, pa.int64()), pa.field(ROWS_SCORED, pa.int64()),
+    pa.field(MODE, pa.string()), pa.field(FILES_LISTED, pa.int64()), pa.field(FILES_UNCHANGED, pa.int64()),
+    pa.field(FILES_OTHER_MODEL, pa.int64()), pa.field(ROWS_WRITTEN, pa.int64()), pa.field(ROWS_SCORED, pa.int64()),
     pa.field(ROWS_ERROR, pa.int64()), pa.field(ROWS_FLAGGED, pa.int64()), pa.field(SERIES, pa.int64()),
     pa.field(SERIES_FLAGGED, pa.int64()), pa.field(ERRORS_BY_CODE, pa.string()),
     pa.field(IMAGES_PER_SECOND, pa.float64()), pa.field(MODEL_VERSION, pa.string()),

@@ -1,16 +1,21 @@
 """Screening an MRI archive: the whole scoring run, stage by stage.
 
 1. Resolve the model once (registry -> model folder, sha256 checked), check that S3 endpoints answer, the output
-   is writable and the pseudonym key is there: ``prepare``, before Ray starts and before any work.
-2. List the inputs (``pipeline.listing``); an empty input is refused unless the run asks for an empty run.
+   is a results output this version writes, no other run holds it, it is writable and the pseudonym key is there:
+   ``prepare``, before Ray starts and before any work.
+2. List the inputs with size and modification time (``pipeline.listing``); an empty input is refused unless the
+   run asks for an empty run. Take the output's lock (``pipeline.run_lock``), finish any earlier run's interrupted
+   commit, and choose the files to score: by default only those new or changed since a complete run of another
+   date scored them (``select_files``); ``full`` scores all.
 3. Decode and preprocess on CPU tasks (``pipeline.stages.decode_and_preprocess``).
 4. Score on inference actors, GPU when the cluster has GPUs (``pipeline.stages.InferenceActor``), each loading the
    model folder resolved in stage 1 and refusing other weights; the flag threshold is the model's operating point
    unless the run sets one.
-5. Write the predictions to staging (Parquet, ``pipeline.schema.PREDICTIONS_SCHEMA``).
-6. Summarise DICOM series from the staged predictions (``pipeline.series``).
-7. Move both tables' files into their ``run_date`` partitions, commit the run's row to ``runs``, then remove the
-   date's earlier files and the empty staging folders (``pipeline.results``: a run counts completely or not at all).
+5. Stream the scored rows to the run's work folder (Parquet, ``pipeline.schema.PREDICTIONS_SCHEMA``), logging
+   progress.
+6. Summarise every DICOM series the run touched, from its rows and the series' earlier rows (``pipeline.series``).
+7. Stage the run's ``runs`` row and commit predictions -> series -> runs, one Delta transaction each
+   (``pipeline.results``: a run counts completely or not at all).
 The whole archive streams through Ray Data; nothing holds it in memory. Ray retries the work of a decoding task
 or an inference actor whose process dies; a fault that survives the retries fails the run before its commit.
 """
@@ -22,24 +27,24 @@ import datetime
 import json
 import logging
 import re
+import time
 import uuid
 from collections import Counter
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ray
 
 from infra import storage
 from model import registry
-from pipeline import results
+from pipeline import results, run_lock, views
 from pipeline import schema as col
 from pipeline.errors import RunFailedError, RunNotStartedError, describe_failure
 from model.decode import DICOM_EXTENSIONS, DecodeLimits
-from pipeline.listing import list_inputs
+from pipeline.listing import ListedFile, list_input_files
 from pipeline.pseudonym import PseudonymKeyError, load_key
 from pipeline.series import SERIES_INPUT_COLUMNS, series_table, summarize_series
-from pipeline.stages import InferenceActor, StageContext, decode_and_preprocess, to_predictions_table
+from pipeline.stages import EPOCH, InferenceActor, StageContext, decode_and_preprocess, to_predictions_table
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +69,8 @@ class ScreenConfig:
     use_gpu: bool | None = None
     limits: DecodeLimits = DecodeLimits()
     allow_empty: bool = False
+    full: bool = False  # rescore every listed file, not only new and changed ones
+    rescore_on_model_change: bool = False  # also rescore unchanged files scored by another model
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
@@ -83,7 +90,10 @@ class RunRecord:
     duration_seconds: float
     input: str
     output: str
+    mode: str
     files_listed: int
+    files_unchanged: int
+    files_other_model: int
     rows_written: int
     rows_scored: int
     rows_error: int
@@ -96,6 +106,7 @@ class RunRecord:
     model_sha256: str
     threshold: float
     options: dict
+    recovered_runs: list = dataclasses.field(default_factory=list)  # earlier runs whose commit this run finished
 
     def to_row(self) -> dict:
         """The ``runs`` row: every column of ``RUNS_SCHEMA``, the two mappings as JSON text."""
@@ -135,15 +146,17 @@ def inference_resources(config: ScreenConfig) -> tuple[int, float, int, bool]:
     return config.inference_actors or max(1, int(spare // (config.inference_cpus * 2))), config.inference_cpus, 0, False
 
 
-def predictions_dataset(uris: list[str], context: StageContext, config: ScreenConfig,
+def predictions_dataset(files: list[ListedFile], context: StageContext, config: ScreenConfig,
                         model: registry.ModelInfo) -> ray.data.Dataset:
-    """Stages 3-4: URIs -> scored prediction tables, lazily."""
+    """Stages 3-4: listed files -> scored prediction tables, lazily."""
     actors, cpus, gpus, use_gpu = inference_resources(config)
     logger.info("inference: %d actor(s), %s CPU and %d GPU each", actors, cpus, gpus)
-    blocks = max(1, min(len(uris), len(uris) // max(1, config.decode_batch_size)))
+    blocks = max(1, min(len(files), len(files) // max(1, config.decode_batch_size)))
     scored_at = results.utc_now()
+    items = [{col.SOURCE_URI: file.uri, col.SOURCE_SIZE: -1 if file.size is None else file.size,
+              col.SOURCE_MODIFIED: micros(file.modified)} for file in files]
     return (
-        ray.data.from_items([{col.SOURCE_URI: uri} for uri in uris], override_num_blocks=blocks)
+        ray.data.from_items(items, override_num_blocks=blocks)
         .map_batches(decode_and_preprocess, fn_kwargs={"context": context}, batch_size=config.decode_batch_size,
                      num_cpus=config.decode_cpus)
         .map_batches(InferenceActor, fn_constructor_kwargs={
@@ -155,45 +168,86 @@ def predictions_dataset(uris: list[str], context: StageContext, config: ScreenCo
                      num_cpus=0.25))
 
 
-def write_predictions(dataset: ray.data.Dataset, uri: str) -> None:
-    filesystem, path = storage.resolve(uri)
-    dataset.drop_columns([col.RUN_DATE]).write_parquet(path, filesystem=filesystem)
+def micros(moment: datetime.datetime | None) -> int:
+    """Microseconds since the epoch, exactly (-1 for unknown): how modification times are compared."""
+    return -1 if moment is None else (moment - EPOCH) // datetime.timedelta(microseconds=1)
+
+
+class Progress:
+    """Logs files done, errors, rate and time left at most every ``every`` seconds while rows arrive."""
+
+    def __init__(self, total_files: int, every: float = 10.0):
+        self.total, self.every = total_files, every
+        self.files = self.rows = self.errors = 0
+        self.started = self.last = time.monotonic()
+
+    def update(self, batch: pa.Table) -> None:
+        self.rows += batch.num_rows
+        self.files += int(pc.sum(pc.equal(batch[col.FRAME_INDEX], 0)).as_py() or 0)
+        self.errors += int(pc.sum(pc.equal(batch[col.STATUS], col.STATUS_ERROR)).as_py() or 0)
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            rate = self.files / (now - self.started)
+            left = (self.total - self.files) / rate if rate else float("nan")
+            logger.info("progress: %d/%d files (%d rows, %d errors), %.1f files/s, about %.0f s left", self.files,
+                        self.total, self.rows, self.errors, rate, left)
+
+
+def stage_predictions(dataset: ray.data.Dataset, uri: str, total_files: int, rows_per_file: int = 50_000) -> None:
+    """Stage 5: stream the scored rows (a few hundred bytes each, no image) to Parquet files under ``uri``,
+    logging progress."""
+    progress, pending, parts = Progress(total_files), [], 0
+
+    def flush() -> None:
+        nonlocal parts, pending
+        if pending:
+            results.write_parquet(pa.concat_tables(pending), storage.join(uri, f"part-{parts:05d}.parquet"))
+            parts, pending = parts + 1, []
+
+    for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+        progress.update(batch)
+        pending.append(batch)
+        if sum(table.num_rows for table in pending) >= rows_per_file:
+            flush()
+    flush()
 
 
 STAGED_COLUMNS = [*SERIES_INPUT_COLUMNS, col.ERROR_CODE, col.FLAGGED]  # what stages 6-7 read back, once
 
 
-def read_staged(uri: str, columns: list[str]) -> pa.Table | None:
-    """Columns of the Parquet files staged under ``uri`` (None when there are none). The files are listed here
-    and read with pyarrow: a folder-marker object on S3 (a zero-byte key ending in ``/``) is never taken for a
-    file, which Ray's Parquet reader does when given the folder."""
-    if not storage.is_dir(uri):
-        return None
-    filesystem, _ = storage.resolve(uri)
-    files = [storage.resolve(file)[1] for file in storage.list_files(uri) if file.endswith(".parquet")]
-    return pq.ParquetDataset(files, filesystem=filesystem).read(columns=columns) if files else None
-
-
-def write_series(staged: pa.Table | None, series_uri: str, run_date: str, threshold: float) -> tuple[int, int]:
-    """Stage 6: summarise every series of the staged predictions (their ``STAGED_COLUMNS``, about 200 B a row,
-    grouped on the cluster); returns (series, flagged series)."""
-    if staged is None:
-        return 0, 0
+def series_frames(connection, staged: pa.Table, run_date: str) -> pa.Table:
+    """The frames of every series this run touched: its own rows, and the latest earlier rows of the same series'
+    other files (a series whose slices arrive over two nights is summarised whole)."""
     frames = staged.select(SERIES_INPUT_COLUMNS).filter(pc.is_valid(staged[col.SERIES_KEY]))
+    if frames.num_rows == 0:
+        return frames
+    connection.register("touched", pa.table({col.SERIES_KEY: pc.unique(frames[col.SERIES_KEY]),}))
+    connection.register("rescored", pa.table({col.SOURCE_URI: pc.unique(staged[col.SOURCE_URI])}))
+    earlier = connection.sql(f"""
+        SELECT {", ".join(SERIES_INPUT_COLUMNS)} FROM ({views.latest_before(run_date)})
+        WHERE {col.SERIES_KEY} IN (SELECT {col.SERIES_KEY} FROM touched)
+          AND {col.SOURCE_URI} NOT IN (SELECT {col.SOURCE_URI} FROM rescored)""").to_arrow_table()
+    return pa.concat_tables([frames, earlier.cast(frames.schema)])
+
+
+def write_series(frames: pa.Table, uri: str, run_id: str, run_date: str, threshold: float) -> tuple[int, int]:
+    """Stage 6: summarise every series of ``frames`` (about 200 B a row, grouped on the cluster) into
+    ``uri``/series.parquet, stamped with this run; returns (series, flagged series)."""
     if frames.num_rows == 0:
         return 0, 0
     partitions = max(1, min(64, frames.num_rows // 2000))
     summaries = ray.data.from_arrow(frames).groupby(col.SERIES_KEY, num_partitions=partitions).map_groups(
         summarize_series, fn_kwargs={"threshold": threshold, "run_date": run_date}, batch_format="pandas")
     table = series_table(summaries.to_pandas())
-    results.write_table(table.drop_columns([col.RUN_DATE]), storage.join(series_uri, "series.parquet"))
+    table = table.set_column(table.schema.get_field_index(col.RUN_ID), col.RUN_ID,
+                             pa.array([run_id] * table.num_rows, pa.string()))
+    results.write_parquet(table, storage.join(uri, "series.parquet"))
     return table.num_rows, int(pc.sum(pc.fill_null(table[col.FLAGGED], False)).as_py() or 0)
 
 
-def count_outcomes(table: pa.Table | None) -> tuple[int, int, int, Counter]:
+def count_outcomes(table: pa.Table) -> tuple[int, int, int, Counter]:
     """(rows, scored, flagged, errors by code) of the staged predictions."""
-    if table is None:
-        return 0, 0, 0, Counter()
     errors = Counter(code for code in table[col.ERROR_CODE].to_pylist() if code)
     scored = pc.sum(pc.equal(table[col.STATUS], col.STATUS_OK)).as_py() or 0
     flagged = pc.sum(pc.fill_null(table[col.FLAGGED], False)).as_py() or 0
@@ -201,13 +255,50 @@ def count_outcomes(table: pa.Table | None) -> tuple[int, int, int, Counter]:
 
 
 @dataclasses.dataclass(frozen=True)
+class Selection:
+    """Which listed files this run scores. ``unchanged``: listed files it leaves as scored before;
+    ``other_model``: unchanged files whose rows come from another model than this run's."""
+
+    files: list[ListedFile]
+    mode: str
+    unchanged: int = 0
+    other_model: int = 0
+
+
+def select_files(config: ScreenConfig, files: list[ListedFile], known: dict[str, views.ScoredFile],
+                 model_sha256: str) -> Selection:
+    """Incremental by default: a file is scored when no complete run of another date scored it, when its size or
+    modification time differ from what was scored, or when an error that says nothing about the file hit it."""
+    if config.full:
+        return Selection(files, "full")
+    chosen, unchanged, other_model = [], 0, 0
+    for file in files:
+        seen = known.get(file.uri)
+        if (seen is None or seen.retry or file.size is None or file.modified is None
+                or (seen.size, seen.modified_us) != (file.size, micros(file.modified))):
+            chosen.append(file)
+            continue
+        if seen.model_sha256 != model_sha256:
+            other_model += 1
+            if config.rescore_on_model_change:
+                chosen.append(file)
+                continue
+        unchanged += 1
+    return Selection(chosen, "incremental", unchanged, other_model)
+
+
+@dataclasses.dataclass(frozen=True)
 class ScreeningPlan:
-    """What stages 1-2 settled before any work: the resolved model, the files, the key. Needs no Ray."""
+    """What stages 1-2 settled before any work: the resolved model, the listed files, the key. Needs no Ray."""
 
     config: ScreenConfig
     model: registry.ModelInfo
-    uris: list[str]
+    files: list[ListedFile]
     pseudonym_key: bytes | None = dataclasses.field(repr=False)
+
+    @property
+    def uris(self) -> list[str]:
+        return [file.uri for file in self.files]
 
 
 def prepare(config: ScreenConfig) -> ScreeningPlan:
@@ -216,81 +307,100 @@ def prepare(config: ScreenConfig) -> ScreeningPlan:
         for location in (*config.inputs, *config.manifests, config.output, config.model):
             storage.check_reachable(location)
         info = registry.load_model_info(config.model)
-        uris = list_inputs(list(config.inputs), list(config.manifests))
+        files = list_input_files(list(config.inputs), list(config.manifests))
+        uris = [file.uri for file in files]
         refuse_empty_input(config, uris)
         key = resolve_key(config, uris)
+        results.check_layout(config.output)
+        run_lock.check_free(config.output)
         results.check_writable(config.output)
     except (registry.ModelError, storage.StorageError, PseudonymKeyError) as error:
         raise RunNotStartedError(str(error)) from error
-    return ScreeningPlan(config, info, uris, key)
+    return ScreeningPlan(config, info, files, key)
 
 
 def refuse_empty_input(config: ScreenConfig, uris: list[str]) -> None:
-    """An input with no files is what a failed export looks like: it must not replace a date's results unasked."""
+    """An input with no files is what a failed export looks like: it must not be recorded as an empty night."""
     if not uris and not config.allow_empty:
         raise RunNotStartedError(
-            f"no input files found in {', '.join(config.inputs + config.manifests)}: nothing was written (an empty "
-            f"run would replace the results of its date); pass --allow-empty to record an empty run on purpose")
+            f"no input files found in {', '.join(config.inputs + config.manifests)}: nothing was written; pass "
+            f"--allow-empty to record an empty run on purpose (it replaces the rows of its date)")
 
 
 def run_screening(config: ScreenConfig) -> RunRecord:
-    """Score every image under ``config.inputs`` and publish the results tables; see the module docstring."""
+    """Score the new and changed images under ``config.inputs`` and commit the results; see the module docstring."""
     return score_and_commit(prepare(config))
 
 
 def score_and_commit(plan: ScreeningPlan) -> RunRecord:
-    """Stages 3-7 with the model ``prepare`` resolved: every row is scored by, and stamped with, that model."""
-    config, info, uris, key = plan.config, plan.model, plan.uris, plan.pseudonym_key
+    """Stages 3-7 with the model ``prepare`` resolved, holding the output's lock throughout: every row is scored
+    by, and stamped with, that model."""
+    config, output = plan.config, plan.config.output
     started = results.utc_now()
-    run_date = config.run_date or started.date().isoformat()
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
-    logger.info("run %s (%s): %d files from %s, model %s", run_id, run_date, len(uris),
-                ", ".join(config.inputs + config.manifests), info.version)
-    threshold = info.threshold if config.threshold is None else config.threshold
-    context = StageContext(run_id, run_date, info.preprocessing, config.limits, key, threshold,
-                           info.version, info.weights_sha256)
-    try:
-        results.clear_stale_staging(config.output, run_date)
-        staged = results.staging_uri(config.output, results.PREDICTIONS, run_date, run_id)
-        if uris:
-            write_predictions(predictions_dataset(uris, context, config, info), staged)
-        staged_rows = read_staged(staged, STAGED_COLUMNS)
-        series = write_series(staged_rows, results.staging_uri(config.output, results.SERIES, run_date, run_id),
-                              run_date, threshold)
-        counts = count_outcomes(staged_rows)
-        for table in results.PARTITIONED_TABLES:
-            results.publish(config.output, table, run_date, run_id)
-        record = finish_run(config, info, run_id, run_date, started, len(uris), counts, series, threshold)
-    except Exception as error:
-        raise RunFailedError(f"run {run_id} failed and was not committed: {describe_failure(error)}; the "
-                             f"{run_date} results read as before this run") from error
-    remove_superseded(config.output, run_date, run_id)
+    with run_lock.RunLock(output, run_id):
+        try:
+            recovered = results.recover(output, keep=run_id)
+        except (storage.StorageError, results.CommitError) as error:
+            raise RunFailedError(f"an earlier run's commit could not be finished, so run {run_id} did not start: "
+                                 f"{describe_failure(error)}") from error
+        record = score(plan, run_id, started, recovered)
+        try:
+            results.commit_run(output, run_id)
+        except Exception as error:
+            raise RunFailedError(
+                f"run {run_id} failed while committing: {describe_failure(error)}; its results are complete in "
+                f"{results.work_uri(output, run_id)} and the next run of this output commits them first (or run "
+                f"python -m jobs.maintain recover --results {output})") from error
     return record
 
 
-def remove_superseded(output: str, run_date: str, run_id: str) -> None:
-    """Tidy after the commit; a failure here loses nothing (readers already ignore the old files)."""
+def score(plan: ScreeningPlan, run_id: str, started: datetime.datetime, recovered: list[str]) -> RunRecord:
+    """Stages 3-6 into the run's work folder, ending with its READY ``runs`` row; nothing any table shows."""
+    config, info, output = plan.config, plan.model, plan.config.output
+    run_date = config.run_date or started.date().isoformat()
+    threshold = info.threshold if config.threshold is None else config.threshold
+    context = StageContext(run_id, run_date, info.preprocessing, config.limits, plan.pseudonym_key, threshold,
+                           info.version, info.weights_sha256)
     try:
-        removed = results.remove_superseded(output, run_date, run_id)
-        results.remove_empty_staging(output)
-        logger.info("removed %d file(s) of earlier runs of %s", removed, run_date)
-    except storage.StorageError as error:
-        logger.warning("run %s committed, but earlier files of %s were not removed (the next run will): %s",
-                       run_id, run_date, error)
+        connection = views.connect(output)
+        selection = select_files(config, plan.files, views.scored_files(connection, run_date),
+                                 info.weights_sha256)
+        logger.info("run %s (%s, %s): %d files listed in %s, %d to score, %d unchanged; model %s", run_id,
+                    run_date, selection.mode, len(plan.files), ", ".join(config.inputs + config.manifests),
+                    len(selection.files), selection.unchanged, info.version)
+        if selection.other_model:
+            logger.warning("%d unchanged file(s) were scored by another model than %s; %s", selection.other_model,
+                           info.version, "rescoring them (--rescore-on-model-change)"
+                           if config.rescore_on_model_change else
+                           "pass --full or --rescore-on-model-change to rescore them")
+        staged_uri = results.work_uri(output, run_id, results.PREDICTIONS)
+        if selection.files:
+            stage_predictions(predictions_dataset(selection.files, context, config, info), staged_uri,
+                              len(selection.files))
+        staged = results.read_parquet_files(staged_uri, col.PREDICTIONS_SCHEMA, STAGED_COLUMNS)
+        series = write_series(series_frames(connection, staged, run_date),
+                              results.work_uri(output, run_id, results.SERIES), run_id, run_date, threshold)
+        record = run_record(config, info, run_id, run_date, started, len(plan.files), selection,
+                            count_outcomes(staged), series, threshold, recovered)
+        results.stage_run_row(output, record.to_row())
+    except Exception as error:
+        raise RunFailedError(f"run {run_id} failed and was not committed: {describe_failure(error)}; the "
+                             f"results read as before this run") from error
+    return record
 
 
-def finish_run(config, info, run_id, run_date, started, files, counts, series_counts, threshold) -> RunRecord:
-    """Stage 7's commit: the run's ``runs`` row, written last; returns the record."""
+def run_record(config, info, run_id, run_date, started, files, selection, counts, series_counts, threshold,
+               recovered) -> RunRecord:
     rows, scored, flagged, errors = counts
     finished = results.utc_now()
     duration = (finished - started).total_seconds()
-    record = RunRecord(
+    options = {key: value for key, value in dataclasses.asdict(config).items() if key != "pseudonym_key_file"}
+    return RunRecord(
         run_id=run_id, run_date=run_date, started_at=started, finished_at=finished, duration_seconds=duration,
-        input=", ".join(config.inputs + config.manifests), output=config.output, files_listed=files,
+        input=", ".join(config.inputs + config.manifests), output=config.output, mode=selection.mode,
+        files_listed=files, files_unchanged=selection.unchanged, files_other_model=selection.other_model,
         rows_written=rows, rows_scored=scored, rows_error=rows - scored, rows_flagged=flagged,
         series=series_counts[0], series_flagged=series_counts[1], errors_by_code=dict(sorted(errors.items())),
         images_per_second=rows / duration if duration else 0.0, model_version=info.version,
-        model_sha256=info.weights_sha256, threshold=threshold,
-        options={key: value for key, value in dataclasses.asdict(config).items() if key != "pseudonym_key_file"})
-    results.commit(config.output, record.to_row(), col.RUNS_SCHEMA)
-    return record
+        model_sha256=info.weights_sha256, threshold=threshold, options=options, recovered_runs=recovered)

@@ -11,6 +11,7 @@ No stage raises for bad input: every file ends as rows with ``status`` ``ok`` or
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 import logging
 
@@ -29,6 +30,8 @@ from pipeline.geometry import slice_position
 from pipeline.pseudonym import pseudonymize
 
 logger = logging.getLogger(__name__)
+
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,8 +135,18 @@ def rows_to_table(rows: list[dict]) -> pa.Table:
 
 
 def decode_and_preprocess(batch: dict[str, np.ndarray], context: StageContext) -> pa.Table:
-    """Ray Data function: a batch of ``source_uri`` -> a table of frame rows with model inputs."""
-    return rows_to_table([row for uri in batch[col.SOURCE_URI] for row in file_rows(str(uri), context)])
+    """Ray Data function: a batch of ``source_uri`` (with the listing's ``source_size`` in bytes and
+    ``source_modified`` in microseconds since the epoch, -1 where unknown) -> a table of frame rows with model
+    inputs."""
+    uris = batch[col.SOURCE_URI]
+    unknown = np.full(len(uris), -1, dtype=np.int64)
+    sizes, modified = batch.get(col.SOURCE_SIZE, unknown), batch.get(col.SOURCE_MODIFIED, unknown)
+    rows = []
+    for uri, size, micros in zip(uris, sizes, modified):
+        when = EPOCH + datetime.timedelta(microseconds=int(micros)) if micros >= 0 else None
+        listing = {col.SOURCE_SIZE: int(size) if size >= 0 else None, col.SOURCE_MODIFIED: when}
+        rows.extend({**row, **listing} for row in file_rows(str(uri), context))
+    return rows_to_table(rows)
 
 
 class InferenceActor:

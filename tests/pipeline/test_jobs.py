@@ -11,7 +11,7 @@ import sys
 import time
 
 import boto3
-import pyarrow.parquet as pq
+import deltalake
 import pytest
 
 from infra import storage
@@ -43,8 +43,8 @@ def test_screening_reads_and_writes_s3(s3_archive, model_uri):
                     "--model", model_uri, "--run-date", "2026-11-02"], env)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = job_summary(done.stdout)
-    filesystem, path = storage.resolve("s3://screening-results/nightly/predictions")
-    table = pq.read_table(path, filesystem=filesystem)
+    uri = "s3://screening-results/nightly/predictions"  # read as any Delta reader would
+    table = deltalake.DeltaTable(uri, storage_options=storage.delta_options(uri)).to_pyarrow_table()
     keys = {obj["Key"] for obj in s3_archive.list_objects_v2(Bucket="hospital-archive")["Contents"]}
     assert {uri.removeprefix("s3://hospital-archive/") for uri in table["source_uri"].to_pylist()} == keys
     assert table.num_rows == summary["rows_written"] == len(keys) + 3
@@ -54,7 +54,7 @@ def test_screening_reads_and_writes_s3(s3_archive, model_uri):
     assert [word for word in noise if word in done.stderr] == []  # quiet unless --verbose, no colour codes
     keys = [obj["Key"] for obj in s3_archive.list_objects_v2(Bucket="screening-results")["Contents"]]
     markers = [key for key in keys if key.endswith("/")]
-    assert not [key for key in markers if "_staging" in key]  # nothing left of the run's staging
+    assert not [key for key in keys if "/_work/" in key]  # nothing left of the run's work folder or lock
     assert all(any(other.startswith(key) and not other.endswith("/") for other in keys) for key in markers)
 
 
@@ -112,7 +112,7 @@ def test_ray_job_submit_runs_the_screening_job_on_a_cluster(ray_head, cluster_en
         time.sleep(5)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "succeeded" in done.stdout
-    table = pq.read_table(output / "predictions")
+    table = deltalake.DeltaTable(str(output / "predictions")).to_pyarrow_table()
     files = [p for p in (SAMPLES / "archive").rglob("*") if p.is_file()]
     assert table.num_rows == len(files) + 3
     assert set(table["status"].to_pylist()) == {"ok"}

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from infra import storage
-from pipeline import results
+from pipeline import results, run_lock
 from tests.conftest import ROOT, SAMPLES, TEST_KEY, job_summary
 from tests.support.processes import descendants, processes_titled
 
@@ -97,14 +97,11 @@ def test_killed_driver_commits_nothing_and_a_rerun_leaves_each_frame_once(archiv
             pass
     job.wait(timeout=60)
     assert not storage.exists(str(output / results.RUNS)), "the killed run must not have committed"
+    assert storage.exists(run_lock.lock_uri(str(output)))  # left by the dead driver, and taken over below
     rerun = start_job(root, output)
     stdout, stderr = rerun.communicate(timeout=900)
     assert rerun.returncode == 0, stderr[-3000:]
     summary = job_summary(stdout)
     assert rows_per_frame(output) == expected_frames(frames)
     assert [run["run_id"] for run in results.read_table(str(output), results.RUNS).to_pylist()] == [summary["run_id"]]
-    for table in results.PARTITIONED_TABLES:
-        names = [uri.rsplit("/", 1)[-1] for uri in storage.list_files(results.partition_uri(str(output), table,
-                                                                                           RUN_DATE))]
-        assert names and all(name.startswith(results.run_file_prefix(summary["run_id"])) for name in names)
-        assert not storage.list_files(storage.join(str(output), table, results.STAGING))
+    assert not storage.exists(str(output / results.WORK))  # the killed run's work cleared, the lock released

@@ -1,96 +1,139 @@
-"""The results commit protocol on real Parquet files: a run interrupted at any step leaves every date reading as
-exactly one complete run, and the next run of the date replaces it without duplicates."""
+"""The results commit protocol on real Delta tables: a run interrupted at any step leaves nothing half-counted, the
+next run of the output finishes an interrupted commit exactly once, a re-run of a date replaces its rows, and any
+Delta reader (deltalake, DuckDB) sees the same committed rows. One writer at a time, by the output's lock."""
 
 import datetime
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
 
+import deltalake
 import pyarrow as pa
 import pytest
 
 from infra import storage
-from pipeline import results
+from pipeline import results, run_lock, views
 
-DATE = "2026-11-03"
+DATE, OTHER_DATE = "2026-11-03", "2026-11-04"
 KEY = {results.PREDICTIONS: "source_uri", results.SERIES: "series_key"}  # a column that names each row
-RUNS_SCHEMA = pa.schema([("run_id", pa.string()), ("run_date", pa.string()), ("finished_at", pa.timestamp("us"))])
 
 
-def stage(output: str, run_id: str, uris: list[str]) -> None:
+def stage(output: str, run_id: str, uris: list[str], run_date: str = DATE, minute: int = 0) -> None:
+    """A run's complete work folder, READY to commit."""
     for table in results.PARTITIONED_TABLES:
-        schema = results.TABLE_SCHEMAS[table]
-        rows = pa.Table.from_pylist([{"run_id": run_id, KEY[table]: uri} for uri in uris], schema=schema)
-        rows = rows.drop_columns(["run_date"])
-        results.write_table(rows, storage.join(results.staging_uri(output, table, DATE, run_id), "part-0.parquet"))
-
-
-def commit(output: str, run_id: str, minute: int) -> None:
-    finished = datetime.datetime(2026, 11, 3, 2, minute)
-    results.commit(output, {"run_id": run_id, "run_date": DATE, "finished_at": finished}, RUNS_SCHEMA)
-
-
-def complete_run(output: str, run_id: str, uris: list[str], minute: int) -> None:
-    results.clear_stale_staging(output, DATE)
-    stage(output, run_id, uris)
-    for table in results.PARTITIONED_TABLES:
-        results.publish(output, table, DATE, run_id)
-    commit(output, run_id, minute)
-    results.remove_superseded(output, DATE, run_id)
+        rows = pa.Table.from_pylist([{"run_id": run_id, "run_date": run_date, KEY[table]: uri} for uri in uris],
+                                    schema=results.TABLE_SCHEMAS[table])
+        results.write_parquet(rows, storage.join(results.work_uri(output, run_id, table), "part-0.parquet"))
+    finished = datetime.datetime(2026, 11, 3, 2, minute, tzinfo=datetime.timezone.utc)
+    results.stage_run_row(output, {"run_id": run_id, "run_date": run_date, "finished_at": finished})
 
 
 def read(output: str, table: str = results.PREDICTIONS) -> list[tuple[str, str]]:
     return sorted((row["run_id"], row[KEY[table]]) for row in results.read_table(output, table).to_pylist())
 
 
+def run_ids(output: str) -> list[str]:
+    return sorted(row["run_id"] for row in results.read_table(output, results.RUNS).to_pylist())
+
+
 @pytest.fixture
 def output(tmp_path) -> str:
     output = str(tmp_path / "results")
-    complete_run(output, "run-a", ["x.dcm", "y.dcm"], minute=1)
+    stage(output, "run-a", ["x.dcm", "y.dcm"], minute=1)
+    results.commit_run(output, "run-a")
     return output
 
 
-@pytest.mark.parametrize("table", results.PARTITIONED_TABLES)
-def test_a_run_killed_after_moving_its_files_but_before_its_commit_is_invisible(output, table):
-    stage(output, "run-b", ["x.dcm", "y.dcm", "z.dcm"])
-    results.publish(output, table, DATE, "run-b")  # killed here: files in the partition, no runs row
-    names = [uri.rsplit("/", 1)[-1] for uri in storage.list_files(results.partition_uri(output, table, DATE))]
-    assert any(name.startswith("run-b-") for name in names)
-    assert read(output, table) == [("run-a", "x.dcm"), ("run-a", "y.dcm")]
+def test_a_run_killed_before_it_was_ready_is_invisible_and_its_work_is_cleared(output):
+    stage(output, "run-b", ["x.dcm", "z.dcm"], minute=2)
+    storage.delete_file(results.work_uri(output, "run-b", results.READY))  # killed while staging
+    assert read(output) == [("run-a", "x.dcm"), ("run-a", "y.dcm")]
+    assert results.recover(output) == []
+    assert not storage.exists(results.work_uri(output, "run-b"))
+    assert run_ids(output) == ["run-a"]
 
 
-def test_a_run_killed_after_its_commit_but_before_cleanup_reads_as_itself(output):
-    stage(output, "run-b", ["x.dcm", "z.dcm"])
-    for table in results.PARTITIONED_TABLES:
-        results.publish(output, table, DATE, "run-b")
-    commit(output, "run-b", minute=2)  # killed here: run-a's files still in the partition
+@pytest.mark.parametrize("committed", [1, 2])
+def test_a_commit_cut_short_is_finished_once_by_the_next_run(output, committed):
+    stage(output, "run-b", ["x.dcm", "z.dcm"], minute=2)
+    for table in results.TABLES[:committed]:  # killed after this many of the three table commits
+        rows = results.read_parquet_files(results.work_uri(output, "run-b", table), results.TABLE_SCHEMAS[table])
+        results.commit_table(output, table, rows, "run-b", DATE)
+    assert run_ids(output) == ["run-a"]
+    assert read(output) == []  # readers joined with runs do not count the partial commit
+    assert results.recover(output, keep="run-c") == ["run-b"]
     assert read(output) == [("run-b", "x.dcm"), ("run-b", "z.dcm")]
+    assert read(output, results.SERIES) == [("run-b", "x.dcm"), ("run-b", "z.dcm")]
+    assert run_ids(output) == ["run-a", "run-b"]
+    commits = [entry for entry in results.history(output) if entry["run_id"] == "run-b"]
+    assert sorted(entry["table"] for entry in commits) == sorted(results.TABLES)  # each table once
+    assert not storage.exists(results.work_uri(output, "run-b"))
 
 
-def test_the_next_run_of_the_date_clears_what_a_killed_run_left(output):
-    stage(output, "run-b", ["q.dcm"])
-    results.publish(output, results.PREDICTIONS, DATE, "run-b")  # killed: half published, half staged
-    complete_run(output, "run-c", ["x.dcm", "y.dcm", "z.dcm"], minute=3)
-    assert read(output) == [("run-c", "x.dcm"), ("run-c", "y.dcm"), ("run-c", "z.dcm")]
-    for table in results.PARTITIONED_TABLES:
-        names = [uri.rsplit("/", 1)[-1] for uri in storage.list_files(results.partition_uri(output, table, DATE))]
-        assert names and all(name.startswith("run-c-") for name in names)
-        assert not storage.list_files(storage.join(output, table, results.STAGING))
-    assert [row["run_id"] for row in results.read_table(output, results.RUNS).to_pylist()] == ["run-a", "run-c"]
+def test_a_rerun_of_a_date_replaces_its_rows_and_leaves_other_dates(output):
+    stage(output, "run-b", ["q.dcm"], run_date=OTHER_DATE, minute=2)
+    results.commit_run(output, "run-b")
+    stage(output, "run-c", ["x.dcm", "y.dcm", "z.dcm"], minute=3)
+    results.commit_run(output, "run-c")
+    assert read(output) == [("run-b", "q.dcm"), ("run-c", "x.dcm"), ("run-c", "y.dcm"), ("run-c", "z.dcm")]
+    assert run_ids(output) == ["run-a", "run-b", "run-c"]
 
 
-def test_a_local_write_is_never_seen_half_done(tmp_path):
-    target = tmp_path / "runs" / "one.parquet"
-    results.write_table(pa.table({"run_id": ["a"], "source_uri": ["b"]}), str(target))
-    assert [path.name for path in target.parent.iterdir()] == ["one.parquet"]  # no temporary left beside it
+def test_time_travel_and_every_reader_agree(output):
+    before = datetime.datetime.now(datetime.timezone.utc)
+    time.sleep(0.05)
+    stage(output, "run-b", ["z.dcm"], minute=2)
+    results.commit_run(output, "run-b")
+    with views.connect(output, as_of=before) as then:
+        assert then.sql("SELECT run_id, source_uri FROM predictions ORDER BY 2").fetchall() == [
+            ("run-a", "x.dcm"), ("run-a", "y.dcm")]
+    with views.connect(output) as now:
+        duck = sorted(now.sql("SELECT run_id, source_uri FROM predictions").fetchall())
+    delta = deltalake.DeltaTable(results.table_uri(output, results.PREDICTIONS)).to_pyarrow_table()
+    assert duck == sorted(zip(delta["run_id"].to_pylist(), delta["source_uri"].to_pylist())) == read(output)
 
 
-def test_every_state_a_run_can_leave_reads_without_error(tmp_path):
-    """A new output, a committed run that wrote no rows, and a table folder that exists but holds no file all read
-    as tables with their declared columns and no rows."""
+def test_current_views_take_each_file_from_the_latest_run_that_scored_it(output):
+    stage(output, "run-b", ["y.dcm", "z.dcm"], run_date=OTHER_DATE, minute=2)
+    results.commit_run(output, "run-b")
+    with views.connect(output) as connection:
+        current = sorted(connection.sql("SELECT source_uri, run_id FROM current_predictions").fetchall())
+        series = sorted(connection.sql("SELECT series_key, run_id FROM current_series").fetchall())
+    assert current == series == [("x.dcm", "run-a"), ("y.dcm", "run-b"), ("z.dcm", "run-b")]
+
+
+def test_every_state_an_output_can_be_in_reads_without_error(tmp_path):
+    """A new output, and a committed run that wrote no rows, read as tables with their declared columns."""
     output = str(tmp_path / "results")
-    for table in (results.PREDICTIONS, results.SERIES, results.RUNS):
+    for table in results.TABLES:
         assert results.read_table(output, table).schema.names == results.TABLE_SCHEMAS[table].names
-    commit(output, "run-empty", minute=5)
-    for table in results.PARTITIONED_TABLES:
-        (tmp_path / "results" / table / f"run_date={DATE}").mkdir(parents=True)
-        empty = results.read_table(output, table)
-        assert empty.num_rows == 0 and "run_id" in empty.schema.names
-    assert [row["run_id"] for row in results.read_table(output, results.RUNS).to_pylist()] == ["run-empty"]
+    stage(output, "run-empty", [], minute=5)
+    results.commit_run(output, "run-empty")
+    assert results.read_table(output, results.PREDICTIONS).num_rows == 0
+    assert run_ids(output) == ["run-empty"]
+
+
+def test_an_output_in_the_earlier_parquet_layout_is_refused_with_what_to_do(tmp_path):
+    legacy = tmp_path / "old" / "runs" / "run_date=2026-11-01"
+    legacy.mkdir(parents=True)
+    (legacy / "run.parquet").write_bytes(b"PAR1")
+    with pytest.raises(results.ResultsError, match="jobs.maintain migrate"):
+        results.check_layout(str(tmp_path / "old"))
+
+
+def test_a_live_lock_refuses_a_second_writer_and_a_dead_one_is_taken_over(tmp_path):
+    output = str(tmp_path / "results")
+    with run_lock.RunLock(output, "run-a"):
+        with pytest.raises(run_lock.OutputBusyError, match="run-a"):
+            run_lock.check_free(output)
+    assert not storage.exists(run_lock.lock_uri(output))  # released
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    for holder in ({"run_id": "dead", "host": socket.gethostname(), "pid": int(dead.stdout)},
+                   {"run_id": "silent", "host": "another-host", "pid": os.getpid(),
+                    "heartbeat": time.time() - run_lock.STALE_SECONDS - 1}):
+        storage.write_text(run_lock.lock_uri(output), json.dumps({"heartbeat": time.time(), **holder}))
+        with run_lock.RunLock(output, "run-b"):
+            assert run_lock.read_lock(output)["run_id"] == "run-b"

@@ -1,8 +1,10 @@
 """S3 faults through a fault-injecting proxy in front of the S3 endpoint on localhost: transient errors and
 throttling on reads and writes are retried and cost nothing; an object that keeps failing becomes an error row;
-an output bucket lost mid-run fails the run without its half-written files ever reading as complete."""
+an output bucket lost while a run writes, or between two of its table commits, fails the run; nothing of it counts
+until complete, and the next run finishes an interrupted commit: nothing lost, nothing doubled."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -41,12 +43,13 @@ def proxy(s3_endpoint):
     proxy.close()
 
 
-def screen(proxy: FaultyS3Proxy, output: str, run_date: str) -> tuple[subprocess.CompletedProcess, dict | None]:
+def screen(proxy: FaultyS3Proxy, output: str, run_date: str, *options: str
+           ) -> tuple[subprocess.CompletedProcess, dict | None]:
     env = {**os.environ, "AWS_ENDPOINT_URL": proxy.endpoint, "AWS_SECRET_ACCESS_KEY": SECRET,
            "PSEUDONYM_KEY": TEST_KEY, "MRI_SCREEN_S3_MAX_ATTEMPTS": "6"}
-    done = subprocess.run([sys.executable, "-m", "jobs.screen", "--input", f"s3://{ARCHIVE}/mri", "--output",
-                           output, "--run-date", run_date], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=900)
+    command = [sys.executable, "-m", "jobs.screen", "--input", f"s3://{ARCHIVE}/mri", "--output", output,
+               "--run-date", run_date, *options]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert SECRET not in done.stdout + done.stderr
     summary = job_summary(done.stdout) if done.returncode == 0 else None
     return done, summary
@@ -89,35 +92,39 @@ def test_an_object_that_keeps_failing_becomes_an_error_row_and_the_rest_are_scor
 
 def bucket_lost(folder: str, moment: str) -> Fault:
     """The output bucket disappears (every request answered NoSuchBucket) from the given moment of a run."""
-    if moment == "while-writing":  # at the first write of the predictions to staging
-        return Fault(rf"^/{OUTPUT}/{folder}/predictions/_staging/", 404, "NoSuchBucket", method="PUT", times=None,
-                     scope=rf"^/{OUTPUT}")
-    # at the second server-side copy into a partition: the run's predictions are moved, its series are not
-    return Fault(rf"^/{OUTPUT}/{folder}/(predictions|series)/run_date(=|%3D)", 404, "NoSuchBucket", copies=True,
-                 after=1, times=None, scope=rf"^/{OUTPUT}")
+    if moment == "while-writing":  # at the first write of the run's predictions to its work folder
+        return Fault(rf"^/{OUTPUT}/{folder}/_work/[^/]+/predictions/", 404, "NoSuchBucket", method="PUT",
+                     times=None, scope=rf"^/{OUTPUT}")
+    # at the series table's commit: the run's predictions are committed, its series and runs row are not
+    return Fault(rf"^/{OUTPUT}/{folder}/series/_delta_log/", 404, "NoSuchBucket", method="PUT", times=None,
+                 scope=rf"^/{OUTPUT}")
 
 
-@pytest.mark.parametrize("moment", ["while-writing", "half-way-through-the-move"])
-def test_losing_the_output_bucket_fails_the_run_and_the_date_reads_as_before(s3, proxy, moment):
+@pytest.mark.parametrize("moment", ["while-writing", "mid-commit"])
+def test_losing_the_output_bucket_fails_the_run_and_nothing_is_lost_or_doubled(s3, proxy, moment):
     output, lost_after = f"s3://{OUTPUT}/lost-{moment}", bucket_lost(f"lost-{moment}", moment)
     first, _ = screen(proxy, output, "2026-11-06")
     assert first.returncode == 0, first.stderr[-3000:]
     before = read(output)
     proxy.inject(lost_after)
-    failed, _ = screen(proxy, output, "2026-11-06")
+    failed, _ = screen(proxy, output, "2026-11-06", "--full")
     proxy.clear()
     assert lost_after.injected > 0, "the bucket was never lost"
-    assert failed.returncode == 3 and "was not committed" in failed.stderr, failed.stderr[-3000:]
-    partition = results.partition_uri(output, results.PREDICTIONS, "2026-11-06")
-    committed = results.run_file_prefix(before[0]["run_id"])
-    strays = [uri for uri in storage.list_files(partition) if not uri.rsplit("/", 1)[-1].startswith(committed)]
-    # cut short mid-move, the failed run's moved files sit beside the committed ones, unread
-    assert bool(strays) == (moment != "while-writing"), strays
-    assert read(output) == before
-    assert len(read(output, results.RUNS)) == len({row["run_id"] for row in before}) == 1
-    again, summary = screen(proxy, output, "2026-11-06")
+    assert failed.returncode == 3, failed.stderr[-3000:]
+    assert len(read(output, results.RUNS)) == 1
+    if moment == "while-writing":
+        assert "was not committed" in failed.stderr and read(output) == before
+    else:  # its predictions are committed, not counted until the next run finishes its commit from the work folder
+        assert "failed while committing" in failed.stderr and "jobs.maintain recover" in failed.stderr
+        failed_id = re.search(r"run (\S+) failed while committing", failed.stderr).group(1)
+        raw = results.dataset(output, results.PREDICTIONS).to_table()
+        assert set(raw["run_id"].to_pylist()) == {failed_id} and read(output) == []
+    again, summary = screen(proxy, output, "2026-11-06", "--full")
     assert again.returncode == 0, again.stderr[-3000:]
+    assert summary["recovered_runs"] == ([] if moment == "while-writing" else [failed_id])
     rows = read(output)
     assert {row["run_id"] for row in rows} == {summary["run_id"]} and len(rows) == len(before)
-    leftovers = storage.list_files(storage.join(output, results.PREDICTIONS, results.STAGING))
-    assert not leftovers
+    assert len(read(output, results.RUNS)) == (2 if moment == "while-writing" else 3)
+    commits = [entry["run_id"] for entry in results.history(output)]
+    assert all(commits.count(run_id) == 3 for run_id in set(commits) - {None})  # each table once per run
+    assert not storage.list_files(storage.join(output, results.WORK))

@@ -1,0 +1,78 @@
+"""SQL over the results tables: a DuckDB connection with the tables and the views users and the nightly run need.
+
+Views, all restricted to complete runs (runs recorded in ``runs``, see ``pipeline.results``):
+- ``predictions``, ``series``, ``runs``: the tables' rows.
+- ``current_predictions``: for each file, the rows of the latest run that scored it, whatever night that was.
+- ``current_series``: for each series, the row of the latest run that summarised it.
+- ``predictions_all``, ``series_all``: every committed row, a run's partial commit included (for audits).
+The tables are read through pyarrow datasets registered in DuckDB (no DuckDB extension is downloaded), so column
+selection and filters such as ``run_date = '2026-11-02'`` push down to the Parquet files: a one-day question over
+a year of results reads one day. ``as_of`` reads every table as it was at that time (Delta time travel).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import re
+
+import duckdb
+
+from pipeline import results
+from pipeline import schema as col
+
+VIEWS = {
+    results.RUNS: "SELECT * FROM runs_all",
+    results.PREDICTIONS: f"SELECT * FROM predictions_all WHERE {col.RUN_ID} IN (SELECT {col.RUN_ID} FROM runs_all)",
+    results.SERIES: f"SELECT * FROM series_all WHERE {col.RUN_ID} IN (SELECT {col.RUN_ID} FROM runs_all)",
+    "current_predictions": f"""
+        SELECT p.* FROM predictions p JOIN runs_all r ON p.{col.RUN_ID} = r.{col.RUN_ID}
+        QUALIFY r.{col.FINISHED_AT} = max(r.{col.FINISHED_AT}) OVER (PARTITION BY p.{col.SOURCE_URI})""",
+    "current_series": f"""
+        SELECT s.* FROM series s JOIN runs_all r ON s.{col.RUN_ID} = r.{col.RUN_ID}
+        QUALIFY row_number() OVER (PARTITION BY s.{col.SERIES_KEY} ORDER BY r.{col.FINISHED_AT} DESC) = 1""",
+}
+
+
+def connect(output: str, as_of: datetime.datetime | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection over the output's tables (as they were at ``as_of``, if given)."""
+    results.check_layout(output)
+    connection = duckdb.connect()
+    connection.execute("SET TimeZone = 'UTC'")
+    for table in results.TABLES:
+        connection.register(f"{table}_all", results.dataset(output, table, as_of))
+    for name, query in VIEWS.items():
+        connection.execute(f"CREATE VIEW {name} AS {query}")
+    return connection
+
+
+def latest_before(excluding_date: str) -> str:
+    """SQL: for each file, the rows of the latest complete run that scored it on a date other than
+    ``excluding_date`` (the date a run replaces). The date is a validated YYYY-MM-DD, safe to inline."""
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", excluding_date):
+        raise ValueError(f"not a date: {excluding_date!r}")
+    return f"""
+        SELECT p.* FROM predictions p JOIN runs_all r ON p.{col.RUN_ID} = r.{col.RUN_ID}
+        WHERE p.{col.RUN_DATE} <> '{excluding_date}'
+        QUALIFY r.{col.FINISHED_AT} = max(r.{col.FINISHED_AT}) OVER (PARTITION BY p.{col.SOURCE_URI})"""
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoredFile:
+    """What the tables know of a file: the size and modification time (microseconds) it had when scored, the
+    model that scored it, and whether an error that says nothing about the file (``RETRIED_ERROR_CODES``) hit it."""
+
+    size: int | None
+    modified_us: int | None
+    model_sha256: str | None
+    retry: bool
+
+
+def scored_files(connection: duckdb.DuckDBPyConnection, excluding_date: str) -> dict[str, ScoredFile]:
+    """source_uri -> ``ScoredFile`` for every file a complete run of another date than ``excluding_date`` scored."""
+    retried = ", ".join(f"'{code.value}'" for code in col.RETRIED_ERROR_CODES)
+    rows = connection.execute(f"""
+        SELECT {col.SOURCE_URI}, any_value({col.SOURCE_SIZE}), any_value(epoch_us({col.SOURCE_MODIFIED})),
+               any_value({col.MODEL_SHA256}), coalesce(bool_or({col.ERROR_CODE} IN ({retried})), false)
+        FROM ({latest_before(excluding_date)}) GROUP BY {col.SOURCE_URI}""").fetchall()
+    return {uri: ScoredFile(size, modified, sha, retry) for uri, size, modified, sha, retry in rows}
