@@ -259,6 +259,23 @@ def move_files(source: str, destination: str, prefix: str = "") -> None:
         raise StorageError(f"cannot move {source} to {destination}: {error}") from error
 
 
+def move_tree(source: str, destination: str) -> None:
+    """Move a folder with its structure: one rename on disk; a copy of each object, then deletion, on S3."""
+    filesystem, source_path = resolve(source)
+    _, destination_path = resolve(destination)
+    try:
+        if not is_s3(source):
+            filesystem.create_dir(os.path.dirname(destination_path), recursive=True)
+            filesystem.move(source_path, destination_path)
+            return
+        for info in filesystem.get_file_info(pafs.FileSelector(source_path, recursive=True)):
+            if info.type == pafs.FileType.File:
+                filesystem.copy_file(info.path, destination_path + info.path[len(source_path):])
+        filesystem.delete_dir(source_path)
+    except OSError as error:
+        raise StorageError(f"cannot move {source} to {destination}: {error}") from error
+
+
 def delete_file(uri: str) -> None:
     filesystem, path = resolve(uri)
     try:

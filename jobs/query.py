@@ -1,0 +1,166 @@
+"""Ask the screening results what happened: the morning's flagged list, a patient's history, the nights'
+summaries, table history, or any SQL. Reads the Delta tables of a results output (folder or S3 prefix) with
+DuckDB; starts no Ray, and runs the same under ``ray job submit``.
+
+    python -m jobs.query flagged  --results <dir|s3://...> [--date D | --from D --to D] [--class C] ...
+    python -m jobs.query patient  --results <dir|s3://...> <patient_key>
+    python -m jobs.query summary  --results <dir|s3://...> [--from D --to D] [--by-class]
+    python -m jobs.query history  --results <dir|s3://...>
+    python -m jobs.query sql      --results <dir|s3://...> "SELECT ... FROM current_series ..."
+
+Views for SQL: predictions, series, runs (complete runs only), current_predictions and current_series (each file
+or series as last scored), predictions_all and series_all (every committed row). --as-of reads every table as it
+was at a moment (what was reported that morning). Output: an aligned table on a terminal, or --format csv, json
+or parquet, to stdout or --output FILE. Exit status 0 (an empty answer included), 2 for a question that cannot be
+answered (no results there, unknown patient key, bad SQL), with one line saying why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import io
+import json
+import logging
+import sys
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from infra import storage
+from jobs.runner import POSITIVE_INT, PROBABILITY, HelpFormatter, iso_date
+from model.labels import CLASS_NAMES
+from pipeline import queries, results, views
+
+logger = logging.getLogger("jobs.query")
+FORMATS = ("table", "csv", "json", "parquet")
+CELL_WIDTH = 64  # longer values are shortened in the terminal table only
+
+
+def moment(text: str) -> datetime.datetime:
+    """An argparse type: an ISO date or date-time, UTC unless it names a zone."""
+    try:
+        value = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an ISO date or time such as 2026-11-03T06:00, got {text!r}")
+    return value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m jobs.query", description=__doc__, formatter_class=HelpFormatter)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--results", required=True, help="results folder or S3 prefix written by jobs.screen")
+    common.add_argument("--format", choices=FORMATS, default="table", help="output format")
+    common.add_argument("--output", help="write to this file instead of stdout (needed for parquet)")
+    common.add_argument("--as-of", type=moment, help="read the tables as they were at this UTC time")
+    common.add_argument("--verbose", action="store_true", help="debug logging")
+    dates = argparse.ArgumentParser(add_help=False)
+    dates.add_argument("--date", type=iso_date, help="one run date (default: the latest)")
+    dates.add_argument("--from", dest="first", type=iso_date, help="first run date of a range")
+    dates.add_argument("--to", dest="last", type=iso_date, help="last run date of a range")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    flagged = commands.add_parser("flagged", parents=[common, dates], formatter_class=HelpFormatter,
+                                  help="flagged series and images, most suspicious first")
+    flagged.add_argument("--class", dest="predicted_class", choices=CLASS_NAMES, help="only this predicted class")
+    flagged.add_argument("--threshold", type=PROBABILITY,
+                         help="tumor probability to list from (default: what each run flagged)")
+    flagged.add_argument("--modality", help="only this DICOM modality, e.g. MR")
+    flagged.add_argument("--limit", type=POSITIVE_INT, help="at most this many rows")
+    patient = commands.add_parser("patient", parents=[common], formatter_class=HelpFormatter,
+                                  help="one patient's series across studies and nights")
+    patient.add_argument("patient_key", help="the pseudonymous patient key from the results tables")
+    summary = commands.add_parser("summary", parents=[common, dates], formatter_class=HelpFormatter,
+                                  help="per night: files, rows, scored, flagged, errors, throughput, model")
+    summary.add_argument("--by-class", action="store_true", help="images per predicted class per night instead")
+    commands.add_parser("history", parents=[common], formatter_class=HelpFormatter,
+                        help="every table commit with its time and run (time travel, audit)")
+    sql = commands.add_parser("sql", parents=[common], formatter_class=HelpFormatter, help="any SQL (DuckDB)")
+    sql.add_argument("query", help="the SQL, over the views listed above")
+    return parser
+
+
+def date_range(args: argparse.Namespace) -> queries.DateRange:
+    if args.date:
+        return queries.DateRange(args.date, args.date)
+    return queries.DateRange(args.first, args.last)
+
+
+def answer(args: argparse.Namespace) -> pa.Table:
+    if args.command == "history":
+        return pa.Table.from_pylist(results.history(args.results))
+    connection = views.connect(args.results, args.as_of)
+    if args.command == "flagged":
+        return queries.flagged(connection, queries.FlaggedFilter(
+            date_range(args), args.predicted_class, args.threshold, args.modality, args.limit))
+    if args.command == "patient":
+        return queries.patient(connection, args.patient_key)
+    if args.command == "summary":
+        return queries.summary(connection, date_range(args), args.by_class)
+    return queries.sql(connection, args.query)
+
+
+def cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, datetime.datetime):
+        return value.isoformat(sep=" ", timespec="seconds")
+    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return text if len(text) <= CELL_WIDTH else "..." + text[-(CELL_WIDTH - 3):]
+
+
+def aligned(table: pa.Table) -> str:
+    """A table as aligned text columns, numbers to the right; '(no rows)' under the header when empty."""
+    header = table.column_names
+    rows = [[cell(value) for value in row.values()] for row in table.to_pylist()]
+    widths = [max([len(name), *(len(row[index]) for row in rows)]) for index, name in enumerate(header)]
+    numeric = [pa.types.is_integer(field.type) or pa.types.is_floating(field.type) for field in table.schema]
+
+    def line(values):
+        return "  ".join(value.rjust(width) if right else value.ljust(width)
+                         for value, width, right in zip(values, widths, numeric)).rstrip()
+
+    lines = [line(header), line(["-" * width for width in widths]), *(line(row) for row in rows)]
+    return "\n".join(lines if rows else [*lines, "(no rows)"]) + "\n"
+
+
+def render(table: pa.Table, kind: str) -> bytes:
+    if kind == "table":
+        return aligned(table).encode()
+    buffer = io.BytesIO()
+    if kind == "csv":
+        pacsv.write_csv(table, buffer)
+    elif kind == "json":
+        buffer.write(json.dumps(table.to_pylist(), default=str, indent=1).encode() + b"\n")
+    else:
+        pq.write_table(table, buffer)
+    return buffer.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.format == "parquet" and not args.output:
+        parser.error("--format parquet needs --output FILE")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if not results.is_delta(args.results, results.RUNS):
+            results.check_layout(args.results)
+            raise queries.QueryError(f"{args.results} holds no screening results (no runs table): give the "
+                                     f"--output folder of jobs.screen")
+        data = render(answer(args), args.format)
+    except (queries.QueryError, storage.StorageError) as error:
+        print(f"jobs.query {args.command}: {error}", file=sys.stderr)
+        return 2
+    if args.output:
+        storage.write_bytes(args.output, data)
+    else:
+        sys.stdout.buffer.write(data)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

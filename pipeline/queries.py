@@ -1,0 +1,119 @@
+"""The questions asked of the results every morning, as SQL over ``pipeline.views``; each returns an Arrow table.
+
+Every query filters on ``run_date`` first, so over a year of nightly results it reads the dates it needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import duckdb
+import pyarrow as pa
+
+from pipeline import schema as col
+
+
+class QueryError(ValueError):
+    """A question that has no answer as asked (unknown patient, bad SQL); the message is one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DateRange:
+    """Inclusive ``run_date`` bounds; None: the latest date with a complete run."""
+
+    first: str | None = None
+    last: str | None = None
+
+    def where(self, connection: duckdb.DuckDBPyConnection, column: str = col.RUN_DATE) -> tuple[str, list]:
+        if self.first is None and self.last is None:
+            latest = connection.sql(f"SELECT max({col.RUN_DATE}) FROM runs").fetchall()[0][0]
+            return f"{column} = ?", [latest]
+        return f"{column} BETWEEN ? AND ?", [self.first or "0000-00-00", self.last or "9999-99-99"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FlaggedFilter:
+    dates: DateRange = DateRange()
+    predicted_class: str | None = None
+    threshold: float | None = None  # None: the run's own flag
+    modality: str | None = None
+    limit: int | None = None
+
+
+def flagged(connection: duckdb.DuckDBPyConnection, chosen: FlaggedFilter) -> pa.Table:
+    """Flagged series, and flagged images outside any series (JPEG/PNG), most suspicious first; a series names
+    the slice that drove its decision."""
+    dates, parameters = chosen.dates.where(connection)
+    filters, extra = [], []
+    if chosen.threshold is None:
+        filters.append(f"{col.FLAGGED}")
+    else:
+        filters.append(f"{col.TUMOR_PROBABILITY} >= ?")
+        extra.append(chosen.threshold)
+    if chosen.predicted_class:
+        filters.append(f"{col.PREDICTED_CLASS} = ?")
+        extra.append(chosen.predicted_class)
+    if chosen.modality:
+        filters.append(f"{col.MODALITY} = ?")
+        extra.append(chosen.modality)
+    condition = " AND ".join(filters)
+    query = f"""
+        SELECT * FROM (
+            SELECT 'series' AS kind, {col.RUN_DATE}, {col.TUMOR_PROBABILITY}, {col.PREDICTED_CLASS},
+                   {col.PATIENT_KEY}, {col.STUDY_KEY}, {col.SERIES_KEY}, {col.STUDY_DATE}, {col.MODALITY},
+                   {col.SLICES},
+                   {col.ORDERED_SOURCE_URIS}[{col.MOST_SUSPICIOUS_SLICE_INDEX} + 1] AS deciding_source_uri,
+                   {col.ORDERED_FRAME_INDICES}[{col.MOST_SUSPICIOUS_SLICE_INDEX} + 1] AS deciding_frame_index,
+                   {col.MOST_SUSPICIOUS_SLICE_INDEX} AS deciding_slice_index, {col.RUN_ID}
+            FROM series WHERE {dates} AND {condition}
+            UNION ALL
+            SELECT 'image', {col.RUN_DATE}, {col.TUMOR_PROBABILITY}, {col.PREDICTED_CLASS}, {col.PATIENT_KEY},
+                   {col.STUDY_KEY}, NULL, {col.STUDY_DATE}, {col.MODALITY}, 1, {col.SOURCE_URI}, {col.FRAME_INDEX},
+                   NULL, {col.RUN_ID}
+            FROM predictions WHERE {dates} AND {col.SERIES_KEY} IS NULL AND {col.STATUS} = '{col.STATUS_OK}'
+                                  AND {condition})
+        ORDER BY {col.TUMOR_PROBABILITY} DESC, kind DESC, deciding_source_uri
+        {"LIMIT " + str(int(chosen.limit)) if chosen.limit else ""}"""
+    return connection.sql(query, params=[*parameters, *extra, *parameters, *extra]).to_arrow_table()
+
+
+def patient(connection: duckdb.DuckDBPyConnection, patient_key: str) -> pa.Table:
+    """One patient's series over time, by study date: class and tumor probability per study, as last scored."""
+    rows = connection.sql(f"""
+        SELECT {col.STUDY_DATE}, {col.STUDY_KEY}, {col.SERIES_KEY}, {col.MODALITY}, {col.SLICES},
+               {col.TUMOR_PROBABILITY}, {col.PREDICTED_CLASS}, {col.FLAGGED}, {col.MODEL_VERSION},
+               {col.RUN_DATE} AS scored_on
+        FROM current_series WHERE {col.PATIENT_KEY} = ?
+        ORDER BY {col.STUDY_DATE}, {col.STUDY_KEY}, {col.SERIES_KEY}""", params=[patient_key]).to_arrow_table()
+    if rows.num_rows == 0:
+        raise QueryError(f"no results for patient key {patient_key!r} (patient keys are the pseudonyms in the "
+                         f"{col.PATIENT_KEY} column)")
+    return rows
+
+
+def summary(connection: duckdb.DuckDBPyConnection, dates: DateRange, by_class: bool = False) -> pa.Table:
+    """Per night: the runs with their counts, errors by code, throughput and model; or, ``by_class``, how many
+    scored images each class took per night."""
+    where, parameters = dates.where(connection) if dates.first or dates.last else ("TRUE", [])
+    if by_class:
+        return connection.sql(f"""
+            SELECT {col.RUN_DATE}, coalesce({col.PREDICTED_CLASS}, 'error: ' || {col.ERROR_CODE}) AS outcome,
+                   count(*) AS images, count(*) FILTER (WHERE {col.FLAGGED}) AS flagged,
+                   round(avg({col.TUMOR_PROBABILITY}), 4) AS mean_tumor_probability
+            FROM predictions WHERE {where} GROUP BY ALL ORDER BY {col.RUN_DATE}, outcome""",
+                              params=parameters).to_arrow_table()
+    return connection.sql(f"""
+        SELECT {col.RUN_DATE}, {col.RUN_ID}, {col.MODE}, {col.FILES_LISTED}, {col.FILES_UNCHANGED},
+               {col.ROWS_WRITTEN}, {col.ROWS_SCORED}, {col.ROWS_FLAGGED}, {col.ROWS_ERROR}, {col.ERRORS_BY_CODE},
+               {col.SERIES}, {col.SERIES_FLAGGED}, round({col.IMAGES_PER_SECOND}, 1) AS images_per_second,
+               round({col.DURATION_SECONDS}, 1) AS duration_seconds, {col.MODEL_VERSION}, {col.THRESHOLD}
+        FROM runs WHERE {where} ORDER BY {col.RUN_DATE}, {col.FINISHED_AT}""", params=parameters).to_arrow_table()
+
+
+def sql(connection: duckdb.DuckDBPyConnection, query: str) -> pa.Table:
+    """Any SQL over the views; DuckDB's own message, on one line, when it fails."""
+    try:
+        relation = connection.sql(query)
+        return relation.to_arrow_table() if relation is not None else pa.table({})
+    except duckdb.Error as error:
+        raise QueryError(" ".join(str(error).split())) from error
