@@ -39,7 +39,7 @@ def s3_endpoint() -> str | None:
 
 class NoFolderMarkers(pafs.FileSystemHandler):
     """An S3 filesystem whose ``create_dir`` does nothing. S3 has no folders: pyarrow (and Ray's writers through
-    it) would otherwise leave a zero-byte marker object for every "folder" created, e.g. ``_staging/run_date=.../``."""
+    it) would otherwise leave a zero-byte marker object for every "folder" created, e.g. ``_work/<run_id>/``."""
 
     def __init__(self, s3: pafs.S3FileSystem):
         self.s3 = s3
@@ -235,28 +235,6 @@ def read_text(uri: str) -> str:
 
 def write_text(uri: str, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))
-
-
-def move_files(source: str, destination: str, prefix: str = "") -> None:
-    """Move every file under ``source`` into the folder ``destination``, each renamed to ``prefix`` + its path
-    below ``source`` (``/`` becoming ``_``); a rename per file on disk, copy then delete on S3. A move cut short
-    leaves whole files, each either still in ``source`` or already in ``destination``."""
-    filesystem, source_path = resolve(source)
-    _, destination_path = resolve(destination)
-    try:
-        filesystem.create_dir(destination_path, recursive=True)
-        for info in filesystem.get_file_info(pafs.FileSelector(source_path, recursive=True)):
-            if info.type != pafs.FileType.File:
-                continue
-            name = prefix + info.path[len(source_path):].strip("/").replace("/", "_")
-            target = f"{destination_path}/{name}" if is_s3(source) else os.path.join(destination_path, name)
-            if is_s3(source):
-                filesystem.copy_file(info.path, target)
-            else:
-                filesystem.move(info.path, target)
-        filesystem.delete_dir(source_path)
-    except OSError as error:
-        raise StorageError(f"cannot move {source} to {destination}: {error}") from error
 
 
 def move_tree(source: str, destination: str) -> None:

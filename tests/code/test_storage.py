@@ -34,13 +34,14 @@ def test_a_missing_file_raises_a_storage_error_naming_it(tmp_path):
     assert storage.list_files(str(tmp_path / "nowhere")) == []  # like an unused S3 prefix
 
 
-def test_moving_a_folder_renames_each_file_with_its_prefix(tmp_path):
-    source, destination = tmp_path / "staging", tmp_path / "partition"
-    (source / "sub").mkdir(parents=True)
+def test_moving_a_folder_keeps_its_structure(tmp_path):
+    source, destination = tmp_path / "runs", tmp_path / "aside" / "runs"
+    (source / "run_date=2026-11-01").mkdir(parents=True)
     (source / "p-0.parquet").write_bytes(b"0")
-    (source / "sub" / "p-1.parquet").write_bytes(b"1")
-    storage.move_files(str(source), str(destination), "run-7-")
-    assert sorted(p.name for p in destination.iterdir()) == ["run-7-p-0.parquet", "run-7-sub_p-1.parquet"]
+    (source / "run_date=2026-11-01" / "p-1.parquet").write_bytes(b"1")
+    storage.move_tree(str(source), str(destination))
+    assert sorted(str(p.relative_to(destination)) for p in destination.rglob("*.parquet")) == [
+        "p-0.parquet", "run_date=2026-11-01/p-1.parquet"]
     assert not source.exists()
 
 

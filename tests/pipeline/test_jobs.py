@@ -12,6 +12,7 @@ import time
 
 import boto3
 import deltalake
+import pyarrow.compute as pc
 import pytest
 
 from infra import storage
@@ -56,6 +57,22 @@ def test_screening_reads_and_writes_s3(s3_archive, model_uri):
     markers = [key for key in keys if key.endswith("/")]
     assert not [key for key in keys if "/_work/" in key]  # nothing left of the run's work folder or lock
     assert all(any(other.startswith(key) and not other.endswith("/") for other in keys) for key in markers)
+    answers = {}
+    for command in (["flagged"], ["summary"], ["history"], ["sql", "SELECT count(*) AS n FROM current_predictions"],
+                    ["patient", table.filter(pc.is_valid(table["patient_key"]))["patient_key"][0].as_py()]):
+        asked = subprocess.run([sys.executable, "-m", "jobs.query", *command, "--results",
+                                "s3://screening-results/nightly", "--format", "json"], cwd=ROOT, env=env,
+                               capture_output=True, text=True, timeout=300)
+        assert asked.returncode == 0, asked.stderr[-2000:]
+        answers[command[0]] = json.loads(asked.stdout)
+    flagged = table.filter(pc.fill_null(table["flagged"], False))
+    series_keys = {row["series_key"] for row in answers["flagged"] if row["kind"] == "series"}
+    images = [row for row in answers["flagged"] if row["kind"] == "image"]
+    assert len(images) == pc.sum(pc.is_null(flagged["series_key"])).as_py() and series_keys
+    assert series_keys <= set(flagged["series_key"].to_pylist())
+    assert [run["run_id"] for run in answers["summary"]] == [summary["run_id"]]
+    assert {entry["table"] for entry in answers["history"]} == {"predictions", "series", "runs"}
+    assert answers["sql"] == [{"n": table.num_rows}] and answers["patient"]
 
 
 def test_an_unwritable_s3_output_stops_the_job_with_a_clear_message(s3_archive, model_uri):

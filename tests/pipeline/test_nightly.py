@@ -64,11 +64,12 @@ def night_after_night(archive, output, config):
 
 
 def test_a_night_scores_only_new_and_changed_files(nights):
-    output, archive, (first, second, _, _), added, changed, _ = nights
+    output, archive, (first, second, rerun, _), added, changed, _ = nights
     files = [path for path in archive.rglob("*") if path.is_file()]
     assert first.files_unchanged == 0 and first.rows_written == len(files) - 2 + 3  # multi-frame: 4 rows
     rows = [row for row in results.read_table(str(output), results.PREDICTIONS).to_pylist()
-            if row["run_id"] == second.run_id]
+            if row["run_date"] == NIGHTS[1]]
+    assert {row["run_id"] for row in rows} == {rerun.run_id}  # the re-run replaced the night's rows
     assert {row["source_uri"] for row in rows} == added | {changed}
     assert (second.files_listed, second.files_unchanged, second.rows_written) == (len(files), len(files) - 3, 3)
 
