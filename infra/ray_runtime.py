@@ -17,6 +17,14 @@ import ray
 
 logger = logging.getLogger(__name__)
 
+# how ``ensure_ray()`` without arguments starts or joins Ray: set once by the job (``configure_ray``), so stages
+# that need Ray can start it when, and only if, they have work for it
+SETTINGS = {"address": None, "verbose": False, "dashboard": False}
+
+
+def configure_ray(address: str | None = None, verbose: bool = False, dashboard: bool = False) -> None:
+    SETTINGS.update(address=address, verbose=verbose, dashboard=dashboard)
+
 
 def quiet_environment(verbose: bool) -> dict[str, str]:
     """Environment variables for the driver and the workers: quiet unless ``verbose``."""
@@ -25,13 +33,17 @@ def quiet_environment(verbose: bool) -> dict[str, str]:
     return {"TF_CPP_MIN_LOG_LEVEL": "3", "TF_USE_LEGACY_KERAS": "1"}
 
 
-def ensure_ray(address: str | None = None, num_cpus: int | None = None, verbose: bool = False,
-               dashboard: bool = False) -> None:
+def ensure_ray(address: str | None = None, num_cpus: int | None = None, verbose: bool | None = None,
+               dashboard: bool | None = None) -> None:
     """Connect to ``address`` (or ``RAY_ADDRESS``) when given, else start an embedded local Ray; with ``dashboard``
     the embedded Ray serves its state API on 127.0.0.1 (Ray Train's placement-group cleaner polls it, and warns
-    every few seconds when it is missing)."""
+    every few seconds when it is missing). Options not given come from ``configure_ray``. Does nothing when Ray is
+    already up."""
     if ray.is_initialized():
         return
+    address = address or SETTINGS["address"]
+    verbose = SETTINGS["verbose"] if verbose is None else verbose
+    dashboard = SETTINGS["dashboard"] if dashboard is None else dashboard
     environment = quiet_environment(verbose)
     for name, value in environment.items():
         os.environ.setdefault(name, value)

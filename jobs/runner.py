@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from infra import storage
-from infra.ray_runtime import configure_logging, ensure_ray
+from infra.ray_runtime import configure_logging, configure_ray, ensure_ray
 from model.data import DatasetError
 from model.registry import ModelError
 from pipeline.errors import RunFailedError, RunNotStartedError, describe_failure
@@ -31,15 +31,19 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run_job(name: str, args: argparse.Namespace, prepare: Callable[[argparse.Namespace], Any],
-            execute: Callable[[Any], dict], dashboard: bool = False) -> int:
+            execute: Callable[[Any], dict], dashboard: bool = False, lazy_ray: bool = False) -> int:
     """``prepare(args)`` checks everything it can without Ray (inputs, model, key, output) and returns a plan;
-    then Ray starts (or is joined; ``dashboard`` for jobs that run Ray Train) and ``execute(plan)`` runs it. Its
-    summary dict is printed as one JSON line; the exit status is returned."""
+    then Ray starts (or is joined; ``dashboard`` for jobs that run Ray Train) and ``execute(plan)`` runs it. With
+    ``lazy_ray`` Ray starts only when ``execute`` first needs it (``infra.ray_runtime.ensure_ray()``): a nightly run
+    with nothing new costs no Ray start. The summary dict is printed as one JSON line; the exit status is
+    returned."""
     configure_logging(args.verbose)
     logger = logging.getLogger(f"jobs.{name}")
     try:
         plan = prepare(args)
-        ensure_ray(args.address, verbose=args.verbose, dashboard=dashboard)
+        configure_ray(args.address, verbose=args.verbose, dashboard=dashboard)
+        if not lazy_ray:
+            ensure_ray()
         summary = execute(plan)
     except NOT_STARTED as error:
         logger.error("%s not started: %s", name, error)

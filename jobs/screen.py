@@ -103,7 +103,7 @@ def screen(plan: ScreeningPlan) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_job("screen", parse_args(argv), lambda args: prepare(build_config(args)), screen)
+    return run_job("screen", parse_args(argv), lambda args: prepare(build_config(args)), screen, lazy_ray=True)
 
 
 if __name__ == "__main__":

@@ -109,15 +109,13 @@ def open_table(output: str, table: str, version: int | datetime.datetime | None 
 
 
 def dataset(output: str, table: str, version: int | datetime.datetime | None = None) -> pads.Dataset:
-    """A table as a pyarrow dataset in its declared schema (filters and column selection push down to the files);
-    a table not written yet is an empty dataset."""
+    """A table as a pyarrow dataset in its declared schema (filters and column selection push down to the files;
+    columns a table written by an earlier version lacks read as nulls); a table not written yet is empty."""
     schema = TABLE_SCHEMAS[table]
     delta = open_table(output, table, version)
     if delta is None:
         return pads.dataset(schema.empty_table())
-    files = delta.to_pyarrow_dataset()
-    return files.replace_schema(schema) if files.schema.equals(schema) else pads.dataset(
-        files.to_table().select(schema.names).cast(schema))
+    return delta.to_pyarrow_dataset().replace_schema(schema)
 
 
 def read_table(output: str, table: str, columns: list[str] | None = None) -> pa.Table:
@@ -179,14 +177,15 @@ def commit_run(output: str, run_id: str) -> None:
 
 
 def commit_table(output: str, table: str, rows: pa.Table, run_id: str, run_date: str) -> None:
+    """One Delta commit of ``rows`` to ``table``; columns added by a later version merge into an older table."""
     uri = table_uri(output, table)
     properties = CommitProperties(custom_metadata={COMMIT_RUN_ID: run_id})
     if table == RUNS:
-        write_deltalake(uri, rows, mode="append", commit_properties=properties,
+        write_deltalake(uri, rows, mode="append", schema_mode="merge", commit_properties=properties,
                         storage_options=storage.delta_options(uri))
         return
     write_deltalake(uri, rows.cast(TABLE_SCHEMAS[table]), mode="overwrite", partition_by=[col.RUN_DATE],
-                    predicate=f"{col.RUN_DATE} = '{run_date}'", commit_properties=properties,
+                    predicate=f"{col.RUN_DATE} = '{run_date}'", schema_mode="merge", commit_properties=properties,
                     storage_options=storage.delta_options(uri))
 
 

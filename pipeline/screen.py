@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 import ray
 
 from infra import storage
+from infra.ray_runtime import ensure_ray
 from model import registry
 from pipeline import results, run_lock, views
 from pipeline import schema as col
@@ -135,7 +136,8 @@ def resolve_key(config: ScreenConfig, uris: list[str]) -> bytes | None:
 
 
 def inference_resources(config: ScreenConfig) -> tuple[int, float, int, bool]:
-    """(actors, CPUs per actor, GPUs per actor, use_gpu) for the cluster at hand."""
+    """(actors, CPUs per actor, GPUs per actor, use_gpu) for the cluster at hand (started or joined here)."""
+    ensure_ray()
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     use_gpu = gpus > 0 if config.use_gpu is None else config.use_gpu
@@ -236,6 +238,7 @@ def write_series(frames: pa.Table, uri: str, run_id: str, run_date: str, thresho
     ``uri``/series.parquet, stamped with this run; returns (series, flagged series)."""
     if frames.num_rows == 0:
         return 0, 0
+    ensure_ray()
     partitions = max(1, min(64, frames.num_rows // 2000))
     summaries = ray.data.from_arrow(frames).groupby(col.SERIES_KEY, num_partitions=partitions).map_groups(
         summarize_series, fn_kwargs={"threshold": threshold, "run_date": run_date}, batch_format="pandas")

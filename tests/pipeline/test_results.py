@@ -137,3 +137,28 @@ def test_a_live_lock_refuses_a_second_writer_and_a_dead_one_is_taken_over(tmp_pa
         storage.write_text(run_lock.lock_uri(output), json.dumps({"heartbeat": time.time(), **holder}))
         with run_lock.RunLock(output, "run-b"):
             assert run_lock.read_lock(output)["run_id"] == "run-b"
+
+
+def test_on_s3_a_second_writer_is_refused_by_the_lock_and_a_racing_commit_by_delta(s3_endpoint):
+    """Through the S3 endpoint on localhost: the lock refuses a second run; two commits that raced past it from the
+    same table version cannot both land, because delta-rs commits with conditional writes (If-None-Match)."""
+    import boto3
+    from deltalake.exceptions import CommitFailedError
+
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="race")
+    output = "s3://race/results"
+    with run_lock.RunLock(output, "run-a"):
+        with pytest.raises(run_lock.OutputBusyError, match="run-a"):
+            run_lock.check_free(output)
+        stage(output, "run-a", ["x.dcm"], minute=1)
+        results.commit_run(output, "run-a")
+    uri = results.table_uri(output, results.PREDICTIONS)
+    options = storage.delta_options(uri)
+    first, second = (deltalake.DeltaTable(uri, storage_options=options) for _ in range(2))
+    rows = pa.Table.from_pylist([{"run_id": "run-b", "run_date": DATE, "source_uri": "y.dcm"}],
+                                schema=results.TABLE_SCHEMAS[results.PREDICTIONS])
+    predicate = f"run_date = '{DATE}'"
+    deltalake.write_deltalake(first, rows, mode="overwrite", predicate=predicate, storage_options=options)
+    with pytest.raises(CommitFailedError):
+        deltalake.write_deltalake(second, rows, mode="overwrite", predicate=predicate, storage_options=options)
+    assert deltalake.DeltaTable(uri, storage_options=options).version() == first.version()
