@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import socket
 import sys
 
 import ray
@@ -50,6 +52,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, verbose:
     if not sys.stderr.isatty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        probe_address(address)
     ray_level = logging.INFO if verbose else logging.ERROR
     runtime_env = {"env_vars": environment}
     if address:
@@ -61,6 +65,18 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, verbose:
     if not verbose:  # Ray Data's execution plans and notices drown the job's own summary
         logging.getLogger("ray.data").setLevel(logging.ERROR)
     logger.info("Ray resources: %s", ray.cluster_resources())
+
+
+def probe_address(address: str, timeout: float = 5.0) -> None:
+    """A cluster address written host:port must accept a connection within ``timeout`` seconds: Ray itself would
+    retry a dead address for minutes before giving up."""
+    match = re.fullmatch(r"(?:ray://)?\[?([^\]/]+?)\]?:(\d+)", address.strip())
+    if not match:
+        return  # "auto", or a form Ray resolves itself
+    try:
+        socket.create_connection((match.group(1), int(match.group(2))), timeout=timeout).close()
+    except OSError as error:
+        raise ConnectionError(f"cannot reach the Ray cluster at {address}: {error}") from error
 
 
 def configure_logging(verbose: bool = False) -> None:

@@ -11,7 +11,7 @@ import pathlib
 import sys
 
 from infra import storage
-from jobs.runner import PROBABILITY, HelpFormatter, add_common_options, run_job
+from jobs.runner import PROBABILITY, HelpFormatter, add_common_options, require_lasting_paths, run_job
 from model.data import list_labelled_images
 from model.registry import DEFAULT_MODEL, load_model_info
 
@@ -34,7 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    require_lasting_paths(parser, args, "--output")
+    return args
 
 
 def check_inputs(args: argparse.Namespace) -> argparse.Namespace:

@@ -19,7 +19,7 @@ import sys
 import uuid
 
 from infra import storage
-from jobs.runner import POSITIVE_NUMBER, HelpFormatter
+from jobs.runner import POSITIVE_NUMBER, HelpFormatter, require_lasting_paths
 from pipeline import maintenance, results, run_lock
 
 logger = logging.getLogger("jobs.maintain")
@@ -60,7 +60,9 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    require_lasting_paths(parser, args, "--results")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -29,7 +29,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from infra import storage
-from jobs.runner import POSITIVE_INT, PROBABILITY, HelpFormatter, iso_date
+from jobs.runner import POSITIVE_INT, PROBABILITY, HelpFormatter, iso_date, require_lasting_paths
 from model.labels import CLASS_NAMES
 from pipeline import queries, results, views
 
@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.format == "parquet" and not args.output:
         parser.error("--format parquet needs --output FILE")
+    require_lasting_paths(parser, args, "--results", "--output")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

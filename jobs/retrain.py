@@ -13,7 +13,8 @@ import pathlib
 import sys
 
 from infra import storage
-from jobs.runner import POSITIVE_INT, POSITIVE_NUMBER, HelpFormatter, add_common_options, bounded, run_job
+from jobs.runner import (POSITIVE_INT, POSITIVE_NUMBER, HelpFormatter, add_common_options, bounded,
+                         require_lasting_paths, run_job)
 from model.config import HEADS, ArchitectureConfig, RetrainConfig, TrainConfig
 from model.data import LabelledImage, list_labelled_images
 from model.preprocessing import PreprocessConfig
@@ -72,7 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    require_lasting_paths(parser, args, "--output", "--cache")
+    return args
 
 
 def usable_cache(args: argparse.Namespace) -> str | None:

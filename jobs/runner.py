@@ -11,6 +11,7 @@ import argparse
 import datetime
 import json
 import logging
+import os
 import re
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,27 @@ from pipeline.errors import RunFailedError, RunNotStartedError, describe_failure
 from pipeline.pseudonym import PseudonymKeyError
 
 NOT_STARTED = (RunNotStartedError, DatasetError, ModelError, PseudonymKeyError, storage.StorageError)
+
+
+SUBMITTED_JOB_VARIABLE = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor for a `ray job submit` entrypoint
+
+
+def submitted_job() -> bool:
+    """Whether this process is the entrypoint of a job submitted with ``ray job submit``."""
+    return bool(os.environ.get(SUBMITTED_JOB_VARIABLE))
+
+
+def require_lasting_paths(parser: argparse.ArgumentParser, args: argparse.Namespace, *options: str) -> None:
+    """In a submitted job the working directory is Ray's temporary copy of ``--working-dir``, deleted with the
+    job: a relative path to write (results, a key) would vanish, so it is a usage error (exit 2) there."""
+    if not submitted_job():
+        return
+    for option in options:
+        value = getattr(args, option.lstrip("-").replace("-", "_"), None)
+        if value and not storage.is_s3(value) and not os.path.isabs(value):
+            parser.error(f"{option} {value} is a relative path: in a job submitted with `ray job submit` it would "
+                         f"point into Ray's temporary copy of the working directory, deleted with the job; give an "
+                         f"absolute path on the nodes or an s3:// URI")
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:

@@ -17,7 +17,7 @@ import logging
 import sys
 
 from jobs.runner import (POSITIVE_INT, POSITIVE_NUMBER, PROBABILITY, HelpFormatter, add_common_options, iso_date,
-                         run_job)
+                         require_lasting_paths, run_job)
 from model.decode import DecodeLimits
 from model.registry import DEFAULT_MODEL
 from pipeline.screen import ScreenConfig, ScreeningPlan, prepare, score_and_commit
@@ -77,6 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.input and not args.manifest:
         parser.error("give at least one --input or --manifest")
+    require_lasting_paths(parser, args, "--output", "--pseudonym-key-file")
     return args
 
 

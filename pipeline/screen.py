@@ -148,6 +148,17 @@ def inference_resources(config: ScreenConfig) -> tuple[int, float, int, bool]:
     return config.inference_actors or max(1, int(spare // (config.inference_cpus * 2))), config.inference_cpus, 0, False
 
 
+DECODE_RESOURCE = "decode"  # advertised by a cluster's CPU nodes (cluster.yaml): decoding lands on them alone
+
+
+def decode_placement(config: ScreenConfig) -> dict:
+    """Decode tasks request a share of the ``decode`` resource when the cluster's nodes advertise it, so they run
+    on CPU nodes and leave GPU nodes to inference; on a cluster without it (a laptop) they go where CPUs are."""
+    if DECODE_RESOURCE in ray.cluster_resources():
+        return {"resources": {DECODE_RESOURCE: config.decode_cpus}}
+    return {}
+
+
 def predictions_dataset(files: list[ListedFile], context: StageContext, config: ScreenConfig,
                         model: registry.ModelInfo) -> ray.data.Dataset:
     """Stages 3-4: listed files -> scored prediction tables, lazily."""
@@ -160,7 +171,7 @@ def predictions_dataset(files: list[ListedFile], context: StageContext, config: 
     return (
         ray.data.from_items(items, override_num_blocks=blocks)
         .map_batches(decode_and_preprocess, fn_kwargs={"context": context}, batch_size=config.decode_batch_size,
-                     num_cpus=config.decode_cpus)
+                     num_cpus=config.decode_cpus, **decode_placement(config))
         .map_batches(InferenceActor, fn_constructor_kwargs={
             "model_dir": model.uri, "weights_sha256": model.weights_sha256, "threshold": context.threshold,
             "cpu_threads": max(1, int(cpus)), "use_gpu": use_gpu, "batch_size": config.inference_batch_size},

@@ -5,7 +5,6 @@ import json
 import os
 import pathlib
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,8 @@ import pyarrow.compute as pc
 import pytest
 
 from infra import storage
-from tests.conftest import ROOT, SAMPLES, TEST_KEY, free_port, job_summary
+from tests.conftest import ROOT, SAMPLES, TEST_KEY, job_summary
+from tests.support.processes import RayNode
 
 pytestmark = pytest.mark.slow
 
@@ -93,44 +93,48 @@ def cluster_env():
 @pytest.fixture(scope="module")
 def ray_head(cluster_env):
     """A Ray head node with its dashboard (the job server), stopped with the test module."""
-    port, dashboard = free_port(), free_port()
-    head = subprocess.Popen([str(pathlib.Path(sys.executable).parent / "ray"), "start", "--head", "--block",
-                             f"--port={port}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
-                             "--num-cpus=2", "--include-dashboard=true",
-                             # another Ray on this machine (the test session's) holds the default agent ports
-                             f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-                             f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env=cluster_env)
-    address = f"http://127.0.0.1:{dashboard}"
+    head = RayNode(cluster_env, "--num-cpus=2")
     deadline = time.time() + 120
     while time.time() < deadline:
         probe = subprocess.run([str(pathlib.Path(sys.executable).parent / "ray"), "job", "list",
-                                "--address", address], capture_output=True, text=True, env=cluster_env)
+                                "--address", head.job_address], capture_output=True, text=True, env=cluster_env)
         if probe.returncode == 0:
             break
         time.sleep(2)
-    yield address
-    os.killpg(head.pid, signal.SIGTERM)
-    head.wait(timeout=60)
+    yield head.job_address
+    head.stop()
 
 
-def test_ray_job_submit_runs_the_screening_job_on_a_cluster(ray_head, cluster_env, model_uri, tmp_path):
-    output = tmp_path / "results"
-    runtime_env = json.dumps({"env_vars": {"PSEUDONYM_KEY": TEST_KEY}})
+def submit(ray_head: str, cluster_env: dict, *arguments: str) -> subprocess.CompletedProcess:
+    """``ray job submit`` of the screening job, exactly as the README writes it (``python -m jobs.screen``)."""
     command = [str(pathlib.Path(sys.executable).parent / "ray"), "job", "submit", "--address", ray_head,
-               "--working-dir", str(ROOT), "--runtime-env-json", runtime_env, "--",
-               "python", "-m", "jobs.screen", "--input", str(SAMPLES / "archive"), "--output", str(output),
-               "--model", str(pathlib.Path(model_uri).resolve())]
+               "--working-dir", str(ROOT), "--", "python", "-m", "jobs.screen", *arguments]
     for _ in range(10):  # the head's job agent comes up a little after its dashboard
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, env=cluster_env)
         if "No available agent" not in done.stderr:
-            break
+            return done
         time.sleep(5)
+    return done
+
+
+def test_ray_job_submit_runs_the_screening_job_on_a_cluster(ray_head, cluster_env, model_uri, tmp_path):
+    """The key reaches the job as a file on the node (never in the runtime environment, which `ray job list`
+    shows); a relative output, which would land in Ray's temporary copy of the working directory, is refused."""
+    output, key_file = tmp_path / "results", tmp_path / "pseudonym.key"
+    key_file.write_text(TEST_KEY)
+    model = str(pathlib.Path(model_uri).resolve())
+    relative = submit(ray_head, cluster_env, "--input", str(SAMPLES / "archive"), "--output", "out/lost",
+                      "--pseudonym-key-file", str(key_file), "--model", model)
+    assert relative.returncode != 0 and "--output out/lost is a relative path" in relative.stdout + relative.stderr
+    done = submit(ray_head, cluster_env, "--input", str(SAMPLES / "archive"), "--output", str(output),
+                  "--pseudonym-key-file", str(key_file), "--model", model)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "succeeded" in done.stdout
     table = deltalake.DeltaTable(str(output / "predictions")).to_pyarrow_table()
     files = [p for p in (SAMPLES / "archive").rglob("*") if p.is_file()]
     assert table.num_rows == len(files) + 3
     assert set(table["status"].to_pylist()) == {"ok"}
-    assert TEST_KEY not in done.stdout
+    listed = subprocess.run([str(pathlib.Path(sys.executable).parent / "ray"), "job", "list", "--address",
+                             ray_head], capture_output=True, text=True, timeout=120, env=cluster_env)
+    assert listed.returncode == 0 and "jobs.screen" in listed.stdout
+    assert TEST_KEY not in done.stdout + done.stderr + listed.stdout

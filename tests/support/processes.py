@@ -1,9 +1,21 @@
 """Finding the processes of a test's own Ray by their process titles (Ray names each worker after what it runs,
-e.g. ``ray::RayTrainWorker`` or ``ray::MapWorker(MapBatches(InferenceActor))``), so a test can kill one."""
+e.g. ``ray::RayTrainWorker`` or ``ray::MapWorker(MapBatches(InferenceActor))``), so a test can kill one; and real
+Ray nodes started with ``ray start`` on this machine, for cluster tests."""
 
 from __future__ import annotations
 
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
 import psutil
+
+from tests.conftest import ROOT, free_port
 
 
 def descendants(ancestor: int) -> list[int]:
@@ -24,3 +36,53 @@ def processes_titled(title: str, ancestor: int) -> list[int]:
         except psutil.Error:  # the process has ended
             continue
     return found
+
+
+class RayNode:
+    """One real Ray node on this machine (``ray start --block`` in its own process group), head or worker. Every
+    port is chosen free, since another Ray (the test session's) may hold the defaults."""
+
+    def __init__(self, env: dict, *arguments: str, head_address: str | None = None):
+        ports = [f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+                 f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+                 f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
+        if head_address is None:
+            self.port, self.dashboard = free_port(), free_port()
+            role = ["--head", f"--port={self.port}", f"--dashboard-port={self.dashboard}",
+                    "--dashboard-host=127.0.0.1", "--include-dashboard=true"]
+        else:  # a node of its own on a shared host: its own temporary dir, so sockets and session files never clash
+            self.temp_dir = f"/tmp/rn-{uuid.uuid4().hex[:8]}"
+            role = [f"--address={head_address}", f"--temp-dir={self.temp_dir}"]
+        ray = str(pathlib.Path(sys.executable).parent / "ray")
+        self.process = subprocess.Popen([ray, "start", "--block", *role, *ports, *arguments], cwd=ROOT, env=env,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    @property
+    def gcs_address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def job_address(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard}"
+
+    def stop(self, sig=None) -> None:
+        try:
+            os.killpg(self.process.pid, sig or signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        self.process.wait(timeout=60)
+        if getattr(self, "temp_dir", None):
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def wait_for_nodes(env: dict, gcs_address: str, count: int, timeout: float = 120) -> None:
+    """Until the cluster at ``gcs_address`` has ``count`` live nodes (asked from a separate process)."""
+    probe = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
+             "print(sum(1 for node in ray.nodes() if node['Alive']))")
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        done = subprocess.run([sys.executable, "-c", probe, gcs_address], env=env, capture_output=True, text=True)
+        if done.returncode == 0 and done.stdout.strip().isdigit() and int(done.stdout.strip()) >= count:
+            return
+        time.sleep(1)
+    raise AssertionError(f"the cluster at {gcs_address} did not reach {count} live nodes in {timeout} s")
