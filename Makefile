@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast setup clean
+.PHONY: demo test test-fast bench setup clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found: install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
@@ -24,6 +24,11 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# the benchmarks of docs/benchmarks.md (need ../shared/datasets; minutes, not part of the tests)
+bench: $(STAMP)
+	$(PY) -m tools.benchmark --images 2000
+	$(PY) -m tools.nightly_benchmark --source ../shared/datasets/brain-tumor-mri/Training --images 10000
 
 clean:
 	rm -rf $(VENV) out

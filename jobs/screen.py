@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="inference actors (default: one per GPU, or by CPUs)")
     parser.add_argument("--inference-cpus", type=POSITIVE_NUMBER, default=ScreenConfig.inference_cpus,
                         help="CPUs per CPU inference actor (also its TensorFlow thread count)")
+    parser.add_argument("--backend", choices=("auto", "tensorflow", "onnx"), default=ScreenConfig.backend,
+                        help="inference backend: auto = ONNX Runtime on CPU actors when the model ships an ONNX "
+                             "export (faster there), TensorFlow on GPUs")
     gpu = parser.add_mutually_exclusive_group()
     gpu.add_argument("--use-gpu", dest="use_gpu", action="store_true", default=None,
                      help="score on GPU actors, one GPU each (default: when the cluster has GPUs)")
@@ -90,7 +93,7 @@ def build_config(args: argparse.Namespace) -> ScreenConfig:
                         inference_cpus=args.inference_cpus, use_gpu=args.use_gpu,
                         limits=DecodeLimits(max_file_bytes=int(args.max_file_mb * 2**20),
                                             max_pixels_per_frame=args.max_pixels, max_frames=args.max_frames),
-                        allow_empty=args.allow_empty, full=args.full,
+                        allow_empty=args.allow_empty, full=args.full, backend=args.backend,
                         rescore_on_model_change=args.rescore_on_model_change)
 
 

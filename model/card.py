@@ -120,6 +120,7 @@ def model_card(record: dict) -> str:
     lines = [
         f"# Model card: {record['version']}", "",
         f"- Weights: `weights.h5`, sha256 `{record['weights_sha256']}` (checked before every load).",
+        *onnx_lines(record),
         f"- Architecture: MobileNetV3Small backbone trained from scratch (no pretrained weights), "
         f"{head_description(architecture)}, "
         f"softmax over {', '.join(CLASS_NAMES)}; input {preprocessing['image_size']}x{preprocessing['image_size']} "
@@ -234,6 +235,15 @@ DEFAULT_LIMITS = (
     "Validation is a duplicate-aware split of the same sources; accuracy on another hospital's data will be lower.",
     "The series score is the most suspicious slice's; it is not a volumetric model.",
 )
+
+
+def onnx_lines(record: dict) -> list[str]:
+    onnx = record.get("onnx")
+    if not onnx:
+        return []
+    return [f"- ONNX export for CPU inference: `{onnx['file']}`, sha256 `{onnx['sha256']}` (checked before every "
+            f"load), opset {onnx['opset']}; its probabilities differ from TensorFlow's by at most "
+            f"{onnx['parity_max_abs_difference']:.1e} on {onnx['parity_images']} check images."]
 
 
 def write_model_card(model_dir: str) -> str:

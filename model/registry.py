@@ -24,6 +24,7 @@ from model.preprocessing import PreprocessConfig
 
 WEIGHTS_FILE = "weights.h5"
 METADATA_FILE = "model.json"
+ONNX_FILE = "model.onnx"  # the same network exported for ONNX Runtime (CPU inference), beside the weights
 REGISTRY_FILE = "registry.json"
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 DEFAULT_MODEL = str(pathlib.Path(__file__).resolve().parents[1] / "models")
@@ -48,6 +49,15 @@ class ModelInfo:
     @property
     def weights_uri(self) -> str:
         return storage.join(self.uri, WEIGHTS_FILE)
+
+    @property
+    def onnx_sha256(self) -> str | None:
+        """sha256 of the model's ONNX export, None for a model without one."""
+        return self.metadata.get("onnx", {}).get("sha256")
+
+    @property
+    def onnx_uri(self) -> str:
+        return storage.join(self.uri, self.metadata.get("onnx", {}).get("file", ONNX_FILE))
 
     @property
     def temperature(self) -> float:
@@ -125,6 +135,25 @@ def verify_weights(info: ModelInfo, weights: bytes) -> None:
     if not weights.startswith(HDF5_SIGNATURE):
         raise ModelError(f"model weights at {info.weights_uri} are not an HDF5 file (they start with "
                          f"{weights[:8]!r}); refusing to load them")
+
+
+def verify_onnx(info: ModelInfo, data: bytes) -> None:
+    """Refuse an ONNX export whose sha256 differs from the one recorded in model.json."""
+    if info.onnx_sha256 is None:
+        raise ModelError(f"model {info.version} at {info.uri} has no ONNX export: export one with "
+                         f"`python -m tools.export_onnx {info.uri}`, or score with --backend tensorflow")
+    actual = sha256_hex(data)
+    if actual != info.onnx_sha256:
+        raise ModelError(f"ONNX export at {info.onnx_uri} is corrupt or replaced: sha256 {actual} does not match "
+                         f"the recorded {info.onnx_sha256}")
+
+
+def attach_onnx(info: ModelInfo, data: bytes, details: dict) -> ModelInfo:
+    """Write the ONNX export beside the weights and record its sha256 (and ``details``) in model.json."""
+    record = {**info.metadata, "onnx": {"file": ONNX_FILE, "sha256": sha256_hex(data), **details}}
+    storage.write_bytes(storage.join(info.uri, ONNX_FILE), data)
+    storage.write_text(storage.join(info.uri, METADATA_FILE), json.dumps(record, indent=2, sort_keys=True))
+    return info_from_record(info.uri, record)
 
 
 def read_registry(registry: str) -> dict:

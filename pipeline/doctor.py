@@ -195,6 +195,8 @@ def check_decoders() -> Check:
 
 def check_model(config: DoctorConfig) -> Check:
     info = registry.load_model_info(config.model)  # raises when the weights do not match model.json
+    if info.onnx_sha256:
+        registry.verify_onnx(info, storage.read_bytes(info.onnx_uri))
     card = storage.join(info.uri, "MODEL_CARD.md")
     if not storage.exists(card):
         return Check("model", False, f"{info.version} has no MODEL_CARD.md beside its weights")

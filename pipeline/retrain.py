@@ -34,11 +34,14 @@ from model.dedup import group_near_duplicates, grouped_split
 from model.calibration import TARGET_SENSITIVITY, apply_temperature, fit_temperature, operating_threshold
 from model.evaluate import (CURVES_FILE, RELIABILITY_FILE, evaluate_predictions, reliability_png, training_curves_png,
                             write_evaluation)
+from model.onnx_export import export_and_attach
 from model.predict import ProbabilityPredictor, load_classifier
 from model.train import BEST_WEIGHTS, train_classifier
 from pipeline.errors import RunFailedError, describe_failure
 
 logger = logging.getLogger(__name__)
+
+ONNX_CHECK_IMAGES = 64  # validation images the ONNX export must reproduce TensorFlow's probabilities on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,9 +193,10 @@ def train_and_decide(config: RetrainConfig, train: ray.data.Dataset, validation:
     training = {"seconds": round(time.time() - started, 1), "hardware": training_hardware(config.training),
                 "config": dataclasses.asdict(config.training), "state": state, "split": dataclasses.asdict(split),
                 "data": config.data, "tumor_data": list(config.tumor_data)}
-    registry.save_model(model, candidate_uri, version, config.architecture, config.preprocessing,
-                        {"validation_metrics": candidate_metrics, "training": training,
-                         "parameters": int(model.count_params()), **calibration})
+    saved = registry.save_model(model, candidate_uri, version, config.architecture, config.preprocessing,
+                                {"validation_metrics": candidate_metrics, "training": training,
+                                 "parameters": int(model.count_params()), **calibration})
+    export_and_attach(model, saved, val_images[:ONNX_CHECK_IMAGES])  # ONNX Runtime's CPU backend, parity-checked
     write_candidate_figures(storage.join(candidate_uri, "validation"), version, raw, calibrated, val_targets,
                             candidate_metrics, state["history"])
     write_model_card(candidate_uri)

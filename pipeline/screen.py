@@ -45,7 +45,8 @@ from model.decode import DICOM_EXTENSIONS, DecodeLimits
 from pipeline.listing import ListedFile, list_input_files
 from pipeline.pseudonym import PseudonymKeyError, load_key
 from pipeline.series import SERIES_INPUT_COLUMNS, series_table, summarize_series
-from pipeline.stages import EPOCH, InferenceActor, StageContext, decode_and_preprocess, to_predictions_table
+from pipeline.stages import (BACKENDS, EPOCH, ONNX, TENSORFLOW, InferenceActor, StageContext, decode_and_preprocess,
+                             to_predictions_table)
 
 logger = logging.getLogger(__name__)
 
@@ -70,12 +71,15 @@ class ScreenConfig:
     use_gpu: bool | None = None
     limits: DecodeLimits = DecodeLimits()
     allow_empty: bool = False
+    backend: str = "auto"  # "tensorflow", "onnx", or "auto": ONNX Runtime on CPU actors when the model has an export
     full: bool = False  # rescore every listed file, not only new and changed ones
     rescore_on_model_change: bool = False  # also rescore unchanged files scored by another model
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be a probability between 0 and 1, got {self.threshold}")
+        if self.backend not in ("auto", *BACKENDS):
+            raise ValueError(f"backend must be auto, {' or '.join(BACKENDS)}, got {self.backend!r}")
         if self.run_date is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", self.run_date):
             raise ValueError(f"run_date must be written YYYY-MM-DD, got {self.run_date!r}")
 
@@ -163,7 +167,8 @@ def predictions_dataset(files: list[ListedFile], context: StageContext, config: 
                         model: registry.ModelInfo) -> ray.data.Dataset:
     """Stages 3-4: listed files -> scored prediction tables, lazily."""
     actors, cpus, gpus, use_gpu = inference_resources(config)
-    logger.info("inference: %d actor(s), %s CPU and %d GPU each", actors, cpus, gpus)
+    backend = inference_backend(config, model, use_gpu)
+    logger.info("inference: %d actor(s), %s CPU and %d GPU each, %s", actors, cpus, gpus, backend)
     blocks = max(1, min(len(files), len(files) // max(1, config.decode_batch_size)))
     scored_at = results.utc_now()
     items = [{col.SOURCE_URI: file.uri, col.SOURCE_SIZE: -1 if file.size is None else file.size,
@@ -174,11 +179,20 @@ def predictions_dataset(files: list[ListedFile], context: StageContext, config: 
                      num_cpus=config.decode_cpus, **decode_placement(config))
         .map_batches(InferenceActor, fn_constructor_kwargs={
             "model_dir": model.uri, "weights_sha256": model.weights_sha256, "threshold": context.threshold,
-            "cpu_threads": max(1, int(cpus)), "use_gpu": use_gpu, "batch_size": config.inference_batch_size},
+            "cpu_threads": max(1, int(cpus)), "use_gpu": use_gpu, "batch_size": config.inference_batch_size,
+            "backend": backend},
             batch_size=config.inference_batch_size, batch_format="pyarrow", num_cpus=cpus, num_gpus=gpus,
             compute=ray.data.ActorPoolStrategy(size=actors))
         .map_batches(to_predictions_table, fn_kwargs={"scored_at": scored_at}, batch_format="pyarrow",
                      num_cpus=0.25))
+
+
+def inference_backend(config: ScreenConfig, model: registry.ModelInfo, use_gpu: bool) -> str:
+    """The backend asked for; "auto": ONNX Runtime on CPU actors when the model ships an ONNX export (faster on CPU,
+    docs/benchmarks.md), TensorFlow on GPUs."""
+    if config.backend != "auto":
+        return config.backend
+    return ONNX if not use_gpu and model.onnx_sha256 else TENSORFLOW
 
 
 def micros(moment: datetime.datetime | None) -> int:
@@ -321,6 +335,9 @@ def prepare(config: ScreenConfig) -> ScreeningPlan:
         for location in (*config.inputs, *config.manifests, config.output, config.model):
             storage.check_reachable(location)
         info = registry.load_model_info(config.model)
+        if config.backend == ONNX and info.onnx_sha256 is None:
+            raise registry.ModelError(f"--backend onnx, but model {info.version} has no ONNX export: export one "
+                                      f"with `python -m tools.export_onnx {info.uri}`, or use --backend tensorflow")
         files = list_input_files(list(config.inputs), list(config.manifests))
         uris = [file.uri for file in files]
         refuse_empty_input(config, uris)

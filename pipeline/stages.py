@@ -149,21 +149,31 @@ def decode_and_preprocess(batch: dict[str, np.ndarray], context: StageContext) -
     return rows_to_table(rows)
 
 
+TENSORFLOW, ONNX = "tensorflow", "onnx"  # inference backends
+BACKENDS = (TENSORFLOW, ONNX)
+
+
 class InferenceActor:
-    """Loads the verified model once per actor, then scores the ``ok`` rows of each batch.
+    """Loads the verified model once per actor, then scores the ``ok`` rows of each batch, with TensorFlow or with
+    the model's ONNX export on ONNX Runtime (``backend``).
 
     ``model_dir`` is the model folder the driver resolved (never a registry, whose current model may change during
     the run) and ``weights_sha256`` the weights it stamped on every row: an actor that finds other weights there,
     when it starts or restarts, raises ``ModelError`` and the run fails uncommitted."""
 
     def __init__(self, model_dir: str, weights_sha256: str, threshold: float, cpu_threads: int | None,
-                 use_gpu: bool, batch_size: int = 64):
-        # TensorFlow loads here, in the actor that runs the network, never in the driver that imports this module
-        from model.predict import ProbabilityPredictor, configure_tensorflow, load_classifier
-
-        configure_tensorflow(cpu_threads, use_gpu)
+                 use_gpu: bool, batch_size: int = 64, backend: str = TENSORFLOW):
         info = registry.load_model_info(model_dir)
-        self.predictor = ProbabilityPredictor(load_classifier(info, weights_sha256), batch_size, info.temperature)
+        if backend == ONNX:  # the model's verified ONNX export on ONNX Runtime: no TensorFlow in this actor
+            from model.onnx_runtime import OnnxPredictor
+
+            self.predictor = OnnxPredictor.for_model(info, weights_sha256, cpu_threads, batch_size)
+        else:  # TensorFlow loads here, in the actor that runs the network, never in the driver
+            from model.predict import ProbabilityPredictor, configure_tensorflow, load_classifier
+
+            configure_tensorflow(cpu_threads, use_gpu)
+            self.predictor = ProbabilityPredictor(load_classifier(info, weights_sha256), batch_size,
+                                                  info.temperature)
         self.image_size = info.preprocessing.image_size
         self.threshold = threshold
 

@@ -64,18 +64,31 @@ def rss_bytes(process: psutil.Process) -> int:
         return 0
 
 
-def model_only_rate(model_uri: str, images: int = 512) -> float:
+def model_only_rates(model_uri: str, images: int = 512, repeats: int = 3) -> dict:
+    """The model alone on pre-decoded inputs, batch 64, per backend and thread count (median of ``repeats``): the
+    ceiling the pipeline is measured against, and the basis of the "auto" backend choice."""
+    from model.onnx_runtime import OnnxPredictor
+
     info = registry.load_model_info(model_uri)
-    predictor = ProbabilityPredictor(load_classifier(info))
     batch = np.random.default_rng(0).integers(0, 255, (images, info.preprocessing.image_size,
                                                         info.preprocessing.image_size), dtype=np.uint8)
-    predictor(batch[:64])
-    started = time.perf_counter()
-    predictor(batch)
-    return images / (time.perf_counter() - started)
+    rates = {}
+    for threads in (1, 2):
+        predictors = {"onnx": OnnxPredictor.for_model(info, cpu_threads=threads)}
+        if threads == 2:  # TensorFlow's thread pools are fixed once it has started: measured at 2 threads only
+            predictors["tensorflow"] = ProbabilityPredictor(load_classifier(info))
+        for backend, predictor in predictors.items():
+            predictor(batch[:64])
+            seconds = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                predictor(batch)
+                seconds.append(time.perf_counter() - started)
+            rates[f"{backend}_{threads}_threads"] = round(images / float(np.median(seconds)), 1)
+    return rates
 
 
-def screen_once(source: pathlib.Path, count: int, model_uri: str) -> dict:
+def screen_once(source: pathlib.Path, count: int, model_uri: str, backend: str = "auto") -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         archive = pathlib.Path(scratch) / "archive"
         archive.mkdir()
@@ -84,11 +97,11 @@ def screen_once(source: pathlib.Path, count: int, model_uri: str) -> dict:
         sampler.start()
         started = time.perf_counter()
         summary = run_screening(ScreenConfig(inputs=(str(archive),), output=str(pathlib.Path(scratch) / "out"),
-                                             model=model_uri))
+                                             model=model_uri, backend=backend))
         seconds = time.perf_counter() - started
         sampler.running = False
         sampler.join()
-    return {"images": count, "rows": summary.rows_written, "seconds": round(seconds, 1),
+    return {"images": count, "backend": backend, "rows": summary.rows_written, "seconds": round(seconds, 1),
             "images_per_second": round(count / seconds, 1), "peak_rss_gib": round(sampler.peak / 2**30, 2)}
 
 
@@ -97,13 +110,15 @@ def main() -> None:
     parser.add_argument("--source", type=pathlib.Path, default=pathlib.Path("../shared/datasets/brain-tumor-mri"))
     parser.add_argument("--images", type=int, nargs="+", default=[1000])
     parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--backends", nargs="+", default=["tensorflow", "onnx"], choices=["tensorflow", "onnx"])
     args = parser.parse_args()
     if not any(args.source.rglob("*.jpg")):
         parser.error(f"no JPEG images under {args.source} (give --source a folder of JPEGs)")
     configure_logging()
     ensure_ray()
-    results = {"model_only_images_per_second": round(model_only_rate(args.model), 1),
-               "runs": [screen_once(args.source, count, args.model) for count in args.images]}
+    results = {"model_only_images_per_second": model_only_rates(args.model),
+               "runs": [screen_once(args.source, count, args.model, backend) for count in args.images
+                        for backend in args.backends]}
     print(json.dumps(results, indent=2))
 
 

@@ -30,8 +30,11 @@ def test_dependencies_point_one_way(package):
     assert {path: names for path, names in wrong.items() if names} == {}
 
 
-def test_the_jobs_and_the_screening_driver_do_not_load_tensorflow():
-    code = ("import sys, jobs.screen, jobs.retrain, jobs.evaluate, pipeline.screen, pipeline.stages, model.registry; "
+def test_the_jobs_the_screening_driver_and_an_onnx_actor_do_not_load_tensorflow():
+    code = ("import sys, jobs.screen, jobs.retrain, jobs.evaluate, jobs.query, jobs.maintain, jobs.doctor, "
+            "pipeline.screen, pipeline.stages, pipeline.doctor, model.registry; "
+            "from pipeline.stages import InferenceActor; from model.registry import load_model_info; "
+            "info = load_model_info(); InferenceActor(info.uri, info.weights_sha256, 0.5, 1, False, backend='onnx'); "
             "print(sorted(name for name in ('tensorflow', 'tf_keras', 'keras') if name in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr[-2000:]

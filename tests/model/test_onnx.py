@@ -1,0 +1,80 @@
+"""The ONNX Runtime backend: the shipped models' exports give TensorFlow's probabilities on the sample archive
+(within 1e-4), through the real inference stage; an export is verified by its sha256 before it is loaded; a model
+without one is refused for --backend onnx with what to do; and the export a retraining run makes is checked and
+recorded."""
+
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from model import registry
+from model.architecture import build_classifier
+from model.config import ArchitectureConfig
+from model.decode import DecodeLimits
+from model.onnx_runtime import OnnxPredictor
+from model.preprocessing import PreprocessConfig
+from pipeline import schema as col
+from pipeline.errors import RunNotStartedError
+from pipeline.screen import ScreenConfig, prepare
+from pipeline.stages import ONNX, TENSORFLOW, InferenceActor, StageContext, file_rows, rows_to_table
+from tests.conftest import ROOT, SAMPLES, TEST_KEY
+
+SHIPPED = ("mri-bilstm-v2", "mri-pool-v1")
+
+
+def sample_batch(info: registry.ModelInfo) -> pa.Table:
+    """Every frame of the sample archive, decoded and preprocessed as the pipeline hands them to inference."""
+    context = StageContext("run", "2026-11-08", info.preprocessing, DecodeLimits(), TEST_KEY.encode(), 0.5,
+                           info.version, info.weights_sha256)
+    return rows_to_table([row for path in sorted((SAMPLES / "archive").rglob("*")) if path.is_file()
+                          for row in file_rows(str(path), context)])
+
+
+@pytest.mark.parametrize("version", SHIPPED)
+def test_onnx_runtime_gives_tensorflows_probabilities_on_the_sample_archive(version):
+    info = registry.load_model_info(str(ROOT / "models" / version))
+    batch = sample_batch(info)
+    scored = {backend: InferenceActor(info.uri, info.weights_sha256, 0.5, 2, False, backend=backend)(batch)
+              for backend in (TENSORFLOW, ONNX)}
+    columns = [*col.PROBABILITY_COLUMNS, col.TUMOR_PROBABILITY]
+    probabilities = {backend: np.array([table[name].to_pylist() for name in columns], dtype=np.float64)
+                     for backend, table in scored.items()}
+    assert batch.num_rows == 27 and not np.isnan(probabilities[ONNX]).any()
+    assert np.abs(probabilities[ONNX] - probabilities[TENSORFLOW]).max() <= 1e-4
+    assert scored[ONNX][col.FLAGGED].to_pylist() == scored[TENSORFLOW][col.FLAGGED].to_pylist()
+
+
+def test_a_replaced_export_is_refused_before_it_is_loaded(tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(ROOT / "models" / "mri-bilstm-v2", model)
+    data = bytearray((model / registry.ONNX_FILE).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (model / registry.ONNX_FILE).write_bytes(bytes(data))
+    with pytest.raises(registry.ModelError, match="corrupt or replaced"):
+        OnnxPredictor.for_model(registry.load_model_info(str(model)))
+
+
+def test_a_model_without_an_export_is_refused_for_the_onnx_backend_with_what_to_do(tmp_path, monkeypatch):
+    model = tmp_path / "model"
+    shutil.copytree(ROOT / "models" / "mri-lstm-v1", model)
+    monkeypatch.setenv("PSEUDONYM_KEY", TEST_KEY)
+    with pytest.raises(RunNotStartedError, match="tools.export_onnx"):
+        prepare(ScreenConfig(inputs=(str(SAMPLES / "archive"),), output=str(tmp_path / "out"), model=str(model),
+                             backend="onnx"))
+
+
+def test_a_new_models_export_is_checked_against_tensorflow_and_recorded(tmp_path):
+    from model.onnx_export import export_and_attach
+
+    network = build_classifier(ArchitectureConfig(head="bilstm"), 64)
+    info = registry.save_model(network, str(tmp_path / "candidate"), "candidate", ArchitectureConfig(head="bilstm"),
+                               PreprocessConfig(image_size=64))
+    images = np.random.default_rng(0).integers(0, 256, (8, 64, 64), dtype=np.uint8)
+    exported = export_and_attach(network, info, images)
+    assert exported.metadata["onnx"]["parity_max_abs_difference"] <= 1e-4
+    reloaded = registry.load_model_info(str(tmp_path / "candidate"))
+    assert reloaded.onnx_sha256 == exported.onnx_sha256 == registry.sha256_hex(
+        (tmp_path / "candidate" / registry.ONNX_FILE).read_bytes())
+    assert OnnxPredictor.for_model(reloaded)(images).shape == (8, 4)
