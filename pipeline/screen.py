@@ -63,9 +63,9 @@ class ScreenConfig:
     run_date: str | None = None
     pseudonym_key_file: str | None = None
     create_pseudonym_key: bool = False
-    decode_batch_size: int = 8
-    decode_cpus: float = 0.5
-    inference_batch_size: int = 64
+    decode_batch_size: int = 64
+    decode_cpus: float = 1.0
+    inference_batch_size: int = 256
     inference_actors: int | None = None
     inference_cpus: float = 1.0
     use_gpu: bool | None = None
