@@ -50,7 +50,9 @@ def read_lock(output: str) -> dict | None:
     try:
         return json.loads(storage.read_text(uri))
     except storage.StorageError:
-        return None if not storage.exists(uri) else {}
+        if not storage.exists(uri):
+            return None
+        raise  # a lock that is there but cannot be read: never taken for a free output
     except ValueError:
         return {}  # a lock cut short while being written: its writer died
 
