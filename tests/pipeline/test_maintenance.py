@@ -2,11 +2,13 @@
 is converted once, each date to the rows of its latest committed run, the old files kept aside."""
 
 import datetime
+import pathlib
 import subprocess
 import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline import maintenance, results
 from tests.conftest import ROOT
@@ -56,3 +58,23 @@ def test_compaction_and_vacuum_keep_every_row(tmp_path):
     removed = maintenance.vacuum(output, retain_days=0)
     assert removed[results.PREDICTIONS] == 1  # the first run's rows, replaced by the re-run of its date
     assert (read(output), read(output, results.SERIES), run_ids(output)) == before
+
+
+def test_an_old_output_on_s3_is_migrated_with_its_files_kept_aside(tmp_path, s3_endpoint):
+    """The same conversion through the S3 endpoint on localhost: the old files are copied aside, folder structure
+    and all, and the converted tables read as the latest committed run of each date."""
+    import boto3
+
+    local = pathlib.Path(legacy_output(tmp_path / "old"))
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    client.create_bucket(Bucket="legacy")
+    for path in local.rglob("*.parquet"):
+        client.upload_file(str(path), "legacy", f"results/{path.relative_to(local)}")
+    output = "s3://legacy/results"
+    with pytest.raises(results.ResultsError, match="jobs.maintain migrate"):
+        results.check_layout(output)
+    maintenance.migrate(output)
+    assert read(output) == [("run-b", "x.dcm"), ("run-b", "y.dcm")] and run_ids(output) == ["run-a", "run-b"]
+    keys = {item["Key"] for item in client.list_objects_v2(Bucket="legacy", Prefix="results/")["Contents"]}
+    assert f"results/{maintenance.LEGACY}/runs/run_date={DATE}/run-a.parquet" in keys
+    assert not [key for key in keys if key.startswith(f"results/runs/run_date={DATE}/")]
