@@ -28,6 +28,7 @@ test-fast: $(STAMP)
 # the benchmarks of docs/benchmarks.md (need ../shared/datasets; minutes, not part of the tests)
 bench: $(STAMP)
 	$(PY) -m tools.benchmark --images 2000
+	$(PY) -m tools.decode_benchmark --images 200
 	$(PY) -m tools.nightly_benchmark --source ../shared/datasets/brain-tumor-mri/Training --images 10000
 
 clean:
