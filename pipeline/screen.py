@@ -139,6 +139,11 @@ def resolve_key(config: ScreenConfig, uris: list[str]) -> bytes | None:
     return key
 
 
+# On CPU, one inference CPU (ONNX Runtime, about 700 images/s) keeps up with about four to fourteen decoding CPUs
+# (50-176 images/s each, by format: docs/benchmarks.md): CPU actors get one CPU in five of the cluster's.
+DECODE_CPUS_PER_INFERENCE_CPU = 4
+
+
 def inference_resources(config: ScreenConfig) -> tuple[int, float, int, bool]:
     """(actors, CPUs per actor, GPUs per actor, use_gpu) for the cluster at hand (started or joined here)."""
     ensure_ray()
@@ -148,8 +153,8 @@ def inference_resources(config: ScreenConfig) -> tuple[int, float, int, bool]:
     if use_gpu:
         return config.inference_actors or max(1, gpus), 1.0, 1, True
     cpus = resources.get("CPU", 1)
-    spare = max(1.0, cpus - config.decode_cpus * 2)
-    return config.inference_actors or max(1, int(spare // (config.inference_cpus * 2))), config.inference_cpus, 0, False
+    share = config.inference_cpus * (1 + DECODE_CPUS_PER_INFERENCE_CPU)
+    return config.inference_actors or max(1, int(cpus // share)), config.inference_cpus, 0, False
 
 
 DECODE_RESOURCE = "decode"  # advertised by a cluster's CPU nodes (cluster.yaml): decoding lands on them alone
