@@ -102,7 +102,8 @@ def screen(plan: ScreeningPlan) -> dict:
     logger.info("run %s done: %d files listed, %d unchanged, %d rows (%d scored, %d errors %s), %d flagged "
                 "images, %d series (%d flagged), %.1f images/s; results in %s", record.run_id, record.files_listed,
                 record.files_unchanged, record.rows_written, record.rows_scored, record.rows_error,
-                record.errors_by_code, record.rows_flagged, record.series, record.series_flagged, record.images_per_second, record.output)
+                record.errors_by_code, record.rows_flagged, record.series, record.series_flagged,
+                record.images_per_second, record.output)
     return record.summary()
 
 

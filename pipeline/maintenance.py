@@ -64,12 +64,9 @@ def legacy_table(root: str, table: str) -> pa.Table:
         return results.TABLE_SCHEMAS[table].empty_table()
     filesystem, base = storage.resolve(uri)
     partitioning = pads.partitioning(pa.schema([(col.RUN_DATE, pa.string())]), flavor="hive")
-    found = pads.dataset([storage.resolve(file)[1] for file in files], format="parquet", filesystem=filesystem,
-                         partitioning=partitioning, partition_base_dir=base).to_table()
-    schema = results.TABLE_SCHEMAS[table]
-    columns = {name: found[name] if name in found.column_names else pa.nulls(found.num_rows, schema.field(name).type)
-               for name in schema.names}
-    return pa.table(columns).cast(schema)
+    return pads.dataset([storage.resolve(file)[1] for file in files], schema=results.TABLE_SCHEMAS[table],
+                        format="parquet", filesystem=filesystem, partitioning=partitioning,
+                        partition_base_dir=base).to_table()  # columns an old file lacks read as nulls
 
 
 def migrate(output: str) -> dict[str, int]:

@@ -24,11 +24,11 @@ class DateRange:
     first: str | None = None
     last: str | None = None
 
-    def where(self, connection: duckdb.DuckDBPyConnection, column: str = col.RUN_DATE) -> tuple[str, list]:
+    def where(self, connection: duckdb.DuckDBPyConnection) -> tuple[str, list]:
         if self.first is None and self.last is None:
             latest = connection.sql(f"SELECT max({col.RUN_DATE}) FROM runs").fetchall()[0][0]
-            return f"{column} = ?", [latest]
-        return f"{column} BETWEEN ? AND ?", [self.first or "0000-00-00", self.last or "9999-99-99"]
+            return f"{col.RUN_DATE} = ?", [latest]
+        return f"{col.RUN_DATE} BETWEEN ? AND ?", [self.first or "0000-00-00", self.last or "9999-99-99"]
 
 
 @dataclasses.dataclass(frozen=True)

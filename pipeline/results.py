@@ -5,8 +5,8 @@ at all, on local disk and on S3.
 per run. Every Delta reader (deltalake, pandas, Polars, DuckDB, Spark, Trino) sees only committed table versions,
 and each table's history is its time travel.
 
-A run works in ``<output>/_work/<run_id>/``: Ray Data writes its predictions there, the series summary and the
-run's ``runs`` row follow, and a ``READY`` marker says the work is complete. Then it commits, one Delta
+A run works in ``<output>/_work/<run_id>/``: the driver streams its scored predictions there, the series summary
+and the run's ``runs`` row follow, and a ``READY`` marker says the work is complete. Then it commits, one Delta
 transaction per table, in the order **predictions -> series -> runs**; predictions and series replace the rows of
 the run's date (an overwrite with a ``run_date`` predicate), runs appends. Each commit carries the run id in its
 commit metadata, so a commit is never made twice. The ``runs`` table is the record of complete runs: a reader that
@@ -149,7 +149,8 @@ def read_parquet_files(uri: str, schema: pa.Schema, columns: list[str] | None = 
 def stage_run_row(output: str, row: dict) -> None:
     """Write the run's ``runs`` row beside its staged tables, then ``READY``: from here on the run will commit,
     now or, if it dies, at the start of the next run of the output."""
-    write_parquet(pa.Table.from_pylist([row], schema=col.RUNS_SCHEMA), work_uri(output, row[col.RUN_ID], RUNS, "run.parquet"))
+    run_row = pa.Table.from_pylist([row], schema=col.RUNS_SCHEMA)
+    write_parquet(run_row, work_uri(output, row[col.RUN_ID], RUNS, "run.parquet"))
     storage.write_text(work_uri(output, row[col.RUN_ID], READY), row[col.RUN_DATE])
 
 

@@ -18,6 +18,7 @@ import threading
 import time
 
 from infra import storage
+from pipeline.results import WORK
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class OutputBusyError(storage.StorageError):
 
 
 def lock_uri(output: str) -> str:
-    return storage.join(output, "_work", LOCK)
+    return storage.join(output, WORK, LOCK)
 
 
 def process_alive(pid: int) -> bool:
@@ -121,7 +122,7 @@ class RunLock:
         try:
             if (read_lock(self.output) or {}).get("run_id") == self.run_id:
                 storage.delete_file(lock_uri(self.output))
-            work = storage.join(self.output, "_work")
+            work = storage.join(self.output, WORK)
             if not storage.list_files(work):
                 storage.delete_tree(work)
         except storage.StorageError as error:

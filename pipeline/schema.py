@@ -82,7 +82,8 @@ PREDICTIONS_SCHEMA = pa.schema(
     [pa.field(RUN_ID, pa.string()), pa.field(RUN_DATE, pa.string()),
      pa.field(SCORED_AT, pa.timestamp("us", tz="UTC")), pa.field(SOURCE_URI, pa.string()),
      pa.field(SOURCE_SHA256, pa.string()), pa.field(SOURCE_SIZE, pa.int64()),
-     pa.field(SOURCE_MODIFIED, pa.timestamp("us", tz="UTC")), pa.field(FRAME_INDEX, pa.int32()), pa.field(FILE_FORMAT, pa.string()),
+     pa.field(SOURCE_MODIFIED, pa.timestamp("us", tz="UTC")), pa.field(FRAME_INDEX, pa.int32()),
+     pa.field(FILE_FORMAT, pa.string()),
      pa.field(STATUS, pa.string()), pa.field(ERROR_CODE, pa.string()), pa.field(ERROR_MESSAGE, pa.string()),
      pa.field(PREDICTED_CLASS, pa.string())]
     + [pa.field(name, pa.float32()) for name in PROBABILITY_COLUMNS]

@@ -371,7 +371,7 @@ def run_screening(config: ScreenConfig) -> RunRecord:
 def score_and_commit(plan: ScreeningPlan) -> RunRecord:
     """Stages 3-7 with the model ``prepare`` resolved, holding the output's lock throughout: every row is scored
     by, and stamped with, that model."""
-    config, output = plan.config, plan.config.output
+    output = plan.config.output
     started = results.utc_now()
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     with run_lock.RunLock(output, run_id):

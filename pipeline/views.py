@@ -21,13 +21,20 @@ import duckdb
 from pipeline import results
 from pipeline import schema as col
 
+def latest_per_file(condition: str = "TRUE") -> str:
+    """SQL: for each file, the rows of the latest complete run that scored it among the rows meeting
+    ``condition``."""
+    return f"""
+        SELECT p.* FROM predictions p JOIN runs_all r ON p.{col.RUN_ID} = r.{col.RUN_ID}
+        WHERE {condition}
+        QUALIFY r.{col.FINISHED_AT} = max(r.{col.FINISHED_AT}) OVER (PARTITION BY p.{col.SOURCE_URI})"""
+
+
 VIEWS = {
     results.RUNS: "SELECT * FROM runs_all",
     results.PREDICTIONS: f"SELECT * FROM predictions_all WHERE {col.RUN_ID} IN (SELECT {col.RUN_ID} FROM runs_all)",
     results.SERIES: f"SELECT * FROM series_all WHERE {col.RUN_ID} IN (SELECT {col.RUN_ID} FROM runs_all)",
-    "current_predictions": f"""
-        SELECT p.* FROM predictions p JOIN runs_all r ON p.{col.RUN_ID} = r.{col.RUN_ID}
-        QUALIFY r.{col.FINISHED_AT} = max(r.{col.FINISHED_AT}) OVER (PARTITION BY p.{col.SOURCE_URI})""",
+    "current_predictions": latest_per_file(),
     "current_series": f"""
         SELECT s.* FROM series s JOIN runs_all r ON s.{col.RUN_ID} = r.{col.RUN_ID}
         QUALIFY row_number() OVER (PARTITION BY s.{col.SERIES_KEY} ORDER BY r.{col.FINISHED_AT} DESC) = 1""",
@@ -51,10 +58,7 @@ def latest_before(excluding_date: str) -> str:
     ``excluding_date`` (the date a run replaces). The date is a validated YYYY-MM-DD, safe to inline."""
     if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", excluding_date):
         raise ValueError(f"not a date: {excluding_date!r}")
-    return f"""
-        SELECT p.* FROM predictions p JOIN runs_all r ON p.{col.RUN_ID} = r.{col.RUN_ID}
-        WHERE p.{col.RUN_DATE} <> '{excluding_date}'
-        QUALIFY r.{col.FINISHED_AT} = max(r.{col.FINISHED_AT}) OVER (PARTITION BY p.{col.SOURCE_URI})"""
+    return latest_per_file(f"p.{col.RUN_DATE} <> '{excluding_date}'")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -138,9 +138,9 @@ def main() -> None:
     configure_logging()
     ensure_ray()
     results = {"model_only_images_per_second": model_only_rates(args.model),
-               "plain_loop_images_per_second": {backend: round(plain_loop_rate(args.source, max(args.images), args.model,
-                                                                               backend), 1)
-                                                for backend in args.backends},
+               "plain_loop_images_per_second": {
+                   backend: round(plain_loop_rate(args.source, max(args.images), args.model, backend), 1)
+                   for backend in args.backends},
                "runs": [screen_once(args.source, count, args.model, backend) for count in args.images
                         for backend in args.backends]}
     print(json.dumps(results, indent=2))

@@ -18,6 +18,7 @@ import pytest
 
 from pipeline import results
 from tests.conftest import ROOT, SAMPLES, TEST_KEY, job_summary
+from tests.support.corpus import padded_sample_archive
 from tests.support.processes import RayNode, descendants, processes_titled, wait_for_nodes
 
 pytestmark = pytest.mark.slow
@@ -60,11 +61,7 @@ def cluster(shadowed_gdcm, cluster_env):
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cluster") / "archive"
-    shutil.copytree(SAMPLES / "archive", root)
-    for copy in range(12):
-        shutil.copytree(SAMPLES / "archive" / "loose", root / "copies" / f"{copy:02d}")
-    return root
+    return padded_sample_archive(tmp_path_factory.mktemp("cluster") / "archive", copies=12)
 
 
 def screen(archive, output, *arguments, env: dict | None = None) -> subprocess.Popen:

@@ -4,7 +4,6 @@ the tables consistent, nothing duplicated). The real job as a subprocess with it
 
 import collections
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +13,8 @@ import pytest
 
 from infra import storage
 from pipeline import results, run_lock
-from tests.conftest import ROOT, SAMPLES, TEST_KEY, job_summary
+from tests.conftest import ROOT, TEST_KEY, job_summary
+from tests.support.corpus import padded_sample_archive
 from tests.support.processes import descendants, processes_titled
 
 pytestmark = pytest.mark.slow
@@ -27,10 +27,7 @@ RUN_DATE = "2026-11-07"
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
     """The sample archive with its loose images copied 20 times over: a run long enough to be cut into."""
-    root = tmp_path_factory.mktemp("faults") / "archive"
-    shutil.copytree(SAMPLES / "archive", root)
-    for copy in range(20):
-        shutil.copytree(SAMPLES / "archive" / "loose", root / "copies" / f"{copy:02d}")
+    root = padded_sample_archive(tmp_path_factory.mktemp("faults") / "archive", copies=20)
     files = [path for path in root.rglob("*") if path.is_file()]
     frames = collections.Counter({str(path): 4 if path.name == "frames.dcm" else 1 for path in files})
     return root, frames

@@ -8,6 +8,7 @@ import gzip
 import io
 import os
 import pathlib
+import shutil
 import struct
 import warnings
 import zlib
@@ -187,3 +188,12 @@ def build_corpus(root: pathlib.Path) -> dict[str, Expected]:
     (root / "generated" / "DICOMDIR").write_bytes(edited_mr())  # skipped by the listing, by name
     os.symlink(root, root / "generated" / "odd" / "loop")  # a link back up: must not trap the walk
     return expected
+
+
+def padded_sample_archive(root: pathlib.Path, copies: int) -> pathlib.Path:
+    """The sample archive under ``root`` with its loose images copied ``copies`` times over: a run long enough to
+    be cut into while it scores."""
+    shutil.copytree(SAMPLES / "archive", root)
+    for copy in range(copies):
+        shutil.copytree(SAMPLES / "archive" / "loose", root / "copies" / f"{copy:02d}")
+    return root
