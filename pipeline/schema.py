@@ -36,12 +36,17 @@ INSTANCE_NUMBER = "instance_number"
 SLICE_POSITION = "slice_position"
 MODEL_VERSION = "model_version"
 MODEL_SHA256 = "model_sha256"
+SELECTION_RULE = "selection_rule"  # the rule of the selection rules (pipeline.selection) that decided the row
+SKIP_REASON = "skip_reason"  # why a skipped row was not classified (the rule's reason, with the header values)
+OOD_SCORE = "ood_score"  # how unlike the training images the input is (pipeline.stages, model.ood)
+OOD = "ood"  # ood_score above the model's out-of-distribution threshold: not counted as tumor or no tumor
 PROBABILITY_COLUMNS = tuple(f"prob_{name}" for name in CLASS_NAMES)
 
 IMAGE = "image"  # in-flight only: the preprocessed model input, never written
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
+STATUS_SKIPPED = "skipped"  # not brain MRI by the selection rules: recorded with the reason, never classified
 
 ERROR_CODES = {code.value: code.description for code in ErrorCode}
 # errors that say nothing about the file itself: an incremental run tries such a file again even when unchanged
@@ -56,6 +61,8 @@ ORDERED_SOURCE_URIS = "ordered_source_uris"
 ORDERED_FRAME_INDICES = "ordered_frame_indices"
 ORDERED_TUMOR_PROBABILITIES = "ordered_tumor_probabilities"
 MOST_SUSPICIOUS_SLICE_INDEX = "most_suspicious_slice_index"
+SLICES_SKIPPED = "slices_skipped"
+SLICES_OOD = "slices_ood"
 
 # runs table
 STARTED_AT = "started_at"
@@ -74,6 +81,9 @@ ROWS_FLAGGED = "rows_flagged"
 SERIES = "series"
 SERIES_FLAGGED = "series_flagged"
 ERRORS_BY_CODE = "errors_by_code"
+ROWS_SKIPPED = "rows_skipped"
+ROWS_OOD = "rows_ood"
+SKIPPED_BY_REASON = "skipped_by_reason"  # JSON: rows skipped per selection rule
 IMAGES_PER_SECOND = "images_per_second"
 THRESHOLD = "threshold"
 OPTIONS = "options"
@@ -91,7 +101,8 @@ PREDICTIONS_SCHEMA = pa.schema(
        pa.field(PATIENT_KEY, pa.string()), pa.field(STUDY_KEY, pa.string()), pa.field(SERIES_KEY, pa.string()),
        pa.field(STUDY_DATE, pa.string()), pa.field(MODALITY, pa.string()), pa.field(INSTANCE_NUMBER, pa.int32()),
        pa.field(SLICE_POSITION, pa.float64()), pa.field(MODEL_VERSION, pa.string()),
-       pa.field(MODEL_SHA256, pa.string())])
+       pa.field(MODEL_SHA256, pa.string()), pa.field(SELECTION_RULE, pa.string()), pa.field(SKIP_REASON, pa.string()),
+       pa.field(OOD_SCORE, pa.float32()), pa.field(OOD, pa.bool_())])
 
 SERIES_SCHEMA = pa.schema([
     pa.field(RUN_ID, pa.string()), pa.field(RUN_DATE, pa.string()), pa.field(PATIENT_KEY, pa.string()),
@@ -102,7 +113,7 @@ SERIES_SCHEMA = pa.schema([
     pa.field(ORDERED_TUMOR_PROBABILITIES, pa.list_(pa.float32())),
     pa.field(TUMOR_PROBABILITY, pa.float32()), pa.field(PREDICTED_CLASS, pa.string()),
     pa.field(MOST_SUSPICIOUS_SLICE_INDEX, pa.int32()), pa.field(FLAGGED, pa.bool_()),
-    pa.field(MODEL_VERSION, pa.string())])
+    pa.field(MODEL_VERSION, pa.string()), pa.field(SLICES_SKIPPED, pa.int32()), pa.field(SLICES_OOD, pa.int32())])
 
 RUNS_SCHEMA = pa.schema([
     pa.field(RUN_ID, pa.string()), pa.field(RUN_DATE, pa.string()),
@@ -113,4 +124,5 @@ RUNS_SCHEMA = pa.schema([
     pa.field(ROWS_ERROR, pa.int64()), pa.field(ROWS_FLAGGED, pa.int64()), pa.field(SERIES, pa.int64()),
     pa.field(SERIES_FLAGGED, pa.int64()), pa.field(ERRORS_BY_CODE, pa.string()),
     pa.field(IMAGES_PER_SECOND, pa.float64()), pa.field(MODEL_VERSION, pa.string()),
-    pa.field(MODEL_SHA256, pa.string()), pa.field(THRESHOLD, pa.float64()), pa.field(OPTIONS, pa.string())])
+    pa.field(MODEL_SHA256, pa.string()), pa.field(THRESHOLD, pa.float64()), pa.field(OPTIONS, pa.string()),
+    pa.field(ROWS_SKIPPED, pa.int64()), pa.field(ROWS_OOD, pa.int64()), pa.field(SKIPPED_BY_REASON, pa.string())])

@@ -112,11 +112,15 @@ class RunRecord:
     threshold: float
     options: dict
     recovered_runs: list = dataclasses.field(default_factory=list)  # earlier runs whose commit this run finished
+    rows_skipped: int = 0  # not brain MRI by the selection rules
+    rows_ood: int = 0  # scored, but unlike anything the model was trained on
+    skipped_by_reason: dict = dataclasses.field(default_factory=dict)  # rows skipped per selection rule
 
     def to_row(self) -> dict:
         """The ``runs`` row: every column of ``RUNS_SCHEMA``, the two mappings as JSON text."""
         row = dataclasses.asdict(self)
         row[col.ERRORS_BY_CODE] = json.dumps(self.errors_by_code)
+        row[col.SKIPPED_BY_REASON] = json.dumps(self.skipped_by_reason)
         row[col.OPTIONS] = json.dumps(self.options, default=str)
         return {name: row[name] for name in col.RUNS_SCHEMA.names}
 
@@ -245,7 +249,8 @@ def stage_predictions(dataset: ray.data.Dataset, uri: str, total_files: int, row
     flush()
 
 
-STAGED_COLUMNS = [*SERIES_INPUT_COLUMNS, col.ERROR_CODE, col.FLAGGED]  # what stages 6-7 read back, once
+# what stages 6-7 read back, once
+STAGED_COLUMNS = [*SERIES_INPUT_COLUMNS, col.ERROR_CODE, col.FLAGGED, col.SELECTION_RULE]
 
 
 def series_frames(connection, staged: pa.Table, run_date: str) -> pa.Table:
@@ -279,12 +284,34 @@ def write_series(frames: pa.Table, uri: str, run_id: str, run_date: str, thresho
     return table.num_rows, int(pc.sum(pc.fill_null(table[col.FLAGGED], False)).as_py() or 0)
 
 
-def count_outcomes(table: pa.Table) -> tuple[int, int, int, Counter]:
-    """(rows, scored, flagged, errors by code) of the staged predictions."""
-    errors = Counter(code for code in table[col.ERROR_CODE].to_pylist() if code)
-    scored = pc.sum(pc.equal(table[col.STATUS], col.STATUS_OK)).as_py() or 0
-    flagged = pc.sum(pc.fill_null(table[col.FLAGGED], False)).as_py() or 0
-    return table.num_rows, int(scored), int(flagged), errors
+@dataclasses.dataclass(frozen=True)
+class Outcomes:
+    """What the staged predictions of one run hold: rows by status, flags, unfamiliar inputs, and the reasons."""
+
+    rows: int
+    scored: int
+    errors: int
+    skipped: int
+    flagged: int
+    ood: int
+    errors_by_code: dict
+    skipped_by_reason: dict
+
+
+def count_outcomes(table: pa.Table) -> Outcomes:
+    """The counts of the staged predictions, for the ``runs`` row."""
+    def count(mask) -> int:
+        return int(pc.sum(pc.fill_null(mask, False)).as_py() or 0)
+
+    status = table[col.STATUS]
+    skipped = pc.equal(status, col.STATUS_SKIPPED)
+    rules = table[col.SELECTION_RULE].filter(skipped).to_pylist()
+    return Outcomes(
+        rows=table.num_rows, scored=count(pc.equal(status, col.STATUS_OK)),
+        errors=count(pc.equal(status, col.STATUS_ERROR)), skipped=count(skipped),
+        flagged=count(table[col.FLAGGED]), ood=count(table[col.OOD]),
+        errors_by_code=dict(sorted(Counter(code for code in table[col.ERROR_CODE].to_pylist() if code).items())),
+        skipped_by_reason=dict(sorted(Counter(rule or "unknown" for rule in rules).items())))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -426,9 +453,9 @@ def score(plan: ScreeningPlan, run_id: str, started: datetime.datetime, recovere
     return record
 
 
-def run_record(config, info, run_id, run_date, started, files, selection, counts, series_counts, threshold,
-               recovered) -> RunRecord:
-    rows, scored, flagged, errors = counts
+def run_record(config, info, run_id, run_date, started, files, selection, counts: Outcomes, series_counts,
+               threshold, recovered) -> RunRecord:
+    rows = counts.rows
     finished = results.utc_now()
     duration = (finished - started).total_seconds()
     options = {key: value for key, value in dataclasses.asdict(config).items() if key != "pseudonym_key_file"}
@@ -436,7 +463,8 @@ def run_record(config, info, run_id, run_date, started, files, selection, counts
         run_id=run_id, run_date=run_date, started_at=started, finished_at=finished, duration_seconds=duration,
         input=", ".join(config.inputs + config.manifests), output=config.output, mode=selection.mode,
         files_listed=files, files_unchanged=selection.unchanged, files_other_model=selection.other_model,
-        rows_written=rows, rows_scored=scored, rows_error=rows - scored, rows_flagged=flagged,
-        series=series_counts[0], series_flagged=series_counts[1], errors_by_code=dict(sorted(errors.items())),
+        rows_written=rows, rows_scored=counts.scored, rows_error=counts.errors, rows_flagged=counts.flagged,
+        rows_skipped=counts.skipped, rows_ood=counts.ood, skipped_by_reason=counts.skipped_by_reason,
+        series=series_counts[0], series_flagged=series_counts[1], errors_by_code=counts.errors_by_code,
         images_per_second=rows / duration if duration else 0.0, model_version=info.version,
         model_sha256=info.weights_sha256, threshold=threshold, options=options, recovered_runs=recovered)

@@ -17,7 +17,7 @@ from pipeline.geometry import slice_order
 
 SERIES_INPUT_COLUMNS = [col.RUN_ID, col.SERIES_KEY, col.PATIENT_KEY, col.STUDY_KEY, col.STUDY_DATE,
                         col.MODALITY, col.SOURCE_URI, col.FRAME_INDEX, col.INSTANCE_NUMBER, col.SLICE_POSITION,
-                        col.STATUS, col.TUMOR_PROBABILITY, col.PREDICTED_CLASS, col.MODEL_VERSION]
+                        col.STATUS, col.TUMOR_PROBABILITY, col.PREDICTED_CLASS, col.MODEL_VERSION, col.OOD]
 
 
 def optional(value):
