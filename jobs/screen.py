@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "(size or modification time) since a completed run of another date scored them")
     parser.add_argument("--rescore-on-model-change", action="store_true",
                         help="also rescore unchanged files whose results come from another model than this run's")
+    parser.add_argument("--selection-rules", metavar="FILE|all",
+                        help="YAML rules choosing which DICOM objects are brain MRI and scored; the others are "
+                             "recorded as skipped with the reason (default: pipeline/selection_rules.yaml; 'all' "
+                             "scores every image object)")
     parser.add_argument("--allow-empty", action="store_true",
                         help="record a run even when the input holds no files (it replaces the date's results); "
                              "without it an empty input is refused with exit status 2")
@@ -94,15 +98,17 @@ def build_config(args: argparse.Namespace) -> ScreenConfig:
                         limits=DecodeLimits(max_file_bytes=int(args.max_file_mb * 2**20),
                                             max_pixels_per_frame=args.max_pixels, max_frames=args.max_frames),
                         allow_empty=args.allow_empty, full=args.full, backend=args.backend,
-                        rescore_on_model_change=args.rescore_on_model_change)
+                        rescore_on_model_change=args.rescore_on_model_change,
+                        selection_rules=args.selection_rules)
 
 
 def screen(plan: ScreeningPlan) -> dict:
     record = score_and_commit(plan)
-    logger.info("run %s done: %d files listed, %d unchanged, %d rows (%d scored, %d errors %s), %d flagged "
-                "images, %d series (%d flagged), %.1f images/s; results in %s", record.run_id, record.files_listed,
-                record.files_unchanged, record.rows_written, record.rows_scored, record.rows_error,
-                record.errors_by_code, record.rows_flagged, record.series, record.series_flagged,
+    logger.info("run %s done: %d files listed, %d unchanged, %d rows (%d scored, %d unfamiliar, %d errors %s, "
+                "%d skipped %s), %d flagged images, %d series (%d flagged), %.1f images/s; results in %s",
+                record.run_id, record.files_listed, record.files_unchanged, record.rows_written, record.rows_scored,
+                record.rows_ood, record.rows_error, record.errors_by_code, record.rows_skipped,
+                record.skipped_by_reason, record.rows_flagged, record.series, record.series_flagged,
                 record.images_per_second, record.output)
     return record.summary()
 

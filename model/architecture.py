@@ -21,6 +21,8 @@ from model.config import ArchitectureConfig
 from model.labels import CLASS_NAMES
 
 COLUMN_FEATURES_LAYER = "expanded_conv_7/Add"  # the last stride-16 block of MobileNetV3Small (10x10x48 at 160 px)
+# each head's last hidden layer: the features the out-of-distribution score (model.ood) reads
+FEATURE_LAYERS = {"bilstm": "pooled_and_columns", "pooling": "average_pool", "lstm": "row_lstm"}
 
 
 def mobilenet_backbone(config: ArchitectureConfig, image_size: int) -> keras.Model:
@@ -76,6 +78,12 @@ def build_classifier(config: ArchitectureConfig, image_size: int) -> keras.Model
     name = {"bilstm": "mobilenetv3small_column_bilstm", "lstm": "mobilenetv3small_lstm",
             "pooling": "mobilenetv3small_gap"}[config.head]
     return keras.Model(images, probabilities, name=name)
+
+
+def with_features(model: keras.Model, head: str) -> keras.Model:
+    """The same network with two outputs: the class probabilities and the head's features (``FEATURE_LAYERS``)."""
+    return keras.Model(model.input, [model.output, model.get_layer(FEATURE_LAYERS[head]).output],
+                       name=f"{model.name}_with_features")
 
 
 def masked_crossentropy(target_masks: tf.Tensor, probabilities: tf.Tensor) -> tf.Tensor:

@@ -17,6 +17,7 @@ import warnings
 import numpy as np
 import pydicom
 import pydicom.errors
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from PIL import Image
 
@@ -142,14 +143,27 @@ def read_dicom(data: bytes) -> pydicom.Dataset:
         raise DecodeError(ErrorCode.DICOM_INVALID, f"not a parseable DICOM file: {type(error).__name__}") from error
 
 
-def decode_dicom(data: bytes, limits: DecodeLimits) -> DecodedFile:
+def has_pixel_data(dataset: pydicom.Dataset) -> bool:
+    return any(keyword in dataset for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+
+
+def open_dicom(data: bytes) -> pydicom.Dataset:
+    """Parse a DICOM file's bytes (pixels still encoded); raises DecodeError for what is no DICOM object at all."""
     dataset = read_dicom(data)
-    if "PixelData" not in dataset and "FloatPixelData" not in dataset and "DoubleFloatPixelData" not in dataset:
-        if not header_value(dataset, "SOPClassUID") and not header_value(dataset, "Rows"):
-            if has_dicom_marker(data):
-                raise DecodeError(ErrorCode.DICOM_INVALID,
-                                  "a DICOM file without image attributes (truncated or malformed)")
-            raise DecodeError(ErrorCode.UNSUPPORTED_FORMAT, "not a DICOM, JPEG or PNG file (no DICOM image attributes)")
+    if not has_pixel_data(dataset) and not header_value(dataset, "SOPClassUID") and not header_value(dataset, "Rows"):
+        if has_dicom_marker(data):
+            raise DecodeError(ErrorCode.DICOM_INVALID, "a DICOM file without image attributes (truncated or malformed)")
+        raise DecodeError(ErrorCode.UNSUPPORTED_FORMAT, "not a DICOM, JPEG or PNG file (no DICOM image attributes)")
+    return dataset
+
+
+def decode_dicom(data: bytes, limits: DecodeLimits) -> DecodedFile:
+    return decode_dicom_dataset(open_dicom(data), limits)
+
+
+def decode_dicom_dataset(dataset: pydicom.Dataset, limits: DecodeLimits) -> DecodedFile:
+    """A parsed DICOM object's frames, as displayed grey levels, with its header (see :func:`dicom_header`)."""
+    if not has_pixel_data(dataset):
         raise DecodeError(ErrorCode.DICOM_NO_PIXEL_DATA, "DICOM object has no pixel data")
     rows, columns = header_int(dataset, "Rows"), header_int(dataset, "Columns")
     frames = header_int(dataset, "NumberOfFrames") or 1
@@ -257,6 +271,20 @@ def float_list(value) -> list[float] | None:
         return [float(item) for item in value] if value is not None else None
     except (TypeError, ValueError):
         return None
+
+
+def dicom_attributes(dataset: pydicom.Dataset, keywords: tuple[str, ...]) -> dict:
+    """The values of ``keywords`` (text, numbers, or a list for a multi-valued element; None when absent or
+    malformed), for selection rules to read without pydicom types."""
+    attributes = {}
+    for keyword in keywords:
+        value = header_value(dataset, keyword)
+        if isinstance(value, (MultiValue, list, tuple)):
+            value = [str(item) for item in value]
+        elif value is not None and not isinstance(value, (int, float)):
+            value = str(value)
+        attributes[keyword] = value
+    return attributes
 
 
 def dicom_header(dataset: pydicom.Dataset) -> dict:

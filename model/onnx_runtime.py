@@ -45,8 +45,16 @@ class OnnxPredictor:
         return cls(data, len(info.class_names), info.temperature, cpu_threads, batch_size)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.with_features(images)[0]
+
+    def with_features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(n, S, S)`` uint8 -> (probabilities, features); features are None for an export without them."""
+        outputs = self.session.get_outputs()
         if len(images) == 0:
-            return np.zeros((0, self.classes), dtype=np.float32)
-        chunks = [self.session.run(None, {self.input_name: images[start:start + self.batch_size]})[0]
+            return np.zeros((0, self.classes), np.float32), (
+                np.zeros((0, outputs[1].shape[-1]), np.float32) if len(outputs) > 1 else None)
+        chunks = [self.session.run(None, {self.input_name: images[start:start + self.batch_size]})
                   for start in range(0, len(images), self.batch_size)]
-        return apply_temperature(np.concatenate(chunks).astype(np.float32), self.temperature)
+        probabilities = apply_temperature(np.concatenate([c[0] for c in chunks]).astype(np.float32), self.temperature)
+        features = np.concatenate([c[1] for c in chunks]).astype(np.float32) if len(outputs) > 1 else None
+        return probabilities, features

@@ -14,7 +14,7 @@ import numpy as np
 
 from infra import storage
 from model.tensorflow_runtime import native_stderr_silenced, quiet_requested, tf
-from model.architecture import build_classifier
+from model.architecture import build_classifier, with_features
 from model.calibration import apply_temperature
 from model.registry import WEIGHTS_FILE, ModelError, ModelInfo, verify_weights
 
@@ -54,21 +54,31 @@ def load_classifier(info: ModelInfo, expected_sha256: str | None = None):
 
 class ProbabilityPredictor:
     """Wraps a Keras classifier in a compiled inference function; ``temperature`` calibrates its probabilities
-    (``model.calibration``; a model's own is ``ModelInfo.temperature``)."""
+    (``model.calibration``; a model's own is ``ModelInfo.temperature``). Given the classifier's ``head``, it also
+    gives the head's features (``with_features``), which the out-of-distribution score reads."""
 
-    def __init__(self, model, batch_size: int = 64, temperature: float = 1.0):
-        self.model = model
+    def __init__(self, model, batch_size: int = 64, temperature: float = 1.0, head: str | None = None):
+        self.model = with_features(model, head) if head else model
         self.batch_size = batch_size
         self.temperature = temperature
-        self._infer = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
+        self._infer = tf.function(lambda images: self.model(images, training=False), reduce_retracing=True)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """``(n, S, S)`` uint8 -> ``(n, classes)`` float32 probabilities."""
-        if len(images) == 0:
-            return np.zeros((0, self.model.output_shape[-1]), dtype=np.float32)
-        chunks = [self._infer(tf.constant(images[start:start + self.batch_size])).numpy()
-                  for start in range(0, len(images), self.batch_size)]
-        return apply_temperature(np.concatenate(chunks).astype(np.float32), self.temperature)
+        return self.with_features(images)[0]
+
+    def with_features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(n, S, S)`` uint8 -> (probabilities, features or None when built without a head)."""
+        outputs = [self._infer(tf.constant(images[start:start + self.batch_size]))
+                   for start in range(0, len(images), self.batch_size)]
+        if not outputs:
+            shapes = self.model.output_shape if isinstance(self.model.output_shape, list) else [self.model.output_shape]
+            outputs = [[np.zeros((0, shape[-1]), np.float32) for shape in shapes]]
+        parts = [[np.asarray(part) for part in (chunk if isinstance(chunk, (list, tuple)) else [chunk])]
+                 for chunk in outputs]
+        probabilities = apply_temperature(np.concatenate([p[0] for p in parts]).astype(np.float32), self.temperature)
+        features = np.concatenate([p[1] for p in parts]).astype(np.float32) if len(parts[0]) > 1 else None
+        return probabilities, features
 
 
 def masked_crossentropy_numpy(probabilities: np.ndarray, targets: np.ndarray) -> float:

@@ -148,12 +148,18 @@ def verify_onnx(info: ModelInfo, data: bytes) -> None:
                          f"the recorded {info.onnx_sha256}")
 
 
-def attach_onnx(info: ModelInfo, data: bytes, details: dict) -> ModelInfo:
-    """Write the ONNX export beside the weights and record its sha256 (and ``details``) in model.json."""
-    record = {**info.metadata, "onnx": {"file": ONNX_FILE, "sha256": sha256_hex(data), **details}}
-    storage.write_bytes(storage.join(info.uri, ONNX_FILE), data)
+def attach_file(info: ModelInfo, key: str, name: str, data: bytes, details: dict) -> ModelInfo:
+    """Write ``data`` as ``name`` beside the weights and record it (file, sha256, ``details``) under ``key`` in
+    model.json."""
+    record = {**info.metadata, key: {"file": name, "sha256": sha256_hex(data), **details}}
+    storage.write_bytes(storage.join(info.uri, name), data)
     storage.write_text(storage.join(info.uri, METADATA_FILE), json.dumps(record, indent=2, sort_keys=True))
     return info_from_record(info.uri, record)
+
+
+def attach_onnx(info: ModelInfo, data: bytes, details: dict) -> ModelInfo:
+    """Write the ONNX export beside the weights and record its sha256 (and ``details``) in model.json."""
+    return attach_file(info, "onnx", ONNX_FILE, data, details)
 
 
 def read_registry(registry: str) -> dict:

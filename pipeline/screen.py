@@ -44,6 +44,7 @@ from pipeline.errors import RunFailedError, RunNotStartedError, describe_failure
 from model.decode import DICOM_EXTENSIONS, DecodeLimits
 from pipeline.listing import ListedFile, list_input_files
 from pipeline.pseudonym import PseudonymKeyError, load_key
+from pipeline.selection import SelectionRules, SelectionRulesError, load_rules
 from pipeline.series import SERIES_INPUT_COLUMNS, series_table, summarize_series
 from pipeline.stages import (BACKENDS, EPOCH, ONNX, TENSORFLOW, InferenceActor, StageContext, decode_and_preprocess,
                              to_predictions_table)
@@ -74,6 +75,7 @@ class ScreenConfig:
     backend: str = "auto"  # "tensorflow", "onnx", or "auto": ONNX Runtime on CPU actors when the model has an export
     full: bool = False  # rescore every listed file, not only new and changed ones
     rescore_on_model_change: bool = False  # also rescore unchanged files scored by another model
+    selection_rules: str | None = None  # which DICOM objects are brain MRI: None, the bundled rules; "all", every one
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
@@ -355,6 +357,7 @@ class ScreeningPlan:
     model: registry.ModelInfo
     files: list[ListedFile]
     pseudonym_key: bytes | None = dataclasses.field(repr=False)
+    selection: SelectionRules = SelectionRules(())
 
     @property
     def uris(self) -> list[str]:
@@ -374,12 +377,13 @@ def prepare(config: ScreenConfig) -> ScreeningPlan:
         uris = [file.uri for file in files]
         refuse_empty_input(config, uris)
         key = resolve_key(config, uris)
+        selection = load_rules(config.selection_rules)
         results.check_layout(config.output)
         run_lock.check_free(config.output)
         results.check_writable(config.output)
-    except (registry.ModelError, storage.StorageError, PseudonymKeyError) as error:
+    except (registry.ModelError, storage.StorageError, PseudonymKeyError, SelectionRulesError) as error:
         raise RunNotStartedError(str(error)) from error
-    return ScreeningPlan(config, info, files, key)
+    return ScreeningPlan(config, info, files, key, selection)
 
 
 def refuse_empty_input(config: ScreenConfig, uris: list[str]) -> None:
@@ -424,7 +428,7 @@ def score(plan: ScreeningPlan, run_id: str, started: datetime.datetime, recovere
     run_date = config.run_date or started.date().isoformat()
     threshold = info.threshold if config.threshold is None else config.threshold
     context = StageContext(run_id, run_date, info.preprocessing, config.limits, plan.pseudonym_key, threshold,
-                           info.version, info.weights_sha256)
+                           info.version, info.weights_sha256, plan.selection)
     try:
         connection = views.connect(output)
         selection = select_files(config, plan.files, views.scored_files(connection, run_date),

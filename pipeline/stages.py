@@ -21,13 +21,16 @@ import pyarrow.compute as pc
 
 from infra import storage
 from model import registry
-from model.decode import DecodedFile, DecodeError, DecodeLimits, decode_file, sniff_format
+from model.decode import (DecodedFile, DecodeError, DecodeLimits, decode_dicom_dataset, decode_file, dicom_attributes,
+                          dicom_header, open_dicom, sniff_format)
 from model.errors import ErrorCode
 from model.labels import CLASS_NAMES, NO_TUMOR_INDEX
+from model.ood import OodDetector
 from model.preprocessing import PreprocessConfig, preprocess_image
 from pipeline import schema as col
 from pipeline.geometry import slice_position
 from pipeline.pseudonym import pseudonymize
+from pipeline.selection import NO_HEADER, Decision, SelectionRules
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +49,7 @@ class StageContext:
     threshold: float
     model_version: str
     model_sha256: str
+    selection: SelectionRules = SelectionRules(())  # which DICOM objects are brain MRI (pipeline.selection)
 
 
 def base_row(uri: str, sha256: str | None, context: StageContext) -> dict:
@@ -110,7 +114,7 @@ def file_rows(uri: str, context: StageContext) -> list[dict]:
         return [error_row(uri, sha256, ErrorCode.PSEUDONYM_KEY_MISSING, "DICOM file met but no pseudonym key was given",
                           context, "dicom")]
     try:
-        return frame_rows(uri, sha256, decode_file(data, uri, context.limits), context)
+        return selected_rows(uri, sha256, data, context)
     except DecodeError as error:
         return [error_row(uri, sha256, error.code, str(error), context, sniff_format(data, uri) if data else None)]
     except MemoryError:
@@ -119,6 +123,27 @@ def file_rows(uri: str, context: StageContext) -> list[dict]:
         logger.error("unexpected %s while decoding %s", type(error).__name__, uri)
         return [error_row(uri, sha256, ErrorCode.INTERNAL_ERROR, f"unexpected {type(error).__name__} while decoding",
                           context)]
+
+
+def selected_rows(uri: str, sha256: str, data: bytes, context: StageContext) -> list[dict]:
+    """A DICOM object goes to the selection rules before its pixels are decoded: a skip is one row with the rule
+    and its reason; what is scored (and every JPEG/PNG, which has no header) is decoded into frame rows."""
+    if not data or sniff_format(data, uri) != "dicom":
+        return [{**row, col.SELECTION_RULE: NO_HEADER}
+                for row in frame_rows(uri, sha256, decode_file(data, uri, context.limits), context)]
+    dataset = open_dicom(data)
+    decision = context.selection.decide(dicom_attributes(dataset, context.selection.keywords))
+    if decision.skips:
+        return [skipped_row(uri, sha256, dicom_header(dataset), decision, context)]
+    decoded = decode_dicom_dataset(dataset, context.limits)
+    return [{**row, col.SELECTION_RULE: decision.rule} for row in frame_rows(uri, sha256, decoded, context)]
+
+
+def skipped_row(uri: str, sha256: str, header: dict, decision: Decision, context: StageContext) -> dict:
+    """The one row of a DICOM object the selection rules skip: its keys and the rule, never a class."""
+    return {**base_row(uri, sha256, context), **dicom_columns(header, context.pseudonym_key),
+            col.FILE_FORMAT: "dicom", col.STATUS: col.STATUS_SKIPPED, col.SELECTION_RULE: decision.rule,
+            col.SKIP_REASON: decision.reason}
 
 
 IN_FLIGHT_SCHEMA = pa.schema([field for field in col.PREDICTIONS_SCHEMA if field.name != col.SCORED_AT]
@@ -173,34 +198,47 @@ class InferenceActor:
 
             configure_tensorflow(cpu_threads, use_gpu)
             self.predictor = ProbabilityPredictor(load_classifier(info, weights_sha256), batch_size,
-                                                  info.temperature)
+                                                  info.temperature, head=info.architecture.head)
+        self.ood = OodDetector.for_model(info)
+        if self.ood is None:
+            logger.warning("model %s has no out-of-distribution detector: the ood columns stay empty", info.version)
         self.image_size = info.preprocessing.image_size
         self.threshold = threshold
 
     def __call__(self, table: pa.Table) -> pa.Table:
         ok = np.asarray(pc.fill_null(pc.equal(table[col.STATUS], col.STATUS_OK), False))
         probabilities = np.full((len(ok), len(CLASS_NAMES)), np.nan, dtype=np.float32)
+        ood_scores = np.full(len(ok), np.nan, dtype=np.float32)
         try:
-            probabilities[ok] = self.predictor(self.images(table.filter(pa.array(ok))))
+            probabilities[ok], features = self.predictor.with_features(self.images(table.filter(pa.array(ok))))
+            if self.ood is not None and features is not None:
+                ood_scores[ok] = self.ood.scores(features)
         except Exception as error:  # a model failure marks the rows, it does not lose them
             logger.exception("inference failed for a batch of %d images", int(ok.sum()))
             table = mark_failed(table, ok, ErrorCode.INFERENCE_FAILED, f"inference failed: {type(error).__name__}")
             ok = np.zeros(len(ok), dtype=bool)
-        return self.fill_scores(table, probabilities, ok)
+        return self.fill_scores(table, probabilities, ok, ood_scores)
 
     def images(self, table: pa.Table) -> np.ndarray:
         data = b"".join(table[col.IMAGE].to_pylist())
         return np.frombuffer(data, dtype=np.uint8).reshape(-1, self.image_size, self.image_size)
 
-    def fill_scores(self, table: pa.Table, probabilities: np.ndarray, ok: np.ndarray) -> pa.Table:
-        missing = ~ok
+    def fill_scores(self, table: pa.Table, probabilities: np.ndarray, ok: np.ndarray,
+                    ood_scores: np.ndarray) -> pa.Table:
+        """The probability columns of the ``ok`` rows; an unfamiliar row (``ood``) keeps its probabilities but gets
+        no class and no flag, so it is never counted as tumor or no tumor."""
+        missing, unscored = ~ok, np.isnan(ood_scores)
+        ood = np.zeros(len(ok), dtype=bool) if self.ood is None else self.ood.marks(np.nan_to_num(ood_scores))
+        unclassified = missing | ood
         scores = {name: pa.array(probabilities[:, index], pa.float32(), mask=missing)
                   for index, name in enumerate(col.PROBABILITY_COLUMNS)}
         tumor = 1.0 - probabilities[:, NO_TUMOR_INDEX]
         scores[col.TUMOR_PROBABILITY] = pa.array(tumor, pa.float32(), mask=missing)
         predicted = np.array(CLASS_NAMES, dtype=object)[np.nan_to_num(probabilities).argmax(axis=1)]
-        scores[col.PREDICTED_CLASS] = pa.array(predicted, pa.string(), mask=missing)
-        scores[col.FLAGGED] = pa.array(np.nan_to_num(tumor) >= self.threshold, pa.bool_(), mask=missing)
+        scores[col.PREDICTED_CLASS] = pa.array(predicted, pa.string(), mask=unclassified)
+        scores[col.FLAGGED] = pa.array(np.nan_to_num(tumor) >= self.threshold, pa.bool_(), mask=unclassified)
+        scores[col.OOD_SCORE] = pa.array(ood_scores, pa.float32(), mask=unscored)
+        scores[col.OOD] = pa.array(ood, pa.bool_(), mask=unscored)
         for name, values in scores.items():
             table = table.set_column(table.schema.get_field_index(name), name, values)
         return table
