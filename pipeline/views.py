@@ -4,6 +4,12 @@ Views, all restricted to complete runs (runs recorded in ``runs``, see ``pipelin
 - ``predictions``, ``series``, ``runs``: the tables' rows.
 - ``current_predictions``: for each file, the rows of the latest run that scored it, whatever night that was.
 - ``current_series``: for each series, the row of the latest run that summarised it.
+- ``current_studies``: one row per study, from its current series (``current_series_by_study``). A study's tumor
+  probability is the highest of its series', and it is flagged when any of its series is (a tumor in one series is a
+  tumor in the study; each series' own rule, in ``pipeline.series``, already keeps one noisy slice from flagging).
+  The deciding series is the flagged series with the highest tumor probability, or, when none is flagged, the
+  series with the highest (the first series key on ties); the study's class is that series' class. A study whose
+  series have no probability (every slice skipped, failed or unfamiliar) has none and no flag.
 - ``predictions_all``, ``series_all``: every committed row, a run's partial commit included (for audits).
 The tables are read through pyarrow datasets registered in DuckDB (no DuckDB extension is downloaded), so column
 selection and filters such as ``run_date = '2026-11-02'`` push down to the Parquet files: a one-day question over
@@ -30,6 +36,19 @@ def latest_per_file(condition: str = "TRUE") -> str:
         QUALIFY r.{col.FINISHED_AT} = max(r.{col.FINISHED_AT}) OVER (PARTITION BY p.{col.SOURCE_URI})"""
 
 
+def current_series_by_study() -> str:
+    """SQL: one row per study key of ``current_series`` (see the module docstring for the rule)."""
+    deciding = (f"ORDER BY {col.FLAGGED} DESC NULLS LAST, {col.TUMOR_PROBABILITY} DESC, {col.SERIES_KEY}) "
+                f"FILTER (WHERE {col.TUMOR_PROBABILITY} IS NOT NULL)")
+    return f"""
+        SELECT {col.STUDY_KEY}, min({col.PATIENT_KEY}) AS {col.PATIENT_KEY}, min({col.STUDY_DATE}) AS {col.STUDY_DATE},
+               count(*) AS {col.SERIES}, count(*) FILTER (WHERE {col.FLAGGED}) AS {col.SERIES_FLAGGED},
+               max({col.TUMOR_PROBABILITY}) AS {col.TUMOR_PROBABILITY}, bool_or({col.FLAGGED}) AS {col.FLAGGED},
+               first({col.SERIES_KEY} {deciding} AS deciding_{col.SERIES_KEY},
+               first({col.PREDICTED_CLASS} {deciding} AS {col.PREDICTED_CLASS}
+        FROM current_series WHERE {col.STUDY_KEY} IS NOT NULL GROUP BY {col.STUDY_KEY}"""
+
+
 VIEWS = {
     results.RUNS: "SELECT * FROM runs_all",
     results.PREDICTIONS: f"SELECT * FROM predictions_all WHERE {col.RUN_ID} IN (SELECT {col.RUN_ID} FROM runs_all)",
@@ -38,6 +57,7 @@ VIEWS = {
     "current_series": f"""
         SELECT s.* FROM series s JOIN runs_all r ON s.{col.RUN_ID} = r.{col.RUN_ID}
         QUALIFY row_number() OVER (PARTITION BY s.{col.SERIES_KEY} ORDER BY r.{col.FINISHED_AT} DESC) = 1""",
+    "current_studies": current_series_by_study(),
 }
 
 

@@ -21,11 +21,13 @@ DATE, OTHER_DATE = "2026-11-03", "2026-11-04"
 KEY = {results.PREDICTIONS: "source_uri", results.SERIES: "series_key"}  # a column that names each row
 
 
-def stage(output: str, run_id: str, uris: list[str], run_date: str = DATE, minute: int = 0) -> None:
-    """A run's complete work folder, READY to commit."""
+def stage(output: str, run_id: str, uris: list[str], run_date: str = DATE, minute: int = 0,
+          series_values: dict[str, dict] | None = None) -> None:
+    """A run's complete work folder, READY to commit; ``series_values``: more columns of a series row, by key."""
     for table in results.PARTITIONED_TABLES:
-        rows = pa.Table.from_pylist([{"run_id": run_id, "run_date": run_date, KEY[table]: uri} for uri in uris],
-                                    schema=results.TABLE_SCHEMAS[table])
+        values = (series_values or {}) if table == results.SERIES else {}
+        rows = pa.Table.from_pylist([{"run_id": run_id, "run_date": run_date, KEY[table]: uri, **values.get(uri, {})}
+                                     for uri in uris], schema=results.TABLE_SCHEMAS[table])
         results.write_parquet(rows, storage.join(results.work_uri(output, run_id, table), "part-0.parquet"))
     finished = datetime.datetime(2026, 11, 3, 2, minute, tzinfo=datetime.timezone.utc)
     results.stage_run_row(output, {"run_id": run_id, "run_date": run_date, "finished_at": finished})
@@ -103,6 +105,27 @@ def test_current_views_take_each_file_from_the_latest_run_that_scored_it(output)
         current = sorted(connection.sql("SELECT source_uri, run_id FROM current_predictions").fetchall())
         series = sorted(connection.sql("SELECT series_key, run_id FROM current_series").fetchall())
     assert current == series == [("x.dcm", "run-a"), ("y.dcm", "run-b"), ("z.dcm", "run-b")]
+
+
+def series_row(study: str, probability: float | None, predicted: str | None = None) -> dict:
+    return {"study_key": study, "patient_key": "patient", "study_date": "20261101", "tumor_probability": probability,
+            "flagged": None if probability is None else probability >= 0.5, "predicted_class": predicted}
+
+
+def test_a_study_takes_its_most_suspicious_current_series_and_is_flagged_when_any_series_is(output):
+    stage(output, "run-b", ["s1", "s2", "s3", "s4", "s5"], run_date=OTHER_DATE, minute=2, series_values={
+        "s1": series_row("one", 0.2, "notumor"), "s2": series_row("one", 0.8, "glioma"), "s3": series_row("one", None),
+        "s4": series_row("two", 0.1, "notumor"), "s5": series_row("three", None)})
+    results.commit_run(output, "run-b")
+    stage(output, "run-c", ["s4"], run_date="2026-11-05", minute=3, series_values={"s4": series_row("two", 0.3)})
+    results.commit_run(output, "run-c")  # a later night summarised s4 again: the study reads its current row
+    with views.connect(output) as connection:
+        studies = connection.sql("""
+            SELECT study_key, patient_key, series, series_flagged, round(tumor_probability::DOUBLE, 4), flagged,
+                   deciding_series_key, predicted_class FROM current_studies ORDER BY study_key""").fetchall()
+    assert studies == [("one", "patient", 3, 1, 0.8, True, "s2", "glioma"),
+                       ("three", "patient", 1, 0, None, None, None, None),
+                       ("two", "patient", 1, 0, 0.3, False, "s4", None)]
 
 
 def test_every_state_an_output_can_be_in_reads_without_error(tmp_path):
