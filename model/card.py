@@ -121,6 +121,7 @@ def model_card(record: dict) -> str:
         f"# Model card: {record['version']}", "",
         f"- Weights: `weights.h5`, sha256 `{record['weights_sha256']}` (checked before every load).",
         *onnx_lines(record),
+        *ood_lines(record),
         f"- Architecture: MobileNetV3Small backbone trained from scratch (no pretrained weights), "
         f"{head_description(architecture)}, "
         f"softmax over {', '.join(CLASS_NAMES)}; input {preprocessing['image_size']}x{preprocessing['image_size']} "
@@ -233,7 +234,7 @@ DEFAULT_LIMITS = (
     "Every no-tumor training image comes from one source (Br35H); tumor slices from Br35H were added so the "
     "model cannot call a source 'no tumor', but no-tumor images from other scanners are still unseen.",
     "Validation is a duplicate-aware split of the same sources; accuracy on another hospital's data will be lower.",
-    "The series score is the most suspicious slice's; it is not a volumetric model.",
+    "A series is flagged when two neighbouring slices are both suspicious (docs/series_rule.md); it is not a volumetric model.",
 )
 
 
@@ -244,6 +245,26 @@ def onnx_lines(record: dict) -> list[str]:
     return [f"- ONNX export for CPU inference: `{onnx['file']}`, sha256 `{onnx['sha256']}` (checked before every "
             f"load), opset {onnx['opset']}; its probabilities differ from TensorFlow's by at most "
             f"{onnx['parity_max_abs_difference']:.1e} on {onnx['parity_images']} check images."]
+
+
+def ood_lines(record: dict) -> list[str]:
+    """The out-of-distribution check (``model.ood``): how it scores, its threshold, and how well it separates."""
+    ood = record.get("ood")
+    if not ood:
+        return []
+    lines = ["", "## Out-of-distribution check", "",
+             f"- {ood['method']}. Threshold {ood['threshold']:.2f}; `{ood['file']}`, sha256 `{ood['sha256']}`.",
+             f"- Marked: {percent(ood['validation_marked'])} of the {ood['validation_images']} validation images (by "
+             f"construction of the threshold), {percent(ood['training_marked'])} of the {ood['training_images']} "
+             "training images.",
+             f"- AUROC, validation images against all out-of-distribution sets: "
+             f"{number(ood['auroc_validation_vs_out_of_distribution'])}.",
+             f"- An unseen head MRI slice (matplotlib's s1045.ima) scores {ood['unseen_head_mri_score']:.1f}: "
+             f"{'marked' if ood['unseen_head_mri_marked'] else 'not marked'}.", "",
+             "| set | images | marked at the threshold | AUROC against validation |", "| --- | --- | --- | --- |"]
+    lines += [f"| {name} | {values['images']} | {percent(values['marked'])} | {number(values['auroc'])} |"
+              for name, values in ood["out_of_distribution_sets"].items()]
+    return lines
 
 
 def write_model_card(model_dir: str) -> str:

@@ -32,8 +32,8 @@ def export_onnx(model) -> bytes:
 def export_and_attach(model, info: ModelInfo, check_images: np.ndarray) -> ModelInfo:
     """Export ``model`` (the network of ``info``), compare ONNX Runtime with TensorFlow on ``check_images``, and
     only then record the export in the model folder; raises ModelError when they disagree."""
-    data = export_onnx(with_features(model, info.architecture.head))
-    expected, expected_features = ProbabilityPredictor(model, head=info.architecture.head).with_features(check_images)
+    data = export_onnx(with_features(model))
+    expected, expected_features = ProbabilityPredictor(model, features=True).with_features(check_images)
     exported, exported_features = OnnxPredictor(data, len(info.class_names)).with_features(check_images)
     difference = float(np.abs(exported - expected).max()) if len(check_images) else 0.0
     if difference > PARITY_TOLERANCE:

@@ -54,11 +54,11 @@ def load_classifier(info: ModelInfo, expected_sha256: str | None = None):
 
 class ProbabilityPredictor:
     """Wraps a Keras classifier in a compiled inference function; ``temperature`` calibrates its probabilities
-    (``model.calibration``; a model's own is ``ModelInfo.temperature``). Given the classifier's ``head``, it also
-    gives the head's features (``with_features``), which the out-of-distribution score reads."""
+    (``model.calibration``; a model's own is ``ModelInfo.temperature``). With ``features``, it also gives the image
+    statistics the out-of-distribution score reads (``with_features``)."""
 
-    def __init__(self, model, batch_size: int = 64, temperature: float = 1.0, head: str | None = None):
-        self.model = with_features(model, head) if head else model
+    def __init__(self, model, batch_size: int = 64, temperature: float = 1.0, features: bool = False):
+        self.model = with_features(model) if features else model
         self.batch_size = batch_size
         self.temperature = temperature
         self._infer = tf.function(lambda images: self.model(images, training=False), reduce_retracing=True)
@@ -68,7 +68,7 @@ class ProbabilityPredictor:
         return self.with_features(images)[0]
 
     def with_features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """``(n, S, S)`` uint8 -> (probabilities, features or None when built without a head)."""
+        """``(n, S, S)`` uint8 -> (probabilities, features or None when built without them)."""
         outputs = [self._infer(tf.constant(images[start:start + self.batch_size]))
                    for start in range(0, len(images), self.batch_size)]
         if not outputs:

@@ -198,7 +198,7 @@ class InferenceActor:
 
             configure_tensorflow(cpu_threads, use_gpu)
             self.predictor = ProbabilityPredictor(load_classifier(info, weights_sha256), batch_size,
-                                                  info.temperature, head=info.architecture.head)
+                                                  info.temperature, features=True)
         self.ood = OodDetector.for_model(info)
         if self.ood is None:
             logger.warning("model %s has no out-of-distribution detector: the ood columns stay empty", info.version)

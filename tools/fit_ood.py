@@ -3,8 +3,9 @@
     python -m tools.fit_ood --model models/<version> [--cache DIR]
 
 1. Rebuild the model's duplicate-aware split from the data recorded in its ``model.json`` (as
-   ``tools.calibrate_model`` does) and compute the head's features of every training and validation image.
-2. Fit ``model.ood`` on the training features; the threshold marks 1% of the validation images.
+   ``tools.calibrate_model`` does) and compute the image statistics ``model.ood`` reads for every training and
+   validation image.
+2. Fit ``model.ood`` on the training images; the threshold marks 1% of the validation images.
 3. Measure it on real images that are not brain MRI: every image object pydicom ships (CT, ultrasound, radiographs,
    nuclear medicine, secondary captures, colour images, segmentations; its MR files are left out, since some show a
    head), matplotlib's sample photographs and graphics, and blank, near-blank and noise images; AUROC of the
@@ -31,8 +32,7 @@ from model.card import write_model_card
 from model.config import RetrainConfig
 from model.data import list_labelled_images, load_labelled_dataset
 from model.decode import DecodeError, decode_file
-from model.labels import CLASS_NAMES
-from model.ood import DEFAULT_COMPONENTS, DEFAULT_QUANTILE, OOD_FILE, fit_detector
+from model.ood import DEFAULT_QUANTILE, OOD_FILE, fit_detector
 from model.predict import ProbabilityPredictor, load_classifier
 from model.preprocessing import preprocess_image
 from pipeline.retrain import split_by_groups, validation_arrays
@@ -108,13 +108,11 @@ def mri_like_images(info: registry.ModelInfo) -> np.ndarray:
 
 def fit_and_measure(model_dir: str, cache: str | None) -> dict:
     info = registry.load_model_info(model_dir)
-    predictor = ProbabilityPredictor(load_classifier(info), temperature=info.temperature,
-                                     head=info.architecture.head)
-    (train_images, _, train_labels), (val_images, _, _) = split_arrays(info, cache)
+    predictor = ProbabilityPredictor(load_classifier(info), temperature=info.temperature, features=True)
+    (train_images, _, _), (val_images, _, _) = split_arrays(info, cache)
     features = predictor.with_features(train_images)[1]
-    classes = np.array([CLASS_NAMES.index(label) if label in CLASS_NAMES else -1 for label in train_labels])
     validation = predictor.with_features(val_images)[1]
-    detector = fit_detector(features, classes, validation)
+    detector = fit_detector(features, validation)
     in_scores = detector.scores(validation)
     sets = {"pydicom non-MR images": pydicom_images(info), "matplotlib photographs and graphics":
             matplotlib_images(info), "blank, near-blank and noise": synthetic_images(info)}
@@ -123,12 +121,13 @@ def fit_and_measure(model_dir: str, cache: str | None) -> dict:
     labels = np.r_[np.zeros(len(in_scores)), np.ones(len(out_scores))]
     head_mri = float(detector.scores(predictor.with_features(mri_like_images(info))[1])[0])
     record = {
-        "method": "Mahalanobis distance to the nearest class mean of the training features (shared Ledoit-Wolf "
-                  f"covariance, {DEFAULT_COMPONENTS} principal components); threshold at the "
+        "method": "Mahalanobis distance to the training images' mean (Ledoit-Wolf covariance) of the per-channel "
+                  "mean and standard deviation of two early backbone blocks; threshold at the "
                   f"{DEFAULT_QUANTILE:.0%} quantile of the validation images",
-        "feature_layer": info.architecture.head, "threshold": detector.threshold,
+        "features": int(features.shape[1]), "threshold": detector.threshold,
         "training_images": int(len(features)), "validation_images": int(len(validation)),
         "validation_marked": float(detector.marks(in_scores).mean()),
+        "training_marked": float(detector.marks(detector.scores(features)).mean()),
         "auroc_validation_vs_out_of_distribution": float(roc_auc_score(labels, np.r_[in_scores, out_scores])),
         "out_of_distribution_sets": {name: {"images": int(len(scores)), "marked": float(detector.marks(scores).mean()),
                                             "auroc": float(roc_auc_score(

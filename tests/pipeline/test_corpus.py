@@ -29,7 +29,8 @@ def corpus_run(tmp_path_factory, model_uri):
     output = root.parent / "results"
     done = subprocess.run(
         [sys.executable, "-m", "jobs.screen", "--input", str(root), "--manifest", str(manifest), "--output",
-         str(output), "--model", model_uri, "--run-date", "2026-11-04", "--max-file-mb", str(MAX_FILE_MB)],
+         str(output), "--model", model_uri, "--run-date", "2026-11-04", "--max-file-mb", str(MAX_FILE_MB),
+         "--selection-rules", "all"],  # every image object is decoded: the corpus is about decoding, not selection
         cwd=ROOT, env={**os.environ, "PSEUDONYM_KEY": TEST_KEY}, capture_output=True, text=True, timeout=900)
     return expected, output, done
 

@@ -74,7 +74,11 @@ def pydicom_outcome(path: pathlib.Path) -> Expected:
 
 
 def mr_dataset() -> pydicom.Dataset:
-    return pydicom.dcmread(get_testdata_file("MR_small.dcm", download=False))
+    """pydicom's MR_small, declared an original acquisition (it ships marked DERIVED\\SECONDARY, which the default
+    selection rules skip before decoding), so the cases built on it reach the decoder."""
+    dataset = pydicom.dcmread(get_testdata_file("MR_small.dcm", download=False))
+    dataset.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    return dataset
 
 
 def dicom_bytes(dataset: pydicom.Dataset) -> bytes:
