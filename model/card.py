@@ -259,6 +259,10 @@ def ood_lines(record: dict) -> list[str]:
              "training images.",
              f"- AUROC, validation images against all out-of-distribution sets: "
              f"{number(ood['auroc_validation_vs_out_of_distribution'])}.",
+             "- The validation images it marks, by label: " + (", ".join(
+                 f"{label} {count}" for label, count in sorted(ood.get("validation_marked_by_label", {}).items()))
+                 or "none") + ". A marked image is listed as unfamiliar, not flagged: a tumor slice marked is one "
+             "the flag list does not show.",
              f"- An unseen head MRI slice (matplotlib's s1045.ima) scores {ood['unseen_head_mri_score']:.1f}: "
              f"{'marked' if ood['unseen_head_mri_marked'] else 'not marked'}.", "",
              "| set | images | marked at the threshold | AUROC against validation |", "| --- | --- | --- | --- |"]

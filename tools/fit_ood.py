@@ -109,7 +109,7 @@ def mri_like_images(info: registry.ModelInfo) -> np.ndarray:
 def fit_and_measure(model_dir: str, cache: str | None) -> dict:
     info = registry.load_model_info(model_dir)
     predictor = ProbabilityPredictor(load_classifier(info), temperature=info.temperature, features=True)
-    (train_images, _, _), (val_images, _, _) = split_arrays(info, cache)
+    (train_images, _, _), (val_images, _, val_labels) = split_arrays(info, cache)
     features = predictor.with_features(train_images)[1]
     validation = predictor.with_features(val_images)[1]
     detector = fit_detector(features, validation)
@@ -128,6 +128,8 @@ def fit_and_measure(model_dir: str, cache: str | None) -> dict:
         "training_images": int(len(features)), "validation_images": int(len(validation)),
         "validation_marked": float(detector.marks(in_scores).mean()),
         "training_marked": float(detector.marks(detector.scores(features)).mean()),
+        "validation_marked_by_label": {str(label): int(count) for label, count in zip(
+            *np.unique(val_labels[detector.marks(in_scores)], return_counts=True))},
         "auroc_validation_vs_out_of_distribution": float(roc_auc_score(labels, np.r_[in_scores, out_scores])),
         "out_of_distribution_sets": {name: {"images": int(len(scores)), "marked": float(detector.marks(scores).mean()),
                                             "auroc": float(roc_auc_score(
