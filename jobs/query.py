@@ -1,18 +1,24 @@
 """Ask the screening results what happened: the morning's flagged list, a patient's history, the nights'
-summaries, table history, or any SQL. Reads the Delta tables of a results output (folder or S3 prefix) with
-DuckDB; starts no Ray, and runs the same under ``ray job submit``.
+summaries, table history, any SQL, or a night's HTML report. Reads the Delta tables of a results output (folder
+or S3 prefix) with DuckDB; starts no Ray, and runs the same under ``ray job submit``.
 
     python -m jobs.query flagged  --results <dir|s3://...> [--date D | --from D --to D] [--class C] ...
     python -m jobs.query patient  --results <dir|s3://...> <patient_key>
+    python -m jobs.query patient  --results <dir|s3://...> --patient-id <ID|-> [--pseudonym-key-file FILE]
     python -m jobs.query summary  --results <dir|s3://...> [--from D --to D] [--by-class]
     python -m jobs.query history  --results <dir|s3://...>
     python -m jobs.query sql      --results <dir|s3://...> "SELECT ... FROM current_series ..."
+    python -m jobs.query report   --results <dir|s3://...> [--run-id RUN] [--output FILE]
 
 Views for SQL: predictions, series, runs (complete runs only), current_predictions and current_series (each file
 or series as last scored), predictions_all and series_all (every committed row). --as-of reads every table as it
 was at a moment (what was reported that morning). Output: an aligned table on a terminal, or --format csv, json
-or parquet, to stdout or --output FILE. Exit status 0 (an empty answer included), 2 for a question that cannot be
-answered (no results there, unknown patient key, bad SQL), with one line saying why.
+or parquet, to stdout or --output FILE. ``patient --patient-id`` turns a patient ID into its pseudonym here, with
+the pseudonym key the screening runs used (PSEUDONYM_KEY or --pseudonym-key-file); the ID itself is never printed,
+logged or written (``-`` reads it from stdin, out of the shell history). ``report`` rebuilds a committed run's
+morning report (``pipeline.report``; default: the latest run) where the run wrote it, or to --output, and prints
+where. Exit status 0 (an empty answer included), 2 for a question that cannot be answered (no results there,
+unknown patient or run, bad SQL, no pseudonym key), with one line saying why.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import datetime
 import io
 import json
 import logging
+import os
 import sys
 
 import pyarrow as pa
@@ -31,7 +38,8 @@ import pyarrow.parquet as pq
 from infra import storage
 from jobs.runner import POSITIVE_INT, PROBABILITY, HelpFormatter, iso_date, require_lasting_paths
 from model.labels import CLASS_NAMES
-from pipeline import queries, results, views
+from pipeline import queries, report, results, views
+from pipeline.pseudonym import PseudonymKeyError, load_key
 
 logger = logging.getLogger("jobs.query")
 FORMATS = ("table", "csv", "json", "parquet")
@@ -49,12 +57,13 @@ def moment(text: str) -> datetime.datetime:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m jobs.query", description=__doc__, formatter_class=HelpFormatter)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--results", required=True, help="results folder or S3 prefix written by jobs.screen")
+    results_option = argparse.ArgumentParser(add_help=False)
+    results_option.add_argument("--results", required=True, help="results folder or S3 prefix written by jobs.screen")
+    results_option.add_argument("--verbose", action="store_true", help="debug logging")
+    common = argparse.ArgumentParser(add_help=False, parents=[results_option])
     common.add_argument("--format", choices=FORMATS, default="table", help="output format")
     common.add_argument("--output", help="write to this file instead of stdout (needed for parquet)")
     common.add_argument("--as-of", type=moment, help="read the tables as they were at this UTC time")
-    common.add_argument("--verbose", action="store_true", help="debug logging")
     dates = argparse.ArgumentParser(add_help=False)
     dates.add_argument("--date", type=iso_date, help="one run date (default: the latest)")
     dates.add_argument("--from", dest="first", type=iso_date, help="first run date of a range")
@@ -67,9 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="tumor probability to list from (default: what each run flagged)")
     flagged.add_argument("--modality", help="only this DICOM modality, e.g. MR")
     flagged.add_argument("--limit", type=POSITIVE_INT, help="at most this many rows")
-    patient = commands.add_parser("patient", parents=[common], formatter_class=HelpFormatter,
-                                  help="one patient's series across studies and nights")
-    patient.add_argument("patient_key", help="the pseudonymous patient key from the results tables")
+    add_patient_parser(commands, common)
     summary = commands.add_parser("summary", parents=[common, dates], formatter_class=HelpFormatter,
                                   help="per night: files, rows, scored, flagged, errors, throughput, model")
     summary.add_argument("--by-class", action="store_true", help="images per predicted class per night instead")
@@ -77,7 +84,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="every table commit with its time and run (time travel, audit)")
     sql = commands.add_parser("sql", parents=[common], formatter_class=HelpFormatter, help="any SQL (DuckDB)")
     sql.add_argument("query", help="the SQL, over the views listed above")
+    rebuilt = commands.add_parser("report", parents=[results_option], formatter_class=HelpFormatter,
+                                  help="rebuild a committed run's HTML morning report")
+    rebuilt.add_argument("--run-id", help="the run to report on; omitted: the latest committed run")
+    rebuilt.add_argument("--output", help="file or S3 URI to write the report to; omitted: where the run wrote it, "
+                                          "<results>/reports/<run_date>/<run_id>.html")
     return parser
+
+
+def add_patient_parser(commands, common: argparse.ArgumentParser) -> None:
+    patient = commands.add_parser("patient", parents=[common], formatter_class=HelpFormatter,
+                                  help="one patient's series across studies and nights")
+    patient.add_argument("patient_key", nargs="?", help="the pseudonymous patient key from the results tables")
+    patient.add_argument("--patient-id", help="the patient ID as the archive knows it, instead of a key: turned into "
+                                              "its key here with the pseudonym key, never printed; - reads stdin")
+    patient.add_argument("--pseudonym-key-file",
+                         help="file holding the pseudonym key the screening runs used (else PSEUDONYM_KEY)")
 
 
 def date_range(args: argparse.Namespace) -> queries.DateRange:
@@ -93,11 +115,18 @@ def answer(args: argparse.Namespace) -> pa.Table:
     if args.command == "flagged":
         return queries.flagged(connection, queries.FlaggedFilter(
             date_range(args), args.predicted_class, args.threshold, args.modality, args.limit))
+    if args.command == "patient" and args.patient_id:
+        return queries.patient_by_id(connection, patient_id(args.patient_id), load_key(args.pseudonym_key_file))
     if args.command == "patient":
         return queries.patient(connection, args.patient_key)
     if args.command == "summary":
         return queries.summary(connection, date_range(args), args.by_class)
     return queries.sql(connection, args.query)
+
+
+def patient_id(given: str) -> str:
+    """The ID as given, or read from stdin for ``-`` (so it stays out of the shell history and the process list)."""
+    return sys.stdin.readline().strip() if given == "-" else given
 
 
 def cell(value) -> str:
@@ -139,21 +168,35 @@ def render(table: pa.Table, kind: str) -> bytes:
     return buffer.getvalue()
 
 
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if getattr(args, "format", None) == "parquet" and not args.output:
+        parser.error("--format parquet needs --output FILE")
+    if args.command == "patient" and (args.patient_key is None) == (args.patient_id is None):
+        parser.error("patient: give either a patient key or --patient-id")  # never echo the ID
+    require_lasting_paths(parser, args, "--results", "--output")
+
+
+def require_results(output: str) -> None:
+    if not results.is_delta(output, results.RUNS):
+        results.check_layout(output)
+        raise queries.QueryError(f"{output} holds no screening results (no runs table): give the --output folder "
+                                 f"of jobs.screen")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.format == "parquet" and not args.output:
-        parser.error("--format parquet needs --output FILE")
-    require_lasting_paths(parser, args, "--results", "--output")
+    check_arguments(parser, args)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        if not results.is_delta(args.results, results.RUNS):
-            results.check_layout(args.results)
-            raise queries.QueryError(f"{args.results} holds no screening results (no runs table): give the "
-                                     f"--output folder of jobs.screen")
+        require_results(args.results)
+        if args.command == "report":
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if args.verbose else "3")  # TensorFlow's notices
+            sys.stdout.write(report.write_report(args.results, args.run_id, args.output) + "\n")
+            return 0
         data = render(answer(args), args.format)
-    except (queries.QueryError, storage.StorageError) as error:
+    except (queries.QueryError, report.ReportError, storage.StorageError, PseudonymKeyError) as error:
         print(f"jobs.query {args.command}: {error}", file=sys.stderr)
         return 2
     if args.output:

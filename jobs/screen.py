@@ -8,11 +8,14 @@ By default a run scores only the files that are new or changed since the output'
 Embedded, this starts a local Ray; under ``ray job submit`` (or with --address / RAY_ADDRESS) it joins the cluster.
 Exit status: 0 when the run completed and committed (bad input files become error rows), 2 when it could not
 start (nothing written), 3 when it failed part-way (not committed: every date reads as it did before).
+After the commit, the night's HTML report is written to ``<output>/reports/<run_date>/<run_id>.html``
+(``pipeline.report``; --no-report skips it); a report that fails leaves the run committed, with a warning.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 
@@ -20,6 +23,7 @@ from jobs.runner import (POSITIVE_INT, POSITIVE_NUMBER, PROBABILITY, HelpFormatt
                          require_lasting_paths, run_job)
 from model.decode import DecodeLimits
 from model.registry import DEFAULT_MODEL
+from pipeline.report import publish_run_report
 from pipeline.screen import ScreenConfig, ScreeningPlan, prepare, score_and_commit
 
 logger = logging.getLogger("jobs.screen")
@@ -75,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow-empty", action="store_true",
                         help="record a run even when the input holds no files (it replaces the date's results); "
                              "without it an empty input is refused with exit status 2")
+    parser.add_argument("--no-report", dest="report", action="store_false",
+                        help="write no HTML report after the commit (rebuild one later with jobs.query report)")
     add_common_options(parser)
     return parser
 
@@ -102,7 +108,7 @@ def build_config(args: argparse.Namespace) -> ScreenConfig:
                         selection_rules=args.selection_rules)
 
 
-def screen(plan: ScreeningPlan) -> dict:
+def screen(plan: ScreeningPlan, report: bool = True) -> dict:
     record = score_and_commit(plan)
     logger.info("run %s done: %d files listed, %d unchanged, %d rows (%d scored, %d unfamiliar, %d errors %s, "
                 "%d skipped %s), %d flagged images, %d series (%d flagged), %.1f images/s; results in %s",
@@ -110,11 +116,14 @@ def screen(plan: ScreeningPlan) -> dict:
                 record.rows_ood, record.rows_error, record.errors_by_code, record.rows_skipped,
                 record.skipped_by_reason, record.rows_flagged, record.series, record.series_flagged,
                 record.images_per_second, record.output)
-    return record.summary()
+    report_uri = publish_run_report(record.output, record.run_id, record.rows_flagged > 0) if report else None
+    return {**record.summary(), "report": report_uri}
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_job("screen", parse_args(argv), lambda args: prepare(build_config(args)), screen, lazy_ray=True)
+    args = parse_args(argv)
+    return run_job("screen", args, lambda args: prepare(build_config(args)),
+                   functools.partial(screen, report=args.report), lazy_ray=True)
 
 
 if __name__ == "__main__":

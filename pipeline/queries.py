@@ -11,6 +11,7 @@ import duckdb
 import pyarrow as pa
 
 from pipeline import schema as col
+from pipeline.pseudonym import pseudonymize
 
 
 class QueryError(ValueError):
@@ -77,8 +78,9 @@ def flagged(connection: duckdb.DuckDBPyConnection, chosen: FlaggedFilter) -> pa.
     return connection.sql(query, params=[*parameters, *extra, *parameters, *extra]).to_arrow_table()
 
 
-def patient(connection: duckdb.DuckDBPyConnection, patient_key: str) -> pa.Table:
-    """One patient's series over time, by study date: class and tumor probability per study, as last scored."""
+def patient(connection: duckdb.DuckDBPyConnection, patient_key: str, unknown: str | None = None) -> pa.Table:
+    """One patient's series over time, by study date: class and tumor probability per study, as last scored.
+    ``unknown``: the error's message for a patient without results (default: one naming the key)."""
     rows = connection.sql(f"""
         SELECT {col.STUDY_DATE}, {col.STUDY_KEY}, {col.SERIES_KEY}, {col.MODALITY}, {col.SLICES},
                {col.TUMOR_PROBABILITY}, {col.PREDICTED_CLASS}, {col.FLAGGED}, {col.MODEL_VERSION},
@@ -86,9 +88,22 @@ def patient(connection: duckdb.DuckDBPyConnection, patient_key: str) -> pa.Table
         FROM current_series WHERE {col.PATIENT_KEY} = ?
         ORDER BY {col.STUDY_DATE}, {col.STUDY_KEY}, {col.SERIES_KEY}""", params=[patient_key]).to_arrow_table()
     if rows.num_rows == 0:
-        raise QueryError(f"no results for patient key {patient_key!r} (patient keys are the pseudonyms in the "
-                         f"{col.PATIENT_KEY} column)")
+        raise QueryError(unknown or f"no results for patient key {patient_key!r} (patient keys are the pseudonyms "
+                                    f"in the {col.PATIENT_KEY} column)")
     return rows
+
+
+def patient_by_id(connection: duckdb.DuckDBPyConnection, patient_id: str, key: bytes | None) -> pa.Table:
+    """:func:`patient` for a patient ID, turned into its patient key with the pseudonym ``key`` the screening runs
+    used, here, so the tables never hold the ID. The ID appears in no message."""
+    if key is None:
+        raise QueryError("--patient-id needs the pseudonym key the screening runs used: set PSEUDONYM_KEY or pass "
+                         "--pseudonym-key-file")
+    patient_key = pseudonymize(patient_id, key, "patient")
+    if patient_key is None:
+        raise QueryError("the patient ID given is empty")
+    return patient(connection, patient_key, "no results for that patient ID under this pseudonym key (a patient "
+                                            "not screened, or another key than the screening runs used)")
 
 
 def summary(connection: duckdb.DuckDBPyConnection, dates: DateRange, by_class: bool = False) -> pa.Table:

@@ -1,5 +1,6 @@
 """Patient data and access, audited end to end: no identifier planted in a DICOM header, no pseudonym key and no AWS
-credential reaches an output file, the job's stdout or stderr, or any file the embedded Ray writes.
+credential reaches an output file (the morning report's HTML included), the job's stdout or stderr, or any file the
+embedded Ray writes.
 
 The test archive is the committed sample series plus MR_small.dcm variants that end as error rows (truncated pixel
 data, no pixel data, a NaN rescale, an undecodable transfer syntax) or carry UIDs pydicom reads as invalid (its
@@ -320,6 +321,18 @@ def test_no_planted_identifier_reaches_an_output_a_log_or_a_report(archive, loca
         assert any(re.search(r"ray .*logs/worker-.*\.err$", name) for name in texts)
         assert [bool(row["options"] and row["input"]) for row in run.table("runs")] == [True]  # scanned as values
         found = leaks(texts, needles(archive.planted))
+        assert not found, found
+
+
+def test_each_run_writes_a_report_and_it_names_no_patient(archive, local_runs, s3_run):
+    for run in (*local_runs, s3_run.run):
+        name = f"reports/{RUN_DATE}/{run.summary['run_id']}.html"
+        assert name in run.outputs and run.summary["report"].endswith(name)
+        report = run.outputs[name].decode("utf-8")
+        flagged = {row["series_key"] for row in run.table("series") if row["flagged"]}
+        assert flagged and all(key in report for key in flagged)  # the real report, its flagged series shown
+        assert report.count('alt="Grad-CAM heat map"') >= len(flagged)
+        found = leaks({name: report.lower()}, needles(archive.planted))
         assert not found, found
 
 

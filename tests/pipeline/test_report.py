@@ -1,0 +1,240 @@
+"""The morning report, from the real screening job on the sample archive (plus an empty file, a CT series the
+selection rules skip, and a flagged JPEG whose name is HTML): written after the commit where the summary says,
+self-contained (no URL, no script, every image a data URI), the flagged series most suspicious first with their
+keys, rendered by headless Chromium without a console error or a request, rebuilt by ``jobs.query report``; and
+``jobs.query patient --patient-id`` finds the sample patient without ever printing the ID. The parts the sample
+night does not reach (more cases than get pictures, unfamiliar inputs, a model gone) are rendered on their own."""
+
+from __future__ import annotations
+
+import dataclasses
+import html.parser
+import json
+import logging
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree
+
+import pydicom
+import pytest
+
+from pipeline import report, views
+from pipeline import schema as col
+from pipeline.pseudonym import pseudonymize
+from tests.conftest import ROOT, SAMPLES, TEST_KEY, job_summary
+
+RUN_DATE = "2026-11-06"
+HOSTILE_NAME = "glioma <img src=probe.png> & co.jpg"  # a flagged image whose name is markup
+SAMPLE_PATIENT_ID = "SAMPLE-MRN-0001"  # the PatientID of samples/archive/dicom/axial-glioma
+CHROMIUM = pathlib.Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SCREENSHOT_COPY = pathlib.Path("/tmp/report-screenshot.png")  # for a person to look at
+
+
+@dataclasses.dataclass(frozen=True)
+class Screened:
+    output: pathlib.Path
+    summary: dict
+    logs: str
+
+    @property
+    def report(self) -> pathlib.Path:
+        return pathlib.Path(self.summary["report"])
+
+
+class Links(html.parser.HTMLParser):
+    """Every src and href of a document, as (tag, value)."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.extend((tag, value or "") for name, value in attrs if name in ("src", "href"))
+
+
+def query(*arguments: str, env: dict | None = None, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jobs.query", *arguments], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, input=stdin, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> pathlib.Path:
+    root = tmp_path_factory.mktemp("report") / "archive"
+    shutil.copytree(SAMPLES / "archive", root)
+    shutil.copy(next((root / "loose").glob("glioma-*.jpg")), root / "loose" / HOSTILE_NAME)
+    (root / "bad").mkdir()
+    (root / "bad" / "empty.dcm").write_bytes(b"")
+    computed_tomography = pydicom.dcmread(next((root / "dicom" / "axial-glioma").glob("*.dcm")))
+    computed_tomography.Modality = "CT"
+    computed_tomography.SeriesInstanceUID = pydicom.uid.generate_uid()
+    computed_tomography.save_as(root / "bad" / "ct.dcm")
+    return root
+
+
+@pytest.fixture(scope="module")
+def screened(archive, model_uri, tmp_path_factory) -> Screened:
+    output = tmp_path_factory.mktemp("report") / "results"
+    done = subprocess.run([sys.executable, "-m", "jobs.screen", "--input", str(archive), "--output", str(output),
+                           "--model", model_uri, "--run-date", RUN_DATE], cwd=ROOT, capture_output=True, text=True,
+                          timeout=900, env={**os.environ, "PSEUDONYM_KEY": TEST_KEY})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return Screened(output, job_summary(done.stdout), done.stdout + done.stderr)
+
+
+@pytest.fixture(scope="module")
+def flagged_series_keys(screened) -> list[str]:
+    """The run's flagged series keys, most suspicious first, as the tables have them."""
+    rows = views.connect(str(screened.output)).sql(
+        "SELECT series_key FROM series WHERE flagged ORDER BY tumor_probability DESC, series_key").fetchall()
+    return [key for (key,) in rows]
+
+
+@pytest.mark.slow
+def test_the_run_writes_its_report_under_the_output(screened):
+    run_id = screened.summary["run_id"]
+    assert screened.summary["report"] == str(screened.output / "reports" / RUN_DATE / f"{run_id}.html")
+    assert screened.report.is_file() and "report written to" in screened.logs
+
+
+@pytest.mark.slow
+def test_the_report_is_self_contained_and_lists_the_flagged_series_most_suspicious_first(screened,
+                                                                                          flagged_series_keys):
+    document = screened.report.read_text()
+    assert not re.search(r"https?://|<script|@import|url\(", document, re.IGNORECASE)
+    links = Links()
+    links.feed(document)
+    assert links.tags and all(value.startswith("data:") for _, value in links.tags)
+    assert {tag for tag, _ in links.tags} == {"img", "link"}  # the images, and the empty icon (no favicon request)
+    assert len(flagged_series_keys) >= 2
+    positions = [document.index(key) for key in flagged_series_keys]
+    assert positions == sorted(positions)
+    assert "&lt;img src=probe.png&gt; &amp; co.jpg" in document and "<img src=probe.png>" not in document
+    assert "empty_file" in document and "not_mr" in document  # errors by code, skipped by reason
+    assert screened.summary["model_version"] in document
+
+
+@pytest.mark.slow
+def test_every_flagged_case_shows_its_deciding_slice_heat_map_and_thumbnails(screened, flagged_series_keys):
+    document = screened.report.read_text()
+    flagged_images = views.connect(str(screened.output)).sql(
+        "SELECT count(*) FROM predictions WHERE flagged AND series_key IS NULL").fetchall()[0][0]
+    assert document.count('alt="Grad-CAM heat map"') == len(flagged_series_keys) + flagged_images
+    assert document.count('alt="deciding slice"') == len(flagged_series_keys) + flagged_images
+    assert document.count('<figure class="deciding"><img') == len(flagged_series_keys)  # marked in the strip
+
+
+@pytest.mark.slow
+def test_headless_chromium_renders_the_report_without_errors_or_requests(screened, tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip(f"no browser at {CHROMIUM}: install Debian's chromium (`apt-get install chromium`; .ci/run "
+                    f"does it where apt-get is available)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package (the test extra)")
+    problems, requests = [], []
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("console", lambda message: problems.append(f"console {message.type}: {message.text}")
+                if message.type in ("error", "warning") else None)
+        page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+        page.on("requestfailed", lambda request: problems.append(f"failed request: {request.url[:100]}"))
+        page.on("request", lambda request: requests.append(request.url))
+        page.goto(screened.report.as_uri(), wait_until="load")
+        images_shown = page.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        browser.close()
+    shutil.copy(tmp_path / "report.png", SCREENSHOT_COPY)
+    assert problems == []
+    assert [url for url in requests if not url.startswith("data:")] == [screened.report.as_uri()]
+    assert images_shown and (tmp_path / "report.png").stat().st_size > 50_000
+
+
+def without_volatile_parts(document: str) -> str:
+    """The report without its build time and its pictures' bytes (floating-point order may move a pixel)."""
+    document = re.sub(r"Built [0-9-]+ [0-9:]+ UTC", "Built", document)
+    return re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "data:image/png", document)
+
+
+@pytest.mark.slow
+def test_jobs_query_report_rebuilds_the_runs_report(screened, tmp_path):
+    rebuilt = tmp_path / "rebuilt.html"
+    done = query("report", "--results", str(screened.output), "--run-id", screened.summary["run_id"],
+                 "--output", str(rebuilt))
+    assert done.returncode == 0 and done.stdout.strip() == str(rebuilt), done.stderr[-2000:]
+    assert without_volatile_parts(rebuilt.read_text()) == without_volatile_parts(screened.report.read_text())
+    latest = query("report", "--results", str(screened.output))  # the latest run, to where the run wrote it
+    assert latest.returncode == 0 and latest.stdout.strip() == str(screened.report)
+    missing = query("report", "--results", str(screened.output), "--run-id", "20260101T000000Z-00000000")
+    assert missing.returncode == 2 and "no committed run" in missing.stderr
+
+
+@pytest.mark.slow
+def test_a_report_that_fails_leaves_the_run_committed_with_a_warning(screened, caplog):
+    with caplog.at_level(logging.WARNING, logger="pipeline.report"):
+        assert report.publish_run_report(str(screened.output), "20260101T000000Z-00000000", False) is None
+    assert "jobs.query report --results" in caplog.text and "is committed" in caplog.text
+
+
+@pytest.mark.slow
+def test_patient_id_finds_the_sample_patients_series_and_is_never_printed(screened, tmp_path):
+    expected = views.connect(str(screened.output)).sql(
+        "SELECT series_key FROM series WHERE patient_key = ?",
+        params=[pseudonymize(SAMPLE_PATIENT_ID, TEST_KEY.encode(), "patient")]).fetchall()
+    key_file = tmp_path / "pseudonym.key"
+    key_file.write_text(TEST_KEY)
+    results = ["--results", str(screened.output), "--format", "json", "--verbose"]
+    by_argument = query("patient", *results, "--patient-id", SAMPLE_PATIENT_ID, env={"PSEUDONYM_KEY": TEST_KEY})
+    by_stdin = query("patient", *results, "--patient-id", "-", "--pseudonym-key-file", str(key_file),
+                     stdin=SAMPLE_PATIENT_ID + "\n", env={"PSEUDONYM_KEY": ""})
+    unknown = query("patient", *results, "--patient-id", "SAMPLE-MRN-9999", env={"PSEUDONYM_KEY": TEST_KEY})
+    keyless = query("patient", *results, "--patient-id", SAMPLE_PATIENT_ID, env={"PSEUDONYM_KEY": ""})
+    for done in (by_argument, by_stdin):
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert {row["series_key"] for row in json.loads(done.stdout)} == {key for (key,) in expected} != set()
+    assert unknown.returncode == 2 and "no results for that patient ID" in unknown.stderr
+    assert keyless.returncode == 2 and "needs the pseudonym key" in keyless.stderr
+    for done in (by_argument, by_stdin, unknown, keyless):
+        assert "MRN-" not in done.stdout + done.stderr
+    assert "MRN-" not in screened.report.read_text() and "SAMPLE^" not in screened.report.read_text()
+
+
+def image_row(index: int, probability: float) -> dict:
+    classes = dict(zip(col.PROBABILITY_COLUMNS, (probability, 0.0, 1 - probability, 0.0)))
+    return {col.SOURCE_URI: f"s3://archive/loose/{index}.jpg", col.FRAME_INDEX: 0, col.FILE_FORMAT: "jpeg",
+            col.PREDICTED_CLASS: "glioma", col.TUMOR_PROBABILITY: probability, col.PATIENT_KEY: None,
+            col.SERIES_KEY: None, col.STUDY_DATE: None, col.OOD_SCORE: 40.0 + index, **classes}
+
+
+def test_cases_beyond_the_cap_are_listed_without_pictures(monkeypatch):
+    monkeypatch.setattr(report, "MAX_CASES_WITH_IMAGES", 2)
+    cases = [report.image_case(image_row(index, 0.99 - index / 100)) for index in range(5)]
+    section = report.cases_section("Flagged images", cases, "no heat maps", "none")
+    assert section.count('<article class="case">') == 2 and "3 more, without pictures" in section
+    assert "the first 2" in section and all(f"s3://archive/loose/{index}.jpg" in section for index in range(5))
+
+
+def test_unfamiliar_inputs_are_listed_with_their_scores():
+    rows = [image_row(index, 0.5) for index in range(3)]
+    section = report.unfamiliar_section(rows, ["data:image/png;base64,AAAA", None])
+    assert "Unfamiliar inputs" in section and "(3)" in section and "42.00" in section
+    assert section.count("<img") == 1 and "Pictures for the first 2" in section
+
+
+def test_a_run_whose_model_is_gone_gets_no_heat_maps_and_says_why(tmp_path):
+    run = {col.OPTIONS: json.dumps({"model": str(tmp_path / "gone")}), col.MODEL_VERSION: "mri-gone-v9",
+           col.MODEL_SHA256: "0" * 64}
+    info, note = report.run_model(run)
+    assert info is None and "no heat maps" in note and "mri-gone-v9" in note
+
+
+def test_the_charts_are_well_formed_svg():
+    charts = report.charts_section({"glioma": 3, "meningioma": 0, "notumor": 9, "pituitary": 1},
+                                   [9, 0, 1] + [0] * 16 + [4], {col.ROWS_OOD: 2, col.THRESHOLD: 0.35})
+    for svg in re.findall(r"<svg.*?</svg>", charts):
+        xml.etree.ElementTree.fromstring(svg)
+    assert "threshold 0.35" in charts and ">unfamiliar<" in charts
