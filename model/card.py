@@ -248,27 +248,28 @@ def onnx_lines(record: dict) -> list[str]:
 
 
 def ood_lines(record: dict) -> list[str]:
-    """The out-of-distribution check (``model.ood``): how it scores, its threshold, and how well it separates."""
+    """The out-of-distribution check (``model.ood``): how it scores, its threshold, what it marks, and (once
+    ``tools.fit_ood`` has measured it) how well it separates images that are not brain MRI."""
     ood = record.get("ood")
     if not ood:
         return []
+    by_label = ", ".join(f"{label} {count}" for label, count in sorted(ood["validation_marked_by_label"].items()))
     lines = ["", "## Out-of-distribution check", "",
              f"- {ood['method']}. Threshold {ood['threshold']:.2f}; `{ood['file']}`, sha256 `{ood['sha256']}`.",
              f"- Marked: {percent(ood['validation_marked'])} of the {ood['validation_images']} validation images (by "
              f"construction of the threshold), {percent(ood['training_marked'])} of the {ood['training_images']} "
              "training images.",
-             f"- AUROC, validation images against all out-of-distribution sets: "
-             f"{number(ood['auroc_validation_vs_out_of_distribution'])}.",
-             "- The validation images it marks, by label: " + (", ".join(
-                 f"{label} {count}" for label, count in sorted(ood.get("validation_marked_by_label", {}).items()))
-                 or "none") + ". A marked image is listed as unfamiliar, not flagged: a tumor slice marked is one "
-             "the flag list does not show.",
-             f"- An unseen head MRI slice (matplotlib's s1045.ima) scores {ood['unseen_head_mri_score']:.1f}: "
-             f"{'marked' if ood['unseen_head_mri_marked'] else 'not marked'}.", "",
-             "| set | images | marked at the threshold | AUROC against validation |", "| --- | --- | --- | --- |"]
-    lines += [f"| {name} | {values['images']} | {percent(values['marked'])} | {number(values['auroc'])} |"
-              for name, values in ood["out_of_distribution_sets"].items()]
-    return lines
+             f"- The validation images it marks, by label: {by_label or 'none'}. A marked image is listed as "
+             "unfamiliar, not flagged: a tumor slice marked is one the flag list does not show."]
+    if "out_of_distribution_sets" not in ood:
+        return lines + ["- Not yet measured on images that are not brain MRI: run `python -m tools.fit_ood`."]
+    lines += [f"- AUROC, validation images against all out-of-distribution sets: "
+              f"{number(ood['auroc_validation_vs_out_of_distribution'])}.",
+              f"- An unseen head MRI slice (matplotlib's s1045.ima) scores {ood['unseen_head_mri_score']:.1f}: "
+              f"{'marked' if ood['unseen_head_mri_marked'] else 'not marked'}.", "",
+              "| set | images | marked at the threshold | AUROC against validation |", "| --- | --- | --- | --- |"]
+    return lines + [f"| {name} | {values['images']} | {percent(values['marked'])} | {number(values['auroc'])} |"
+                    for name, values in ood["out_of_distribution_sets"].items()]
 
 
 def write_model_card(model_dir: str) -> str:

@@ -72,3 +72,23 @@ def fit_detector(features: np.ndarray, validation_features: np.ndarray,
     unthresholded = OodDetector(estimate.location_, estimate.precision_, np.inf)
     threshold = float(np.quantile(unthresholded.scores(validation_features), quantile))
     return dataclasses.replace(unthresholded, threshold=threshold)
+
+
+METHOD = ("Mahalanobis distance to the training images' mean (Ledoit-Wolf covariance) of the per-channel mean and "
+          "standard deviation of two early backbone blocks; threshold at the {quantile:.0%} quantile of the validation "
+          "images")
+
+
+def fit_and_describe(training_features: np.ndarray, validation_features: np.ndarray, validation_labels: np.ndarray,
+                     quantile: float = DEFAULT_QUANTILE) -> tuple[OodDetector, dict]:
+    """The detector, and its ``model.json`` record: method, threshold, and the share of training and validation
+    images it marks (the validation ones by label, since a marked tumor slice is one the flag list does not show)."""
+    detector = fit_detector(training_features, validation_features, quantile)
+    marked = detector.marks(detector.scores(validation_features))
+    labels, counts = np.unique(np.asarray(validation_labels)[marked], return_counts=True)
+    return detector, {
+        "method": METHOD.format(quantile=quantile), "features": int(training_features.shape[1]),
+        "threshold": detector.threshold, "training_images": int(len(training_features)),
+        "validation_images": int(len(validation_features)), "validation_marked": float(marked.mean()),
+        "training_marked": float(detector.marks(detector.scores(training_features)).mean()),
+        "validation_marked_by_label": {str(label): int(count) for label, count in zip(labels, counts)}}

@@ -7,8 +7,9 @@
 5. Evaluate the candidate, and the registry's current model, on the same validation images, each model with its
    own preprocessing (``model.evaluate``); calibrate the candidate (temperature scaling) and choose its flag
    threshold for tumor sensitivity >= 0.98 on that split (``model.calibration``).
-6. Write the candidate (weights, ``model.json`` with its calibration and operating point, card, figures: confusion
-   matrix, ROC curves, reliability diagram, training curves) and record the promotion decision in the registry:
+6. Write the candidate (weights, ``model.json`` with its calibration and operating point, its ONNX export, its
+   out-of-distribution detector fitted on the training images (``model.ood``), card, figures: confusion matrix,
+   ROC curves, reliability diagram, training curves) and record the promotion decision in the registry:
    promoted only if its validation macro-F1 is not worse.
 A failure after step 3 raises ``RunFailedError``: the registry's ``current`` model is unchanged.
 """
@@ -35,6 +36,7 @@ from model.calibration import TARGET_SENSITIVITY, apply_temperature, fit_tempera
 from model.evaluate import (CURVES_FILE, RELIABILITY_FILE, evaluate_predictions, reliability_png, training_curves_png,
                             write_evaluation)
 from model.onnx_export import export_and_attach
+from model.ood import OOD_FILE, fit_and_describe
 from model.predict import ProbabilityPredictor, load_classifier
 from model.train import BEST_WEIGHTS, train_classifier
 from pipeline.errors import RunFailedError, describe_failure
@@ -196,12 +198,26 @@ def train_and_decide(config: RetrainConfig, train: ray.data.Dataset, validation:
     saved = registry.save_model(model, candidate_uri, version, config.architecture, config.preprocessing,
                                 {"validation_metrics": candidate_metrics, "training": training,
                                  "parameters": int(model.count_params()), **calibration})
-    export_and_attach(model, saved, val_images[:ONNX_CHECK_IMAGES])  # ONNX Runtime's CPU backend, parity-checked
+    saved = export_and_attach(model, saved, val_images[:ONNX_CHECK_IMAGES])  # ONNX Runtime's backend, parity-checked
+    attach_ood(model, saved, train, val_images, val_labels)
     write_candidate_figures(storage.join(candidate_uri, "validation"), version, raw, calibrated, val_targets,
                             candidate_metrics, state["history"])
     write_model_card(candidate_uri)
     registry.record_decision(config.output, version, promoted, reason)
     return RetrainOutcome(version, candidate_uri, promoted, reason, candidate_metrics, current_metrics, split, state)
+
+
+def attach_ood(model, info: registry.ModelInfo, train: ray.data.Dataset, val_images: np.ndarray,
+               val_labels: np.ndarray) -> registry.ModelInfo:
+    """Fit the candidate's out-of-distribution detector (``model.ood``) on its training images, with the threshold
+    on validation, and store it beside the weights; ``tools.fit_ood`` measures it on images that are not brain MRI."""
+    predictor = ProbabilityPredictor(model, features=True)
+    _, features = predictor.with_features(validation_arrays(train)[0])
+    _, validation = predictor.with_features(val_images)
+    detector, record = fit_and_describe(features, validation, val_labels)
+    logger.info("out-of-distribution threshold %.2f marks %.1f%% of the validation images", detector.threshold,
+                100 * record["validation_marked"])
+    return registry.attach_file(info, "ood", OOD_FILE, detector.to_bytes(), record)
 
 
 def training_hardware(config: TrainConfig) -> str:

@@ -32,7 +32,7 @@ from model.card import write_model_card
 from model.config import RetrainConfig
 from model.data import list_labelled_images, load_labelled_dataset
 from model.decode import DecodeError, decode_file
-from model.ood import DEFAULT_QUANTILE, OOD_FILE, fit_detector
+from model.ood import OOD_FILE, fit_and_describe
 from model.predict import ProbabilityPredictor, load_classifier
 from model.preprocessing import preprocess_image
 from pipeline.retrain import split_by_groups, validation_arrays
@@ -112,7 +112,7 @@ def fit_and_measure(model_dir: str, cache: str | None) -> dict:
     (train_images, _, _), (val_images, _, val_labels) = split_arrays(info, cache)
     features = predictor.with_features(train_images)[1]
     validation = predictor.with_features(val_images)[1]
-    detector = fit_detector(features, validation)
+    detector, record = fit_and_describe(features, validation, val_labels)
     in_scores = detector.scores(validation)
     sets = {"pydicom non-MR images": pydicom_images(info), "matplotlib photographs and graphics":
             matplotlib_images(info), "blank, near-blank and noise": synthetic_images(info)}
@@ -120,24 +120,14 @@ def fit_and_measure(model_dir: str, cache: str | None) -> dict:
     out_scores = np.concatenate(list(measured.values()))
     labels = np.r_[np.zeros(len(in_scores)), np.ones(len(out_scores))]
     head_mri = float(detector.scores(predictor.with_features(mri_like_images(info))[1])[0])
-    record = {
-        "method": "Mahalanobis distance to the training images' mean (Ledoit-Wolf covariance) of the per-channel "
-                  "mean and standard deviation of two early backbone blocks; threshold at the "
-                  f"{DEFAULT_QUANTILE:.0%} quantile of the validation images",
-        "features": int(features.shape[1]), "threshold": detector.threshold,
-        "training_images": int(len(features)), "validation_images": int(len(validation)),
-        "validation_marked": float(detector.marks(in_scores).mean()),
-        "training_marked": float(detector.marks(detector.scores(features)).mean()),
-        "validation_marked_by_label": {str(label): int(count) for label, count in zip(
-            *np.unique(val_labels[detector.marks(in_scores)], return_counts=True))},
+    record.update({
         "auroc_validation_vs_out_of_distribution": float(roc_auc_score(labels, np.r_[in_scores, out_scores])),
         "out_of_distribution_sets": {name: {"images": int(len(scores)), "marked": float(detector.marks(scores).mean()),
                                             "auroc": float(roc_auc_score(
                                                 np.r_[np.zeros(len(in_scores)), np.ones(len(scores))],
                                                 np.r_[in_scores, scores]))}
                                      for name, scores in measured.items()},
-        "unseen_head_mri_score": head_mri, "unseen_head_mri_marked": bool(head_mri > detector.threshold),
-    }
+        "unseen_head_mri_score": head_mri, "unseen_head_mri_marked": bool(head_mri > detector.threshold)})
     info = registry.attach_file(info, "ood", OOD_FILE, detector.to_bytes(), record)
     return record
 

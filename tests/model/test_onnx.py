@@ -44,6 +44,10 @@ def test_onnx_runtime_gives_tensorflows_probabilities_on_the_sample_archive(vers
     assert batch.num_rows == 27 and not np.isnan(probabilities[ONNX]).any()
     assert np.abs(probabilities[ONNX] - probabilities[TENSORFLOW]).max() <= 1e-4
     assert scored[ONNX][col.FLAGGED].to_pylist() == scored[TENSORFLOW][col.FLAGGED].to_pylist()
+    assert scored[ONNX][col.OOD].to_pylist() == scored[TENSORFLOW][col.OOD].to_pylist()
+    if info.metadata.get("ood"):  # the out-of-distribution score reads the export's second output
+        ood = {backend: np.array(table[col.OOD_SCORE].to_pylist(), dtype=np.float64) for backend, table in scored.items()}
+        assert np.abs(ood[ONNX] - ood[TENSORFLOW]).max() <= 1e-3 * np.abs(ood[TENSORFLOW]).max()
 
 
 def test_a_replaced_export_is_refused_before_it_is_loaded(tmp_path):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from model import registry
+from model.ood import OodDetector
 from model.architecture import build_classifier
 from model.predict import ProbabilityPredictor, masked_crossentropy_numpy
 from model.preprocessing import PreprocessConfig
@@ -40,6 +41,10 @@ def test_first_candidate_is_promoted_and_its_files_verify(first_run):
     metadata = json.loads((output / "registry" / "candidate-1" / registry.METADATA_FILE).read_text())
     assert metadata["training"]["split"]["validation_images"] > 0
     assert (output / "registry" / "candidate-1" / "validation" / "metrics.json").exists()
+    detector = OodDetector.for_model(info)  # fitted on the candidate's training images, verified by its sha256
+    assert detector is not None and np.isfinite(detector.threshold)
+    assert metadata["ood"]["training_images"] == metadata["training"]["split"]["train_images"]
+    assert metadata["onnx"]["outputs"] == ["probabilities", "features"]
 
 
 def test_checkpoint_restores_the_reported_best_weights(first_run, ray_local):
