@@ -107,12 +107,16 @@ def patient_by_id(connection: duckdb.DuckDBPyConnection, patient_id: str, key: b
 
 
 def summary(connection: duckdb.DuckDBPyConnection, dates: DateRange, by_class: bool = False) -> pa.Table:
-    """Per night: the runs with their counts, errors by code, throughput and model; or, ``by_class``, how many
-    scored images each class took per night."""
+    """Per night: the runs with their counts, errors by code, skips by rule, unfamiliar rows, throughput and
+    model; or, ``by_class``, how many images each outcome took per night (a class, ``unfamiliar``, ``skipped: <rule>``
+    or ``error: <code>``)."""
     where, parameters = dates.where(connection) if dates.first or dates.last else ("TRUE", [])
     if by_class:
         return connection.sql(f"""
-            SELECT {col.RUN_DATE}, coalesce({col.PREDICTED_CLASS}, 'error: ' || {col.ERROR_CODE}) AS outcome,
+            SELECT {col.RUN_DATE}, CASE WHEN {col.STATUS} = '{col.STATUS_SKIPPED}' THEN 'skipped: ' || {col.SELECTION_RULE}
+                                        WHEN {col.STATUS} = '{col.STATUS_ERROR}' THEN 'error: ' || {col.ERROR_CODE}
+                                        WHEN {col.OOD} THEN 'unfamiliar'
+                                        ELSE {col.PREDICTED_CLASS} END AS outcome,
                    count(*) AS images, count(*) FILTER (WHERE {col.FLAGGED}) AS flagged,
                    round(avg({col.TUMOR_PROBABILITY}), 4) AS mean_tumor_probability
             FROM predictions WHERE {where} GROUP BY ALL ORDER BY {col.RUN_DATE}, outcome""",
@@ -120,6 +124,7 @@ def summary(connection: duckdb.DuckDBPyConnection, dates: DateRange, by_class: b
     return connection.sql(f"""
         SELECT {col.RUN_DATE}, {col.RUN_ID}, {col.MODE}, {col.FILES_LISTED}, {col.FILES_UNCHANGED},
                {col.ROWS_WRITTEN}, {col.ROWS_SCORED}, {col.ROWS_FLAGGED}, {col.ROWS_ERROR}, {col.ERRORS_BY_CODE},
+               {col.ROWS_SKIPPED}, {col.SKIPPED_BY_REASON}, {col.ROWS_OOD},
                {col.SERIES}, {col.SERIES_FLAGGED}, round({col.IMAGES_PER_SECOND}, 1) AS images_per_second,
                round({col.DURATION_SECONDS}, 1) AS duration_seconds, {col.MODEL_VERSION}, {col.THRESHOLD}
         FROM runs WHERE {where} ORDER BY {col.RUN_DATE}, {col.FINISHED_AT}""", params=parameters).to_arrow_table()

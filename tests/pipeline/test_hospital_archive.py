@@ -122,3 +122,15 @@ def test_unfamiliar_inputs_are_marked_and_never_classified(hospital_run):
     assert len(marked) <= 1 and all(row["ood"] is False for row in samples if row not in marked)
     assert max(row["ood_score"] for row in samples) < min(by_name[name]["ood_score"] for name in UNFAMILIAR)
     assert summary["rows_ood"] == len(UNFAMILIAR) + len(marked)
+
+
+def test_the_nightly_summary_counts_each_outcome(hospital_run):
+    _, _, rows, output = hospital_run
+    done = subprocess.run([sys.executable, "-m", "jobs.query", "summary", "--by-class", "--format", "json",
+                           "--results", str(output)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    outcomes = {row["outcome"]: row["images"] for row in json.loads(done.stdout)}
+    for rule, count in collections.Counter(expected_skips().values()).items():
+        assert outcomes[f"skipped: {rule}"] == count
+    assert outcomes["unfamiliar"] == sum(bool(row["ood"]) for row in rows)
+    assert None not in outcomes and sum(outcomes.values()) == len(rows)
