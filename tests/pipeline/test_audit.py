@@ -99,12 +99,26 @@ def invalid_uid_identity() -> dict:
             "SeriesInstanceUID": f"{random_uid()}.{token()}"}
 
 
+def spine_identity() -> dict:
+    """A spine series whose free-text description also carries random text: the selection rules skip it, and its
+    reason may quote only what the rule matched ("C-SPINE"), never the rest of the description."""
+    return {**planted_identity(), "SeriesDescription": f"SAG T2 C-SPINE {token()} {token()}"}
+
+
+def as_ct(dataset: pydicom.Dataset) -> bytes:
+    dataset.Modality = "CT"
+    return dicom_bytes(dataset)
+
+
+SKIPPED_CASES = {"other/ct.dcm": "not_mr", "other/spine.dcm": "not_head_series"}
 MR_SMALL_CASES = {  # file: (expected error code or None for an ok row, its identity, MR_small.dcm -> bytes)
     "other/truncated.dcm": ("dicom_pixel_data_invalid", planted_identity, truncated_pixels),
     "other/no-pixels.dcm": ("dicom_no_pixel_data", planted_identity, without_pixels),
     "other/nan-rescale.dcm": ("invalid_pixel_values", planted_identity, nan_rescale),
     "other/mpeg2.dcm": ("dicom_unsupported_transfer_syntax", planted_identity, unsupported_syntax),
     "other/invalid-uids.dcm": (None, invalid_uid_identity, dicom_bytes),
+    "other/ct.dcm": (None, planted_identity, as_ct),  # skipped by the selection rules (SKIPPED_CASES)
+    "other/spine.dcm": (None, spine_identity, dicom_bytes),
 }
 
 
@@ -309,7 +323,7 @@ def keys_by_file(run: JobRun, archive: PlantedArchive) -> dict[str, tuple]:
 def test_the_planted_identifiers_are_in_the_archive_files(archive):
     for relative, planted in archive.planted.items():
         assert read_identity(archive.root / relative, planted) == planted, relative
-    assert len(archive.planted) == 19 and len(needles(archive.planted)) >= 160
+    assert len(archive.planted) == 21 and len(needles(archive.planted)) >= 175
 
 
 def test_no_planted_identifier_reaches_an_output_a_log_or_a_report(archive, local_runs, s3_run):
@@ -347,8 +361,8 @@ def test_error_files_end_as_error_rows_whose_messages_were_audited(archive, loca
 def test_pseudonyms_are_stable_under_one_key_and_unrelated_under_another(archive, local_runs, s3_run):
     first, second = (keys_by_file(run, archive) for run in local_runs)
     other_key = keys_by_file(s3_run.run, archive)
-    assert len(first) == 15 and first == second and set(other_key) == set(first)
-    assert len({keys[2] for keys in first.values()}) == 5  # one series key per series: the sample four + one
+    assert len(first) == 17 and first == second and set(other_key) == set(first)  # skipped objects keyed too
+    assert len({keys[2] for keys in first.values()}) == 7  # one series key per series: the sample four + three
     assert not {value for keys in first.values() for value in keys} & {value for keys in other_key.values()
                                                                       for value in keys}
 
@@ -377,3 +391,12 @@ def test_the_job_takes_no_credentials_on_its_command_line():
     assert done.returncode == 0 and {"--input", "--output", "--pseudonym-key-file"} <= options
     assert not [option for option in options
                 if re.search(r"secret|access|credential|passw|token|aws|profile|session|auth", option)]
+
+
+def test_skipped_objects_are_recorded_with_their_rule_and_a_reason_that_names_no_patient(archive, local_runs, s3_run):
+    for run in (*local_runs, s3_run.run):
+        rows = {relative_uri(row["source_uri"], archive): row for row in run.table("predictions")}
+        skipped = {relative: row["selection_rule"] for relative, row in rows.items() if row["status"] == "skipped"}
+        assert skipped == SKIPPED_CASES
+        assert rows["other/spine.dcm"]["skip_reason"] == "the series description names another body part (C-SPINE)"
+        assert all(rows[relative]["patient_key"] for relative in SKIPPED_CASES)  # keyed, so a patient's list shows it
