@@ -1,7 +1,8 @@
-"""Retrain the classifier with Ray Train and promote it if it is not worse than the current model.
+"""Retrain the classifier with Ray Train and promote it if it is not worse than the current model; or, with
+--folds K, cross-validate the training recipe on K duplicate-aware folds.
 
     python -m jobs.retrain --data <labelled dir|s3://...> --output <registry dir|s3://...> \
-        [--tumor-data <dir>] [--num-workers N] [--use-gpu] [--epochs N]
+        [--tumor-data <dir>] [--num-workers N] [--use-gpu] [--epochs N] [--folds K] [--resume-from CHECKPOINT]
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
                         default=TrainConfig.label_smoothing, help="label smoothing of the training loss")
     parser.add_argument("--seed", type=bounded(int, 0), default=TrainConfig.seed,
                         help="training seed (weights, shuffling)")
+    parser.add_argument("--ema-decay", type=bounded(float, 0, 1, high_open=True), default=TrainConfig.ema_decay,
+                        help="decay of the exponential moving average of the weights that validation, checkpoints "
+                             "and the candidate use (0: no average)")
+    parser.add_argument("--resume-from", metavar="CHECKPOINT",
+                        help="continue an interrupted run from one of its checkpoint folders (local or s3://, under "
+                             "--storage-path): weights, optimizer moments, schedule step, weight average, history")
     parser.add_argument("--patience", type=POSITIVE_INT, default=TrainConfig.patience,
                         help="epochs without validation-loss improvement before stopping")
     parser.add_argument("--num-workers", type=POSITIVE_INT, default=1, help="Ray Train workers (data parallel)")
@@ -68,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="decode and preprocess every image again")
     parser.add_argument("--storage-path", help="where Ray Train keeps checkpoints (default: ~/ray_results)")
     parser.add_argument("--version", help="name of the candidate model (default: timestamped)")
+    parser.add_argument("--folds", type=bounded(int, 2), metavar="K",
+                        help="cross-validate the recipe instead of making a candidate: train K times on K "
+                             "duplicate-aware folds and report each figure's mean and spread (written under "
+                             "<output>/cross_validation/; no model is kept)")
     add_common_options(parser)
     return parser
 
@@ -96,7 +107,7 @@ def build_config(args: argparse.Namespace) -> RetrainConfig:
                            weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, seed=args.seed,
                            num_workers=args.num_workers, use_gpu=args.use_gpu,
                            cpus_per_worker=args.cpus_per_worker, augment=not args.no_augment,
-                           storage_path=args.storage_path)
+                           storage_path=args.storage_path, ema_decay=args.ema_decay, resume_from=args.resume_from)
     return RetrainConfig(data=args.data, output=args.output, tumor_data=tuple(args.tumor_data),
                          validation_fraction=args.validation_fraction, min_macro_f1=args.min_macro_f1,
                          architecture=ArchitectureConfig(head=args.head),
@@ -110,6 +121,16 @@ def check_data(args: argparse.Namespace) -> tuple[RetrainConfig, list[LabelledIm
     for location in (config.data, *config.tumor_data, config.output):
         storage.check_reachable(location)
     return config, list_labelled_images(config.data, config.tumor_data)
+
+
+def run_cross_validation(plan: tuple[RetrainConfig, list[LabelledImage]], folds: int) -> dict:
+    from pipeline.crossval import cross_validate  # TensorFlow loads here, after the arguments are known to be good
+
+    report = cross_validate(plan[0], folds, plan[1])
+    for name, figure in report["summary"].items():
+        logger.info("%s over %d folds: %.4f +- %.4f (%.4f to %.4f)", name, folds, figure["mean"], figure["std"],
+                    figure["min"], figure["max"])
+    return {"folds": folds, "report": report["uri"], "summary": report["summary"]}
 
 
 def run_retraining(plan: tuple[RetrainConfig, list[LabelledImage]]) -> dict:
@@ -126,7 +147,9 @@ def run_retraining(plan: tuple[RetrainConfig, list[LabelledImage]]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_job("retrain", parse_args(argv), check_data, run_retraining, dashboard=True)
+    args = parse_args(argv)
+    run = (lambda plan: run_cross_validation(plan, args.folds)) if args.folds else run_retraining
+    return run_job("retrain", args, check_data, run, dashboard=True)
 
 
 if __name__ == "__main__":

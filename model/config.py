@@ -52,6 +52,7 @@ class TrainConfig:
     warmup_epochs: float = 2.0
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
+    ema_decay: float = 0.999  # exponential moving average of the weights (model.averaging); 0 switches it off
     patience: int = 10
     augment: bool = True
     seed: int = 0
@@ -61,6 +62,7 @@ class TrainConfig:
     max_failures: int = 2
     storage_path: str | None = None
     run_name: str | None = None
+    resume_from: str | None = None  # a checkpoint folder (local or s3://) of an earlier run to continue from
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 ``train_classifier`` runs a ``TensorflowTrainer`` whose workers train one model under
 ``MultiWorkerMirroredStrategy`` on their shard of the training set. Every epoch each worker validates on the
-whole validation set with a plain copy of the weights, and reports metrics plus a checkpoint (latest and best
-weights, and the early-stopping state) through ``ray.train.report``. A restarted worker group resumes from the
+whole validation set with a plain copy of the weights (the running weight average, ``model.averaging``, when
+``ema_decay`` is set, with the raw weights' figures beside it), and reports metrics plus a checkpoint (latest, best
+and averaged weights, the optimizer's moments, and the early-stopping state) through ``ray.train.report``. A restarted worker group resumes from the
 latest checkpoint (the state records each epoch it resumed at); training stops early when validation loss has not
 improved for ``patience`` epochs. The same code runs on one CPU or on many GPUs: ``num_workers`` and ``use_gpu``
 choose.
@@ -28,6 +29,7 @@ from ray.train.tensorflow import TensorflowTrainer  # noqa: E402
 
 from model.architecture import build_classifier, compile_classifier
 from model.augment import augment_images
+from model.averaging import WeightAverage
 from model.config import ArchitectureConfig, TrainConfig
 from model.data import IMAGE, TARGET
 from model.metrics import classification_metrics
@@ -35,6 +37,8 @@ from model.predict import ProbabilityPredictor, configure_tensorflow, masked_cro
 
 LATEST_WEIGHTS = "latest.weights.h5"
 BEST_WEIGHTS = "best.weights.h5"
+AVERAGE_WEIGHTS = "average.weights.h5"  # the running weight average (model.averaging), when training keeps one
+OPTIMIZER_STATE = "optimizer.npz"  # the optimizer's variables: step count and moment estimates
 STATE_FILE = "state.json"
 
 logger = logging.getLogger(__name__)
@@ -51,6 +55,7 @@ class TrainingState:
     history: list = dataclasses.field(default_factory=list)
     resumed_at: list = dataclasses.field(default_factory=list)  # next_epoch of each checkpoint training resumed from
     optimizer_step: int = 0  # where the learning-rate schedule stands, restored with the weights
+    average_steps: int = 0  # updates the weight average has taken
 
 
 def shard_arrays(shard) -> tuple[np.ndarray, np.ndarray]:
@@ -82,28 +87,55 @@ def training_feed(images: np.ndarray, targets: np.ndarray, config: dict):
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
-def restore(model, eval_model, state: TrainingState) -> tuple[TrainingState, list | None]:
-    """Load the latest reported checkpoint, if Ray Train has one, into ``model``; return its state and best weights.
+def restore(model, eval_model, state: TrainingState, strategy) -> tuple[TrainingState, list | None, list | None]:
+    """Load the latest reported checkpoint, if Ray Train has one (or the run was started from one), into ``model``
+    and its optimizer; return its state, best weights and weight average (None where it kept none).
 
-    Every worker runs this, so the distributed ``model`` is loaded everywhere alike; the best weights are read
-    through the plain ``eval_model``."""
+    Every worker runs this, so the distributed ``model`` is loaded everywhere alike; the best weights and the
+    average are read through the plain ``eval_model``."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return state, None
+        return state, None, None
     with checkpoint.as_directory() as directory:
         folder = pathlib.Path(directory)
         state = TrainingState(**json.loads((folder / STATE_FILE).read_text()))
-        eval_model.load_weights(str(folder / BEST_WEIGHTS))
-        best = eval_model.get_weights()
+        average = read_weights(eval_model, folder / AVERAGE_WEIGHTS)
+        best = read_weights(eval_model, folder / BEST_WEIGHTS)
         model.load_weights(str(folder / LATEST_WEIGHTS))
+        restore_optimizer(model, folder / OPTIMIZER_STATE, strategy)
     model.optimizer.iterations.assign(state.optimizer_step)
     state.resumed_at.append(state.next_epoch)
     logger.info("resumed from checkpoint at epoch %d", state.next_epoch)
-    return state, best
+    return state, best, average
 
 
-def report_epoch(eval_model, best_weights: list, state: TrainingState, metrics: dict) -> None:
-    """Report metrics from every worker and a checkpoint from rank 0 (latest weights, best weights, state).
+def read_weights(eval_model, path: pathlib.Path) -> list | None:
+    if not path.exists():
+        return None
+    eval_model.load_weights(str(path))
+    return eval_model.get_weights()
+
+
+def restore_optimizer(model, path: pathlib.Path, strategy) -> None:
+    """The optimizer's moments from a checkpoint that kept them (older checkpoints kept only the step count)."""
+    if not path.exists():
+        return
+    with strategy.scope():
+        model.optimizer.build(model.trainable_variables)
+    with np.load(path) as saved:
+        values = [saved[f"v{index}"] for index in range(len(saved.files))]
+    variables = model.optimizer.variables()
+    if [tuple(v.shape) for v in variables] != [value.shape for value in values]:
+        logger.warning("the checkpoint's optimizer state does not fit this model; starting the moments afresh")
+        return
+    for variable, value in zip(variables, values):
+        variable.assign(value)
+
+
+def report_epoch(eval_model, best_weights: list, state: TrainingState, metrics: dict,
+                 average_weights: list | None, optimizer_values: list) -> None:
+    """Report metrics from every worker and a checkpoint from rank 0 (latest weights, best weights, the weight
+    average, the optimizer's variables, state).
 
     The checkpoint is written from ``eval_model``, a plain copy already holding the latest weights: under
     ``MultiWorkerMirroredStrategy`` reading the distributed model's variables is a collective operation that every
@@ -115,8 +147,12 @@ def report_epoch(eval_model, best_weights: list, state: TrainingState, metrics: 
     with tempfile.TemporaryDirectory() as directory:
         folder = pathlib.Path(directory)
         eval_model.save_weights(str(folder / LATEST_WEIGHTS))
+        if average_weights is not None:
+            eval_model.set_weights(average_weights)
+            eval_model.save_weights(str(folder / AVERAGE_WEIGHTS))
         eval_model.set_weights(best_weights)
         eval_model.save_weights(str(folder / BEST_WEIGHTS))
+        np.savez(folder / OPTIMIZER_STATE, **{f"v{index}": value for index, value in enumerate(optimizer_values)})
         (folder / STATE_FILE).write_text(json.dumps(dataclasses.asdict(state)))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
@@ -163,23 +199,40 @@ def train_loop_per_worker(config: dict) -> None:
             config["weight_decay"], config["label_smoothing"])
     eval_model = build_classifier(architecture, config["image_size"])
     predictor = ProbabilityPredictor(eval_model)
-    state, best_weights = restore(model, eval_model, TrainingState())
+    state, best_weights, average = restore(model, eval_model, TrainingState(), strategy)
+    averaging = weight_average(config, model, average, state)
     val_images, val_targets = shard_arrays(ray.train.get_dataset_shard("val"))
     feed = training_feed(*shard_arrays(ray.train.get_dataset_shard("train")), config)
     for epoch in range(state.next_epoch, config["epochs"]):
         fit_started = time.perf_counter()
-        fit = model.fit(feed, epochs=1, verbose=0)
+        fit = model.fit(feed, epochs=1, verbose=0, callbacks=[averaging] if averaging else [])
         fit_seconds = time.perf_counter() - fit_started
         weights = model.get_weights()  # every worker reads: a collective under MultiWorkerMirroredStrategy
+        kept = averaging.averaged_weights() if averaging else weights  # what validation judges and checkpoints keep
         metrics = {"epoch": epoch, "train_loss": float(fit.history["loss"][-1]),
                    "fit_seconds": round(fit_seconds, 2),
                    "train_images_per_second": round(config["rows_per_worker"] * config["num_workers"] / fit_seconds, 1),
-                   **validate(predictor, eval_model, weights, val_images, val_targets)}
+                   **validate(predictor, eval_model, kept, val_images, val_targets)}
+        if averaging:  # the same epoch without the average, for the record: what averaging adds
+            raw = validate(predictor, eval_model, weights, val_images, val_targets)
+            metrics.update({f"raw_{name}": value for name, value in raw.items()})
+            state.average_steps = averaging.steps
         state.optimizer_step = int(model.optimizer.iterations.numpy())
-        best_weights = update_state(state, epoch, metrics, weights, best_weights)
-        report_epoch(eval_model, best_weights, state, metrics)
+        optimizer_values = [variable.numpy() for variable in model.optimizer.variables()]
+        best_weights = update_state(state, epoch, metrics, kept, best_weights)
+        eval_model.set_weights(weights)  # the checkpoint's latest weights are the trained ones, not the average
+        report_epoch(eval_model, best_weights, state, metrics, averaging.averaged_weights() if averaging else None,
+                     optimizer_values)
         if state.epochs_without_improvement >= config["patience"]:
             break
+
+
+def weight_average(config: dict, model, restored: list | None, state: TrainingState):
+    """The run's weight average (``model.averaging``), continued from a checkpoint's; None when switched off."""
+    if not config.get("ema_decay"):
+        return None
+    start = restored if restored is not None else model.get_weights()
+    return WeightAverage(config["ema_decay"]).start(start, state.average_steps if restored is not None else 0)
 
 
 def build_trainer(train_dataset: ray.data.Dataset, val_dataset: ray.data.Dataset,
@@ -201,6 +254,7 @@ def build_trainer(train_dataset: ray.data.Dataset, val_dataset: ray.data.Dataset
             name=config.run_name, storage_path=config.storage_path,
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+        resume_from_checkpoint=ray.train.Checkpoint(config.resume_from) if config.resume_from else None,
     )
 
 

@@ -13,7 +13,8 @@ from model.ood import OodDetector
 from model.architecture import build_classifier
 from model.predict import ProbabilityPredictor, masked_crossentropy_numpy
 from model.preprocessing import PreprocessConfig
-from model.train import BEST_WEIGHTS, train_classifier
+from model.train import (AVERAGE_WEIGHTS, BEST_WEIGHTS, LATEST_WEIGHTS, OPTIMIZER_STATE, STATE_FILE,
+                         train_classifier)
 from pipeline.retrain import retrain, validation_arrays
 from tests.support.training import ARCHITECTURE, SIZE
 from tests.support.training import small_retraining as config
@@ -77,3 +78,37 @@ def test_a_second_candidate_gets_a_recorded_decision(first_run):
     expected_current = "candidate-2" if outcome.promoted else "candidate-1"
     assert registry.read_registry(str(output / "registry"))["current"] == expected_current
     assert (output / "registry" / "candidate-2" / registry.WEIGHTS_FILE).exists()
+
+
+def checkpoint_after(output: pathlib.Path, epochs: int) -> pathlib.Path:
+    """The first run's checkpoint folder at ``epochs`` epochs (Ray Train keeps the last two of each run)."""
+    found = [path for path in (output / "ray").rglob("checkpoint_*") if path.is_dir()
+             if json.loads((path / STATE_FILE).read_text())["next_epoch"] == epochs]
+    assert found, "the first run left no checkpoint after its last epoch"
+    return found[0]
+
+
+def test_a_run_resumes_from_a_checkpoint_with_its_optimizer_and_weight_average(first_run, ray_local):
+    """What a later run, perhaps on another machine, needs to continue is in the checkpoint: the weights, the
+    optimizer's moments and step, the weight average and its step, and the history."""
+    from model.data import list_labelled_images, load_labelled_dataset
+    from pipeline.retrain import split_by_groups
+
+    output, outcome = first_run
+    checkpoint = checkpoint_after(output, 3)
+    assert {AVERAGE_WEIGHTS, OPTIMIZER_STATE, BEST_WEIGHTS, LATEST_WEIGHTS} <= {p.name for p in checkpoint.iterdir()}
+    with np.load(checkpoint / OPTIMIZER_STATE) as saved:
+        assert len(saved.files) > 1 and np.abs(saved["v1"]).sum() > 0  # moments, not just the step count
+    first = outcome.training_state
+    assert first["average_steps"] == first["optimizer_step"] > 0
+    assert all("raw_val_loss" in epoch for epoch in first["history"])  # the average's figures beside the raw ones
+    cfg = config(output, epochs=4, version="unused")
+    cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, resume_from=str(checkpoint),
+                                                                 run_name="resumed"))
+    images = list_labelled_images(cfg.data, cfg.tumor_data)
+    train, validation, _ = split_by_groups(load_labelled_dataset(images, cfg.preprocessing), cfg)
+    _, state = train_classifier(train, validation, ARCHITECTURE, SIZE, cfg.training)
+    steps_per_epoch = first["optimizer_step"] // 3
+    assert state["resumed_at"] == [3] and len(state["history"]) == 4
+    assert state["history"][:3] == first["history"]
+    assert state["optimizer_step"] == state["average_steps"] == first["optimizer_step"] + steps_per_epoch
