@@ -87,13 +87,15 @@ def training_feed(images: np.ndarray, targets: np.ndarray, config: dict):
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
-def restore(model, eval_model, state: TrainingState, strategy) -> tuple[TrainingState, list | None, list | None]:
-    """Load the latest reported checkpoint, if Ray Train has one (or the run was started from one), into ``model``
-    and its optimizer; return its state, best weights and weight average (None where it kept none).
+def restore(model, eval_model, state: TrainingState, strategy,
+            resume_from: str | None = None) -> tuple[TrainingState, list | None, list | None]:
+    """Load the latest checkpoint this run reported (after a worker restart), else the earlier run's checkpoint at
+    ``resume_from`` (a folder or URI), into ``model`` and its optimizer; return its state, best weights and weight
+    average (None where it kept none).
 
     Every worker runs this, so the distributed ``model`` is loaded everywhere alike; the best weights and the
     average are read through the plain ``eval_model``."""
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = ray.train.get_checkpoint() or (ray.train.Checkpoint(resume_from) if resume_from else None)
     if checkpoint is None:
         return state, None, None
     with checkpoint.as_directory() as directory:
@@ -199,7 +201,7 @@ def train_loop_per_worker(config: dict) -> None:
             config["weight_decay"], config["label_smoothing"])
     eval_model = build_classifier(architecture, config["image_size"])
     predictor = ProbabilityPredictor(eval_model)
-    state, best_weights, average = restore(model, eval_model, TrainingState(), strategy)
+    state, best_weights, average = restore(model, eval_model, TrainingState(), strategy, config.get("resume_from"))
     averaging = weight_average(config, model, average, state)
     val_images, val_targets = shard_arrays(ray.train.get_dataset_shard("val"))
     feed = training_feed(*shard_arrays(ray.train.get_dataset_shard("train")), config)
@@ -254,7 +256,6 @@ def build_trainer(train_dataset: ray.data.Dataset, val_dataset: ray.data.Dataset
             name=config.run_name, storage_path=config.storage_path,
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
-        resume_from_checkpoint=ray.train.Checkpoint(config.resume_from) if config.resume_from else None,
     )
 
 
