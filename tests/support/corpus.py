@@ -38,10 +38,9 @@ BAD_FILES = {
     "bad/empty.dcm": ("empty_file", lambda: b""),
     "bad/report.dcm": ("unsupported_format", lambda: b"Findings: unremarkable.\n" * 20),
     "bad/notes.txt": ("unsupported_format", lambda: b"not an image"),
-    "bad/truncated.dcm": ("dicom_pixel_data_invalid",
-                          lambda: pathlib.Path(get_testdata_file("MR_small.dcm", download=False)).read_bytes()[:6000]),
-    "bad/no-pixels.dcm": ("dicom_no_pixel_data",
-                          lambda: pathlib.Path(get_testdata_file("rtplan.dcm", download=False)).read_bytes()),
+    # MR objects the default selection rules send to the decoder (see mr_dataset)
+    "bad/truncated.dcm": ("dicom_pixel_data_invalid", lambda: dicom_bytes(mr_dataset())[:6000]),
+    "bad/no-pixels.dcm": ("dicom_no_pixel_data", lambda: without_pixel_data(mr_dataset())),
     "bad/corrupt.jpg": ("image_decode_failed", lambda: b"\xff\xd8\xff\xe0\x00\x10JFIF" + b"\x13" * 64),
     "bad/one-pixel.png": ("image_too_small", lambda: cv2.imencode(".png", np.zeros((1, 1), np.uint8))[1].tobytes()),
     "bad/huge.png": ("image_too_large", lambda: png_claiming(20000, 20000)),
@@ -85,6 +84,11 @@ def dicom_bytes(dataset: pydicom.Dataset) -> bytes:
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def without_pixel_data(dataset: pydicom.Dataset) -> bytes:
+    del dataset.PixelData
+    return dicom_bytes(dataset)
 
 
 def edited_mr(**changes) -> bytes:
