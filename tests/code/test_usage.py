@@ -63,6 +63,22 @@ def test_missing_paths_are_reported_before_ray_starts(tmp_path, args, message):
     assert "Ray resources" not in result.stderr  # refused before Ray started
 
 
+@pytest.mark.parametrize("rules, message", [
+    ("rules: [{name: a, action: skip, all: [{keyword: PatientID, equals: X}]}]", "patient identity (PatientID)"),
+    ("rules: [{name: a, action: drop}]", "action must be skip or score"),
+    (None, "could not be read"),
+])
+def test_bad_selection_rules_are_refused_before_ray_starts(tmp_path, rules, message):
+    path = tmp_path / "rules.yaml"
+    if rules is not None:
+        path.write_text(rules)
+    result = job("screen", "--input", str(SAMPLES / "archive"), "--output", str(tmp_path / "out"),
+                 "--selection-rules", str(path), "--pseudonym-key-file", str(tmp_path / "key"),
+                 "--create-pseudonym-key")
+    assert result.returncode == 2 and message in result.stderr and str(path) in result.stderr
+    assert "Ray resources" not in result.stderr and not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("name", ["screen", "retrain", "evaluate"])
 def test_help_is_quick_and_explains_every_option(name):
     module = importlib.import_module(f"jobs.{name}")
