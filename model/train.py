@@ -223,8 +223,7 @@ def train_loop_per_worker(config: dict) -> None:
         optimizer_values = [variable.numpy() for variable in model.optimizer.variables()]
         best_weights = update_state(state, epoch, metrics, kept, best_weights)
         eval_model.set_weights(weights)  # the checkpoint's latest weights are the trained ones, not the average
-        report_epoch(eval_model, best_weights, state, metrics, averaging.averaged_weights() if averaging else None,
-                     optimizer_values)
+        report_epoch(eval_model, best_weights, state, metrics, kept if averaging else None, optimizer_values)
         if state.epochs_without_improvement >= config["patience"]:
             break
 

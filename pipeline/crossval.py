@@ -25,11 +25,11 @@ import ray
 from infra import storage
 from model.architecture import build_classifier
 from model.config import RetrainConfig
-from model.data import LABEL, THUMBNAIL, URI, LabelledImage, list_labelled_images, load_labelled_dataset
-from model.dedup import group_near_duplicates, grouped_folds
+from model.data import LABEL, URI, LabelledImage, list_labelled_images, load_labelled_dataset
+from model.dedup import grouped_folds
 from model.predict import ProbabilityPredictor
 from model.train import BEST_WEIGHTS, train_classifier
-from pipeline.retrain import calibrated_evaluation, validation_arrays
+from pipeline.retrain import calibrated_evaluation, near_duplicate_groups, split_by_uris, validation_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -48,16 +48,14 @@ FIGURES = {
 def fold_of_each_image(dataset: ray.data.Dataset, config: RetrainConfig, folds: int) -> pd.DataFrame:
     """URI -> fold for every image, whole near-duplicate groups together (sorted, so only the data and the seed
     decide)."""
-    table = dataset.select_columns([URI, LABEL, THUMBNAIL]).to_pandas().sort_values(URI, ignore_index=True)
-    groups = group_near_duplicates(np.stack(table[THUMBNAIL].to_numpy()), config.duplicate_similarity)
+    table, groups = near_duplicate_groups(dataset, config)
     table["fold"] = grouped_folds(groups, table[LABEL].to_numpy().astype(str), folds, config.split_seed)
     return table[[URI, LABEL, "fold"]]
 
 
 def train_fold(config: RetrainConfig, dataset: ray.data.Dataset, held_out: set, fold: int, stamp: str) -> dict:
     """Train on every image outside ``held_out``; the held-out fold's calibrated figures."""
-    train = dataset.filter(lambda row: row[URI] not in held_out).drop_columns([THUMBNAIL]).materialize()
-    validation = dataset.filter(lambda row: row[URI] in held_out).drop_columns([THUMBNAIL]).materialize()
+    train, validation = split_by_uris(dataset, held_out)
     training = dataclasses.replace(config.training, run_name=f"crossval-{stamp}-fold{fold}")
     weights_dir, state = train_classifier(train, validation, config.architecture, config.preprocessing.image_size,
                                           training)

@@ -22,6 +22,7 @@ import platform
 import time
 
 import numpy as np
+import pandas as pd
 import ray
 
 from infra import storage
@@ -68,11 +69,24 @@ class RetrainOutcome:
     training_state: dict
 
 
-def split_by_groups(dataset: ray.data.Dataset, config: RetrainConfig):
-    """Train and validation datasets that never share a near-duplicate group, and a summary of the split."""
-    # sorted, so the split depends only on the data and the seed, never on the order Ray returned the blocks in
+def near_duplicate_groups(dataset: ray.data.Dataset, config: RetrainConfig) -> tuple[pd.DataFrame, np.ndarray]:
+    """The images' URIs and labels, sorted by URI, and each one's near-duplicate group (sorted, so splits depend only
+    on the data and the seed, never on the order Ray returned the blocks in)."""
     table = dataset.select_columns([URI, LABEL, THUMBNAIL]).to_pandas().sort_values(URI, ignore_index=True)
     groups = group_near_duplicates(np.stack(table[THUMBNAIL].to_numpy()), config.duplicate_similarity)
+    return table.drop(columns=[THUMBNAIL]), groups
+
+
+def split_by_uris(dataset: ray.data.Dataset, held_out: set) -> tuple[ray.data.Dataset, ray.data.Dataset]:
+    """(the images outside ``held_out``, the images in it), thumbnails dropped, materialized."""
+    train = dataset.filter(lambda row: row[URI] not in held_out).drop_columns([THUMBNAIL]).materialize()
+    validation = dataset.filter(lambda row: row[URI] in held_out).drop_columns([THUMBNAIL]).materialize()
+    return train, validation
+
+
+def split_by_groups(dataset: ray.data.Dataset, config: RetrainConfig):
+    """Train and validation datasets that never share a near-duplicate group, and a summary of the split."""
+    table, groups = near_duplicate_groups(dataset, config)
     labels = table[LABEL].to_numpy().astype(str)
     in_validation = grouped_split(groups, labels, config.validation_fraction, config.split_seed)
     validation_uris = set(table[URI][in_validation])
@@ -83,9 +97,7 @@ def split_by_groups(dataset: ray.data.Dataset, config: RetrainConfig):
         validation_by_label={str(k): int(v) for k, v in zip(*np.unique(labels[in_validation], return_counts=True))})
     logger.info("near-duplicate groups: %d for %d images (%d groups hold more than one image)",
                 summary.duplicate_groups, summary.images, summary.groups_with_duplicates)
-    train = dataset.filter(lambda row: row[URI] not in validation_uris).drop_columns([THUMBNAIL]).materialize()
-    validation = dataset.filter(lambda row: row[URI] in validation_uris).drop_columns([THUMBNAIL]).materialize()
-    return train, validation, summary
+    return (*split_by_uris(dataset, validation_uris), summary)
 
 
 def validation_arrays(validation: ray.data.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -23,17 +23,26 @@ from model.predict import ProbabilityPredictor, load_classifier
 from pipeline.retrain import calibrated_evaluation, split_by_groups, validation_arrays, write_candidate_figures
 
 
+def recorded_split(info: registry.ModelInfo, cache: str | None = None):
+    """(train, validation) datasets of the model's own split, rebuilt from the data and split settings its
+    model.json records; raises when the rebuilt split is not the recorded one."""
+    training = info.metadata["training"]
+    config = RetrainConfig(data=training["data"], output="", tumor_data=tuple(training["tumor_data"]),
+                           preprocessing=info.preprocessing, cache=cache)
+    images = list_labelled_images(config.data, config.tumor_data)
+    train, validation, split = split_by_groups(load_labelled_dataset(images, config.preprocessing, cache=cache),
+                                               config)
+    if split.validation_images != training["split"]["validation_images"]:
+        raise RuntimeError(f"rebuilt split has {split.validation_images} validation images, the model recorded "
+                           f"{training['split']['validation_images']}: the data or the split code changed")
+    return train, validation
+
+
 def calibrate_model(model_dir: str, cache: str | None = None) -> dict:
     info = registry.load_model_info(model_dir)
     record = info.metadata
     training = record["training"]
-    config = RetrainConfig(data=training["data"], output="", tumor_data=tuple(training["tumor_data"]),
-                           preprocessing=info.preprocessing, cache=cache)
-    images = list_labelled_images(config.data, config.tumor_data)
-    _, validation, split = split_by_groups(load_labelled_dataset(images, config.preprocessing, cache=cache), config)
-    if split.validation_images != training["split"]["validation_images"]:
-        raise RuntimeError(f"rebuilt split has {split.validation_images} validation images, the model recorded "
-                           f"{training['split']['validation_images']}: the data or the split code changed")
+    _, validation = recorded_split(info, cache)
     val_images, val_targets, val_labels = validation_arrays(validation)
     raw = ProbabilityPredictor(load_classifier(info))(val_images)
     metrics, records, calibrated = calibrated_evaluation(raw, val_targets, val_labels)

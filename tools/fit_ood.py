@@ -29,35 +29,29 @@ from sklearn.metrics import roc_auc_score
 from infra.ray_runtime import configure_logging, ensure_ray
 from model import registry
 from model.card import write_model_card
-from model.config import RetrainConfig
-from model.data import list_labelled_images, load_labelled_dataset
 from model.decode import DecodeError, decode_file
 from model.ood import OOD_FILE, fit_and_describe
 from model.predict import ProbabilityPredictor, load_classifier
 from model.preprocessing import preprocess_image
-from pipeline.retrain import split_by_groups, validation_arrays
+from pipeline.retrain import validation_arrays
+from tools.calibrate_model import recorded_split
 
 FRAMES_PER_FILE = 3
 
 
 def split_arrays(info: registry.ModelInfo, cache: str | None):
-    training = info.metadata["training"]
-    config = RetrainConfig(data=training["data"], output="", tumor_data=tuple(training["tumor_data"]),
-                           preprocessing=info.preprocessing, cache=cache)
-    images = list_labelled_images(config.data, config.tumor_data)
-    train, validation, split = split_by_groups(load_labelled_dataset(images, config.preprocessing, cache=cache), config)
-    if split.validation_images != training["split"]["validation_images"]:
-        raise RuntimeError("the rebuilt split differs from the model's recorded one: the data or the split changed")
+    """(images, targets, labels) of the model's recorded training and validation split."""
+    train, validation = recorded_split(info, cache)
     return validation_arrays(train), validation_arrays(validation)
 
 
-def preprocessed(paths: list[pathlib.Path], info: registry.ModelInfo, read=lambda path: path.read_bytes()):
+def preprocessed(paths: list[pathlib.Path], info: registry.ModelInfo) -> np.ndarray:
     images = []
     for path in paths:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                decoded = decode_file(read(path), str(path))
+                decoded = decode_file(path.read_bytes(), str(path))
             images += [preprocess_image(frame, info.preprocessing) for frame in decoded.frames[:FRAMES_PER_FILE]]
         except (DecodeError, ValueError, ArithmeticError):
             continue

@@ -11,6 +11,7 @@ from pydicom.data import get_testdata_files
 from model.decode import dicom_attributes
 from pipeline.selection import ALL, DEFAULT_RULES_URI, SelectionRulesError, load_rules
 from tests.conftest import SAMPLES
+from tests.support.corpus import edit_dataset
 
 RULES = load_rules()
 
@@ -87,13 +88,7 @@ def test_shipped_mr_localizers_and_derived_images_are_skipped():
     ({"Rows": 64}, "brain_mr"),
 ])
 def test_each_default_rule_on_an_edited_brain_mr_header(changes, rule):
-    dataset = brain_mr()
-    for keyword, value in changes.items():
-        if value is None:
-            delattr(dataset, keyword)
-        else:
-            setattr(dataset, keyword, value)
-    decision = decide(dataset)
+    decision = decide(edit_dataset(brain_mr(), changes))
     assert decision.rule == rule
     assert decision.skips == (rule != "brain_mr")
 

@@ -35,7 +35,7 @@ import pydicom
 import pytest
 
 from tests.conftest import ROOT, SAMPLES, job_summary
-from tests.support.corpus import dicom_bytes, mr_dataset, unsupported_syntax
+from tests.support.corpus import dicom_bytes, mr_dataset, unsupported_syntax, without_pixel_data
 
 pytestmark = pytest.mark.slow
 
@@ -81,11 +81,6 @@ def truncated_pixels(dataset: pydicom.Dataset) -> bytes:
     return dicom_bytes(dataset)[:-3000]
 
 
-def without_pixels(dataset: pydicom.Dataset) -> bytes:
-    del dataset.PixelData
-    return dicom_bytes(dataset)
-
-
 def nan_rescale(dataset: pydicom.Dataset) -> bytes:
     with warnings.catch_warnings():  # pydicom warns that NaN is no valid DS
         warnings.simplefilter("ignore")
@@ -113,7 +108,7 @@ def as_ct(dataset: pydicom.Dataset) -> bytes:
 SKIPPED_CASES = {"other/ct.dcm": "not_mr", "other/spine.dcm": "not_head_series"}
 MR_SMALL_CASES = {  # file: (expected error code or None for an ok row, its identity, MR_small.dcm -> bytes)
     "other/truncated.dcm": ("dicom_pixel_data_invalid", planted_identity, truncated_pixels),
-    "other/no-pixels.dcm": ("dicom_no_pixel_data", planted_identity, without_pixels),
+    "other/no-pixels.dcm": ("dicom_no_pixel_data", planted_identity, without_pixel_data),
     "other/nan-rescale.dcm": ("invalid_pixel_values", planted_identity, nan_rescale),
     "other/mpeg2.dcm": ("dicom_unsupported_transfer_syntax", planted_identity, unsupported_syntax),
     "other/invalid-uids.dcm": (None, invalid_uid_identity, dicom_bytes),

@@ -91,14 +91,18 @@ def without_pixel_data(dataset: pydicom.Dataset) -> bytes:
     return dicom_bytes(dataset)
 
 
-def edited_mr(**changes) -> bytes:
-    dataset = mr_dataset()
+def edit_dataset(dataset: pydicom.Dataset, changes: dict) -> pydicom.Dataset:
+    """``dataset`` with each keyword set to its value, or removed where the value is None."""
     for keyword, value in changes.items():
         if value is None:
             delattr(dataset, keyword)
         else:
             setattr(dataset, keyword, value)
-    return dicom_bytes(dataset)
+    return dataset
+
+
+def edited_mr(**changes) -> bytes:
+    return dicom_bytes(edit_dataset(mr_dataset(), changes))
 
 
 def malformed_instance_number() -> bytes:
