@@ -7,10 +7,11 @@
    run asks for an empty run. Take the output's lock (``pipeline.run_lock``), finish any earlier run's interrupted
    commit, and choose the files to score: by default only those new or changed since a complete run of another
    date scored them (``select_files``); ``full`` scores all.
-3. Decode and preprocess on CPU tasks (``pipeline.stages.decode_and_preprocess``).
-4. Score on inference actors, GPU when the cluster has GPUs (``pipeline.stages.InferenceActor``), each loading the
-   model folder resolved in stage 1 and refusing other weights; the flag threshold is the model's operating point
-   unless the run sets one.
+3. Decode and preprocess (``pipeline.stages.decode_and_preprocess``): on CPU tasks when the cluster has GPUs, else
+   in the scoring actors themselves.
+4. Score on actors, GPU when the cluster has GPUs (``pipeline.stages.ScoringActor``), each loading the model
+   folder resolved in stage 1 and refusing other weights; the flag threshold is the model's operating point unless
+   the run sets one.
 5. Stream the scored rows to the run's work folder (Parquet, ``pipeline.schema.PREDICTIONS_SCHEMA``), logging
    progress.
 6. Summarise every DICOM series the run touched, from its rows and the series' earlier rows (``pipeline.series``).
@@ -46,8 +47,7 @@ from pipeline.listing import ListedFile, list_input_files
 from pipeline.pseudonym import PseudonymKeyError, load_key
 from pipeline.selection import SelectionRules, SelectionRulesError, load_rules
 from pipeline.series import SERIES_INPUT_COLUMNS, series_table, summarize_series
-from pipeline.stages import (BACKENDS, EPOCH, ONNX, TENSORFLOW, InferenceActor, StageContext, decode_and_preprocess,
-                             to_predictions_table)
+from pipeline.stages import BACKENDS, EPOCH, ONNX, TENSORFLOW, ScoringActor, StageContext, decode_and_preprocess
 
 logger = logging.getLogger(__name__)
 
@@ -145,13 +145,9 @@ def resolve_key(config: ScreenConfig, uris: list[str]) -> bytes | None:
     return key
 
 
-# On CPU, one inference CPU (ONNX Runtime, about 700 images/s) keeps up with about four to fourteen decoding CPUs
-# (50-176 images/s each, by format: docs/benchmarks.md): CPU actors get one CPU in five of the cluster's.
-DECODE_CPUS_PER_INFERENCE_CPU = 4
-
-
 def inference_resources(config: ScreenConfig) -> tuple[int, float, int, bool]:
-    """(actors, CPUs per actor, GPUs per actor, use_gpu) for the cluster at hand (started or joined here)."""
+    """(actors, CPUs per actor, GPUs per actor, use_gpu) for the cluster at hand (started or joined here): one
+    actor per GPU, or on CPU one per ``inference_cpus`` of the cluster's CPUs (each also decodes its batches)."""
     ensure_ray()
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
@@ -159,8 +155,7 @@ def inference_resources(config: ScreenConfig) -> tuple[int, float, int, bool]:
     if use_gpu:
         return config.inference_actors or max(1, gpus), 1.0, 1, True
     cpus = resources.get("CPU", 1)
-    share = config.inference_cpus * (1 + DECODE_CPUS_PER_INFERENCE_CPU)
-    return config.inference_actors or max(1, int(cpus // share)), config.inference_cpus, 0, False
+    return config.inference_actors or max(1, int(cpus // config.inference_cpus)), config.inference_cpus, 0, False
 
 
 DECODE_RESOURCE = "decode"  # advertised by a cluster's CPU nodes (cluster.yaml): decoding lands on them alone
@@ -168,7 +163,8 @@ DECODE_RESOURCE = "decode"  # advertised by a cluster's CPU nodes (cluster.yaml)
 
 def decode_placement(config: ScreenConfig) -> dict:
     """Decode tasks request a share of the ``decode`` resource when the cluster's nodes advertise it, so they run
-    on CPU nodes and leave GPU nodes to inference; on a cluster without it (a laptop) they go where CPUs are."""
+    on CPU nodes and leave GPU nodes to inference; on a cluster without it (a GPU workstation) they go where CPUs
+    are."""
     if DECODE_RESOURCE in ray.cluster_resources():
         return {"resources": {DECODE_RESOURCE: config.decode_cpus}}
     return {}
@@ -176,26 +172,32 @@ def decode_placement(config: ScreenConfig) -> dict:
 
 def predictions_dataset(files: list[ListedFile], context: StageContext, config: ScreenConfig,
                         model: registry.ModelInfo) -> ray.data.Dataset:
-    """Stages 3-4: listed files -> scored prediction tables, lazily."""
+    """Stages 3-4: listed files -> scored prediction tables, lazily.
+
+    On GPUs, CPU tasks decode (``--decode-cpus`` each, on the nodes advertising ``decode`` when there are any) and
+    one actor per GPU scores. On CPU only, each scoring actor decodes its own batches: one process per CPU runs the
+    whole per-image work and no image crosses the object store (docs/benchmarks.md: 2.2x the separate stages
+    here)."""
     actors, cpus, gpus, use_gpu = inference_resources(config)
     backend = inference_backend(config, model, use_gpu)
-    logger.info("inference: %d actor(s), %s CPU and %d GPU each, %s", actors, cpus, gpus, backend)
     blocks = max(1, min(len(files), len(files) // max(1, config.decode_batch_size)))
-    scored_at = results.utc_now()
+    actors = min(actors, blocks)
+    logger.info("scoring: %d actor(s), %s CPU and %d GPU each, %s%s", actors, cpus, gpus, backend,
+                "" if use_gpu else ", each decoding its own batches")
     items = [{col.SOURCE_URI: file.uri, col.SOURCE_SIZE: -1 if file.size is None else file.size,
               col.SOURCE_MODIFIED: micros(file.modified)} for file in files]
-    return (
-        ray.data.from_items(items, override_num_blocks=blocks)
-        .map_batches(decode_and_preprocess, fn_kwargs={"context": context}, batch_size=config.decode_batch_size,
-                     num_cpus=config.decode_cpus, **decode_placement(config))
-        .map_batches(InferenceActor, fn_constructor_kwargs={
-            "model_dir": model.uri, "weights_sha256": model.weights_sha256, "threshold": context.threshold,
-            "cpu_threads": max(1, int(cpus)), "use_gpu": use_gpu, "batch_size": config.inference_batch_size,
-            "backend": backend},
-            batch_size=config.inference_batch_size, batch_format="pyarrow", num_cpus=cpus, num_gpus=gpus,
-            compute=ray.data.ActorPoolStrategy(size=actors))
-        .map_batches(to_predictions_table, fn_kwargs={"scored_at": scored_at}, batch_format="pyarrow",
-                     num_cpus=0.25))
+    dataset = ray.data.from_items(items, override_num_blocks=blocks)
+    if use_gpu:
+        dataset = dataset.map_batches(decode_and_preprocess, fn_kwargs={"context": context, "cpus": config.decode_cpus},
+                                      batch_size=config.decode_batch_size, num_cpus=config.decode_cpus,
+                                      **decode_placement(config))
+    scorer = {"context": context, "scored_at": results.utc_now(), "decode": not use_gpu, "model_dir": model.uri,
+              "weights_sha256": model.weights_sha256, "threshold": context.threshold,
+              "cpu_threads": max(1, int(cpus)), "use_gpu": use_gpu, "batch_size": config.inference_batch_size,
+              "backend": backend}
+    return dataset.map_batches(ScoringActor, fn_constructor_kwargs=scorer, batch_format="pyarrow",
+                               batch_size=config.inference_batch_size if use_gpu else config.decode_batch_size,
+                               num_cpus=cpus, num_gpus=gpus, compute=ray.data.ActorPoolStrategy(size=actors))
 
 
 def inference_backend(config: ScreenConfig, model: registry.ModelInfo, use_gpu: bool) -> str:
@@ -220,6 +222,8 @@ class Progress:
         self.started = self.last = time.monotonic()
 
     def update(self, batch: pa.Table) -> None:
+        if not self.rows:
+            logger.info("first scored rows after %.1f s (actors started, model loaded)", time.monotonic() - self.started)
         self.rows += batch.num_rows
         self.files += int(pc.sum(pc.equal(batch[col.FRAME_INDEX], 0)).as_py() or 0)
         self.errors += int(pc.sum(pc.equal(batch[col.STATUS], col.STATUS_ERROR)).as_py() or 0)

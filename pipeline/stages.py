@@ -3,6 +3,8 @@
 ``decode_and_preprocess`` (stateless, CPU): source URIs in, one row per frame out, each with its preprocessed
 model input or an error row naming the problem. ``InferenceActor`` (holds the model): fills the probability
 columns of the ``ok`` rows. ``to_predictions_table``: casts to the declared Parquet schema and drops the image.
+``ScoringActor``, what the pipeline runs: inference then the cast, with the decoding in the same process on
+CPU-only clusters.
 Between stages every batch is a pyarrow table in ``IN_FLIGHT_SCHEMA``, so a batch whose rows are all errors (all
 nulls in a column) has the same types as any other.
 No stage raises for bad input: every file ends as rows with ``status`` ``ok`` or ``error``.
@@ -159,10 +161,12 @@ def rows_to_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pydict(columns, schema=IN_FLIGHT_SCHEMA)
 
 
-def decode_and_preprocess(batch: dict[str, np.ndarray], context: StageContext) -> pa.Table:
+def decode_and_preprocess(batch: dict[str, np.ndarray], context: StageContext, cpus: float | None = None) -> pa.Table:
     """Ray Data function: a batch of ``source_uri`` (with the listing's ``source_size`` in bytes and
     ``source_modified`` in microseconds since the epoch, -1 where unknown) -> a table of frame rows with model
-    inputs."""
+    inputs. ``cpus``: what Ray reserved for the task, which bounds OpenCV's threads."""
+    if cpus is not None:
+        bound_threads(cpus)
     uris = batch[col.SOURCE_URI]
     unknown = np.full(len(uris), -1, dtype=np.int64)
     sizes, modified = batch.get(col.SOURCE_SIZE, unknown), batch.get(col.SOURCE_MODIFIED, unknown)
@@ -254,8 +258,39 @@ def mark_failed(table: pa.Table, rows: np.ndarray, code: ErrorCode, message: str
 
 
 def to_predictions_table(table: pa.Table, scored_at) -> pa.Table:
-    """Ray Data function: a scored table -> exactly ``PREDICTIONS_SCHEMA`` (the image dropped)."""
+    """A scored table -> exactly ``PREDICTIONS_SCHEMA`` (the image dropped)."""
     table = table.drop_columns([col.IMAGE])
     stamps = pa.array([scored_at] * table.num_rows, type=col.PREDICTIONS_SCHEMA.field(col.SCORED_AT).type)
     return table.append_column(col.SCORED_AT, stamps).select(col.PREDICTIONS_SCHEMA.names).cast(
         col.PREDICTIONS_SCHEMA)
+
+
+def bound_threads(cpus: float) -> int:
+    """OpenCV's thread pool bounded to the CPUs Ray reserved for this task or actor (its default is every core of
+    the node, which oversubscribes a node running one such worker per CPU); returns the thread count."""
+    import cv2
+
+    threads = max(1, int(cpus))
+    cv2.setNumThreads(threads)
+    return threads
+
+
+class ScoringActor:
+    """The pipeline's Ray Data actor: scores each batch and hands on exactly ``PREDICTIONS_SCHEMA`` (no image).
+
+    With ``decode`` (CPU-only clusters) a batch is a slice of the listing, and the actor reads, decodes and
+    preprocesses it (``decode_and_preprocess``) before scoring: every CPU runs the whole per-image work in one
+    process, one actor per CPU, and no image crosses the object store. Without it (GPU actors) a batch is the
+    in-flight table of the CPU decoding tasks. ``inference`` are ``InferenceActor``'s arguments."""
+
+    def __init__(self, context: StageContext, scored_at, decode: bool, **inference):
+        self.context, self.scored_at, self.decode = context, scored_at, decode
+        if decode:
+            bound_threads(inference.get("cpu_threads") or 1)
+        self.inference = InferenceActor(**inference)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.decode:
+            batch = decode_and_preprocess({name: batch[name].to_numpy(zero_copy_only=False)
+                                           for name in batch.column_names}, self.context)
+        return to_predictions_table(self.inference(batch), self.scored_at)

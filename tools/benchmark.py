@@ -1,10 +1,13 @@
 """Throughput and memory of the screening pipeline on this machine (results go to docs/benchmarks.md).
 
-    python -m tools.benchmark --source ../shared/datasets/brain-tumor-mri/Training --images 1000 2000
+    python -m tools.benchmark --images 2000 8000 --repeats 3
 
-For each size it links that many real JPEGs into a scratch archive, runs a whole screening job on an embedded
-Ray, and reports images per second and the peak resident memory of all Ray and driver processes together (sampled
-every 0.5 s). It also times the model alone on pre-decoded inputs, the ceiling the pipeline is measured against.
+For each size it links that many real JPEGs into a scratch archive and runs whole screening jobs on one embedded
+Ray (started once, its start timed apart), reporting the median wall time, images per second and the peak
+resident memory of all Ray and driver processes together (sampled every 0.5 s); the steady state is the rate
+between the smallest and the largest size. The references are measured in the same run: the model alone on
+pre-decoded inputs, a plain single-process loop (no Ray) doing the same work, and the cost of each part of the
+per-image work on one thread.
 """
 
 from __future__ import annotations
@@ -89,18 +92,27 @@ def model_only_rates(model_uri: str, images: int = 512, repeats: int = 3) -> dic
     return rates
 
 
+def loop_files(source: pathlib.Path, count: int) -> list[pathlib.Path]:
+    return list(itertools.islice(itertools.cycle(sorted(source.rglob("*.jpg"))), count))
+
+
+def loop_context(info: registry.ModelInfo):
+    from pipeline.stages import StageContext
+
+    return StageContext("loop", "1970-01-01", info.preprocessing, DecodeLimits(), None, 0.5, info.version,
+                        info.weights_sha256)
+
+
 def plain_loop_rate(source: pathlib.Path, count: int, model_uri: str, backend: str) -> float:
     """The reference the pipeline must beat: one process, no Ray, each file read, decoded, preprocessed (the
     pipeline's own stage functions) and scored in batches of 64, on 2 inference threads."""
     from model.onnx_runtime import OnnxPredictor
-    from pipeline.stages import StageContext, file_rows
+    from pipeline.stages import file_rows
 
     info = registry.load_model_info(model_uri)
     predictor = (OnnxPredictor.for_model(info, cpu_threads=2) if backend == "onnx"
                  else ProbabilityPredictor(load_classifier(info)))
-    context = StageContext("loop", "1970-01-01", info.preprocessing, DecodeLimits(), None, 0.5, info.version,
-                           info.weights_sha256)
-    files = list(itertools.islice(itertools.cycle(sorted(source.rglob("*.jpg"))), count))
+    context, files = loop_context(info), loop_files(source, count)
     predictor(np.zeros((64, info.preprocessing.image_size, info.preprocessing.image_size), np.uint8))
     started = time.perf_counter()
     for start in range(0, len(files), 64):
@@ -109,40 +121,132 @@ def plain_loop_rate(source: pathlib.Path, count: int, model_uri: str, backend: s
     return count / (time.perf_counter() - started)
 
 
-def screen_once(source: pathlib.Path, count: int, model_uri: str, backend: str = "auto") -> dict:
-    with tempfile.TemporaryDirectory() as scratch:
-        archive = pathlib.Path(scratch) / "archive"
-        archive.mkdir()
-        link_archive(source, count, archive)
-        sampler = MemorySampler()
-        sampler.start()
+def stage_costs(source: pathlib.Path, count: int, model_uri: str, batch: int = 64) -> dict:
+    """Milliseconds per image of each part of a scoring actor's work, one thread, no Ray: read + sha256, decode,
+    preprocess, the rows -> Arrow table, inference (ONNX Runtime), the score columns and the cast to the Parquet
+    schema. Their sum against the pipeline's CPU time per image says what Ray Data itself costs."""
+    import hashlib
+
+    from model.decode import decode_file
+    from model.preprocessing import preprocess_image
+    from pipeline.stages import ScoringActor, bound_threads, decode_and_preprocess, to_predictions_table
+
+    bound_threads(1)
+    info = registry.load_model_info(model_uri)
+    context, files = loop_context(info), loop_files(source, count)
+    actor = ScoringActor(context, None, decode=True, model_dir=info.uri, weights_sha256=info.weights_sha256,
+                         threshold=0.5, cpu_threads=1, use_gpu=False, batch_size=256, backend="onnx")
+    parts = dict.fromkeys(["read_sha256", "decode", "preprocess", "to_arrow_and_rows", "inference",
+                           "scores_and_cast"], 0.0)
+    for path in files:
         started = time.perf_counter()
-        summary = run_screening(ScreenConfig(inputs=(str(archive),), output=str(pathlib.Path(scratch) / "out"),
-                                             model=model_uri, backend=backend))
-        seconds = time.perf_counter() - started
-        sampler.running = False
-        sampler.join()
-    return {"images": count, "backend": backend, "rows": summary.rows_written, "seconds": round(seconds, 1),
-            "images_per_second": round(count / seconds, 1), "peak_rss_gib": round(sampler.peak / 2**30, 2)}
+        data = path.read_bytes()
+        hashlib.sha256(data).hexdigest()
+        read = time.perf_counter()
+        decoded = decode_file(data, str(path))
+        decode = time.perf_counter()
+        preprocess_image(decoded.frames[0], info.preprocessing)
+        parts["read_sha256"] += read - started
+        parts["decode"] += decode - read
+        parts["preprocess"] += time.perf_counter() - decode
+    items = {"source_uri": np.array([str(path) for path in files], dtype=object),
+             "source_size": np.full(count, -1), "source_modified": np.full(count, -1)}
+    for start in range(0, count, batch):
+        chunk = {name: values[start:start + batch] for name, values in items.items()}
+        began = time.perf_counter()
+        table = decode_and_preprocess(chunk, context)
+        decoded = time.perf_counter()
+        ok = table.num_rows * [True]
+        probabilities, features = actor.inference.predictor.with_features(actor.inference.images(table))
+        inferred = time.perf_counter()
+        scores = actor.inference.ood.scores(features)
+        to_predictions_table(actor.inference.fill_scores(table, probabilities, np.array(ok), scores), None)
+        parts["to_arrow_and_rows"] += decoded - began  # the whole decode stage, less its parts below
+        parts["inference"] += inferred - decoded
+        parts["scores_and_cast"] += time.perf_counter() - inferred
+    parts["to_arrow_and_rows"] -= parts["read_sha256"] + parts["decode"] + parts["preprocess"]
+    costs = {name: round(1000 * seconds / count, 3) for name, seconds in parts.items()}
+    costs["total"] = round(sum(costs.values()), 3)
+    return costs
+
+
+def screen_once(archive: pathlib.Path, scratch: pathlib.Path, count: int, model_uri: str,
+                backend: str = "auto") -> dict:
+    sampler = MemorySampler()
+    sampler.start()
+    started = time.perf_counter()
+    summary = run_screening(ScreenConfig(inputs=(str(archive),), output=str(scratch / f"out-{time.time_ns()}"),
+                                         model=model_uri, backend=backend))
+    seconds = time.perf_counter() - started
+    sampler.running = False
+    sampler.join()
+    assert summary.rows_written == count, summary
+    return {"seconds": seconds, "peak_rss_gib": sampler.peak / 2**30}
+
+
+def screen_sizes(source: pathlib.Path, sizes: list[int], model_uri: str, backend: str, repeats: int) -> list[dict]:
+    """Each size screened ``repeats`` times on the already started Ray (a fresh output each time), in turn, so a
+    drift of the machine touches every size alike: median wall time, images/s, peak RSS."""
+    with tempfile.TemporaryDirectory() as scratch:
+        archives = {}
+        for count in sizes:
+            archives[count] = pathlib.Path(scratch) / f"archive-{count}"
+            archives[count].mkdir()
+            link_archive(source, count, archives[count])
+        measured = {count: [] for count in sizes}
+        for _ in range(repeats):
+            for count in sizes:
+                measured[count].append(screen_once(archives[count], pathlib.Path(scratch), count, model_uri, backend))
+    runs = []
+    for count in sizes:
+        seconds = float(np.median([run["seconds"] for run in measured[count]]))
+        runs.append({"images": count, "backend": backend, "seconds": round(seconds, 2),
+                     "all_seconds": [round(run["seconds"], 2) for run in measured[count]],
+                     "images_per_second": round(count / seconds, 1),
+                     "peak_rss_gib": round(max(run["peak_rss_gib"] for run in measured[count]), 2)})
+    return runs
+
+
+def steady_state(runs: list[dict]) -> float | None:
+    """Images/s between the smallest and the largest run: the fixed cost of a run cancels out."""
+    if len(runs) < 2:
+        return None
+    small, large = runs[0], runs[-1]
+    return round((large["images"] - small["images"]) / (large["seconds"] - small["seconds"]), 1)
+
+
+def ray_start_seconds() -> float:
+    started = time.perf_counter()
+    ensure_ray()
+    return round(time.perf_counter() - started, 2)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", type=pathlib.Path, default=pathlib.Path("../shared/datasets/brain-tumor-mri"))
-    parser.add_argument("--images", type=int, nargs="+", default=[1000])
+    parser.add_argument("--images", type=int, nargs="+", default=[2000, 8000],
+                        help="archive sizes; the steady state is measured between the smallest and the largest")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per size (the median is reported)")
     parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--backends", nargs="+", default=["tensorflow", "onnx"], choices=["tensorflow", "onnx"])
+    parser.add_argument("--backends", nargs="+", default=["onnx"], choices=["tensorflow", "onnx"])
     args = parser.parse_args()
     if not any(args.source.rglob("*.jpg")):
         parser.error(f"no JPEG images under {args.source} (give --source a folder of JPEGs)")
     configure_logging()
-    ensure_ray()
-    results = {"model_only_images_per_second": model_only_rates(args.model),
+    sizes = sorted(args.images)
+    results = {"ray_start_seconds": ray_start_seconds(),
+               "model_only_images_per_second": model_only_rates(args.model),
+               "stage_ms_per_image_one_thread": stage_costs(args.source, 1000, args.model),
                "plain_loop_images_per_second": {
-                   backend: round(plain_loop_rate(args.source, max(args.images), args.model, backend), 1)
-                   for backend in args.backends},
-               "runs": [screen_once(args.source, count, args.model, backend) for count in args.images
-                        for backend in args.backends]}
+                   backend: round(plain_loop_rate(args.source, max(sizes), args.model, backend), 1)
+                   for backend in args.backends}}
+    for backend in args.backends:
+        runs = screen_sizes(args.source, sizes, args.model, backend, args.repeats)
+        loop = results["plain_loop_images_per_second"][backend]
+        steady = steady_state(runs)
+        results[backend] = {"runs": runs, "steady_state_images_per_second": steady,
+                            "steady_state_vs_plain_loop": steady and round(steady / loop, 2),
+                            "with_start_up_vs_plain_loop": [round(run["images_per_second"] / loop, 2) for run in runs]}
     print(json.dumps(results, indent=2))
 
 

@@ -36,8 +36,9 @@ def slices(source: pathlib.Path, count: int) -> list[np.ndarray]:
     return [cv2.resize(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE), (SIZE, SIZE)) for path in paths]
 
 
-def dicom_bytes(image: np.ndarray, syntax=None) -> bytes:
-    """A 16-bit MR slice (12 bits stored, as scanners write) in ``syntax`` (explicit VR little endian if None)."""
+def dicom_bytes(image: np.ndarray, syntax=None, **attributes) -> bytes:
+    """A 16-bit MR slice (12 bits stored, as scanners write) in ``syntax`` (explicit VR little endian if None), with
+    any further ``attributes`` (DICOM keywords) set."""
     pixels = (image.astype(np.uint16) * 16)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = pydicom.uid.MRImageStorage
@@ -50,6 +51,8 @@ def dicom_bytes(image: np.ndarray, syntax=None) -> bytes:
     dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, "MONOCHROME2"
     dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 16, 12, 11, 0
     dataset.PixelData = pixels.tobytes()
+    for keyword, value in attributes.items():
+        setattr(dataset, keyword, value)
     if syntax is not None:
         dataset.compress(syntax, pixels)
     buffer = io.BytesIO()

@@ -23,7 +23,7 @@ from tests.support.processes import RayNode, descendants, processes_titled, wait
 
 pytestmark = pytest.mark.slow
 
-DECODE_TITLE, INFERENCE_TITLE = "decode_and_preprocess", "InferenceActor"
+DECODE_TITLE, INFERENCE_TITLE = "decode_and_preprocess", "ScoringActor"
 
 
 @pytest.fixture(scope="module")

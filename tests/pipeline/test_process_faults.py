@@ -1,5 +1,6 @@
-"""Processes killed mid-run: an inference actor and a decoding worker (Ray restarts and retries their work, the
-job finishes with every row exactly once), and the driver itself (nothing commits; a re-run of the date leaves
+"""Processes killed mid-run: two scoring actors, which on a CPU-only node also decode (Ray restarts them and
+retries their work, the job finishes with every row exactly once; decoding tasks killed on a cluster:
+tests/pipeline/test_cluster.py), and the driver itself (nothing commits; a re-run of the date leaves
 the tables consistent, nothing duplicated). The real job as a subprocess with its own local Ray."""
 
 import collections
@@ -19,8 +20,7 @@ from tests.support.processes import descendants, processes_titled
 
 pytestmark = pytest.mark.slow
 
-INFERENCE_TITLE = "InferenceActor"
-DECODE_TITLE = "decode_and_preprocess"
+SCORING_TITLE = "ScoringActor"
 RUN_DATE = "2026-11-07"
 
 
@@ -63,13 +63,13 @@ def expected_frames(frames: collections.Counter) -> collections.Counter:
     return collections.Counter({(uri, index): 1 for uri, count in frames.items() for index in range(count)})
 
 
-def test_killed_decoding_worker_and_inference_actor_cost_no_row(archive, tmp_path):
+def test_killed_scoring_actors_cost_no_row(archive, tmp_path):
     root, frames = archive
     output = tmp_path / "results"
     job = start_job(root, output)
-    killed = [kill_first(job, DECODE_TITLE)]
-    time.sleep(2)  # let the actor take its first batches before it dies
-    killed.append(kill_first(job, INFERENCE_TITLE))
+    killed = [kill_first(job, SCORING_TITLE)]
+    time.sleep(2)  # let the actors take their first batches before another dies
+    killed.append(kill_first(job, SCORING_TITLE))
     stdout, stderr = job.communicate(timeout=900)
     assert job.returncode == 0, stderr[-3000:]
     assert rows_per_frame(output) == expected_frames(frames)
@@ -82,7 +82,7 @@ def test_killed_driver_commits_nothing_and_a_rerun_leaves_each_frame_once(archiv
     root, frames = archive
     output = tmp_path / "results"
     job = start_job(root, output)
-    kill_first(job, INFERENCE_TITLE)  # proves scoring had begun; then the whole run dies at once
+    kill_first(job, SCORING_TITLE)  # proves scoring had begun; then the whole run dies at once
     time.sleep(3)
     assert job.poll() is None, "the run ended before the driver could be killed"
     doomed = descendants(job.pid)

@@ -198,3 +198,12 @@ def test_the_sample_archive_is_a_fair_demo_of_the_shipped_model(screened, model_
         series = pathlib.Path(row["ordered_source_uris"][0]).parent.name
         expected = next(name for name in ("glioma", "meningioma", "pituitary", "notumor") if name in series)
         assert (row["predicted_class"], row["flagged"]) == (expected, expected != "notumor"), series
+
+
+def test_a_cpu_only_cluster_scores_on_one_decoding_actor_per_cpu(ray_local):
+    from pipeline.screen import inference_resources
+
+    config = ScreenConfig(inputs=("-",), output="-")
+    assert inference_resources(config) == (2, 1.0, 0, False)  # the test Ray has 2 CPUs and no GPU
+    assert inference_resources(ScreenConfig(inputs=("-",), output="-", inference_cpus=2.0))[:2] == (1, 2.0)
+    assert inference_resources(ScreenConfig(inputs=("-",), output="-", inference_actors=1))[0] == 1

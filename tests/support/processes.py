@@ -1,5 +1,5 @@
 """Finding the processes of a test's own Ray by their process titles (Ray names each worker after what it runs,
-e.g. ``ray::RayTrainWorker`` or ``ray::MapWorker(MapBatches(InferenceActor))``), so a test can kill one; and real
+e.g. ``ray::RayTrainWorker`` or ``ray::MapWorker(MapBatches(ScoringActor))``), so a test can kill one; and real
 Ray nodes started with ``ray start`` on this machine, for cluster tests."""
 
 from __future__ import annotations
