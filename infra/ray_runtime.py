@@ -1,8 +1,8 @@
 """Starting or joining Ray, and keeping its output readable: a job submitted to a cluster joins it, a plain
 ``python -m jobs.<name>`` starts a local one.
 
-Without ``--verbose`` the libraries' start-up chatter is quieted, in the driver and in every worker (the runtime
-environment carries the settings): TensorFlow's C++ notices (``model.tensorflow_runtime``), Ray's own warnings at
+Without ``--verbose`` the libraries' start-up chatter is quieted, in the driver and in every worker (a cluster's
+through the job's runtime environment, an embedded Ray's by inheriting the driver's environment): TensorFlow's C++ notices (``model.tensorflow_runtime``), Ray's own warnings at
 start-up, and Ray Data's progress notices.
 Worker output forwarded to the driver carries no colour codes unless stderr is a terminal.
 """
@@ -55,12 +55,12 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, verbose:
     if address:
         probe_address(address)
     ray_level = logging.INFO if verbose else logging.ERROR
-    runtime_env = {"env_vars": environment}
-    if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, logging_level=ray_level)
-    else:
-        ray.init(address="local", num_cpus=num_cpus, runtime_env=runtime_env, include_dashboard=dashboard,
-                 dashboard_host="127.0.0.1", configure_logging=True, logging_level=ray_level)
+    if address:  # the cluster's workers get the settings through the job's runtime environment
+        ray.init(address=address, runtime_env={"env_vars": environment}, log_to_driver=True, logging_level=ray_level)
+    else:  # an embedded Ray's workers inherit this process's environment; a runtime environment would cost every
+        # worker start about 0.7 s here (docs/benchmarks.md)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                 configure_logging=True, logging_level=ray_level)
     ray.data.DataContext.get_current().enable_progress_bars = False
     if not verbose:  # Ray Data's execution plans and notices drown the job's own summary
         logging.getLogger("ray.data").setLevel(logging.ERROR)

@@ -14,7 +14,8 @@
    the run sets one.
 5. Stream the scored rows to the run's work folder (Parquet, ``pipeline.schema.PREDICTIONS_SCHEMA``), logging
    progress.
-6. Summarise every DICOM series the run touched, from its rows and the series' earlier rows (``pipeline.series``).
+6. Summarise every DICOM series the run touched, from its rows and the series' earlier rows (``pipeline.series``):
+   in the driver, or grouped on the cluster for runs of more than ``SERIES_ON_CLUSTER_FRAMES`` frames.
 7. Stage the run's ``runs`` row and commit predictions -> series -> runs, one Delta transaction each
    (``pipeline.results``: a run counts completely or not at all).
 The whole archive streams through Ray Data; nothing holds it in memory. Ray retries the work of a decoding task
@@ -32,6 +33,7 @@ import time
 import uuid
 from collections import Counter
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
@@ -274,16 +276,27 @@ def series_frames(connection, staged: pa.Table, run_date: str) -> pa.Table:
     return pa.concat_tables([frames, earlier.cast(frames.schema)])
 
 
-def write_series(frames: pa.Table, uri: str, run_id: str, run_date: str, threshold: float) -> tuple[int, int]:
-    """Stage 6: summarise every series of ``frames`` (about 200 B a row, grouped on the cluster) into
-    ``uri``/series.parquet, stamped with this run; returns (series, flagged series)."""
+# Below this many frames a run's series are summarised in the driver (about 200 B a frame); above, grouped on the
+# cluster. A Ray Data groupby costs a few seconds of shuffle set-up however small the run (docs/benchmarks.md).
+SERIES_ON_CLUSTER_FRAMES = 200_000
+
+
+def write_series(frames: pa.Table, uri: str, run_id: str, run_date: str, threshold: float,
+                 on_cluster_frames: int = SERIES_ON_CLUSTER_FRAMES) -> tuple[int, int]:
+    """Stage 6: summarise every series of ``frames`` into ``uri``/series.parquet, stamped with this run; returns
+    (series, flagged series). Small runs group in the driver, large ones on the cluster (``on_cluster_frames``)."""
     if frames.num_rows == 0:
         return 0, 0
-    ensure_ray()
-    partitions = max(1, min(64, frames.num_rows // 2000))
-    summaries = ray.data.from_arrow(frames).groupby(col.SERIES_KEY, num_partitions=partitions).map_groups(
-        summarize_series, fn_kwargs={"threshold": threshold, "run_date": run_date}, batch_format="pandas")
-    table = series_table(summaries.to_pandas())
+    arguments = {"threshold": threshold, "run_date": run_date}
+    if frames.num_rows < on_cluster_frames:
+        grouped = frames.to_pandas().groupby(col.SERIES_KEY, sort=True, group_keys=False)
+        summaries = pd.concat([summarize_series(frame, **arguments) for _, frame in grouped], ignore_index=True)
+    else:
+        ensure_ray()
+        partitions = max(1, min(64, frames.num_rows // 2000))
+        summaries = ray.data.from_arrow(frames).groupby(col.SERIES_KEY, num_partitions=partitions).map_groups(
+            summarize_series, fn_kwargs=arguments, batch_format="pandas").to_pandas()
+    table = series_table(summaries.sort_values(col.SERIES_KEY, ignore_index=True))
     table = table.set_column(table.schema.get_field_index(col.RUN_ID), col.RUN_ID,
                              pa.array([run_id] * table.num_rows, pa.string()))
     results.write_parquet(table, storage.join(uri, "series.parquet"))

@@ -24,7 +24,6 @@ import threading
 import time
 
 import cv2
-import numpy as np
 import psutil
 import pydicom
 
@@ -88,7 +87,7 @@ def rss(process: psutil.Process) -> int:
         return 0
 
 
-def screen(archive: pathlib.Path, output: pathlib.Path, key_file: pathlib.Path) -> dict:
+def screen(archive: pathlib.Path, output: pathlib.Path, key_file: pathlib.Path, log: pathlib.Path | None) -> dict:
     command = [sys.executable, "-m", "jobs.screen", "--input", str(archive), "--output", str(output),
                "--pseudonym-key-file", str(key_file), "--create-pseudonym-key", "--no-report"]
     started = time.perf_counter()
@@ -99,6 +98,8 @@ def screen(archive: pathlib.Path, output: pathlib.Path, key_file: pathlib.Path) 
     seconds = time.perf_counter() - started
     sampler.running = False
     sampler.join()
+    if log is not None:
+        log.write_text(stderr)
     if job.returncode != 0:
         raise RuntimeError(f"jobs.screen failed: {stderr[-2000:]}")
     summary = json.loads(stdout.strip().splitlines()[-1])
@@ -112,6 +113,7 @@ def main() -> None:
     parser.add_argument("--source", type=pathlib.Path, default=pathlib.Path("../shared/datasets/brain-tumor-mri"))
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 50000])
     parser.add_argument("--pool", type=pathlib.Path, required=True, help="folder for the generated DICOM slices")
+    parser.add_argument("--logs", type=pathlib.Path, help="folder to keep each job's log in (its timeline)")
     args = parser.parse_args()
     jpegs = sorted(args.source.rglob("*.jpg"))
     if not jpegs:
@@ -124,7 +126,8 @@ def main() -> None:
         for count in sizes:
             archive = pathlib.Path(scratch) / f"archive-{count}"
             link_archive(archive, jpegs, dicoms, count)
-            run = {"inputs": count, **screen(archive, pathlib.Path(scratch) / f"out-{count}", key_file)}
+            log = args.logs / f"screen-{count}.log" if args.logs else None
+            run = {"inputs": count, **screen(archive, pathlib.Path(scratch) / f"out-{count}", key_file, log)}
             run["images_per_second"] = round(count / run["seconds"], 1)
             if runs:
                 first = runs[0]

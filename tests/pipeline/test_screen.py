@@ -207,3 +207,21 @@ def test_a_cpu_only_cluster_scores_on_one_decoding_actor_per_cpu(ray_local):
     assert inference_resources(config) == (2, 1.0, 0, False)  # the test Ray has 2 CPUs and no GPU
     assert inference_resources(ScreenConfig(inputs=("-",), output="-", inference_cpus=2.0))[:2] == (1, 2.0)
     assert inference_resources(ScreenConfig(inputs=("-",), output="-", inference_actors=1))[0] == 1
+
+
+def test_series_summarised_in_the_driver_equal_those_grouped_on_the_cluster(screened, tmp_path, ray_local):
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from pipeline.screen import write_series
+    from pipeline.series import SERIES_INPUT_COLUMNS
+
+    _, output, _, summary = screened
+    staged = results.read_table(str(output), results.PREDICTIONS)
+    frames = staged.select(SERIES_INPUT_COLUMNS).filter(pc.is_valid(staged["series_key"]))
+    written = {}
+    for where, limit in (("driver", 10**9), ("cluster", 0)):
+        counts = write_series(frames, str(tmp_path / where), "run", RUN_DATE, summary.threshold, limit)
+        written[where] = (counts, pq.read_table(tmp_path / where / "series.parquet").to_pylist())
+    assert written["driver"] == written["cluster"]
+    assert written["driver"][0] == (summary.series, summary.series_flagged) and summary.series >= 4
