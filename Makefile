@@ -27,7 +27,8 @@ test-fast: $(STAMP)
 
 # the benchmarks of docs/benchmarks.md (need ../shared/datasets; minutes, not part of the tests)
 bench: $(STAMP)
-	$(PY) -m tools.benchmark --images 2000
+	$(PY) -m tools.benchmark --images 2000 8000 --repeats 3
+	$(PY) -m tools.scale_benchmark --sizes 1000 10000 50000 --pool out/bench/dicom-pool
 	$(PY) -m tools.decode_benchmark --images 200
 	$(PY) -m tools.nightly_benchmark --source ../shared/datasets/brain-tumor-mri/Training --images 10000
 

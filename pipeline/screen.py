@@ -238,23 +238,14 @@ class Progress:
                         self.total, self.rows, self.errors, rate, left)
 
 
-def stage_predictions(dataset: ray.data.Dataset, uri: str, total_files: int, rows_per_file: int = 50_000) -> None:
+def stage_predictions(dataset: ray.data.Dataset, uri: str, total_files: int) -> None:
     """Stage 5: stream the scored rows (a few hundred bytes each, no image) to Parquet files under ``uri``,
-    logging progress."""
-    progress, pending, parts = Progress(total_files), [], 0
-
-    def flush() -> None:
-        nonlocal parts, pending
-        if pending:
-            results.write_parquet(pa.concat_tables(pending), storage.join(uri, f"part-{parts:05d}.parquet"))
-            parts, pending = parts + 1, []
-
+    logging progress; the driver's memory does not grow with the run (``results.ParquetParts``)."""
+    progress, parts = Progress(total_files), results.ParquetParts(uri, col.PREDICTIONS_SCHEMA)
     for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
         progress.update(batch)
-        pending.append(batch)
-        if sum(table.num_rows for table in pending) >= rows_per_file:
-            flush()
-    flush()
+        parts.write(batch)
+    parts.close()
 
 
 # what stages 6-7 read back, once

@@ -82,14 +82,19 @@ def model_only_rates(model_uri: str, images: int = 512, repeats: int = 3) -> dic
         if threads == 2:  # TensorFlow's thread pools are fixed once it has started: measured at 2 threads only
             predictors["tensorflow"] = ProbabilityPredictor(load_classifier(info))
         for backend, predictor in predictors.items():
-            predictor(batch[:64])
-            seconds = []
-            for _ in range(repeats):
-                started = time.perf_counter()
-                predictor(batch)
-                seconds.append(time.perf_counter() - started)
-            rates[f"{backend}_{threads}_threads"] = round(images / float(np.median(seconds)), 1)
+            rates[f"{backend}_{threads}_threads"] = median_rate(predictor, batch, repeats)
     return rates
+
+
+def median_rate(predictor, images: np.ndarray, repeats: int = 3) -> float:
+    """Images/s of ``predictor`` on ``images``, the median of ``repeats`` calls after one warm-up batch."""
+    predictor(images[:64])
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        predictor(images)
+        seconds.append(time.perf_counter() - started)
+    return round(len(images) / float(np.median(seconds)), 1)
 
 
 def loop_files(source: pathlib.Path, count: int) -> list[pathlib.Path]:

@@ -185,3 +185,24 @@ def test_on_s3_a_second_writer_is_refused_by_the_lock_and_a_racing_commit_by_del
     with pytest.raises(CommitFailedError):
         deltalake.write_deltalake(second, rows, mode="overwrite", predicate=predicate, storage_options=options)
     assert deltalake.DeltaTable(uri, storage_options=options).version() == first.version()
+
+
+def test_streamed_rows_land_in_whole_parquet_files_in_order(tmp_path):
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("source_uri", pa.string()), ("frame_index", pa.int32())])
+    rows = [{"source_uri": f"s3://archive/{index:05d}.dcm", "frame_index": index % 3} for index in range(2_500)]
+    parts = results.ParquetParts(str(tmp_path / "staged"), schema, rows_per_file=1_000, rows_per_group=300)
+    for start in range(0, len(rows), 64):
+        parts.write(pa.Table.from_pylist(rows[start:start + 64], schema=schema))
+    parts.close()
+    files = sorted((tmp_path / "staged").iterdir())
+    # batches of 64 rows: groups of 320 (the first count >= 300), files of four groups (the first >= 1,000 rows)
+    assert [file.name for file in files] == ["part-00000.parquet", "part-00001.parquet"]
+    assert [pq.ParquetFile(file).metadata.num_rows for file in files] == [1_280, 1_220]
+    assert [pq.ParquetFile(files[0]).metadata.row_group(group).num_rows for group in range(4)] == [320] * 4
+    assert pa.concat_tables(pq.read_table(file) for file in files).to_pylist() == rows
+    assert results.read_parquet_files(str(tmp_path / "staged"), schema).num_rows == len(rows)
+    empty = results.ParquetParts(str(tmp_path / "nothing"), schema)
+    empty.close()
+    assert not (tmp_path / "nothing").exists()
