@@ -53,9 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="inference actors (default: one per GPU, or by CPUs)")
     parser.add_argument("--inference-cpus", type=POSITIVE_NUMBER, default=ScreenConfig.inference_cpus,
                         help="CPUs per CPU inference actor (also its TensorFlow thread count)")
-    parser.add_argument("--backend", choices=("auto", "tensorflow", "onnx"), default=ScreenConfig.backend,
+    parser.add_argument("--backend", choices=("auto", "tensorflow", "onnx", "onnx-int8"), default=ScreenConfig.backend,
                         help="inference backend: auto = ONNX Runtime on CPU actors when the model ships an ONNX "
-                             "export (faster there), TensorFlow on GPUs")
+                             "export (faster there), TensorFlow on GPUs; onnx-int8 = the export quantized to int8 "
+                             "(1.6x faster on CPU, validation metrics within 0.5 points; the model card says)")
+    parser.add_argument("--mirror-average", action="store_true",
+                        help="average each image's probabilities with its left-right mirror's: twice the inference, "
+                             "+0.6 points validation accuracy for mri-bilstm-v2 (its model card)")
     gpu = parser.add_mutually_exclusive_group()
     gpu.add_argument("--use-gpu", dest="use_gpu", action="store_true", default=None,
                      help="score on GPU actors, one GPU each (default: when the cluster has GPUs)")
@@ -105,7 +109,7 @@ def build_config(args: argparse.Namespace) -> ScreenConfig:
                                             max_pixels_per_frame=args.max_pixels, max_frames=args.max_frames),
                         allow_empty=args.allow_empty, full=args.full, backend=args.backend,
                         rescore_on_model_change=args.rescore_on_model_change,
-                        selection_rules=args.selection_rules)
+                        selection_rules=args.selection_rules, mirror_average=args.mirror_average)
 
 
 def screen(plan: ScreeningPlan, report: bool = True) -> dict:

@@ -244,7 +244,25 @@ def onnx_lines(record: dict) -> list[str]:
         return []
     return [f"- ONNX export for CPU inference: `{onnx['file']}`, sha256 `{onnx['sha256']}` (checked before every "
             f"load), opset {onnx['opset']}; its probabilities differ from TensorFlow's by at most "
-            f"{onnx['parity_max_abs_difference']:.1e} on {onnx['parity_images']} check images."]
+            f"{onnx['parity_max_abs_difference']:.1e} on {onnx['parity_images']} check images.", *int8_lines(record)]
+
+
+def int8_lines(record: dict) -> list[str]:
+    int8 = record.get("onnx_int8")
+    if not int8:
+        return []
+    measured = int8["measured"]
+    full, quantized = measured["float32"], measured["int8"]
+    return [f"- int8 quantization of that export (`jobs.screen --backend onnx-int8`): `{int8['file']}`, sha256 "
+            f"`{int8['sha256']}`; static, QDQ, calibrated on {measured['calibration_images']} training images. On "
+            f"the validation split, float32 -> int8: accuracy {full['accuracy']:.4f} -> {quantized['accuracy']:.4f}, "
+            f"macro-F1 {full['macro_f1']:.4f} -> {quantized['macro_f1']:.4f}, tumor sensitivity "
+            f"{full['tumor_sensitivity']:.4f} -> {quantized['tumor_sensitivity']:.4f}, specificity "
+            f"{full['specificity']:.4f} -> {quantized['specificity']:.4f}; marked unfamiliar "
+            f"{full.get('validation_marked_unfamiliar', float('nan')):.3f} -> "
+            f"{quantized.get('validation_marked_unfamiliar', float('nan')):.3f}; one thread "
+            f"{full['images_per_second_1_thread']:.0f} -> {quantized['images_per_second_1_thread']:.0f} images/s "
+            f"(this machine). The operating point, calibration and unfamiliar threshold were chosen on float32."]
 
 
 def ood_lines(record: dict) -> list[str]:

@@ -34,14 +34,15 @@ class OnnxPredictor:
 
     @classmethod
     def for_model(cls, info: ModelInfo, expected_sha256: str | None = None, cpu_threads: int | None = None,
-                  batch_size: int = 64) -> "OnnxPredictor":
-        """The model's export, after checking the weights are the ones the run resolved (``expected_sha256``) and
-        the export's bytes match the sha256 recorded beside them."""
+                  batch_size: int = 64, export: str = "onnx") -> "OnnxPredictor":
+        """The model's export (``export``: "onnx", or "onnx_int8" for its int8 quantization), after checking the
+        weights are the ones the run resolved (``expected_sha256``) and the export's bytes match the sha256
+        recorded beside them."""
         if expected_sha256 is not None and info.weights_sha256 != expected_sha256:
             raise ModelError(f"model at {info.uri} has weights sha256 {info.weights_sha256}, but this run resolved "
                              f"{expected_sha256}: the model changed after the run started; refusing to score with it")
-        data = storage.read_bytes(info.onnx_uri)
-        verify_onnx(info, data)
+        data = storage.read_bytes(info.export_uri(export))
+        verify_onnx(info, data, export)
         return cls(data, len(info.class_names), info.temperature, cpu_threads, batch_size)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:

@@ -25,6 +25,8 @@ from model.preprocessing import PreprocessConfig
 WEIGHTS_FILE = "weights.h5"
 METADATA_FILE = "model.json"
 ONNX_FILE = "model.onnx"  # the same network exported for ONNX Runtime (CPU inference), beside the weights
+ONNX_INT8_FILE = "model.int8.onnx"  # that export quantized to int8 (tools.quantize_onnx), where the model ships one
+ONNX_EXPORTS = {"onnx": ONNX_FILE, "onnx_int8": ONNX_INT8_FILE}  # model.json key -> default file name
 REGISTRY_FILE = "registry.json"
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 DEFAULT_MODEL = str(pathlib.Path(__file__).resolve().parents[1] / "models")
@@ -53,11 +55,18 @@ class ModelInfo:
     @property
     def onnx_sha256(self) -> str | None:
         """sha256 of the model's ONNX export, None for a model without one."""
-        return self.metadata.get("onnx", {}).get("sha256")
+        return self.export_sha256("onnx")
 
     @property
     def onnx_uri(self) -> str:
-        return storage.join(self.uri, self.metadata.get("onnx", {}).get("file", ONNX_FILE))
+        return self.export_uri("onnx")
+
+    def export_sha256(self, key: str) -> str | None:
+        """sha256 of the ONNX export recorded under ``key`` ("onnx", "onnx_int8"), None when the model has none."""
+        return self.metadata.get(key, {}).get("sha256")
+
+    def export_uri(self, key: str) -> str:
+        return storage.join(self.uri, self.metadata.get(key, {}).get("file", ONNX_EXPORTS[key]))
 
     @property
     def temperature(self) -> float:
@@ -137,15 +146,19 @@ def verify_weights(info: ModelInfo, weights: bytes) -> None:
                          f"{weights[:8]!r}); refusing to load them")
 
 
-def verify_onnx(info: ModelInfo, data: bytes) -> None:
-    """Refuse an ONNX export whose sha256 differs from the one recorded in model.json."""
-    if info.onnx_sha256 is None:
-        raise ModelError(f"model {info.version} at {info.uri} has no ONNX export: export one with "
-                         f"`python -m tools.export_onnx {info.uri}`, or score with --backend tensorflow")
+def verify_onnx(info: ModelInfo, data: bytes, key: str = "onnx") -> None:
+    """Refuse an ONNX export (``key``: "onnx", or "onnx_int8" for its int8 quantization) whose sha256 differs from
+    the one recorded in model.json."""
+    expected = info.export_sha256(key)
+    if expected is None:
+        how = (f"quantize one with `python -m tools.quantize_onnx --model {info.uri} --write`" if key == "onnx_int8"
+               else f"export one with `python -m tools.export_onnx {info.uri}`")
+        raise ModelError(f"model {info.version} at {info.uri} has no {ONNX_EXPORTS[key]}: {how}, or score with "
+                         f"another --backend")
     actual = sha256_hex(data)
-    if actual != info.onnx_sha256:
-        raise ModelError(f"ONNX export at {info.onnx_uri} is corrupt or replaced: sha256 {actual} does not match "
-                         f"the recorded {info.onnx_sha256}")
+    if actual != expected:
+        raise ModelError(f"ONNX export at {info.export_uri(key)} is corrupt or replaced: sha256 {actual} does not "
+                         f"match the recorded {expected}")
 
 
 def attach_file(info: ModelInfo, key: str, name: str, data: bytes, details: dict) -> ModelInfo:

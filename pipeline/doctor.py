@@ -195,8 +195,9 @@ def check_decoders() -> Check:
 
 def check_model(config: DoctorConfig) -> Check:
     info = registry.load_model_info(config.model)  # raises when the weights do not match model.json
-    if info.onnx_sha256:
-        registry.verify_onnx(info, storage.read_bytes(info.onnx_uri))
+    for export in registry.ONNX_EXPORTS:  # the float32 export and its int8 quantization, where shipped
+        if info.export_sha256(export):
+            registry.verify_onnx(info, storage.read_bytes(info.export_uri(export)), export)
     card = storage.join(info.uri, "MODEL_CARD.md")
     if not storage.exists(card):
         return Check("model", False, f"{info.version} has no MODEL_CARD.md beside its weights")

@@ -49,7 +49,8 @@ from pipeline.listing import ListedFile, list_input_files
 from pipeline.pseudonym import PseudonymKeyError, load_key
 from pipeline.selection import SelectionRules, SelectionRulesError, load_rules
 from pipeline.series import SERIES_INPUT_COLUMNS, series_table, summarize_series
-from pipeline.stages import BACKENDS, EPOCH, ONNX, TENSORFLOW, ScoringActor, StageContext, decode_and_preprocess
+from pipeline.stages import (BACKENDS, EPOCH, ONNX, ONNX_EXPORT_OF, TENSORFLOW, ScoringActor, StageContext,
+                             decode_and_preprocess)
 
 logger = logging.getLogger(__name__)
 
@@ -74,10 +75,11 @@ class ScreenConfig:
     use_gpu: bool | None = None
     limits: DecodeLimits = DecodeLimits()
     allow_empty: bool = False
-    backend: str = "auto"  # "tensorflow", "onnx", or "auto": ONNX Runtime on CPU actors when the model has an export
+    backend: str = "auto"  # "tensorflow", "onnx", "onnx-int8", or "auto": ONNX Runtime on CPU when the model has one
     full: bool = False  # rescore every listed file, not only new and changed ones
     rescore_on_model_change: bool = False  # also rescore unchanged files scored by another model
     selection_rules: str | None = None  # which DICOM objects are brain MRI: None, the bundled rules; "all", every one
+    mirror_average: bool = False  # average each image's probabilities with its left-right mirror's
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
@@ -182,7 +184,7 @@ def predictions_dataset(files: list[ListedFile], context: StageContext, config: 
     here)."""
     actors, cpus, gpus, use_gpu = inference_resources(config)
     backend = inference_backend(config, model, use_gpu)
-    blocks = max(1, min(len(files), len(files) // max(1, config.decode_batch_size)))
+    blocks = max(1, -(-len(files) // config.decode_batch_size))  # batches of at most decode_batch_size files
     actors = min(actors, blocks)
     logger.info("scoring: %d actor(s), %s CPU and %d GPU each, %s%s", actors, cpus, gpus, backend,
                 "" if use_gpu else ", each decoding its own batches")
@@ -196,7 +198,7 @@ def predictions_dataset(files: list[ListedFile], context: StageContext, config: 
     scorer = {"context": context, "scored_at": results.utc_now(), "decode": not use_gpu, "model_dir": model.uri,
               "weights_sha256": model.weights_sha256, "threshold": context.threshold,
               "cpu_threads": max(1, int(cpus)), "use_gpu": use_gpu, "batch_size": config.inference_batch_size,
-              "backend": backend}
+              "backend": backend, "mirror_average": config.mirror_average}
     return dataset.map_batches(ScoringActor, fn_constructor_kwargs=scorer, batch_format="pyarrow",
                                batch_size=config.inference_batch_size if use_gpu else config.decode_batch_size,
                                num_cpus=cpus, num_gpus=gpus, compute=ray.data.ActorPoolStrategy(size=actors))
@@ -378,9 +380,13 @@ def prepare(config: ScreenConfig) -> ScreeningPlan:
         for location in (*config.inputs, *config.manifests, config.output, config.model):
             storage.check_reachable(location)
         info = registry.load_model_info(config.model)
-        if config.backend == ONNX and info.onnx_sha256 is None:
-            raise registry.ModelError(f"--backend onnx, but model {info.version} has no ONNX export: export one "
-                                      f"with `python -m tools.export_onnx {info.uri}`, or use --backend tensorflow")
+        export = ONNX_EXPORT_OF.get(config.backend)
+        if export and info.export_sha256(export) is None:
+            how = (f"python -m tools.quantize_onnx --model {info.uri} --write" if export == "onnx_int8" else
+                   f"python -m tools.export_onnx {info.uri}")
+            raise registry.ModelError(f"--backend {config.backend}, but model {info.version} has no "
+                                      f"{registry.ONNX_EXPORTS[export]}: make one with `{how}`, or use --backend "
+                                      f"auto or tensorflow")
         files = list_input_files(list(config.inputs), list(config.manifests))
         uris = [file.uri for file in files]
         refuse_empty_input(config, uris)

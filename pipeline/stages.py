@@ -178,25 +178,29 @@ def decode_and_preprocess(batch: dict[str, np.ndarray], context: StageContext, c
     return rows_to_table(rows)
 
 
-TENSORFLOW, ONNX = "tensorflow", "onnx"  # inference backends
-BACKENDS = (TENSORFLOW, ONNX)
+TENSORFLOW, ONNX, ONNX_INT8 = "tensorflow", "onnx", "onnx-int8"  # inference backends
+BACKENDS = (TENSORFLOW, ONNX, ONNX_INT8)
+ONNX_EXPORT_OF = {ONNX: "onnx", ONNX_INT8: "onnx_int8"}  # backend -> the model.json key of the graph it runs
 
 
 class InferenceActor:
     """Loads the verified model once per actor, then scores the ``ok`` rows of each batch, with TensorFlow or with
-    the model's ONNX export on ONNX Runtime (``backend``).
+    the model's ONNX export, float32 or int8, on ONNX Runtime (``backend``). With ``mirror_average`` each image's
+    probabilities are averaged with its left-right mirror's (one more inference; the unfamiliarity score reads the
+    image as it is).
 
     ``model_dir`` is the model folder the driver resolved (never a registry, whose current model may change during
     the run) and ``weights_sha256`` the weights it stamped on every row: an actor that finds other weights there,
     when it starts or restarts, raises ``ModelError`` and the run fails uncommitted."""
 
     def __init__(self, model_dir: str, weights_sha256: str, threshold: float, cpu_threads: int | None,
-                 use_gpu: bool, batch_size: int = 64, backend: str = TENSORFLOW):
+                 use_gpu: bool, batch_size: int = 64, backend: str = TENSORFLOW, mirror_average: bool = False):
         info = registry.load_model_info(model_dir)
-        if backend == ONNX:  # the model's verified ONNX export on ONNX Runtime: no TensorFlow in this actor
+        if backend in ONNX_EXPORT_OF:  # the model's verified ONNX export on ONNX Runtime: no TensorFlow in this actor
             from model.onnx_runtime import OnnxPredictor
 
-            self.predictor = OnnxPredictor.for_model(info, weights_sha256, cpu_threads, batch_size)
+            self.predictor = OnnxPredictor.for_model(info, weights_sha256, cpu_threads, batch_size,
+                                                     ONNX_EXPORT_OF[backend])
         else:  # TensorFlow loads here, in the actor that runs the network, never in the driver
             from model.predict import ProbabilityPredictor, configure_tensorflow, load_classifier
 
@@ -207,14 +211,17 @@ class InferenceActor:
         if self.ood is None:
             logger.warning("model %s has no out-of-distribution detector: the ood columns stay empty", info.version)
         self.image_size = info.preprocessing.image_size
-        self.threshold = threshold
+        self.threshold, self.mirror_average = threshold, mirror_average
 
     def __call__(self, table: pa.Table) -> pa.Table:
         ok = np.asarray(pc.fill_null(pc.equal(table[col.STATUS], col.STATUS_OK), False))
         probabilities = np.full((len(ok), len(CLASS_NAMES)), np.nan, dtype=np.float32)
         ood_scores = np.full(len(ok), np.nan, dtype=np.float32)
         try:
-            probabilities[ok], features = self.predictor.with_features(self.images(table.filter(pa.array(ok))))
+            images = self.images(table.filter(pa.array(ok)))
+            probabilities[ok], features = self.predictor.with_features(images)
+            if self.mirror_average and len(images):  # the left-right mirror's calibrated probabilities averaged in
+                probabilities[ok] = (probabilities[ok] + self.predictor(np.ascontiguousarray(images[:, :, ::-1]))) / 2
             if self.ood is not None and features is not None:
                 ood_scores[ok] = self.ood.scores(features)
         except Exception as error:  # a model failure marks the rows, it does not lose them

@@ -1,4 +1,4 @@
-"""The ONNX Runtime backend: the shipped models' exports give TensorFlow's probabilities on the sample archive
+"""The ONNX Runtime backends: the shipped models' exports give TensorFlow's probabilities on the sample archive
 (within 1e-4), through the real inference stage; an export is verified by its sha256 before it is loaded; a model
 without one is refused for --backend onnx with what to do; and the export a retraining run makes is checked and
 recorded."""
@@ -18,7 +18,7 @@ from model.preprocessing import PreprocessConfig
 from pipeline import schema as col
 from pipeline.errors import RunNotStartedError
 from pipeline.screen import ScreenConfig, prepare
-from pipeline.stages import ONNX, TENSORFLOW, InferenceActor, StageContext, file_rows, rows_to_table
+from pipeline.stages import ONNX, ONNX_INT8, TENSORFLOW, InferenceActor, StageContext, file_rows, rows_to_table
 from tests.conftest import ROOT, SAMPLES, TEST_KEY
 
 SHIPPED = ("mri-bilstm-v2", "mri-pool-v1")
@@ -50,14 +50,16 @@ def test_onnx_runtime_gives_tensorflows_probabilities_on_the_sample_archive(vers
         assert np.abs(ood[ONNX] - ood[TENSORFLOW]).max() <= 1e-3 * np.abs(ood[TENSORFLOW]).max()
 
 
-def test_a_replaced_export_is_refused_before_it_is_loaded(tmp_path):
+@pytest.mark.parametrize("export", registry.ONNX_EXPORTS)
+def test_a_replaced_export_is_refused_before_it_is_loaded(tmp_path, export):
     model = tmp_path / "model"
     shutil.copytree(ROOT / "models" / "mri-bilstm-v2", model)
-    data = bytearray((model / registry.ONNX_FILE).read_bytes())
+    path = model / registry.ONNX_EXPORTS[export]
+    data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
-    (model / registry.ONNX_FILE).write_bytes(bytes(data))
+    path.write_bytes(bytes(data))
     with pytest.raises(registry.ModelError, match="corrupt or replaced"):
-        OnnxPredictor.for_model(registry.load_model_info(str(model)))
+        OnnxPredictor.for_model(registry.load_model_info(str(model)), export=export)
 
 
 def test_a_model_without_an_export_is_refused_for_the_onnx_backend_with_what_to_do(tmp_path, monkeypatch):
@@ -82,3 +84,25 @@ def test_a_new_models_export_is_checked_against_tensorflow_and_recorded(tmp_path
     assert reloaded.onnx_sha256 == exported.onnx_sha256 == registry.sha256_hex(
         (tmp_path / "candidate" / registry.ONNX_FILE).read_bytes())
     assert OnnxPredictor.for_model(reloaded)(images).shape == (8, 4)
+
+
+def test_the_int8_export_agrees_with_float32_on_the_sample_archive():
+    info = registry.load_model_info(str(ROOT / "models" / "mri-bilstm-v2"))
+    batch = sample_batch(info)
+    scored = {backend: InferenceActor(info.uri, info.weights_sha256, 0.5, 1, False, backend=backend)(batch)
+              for backend in (ONNX, ONNX_INT8)}
+    tumor = {backend: np.array(table[col.TUMOR_PROBABILITY].to_pylist(), dtype=np.float64)
+             for backend, table in scored.items()}
+    assert np.abs(tumor[ONNX_INT8] - tumor[ONNX]).max() <= 0.05  # int8 rounding, not a different model
+    agree = np.mean(np.array(scored[ONNX][col.PREDICTED_CLASS].to_pylist(), dtype=object)
+                    == np.array(scored[ONNX_INT8][col.PREDICTED_CLASS].to_pylist(), dtype=object))
+    assert agree >= 25 / 27
+    measured = info.metadata["onnx_int8"]["measured"]
+    assert measured["metrics_hold"] and abs(measured["int8"]["accuracy"] - measured["float32"]["accuracy"]) <= 0.005
+
+
+def test_a_model_without_an_int8_export_is_refused_for_that_backend_with_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("PSEUDONYM_KEY", TEST_KEY)
+    with pytest.raises(RunNotStartedError, match="tools.quantize_onnx"):
+        prepare(ScreenConfig(inputs=(str(SAMPLES / "archive"),), output=str(tmp_path / "out"),
+                             model=str(ROOT / "models" / "mri-pool-v1"), backend="onnx-int8"))

@@ -114,3 +114,28 @@ def test_frames_of_a_multiframe_object_take_their_own_positions(tmp_path):
     rows = file_rows(str(path), keyed)
     assert [row[col.STATUS] for row in rows] == ["ok"] * 3
     assert [row[col.SLICE_POSITION] for row in rows] == heights
+
+
+def test_mirror_average_is_the_mean_of_the_image_and_its_mirror(model_uri, tmp_path):
+    import numpy as np
+
+    info = registry.load_model_info(model_uri)
+    plain = InferenceActor(info.uri, info.weights_sha256, threshold=0.5, cpu_threads=1, use_gpu=False, backend="onnx")
+    averaged = InferenceActor(info.uri, info.weights_sha256, threshold=0.5, cpu_threads=1, use_gpu=False,
+                              backend="onnx", mirror_average=True)
+    table = batch(info.preprocessing.image_size, tmp_path)
+    images = table[col.IMAGE].to_pylist()
+    side = info.preprocessing.image_size
+    mirrored = table.set_column(table.schema.get_field_index(col.IMAGE), col.IMAGE, pa.array(
+        [None if image is None else np.frombuffer(image, np.uint8).reshape(side, side)[:, ::-1].tobytes()
+         for image in images], pa.binary()))
+
+    def probabilities(scored: pa.Table) -> np.ndarray:
+        return np.array([scored[name].to_pylist() for name in col.PROBABILITY_COLUMNS], dtype=np.float64)
+
+    expected = (probabilities(plain(table)) + probabilities(plain(mirrored))) / 2
+    result = averaged(table)
+    assert np.allclose(probabilities(result)[:, :3], expected[:, :3], atol=1e-6)
+    assert not np.allclose(probabilities(result)[:, :3], probabilities(plain(table))[:, :3], atol=1e-4)
+    assert result[col.STATUS].to_pylist() == ["ok", "ok", "ok", "error"]
+    assert result[col.OOD_SCORE].to_pylist() == plain(table)[col.OOD_SCORE].to_pylist()
