@@ -37,6 +37,7 @@ from model.calibration import TARGET_SENSITIVITY, apply_temperature, fit_tempera
 from model.evaluate import (CURVES_FILE, RELIABILITY_FILE, evaluate_predictions, reliability_png, training_curves_png,
                             write_evaluation)
 from model.onnx_export import export_and_attach
+from model.quantize import quantize_and_attach
 from model.ood import OOD_FILE, fit_and_describe
 from model.predict import ProbabilityPredictor, load_classifier
 from model.train import BEST_WEIGHTS, train_classifier
@@ -211,7 +212,9 @@ def train_and_decide(config: RetrainConfig, train: ray.data.Dataset, validation:
                                 {"validation_metrics": candidate_metrics, "training": training,
                                  "parameters": int(model.count_params()), **calibration})
     saved = export_and_attach(model, saved, val_images[:ONNX_CHECK_IMAGES])  # ONNX Runtime's backend, parity-checked
-    attach_ood(model, saved, train, val_images, val_labels)
+    train_images = validation_arrays(train)[0]
+    saved = attach_ood(model, saved, train_images, val_images, val_labels)
+    attach_int8(saved, train_images, val_images, val_targets)
     write_candidate_figures(storage.join(candidate_uri, "validation"), version, raw, calibrated, val_targets,
                             candidate_metrics, state["history"])
     write_model_card(candidate_uri)
@@ -219,17 +222,29 @@ def train_and_decide(config: RetrainConfig, train: ray.data.Dataset, validation:
     return RetrainOutcome(version, candidate_uri, promoted, reason, candidate_metrics, current_metrics, split, state)
 
 
-def attach_ood(model, info: registry.ModelInfo, train: ray.data.Dataset, val_images: np.ndarray,
+def attach_ood(model, info: registry.ModelInfo, train_images: np.ndarray, val_images: np.ndarray,
                val_labels: np.ndarray) -> registry.ModelInfo:
     """Fit the candidate's out-of-distribution detector (``model.ood``) on its training images, with the threshold
     on validation, and store it beside the weights; ``tools.fit_ood`` measures it on images that are not brain MRI."""
     predictor = ProbabilityPredictor(model, features=True)
-    _, features = predictor.with_features(validation_arrays(train)[0])
+    _, features = predictor.with_features(train_images)
     _, validation = predictor.with_features(val_images)
     detector, record = fit_and_describe(features, validation, val_labels)
     logger.info("out-of-distribution threshold %.2f marks %.1f%% of the validation images", detector.threshold,
                 100 * record["validation_marked"])
     return registry.attach_file(info, "ood", OOD_FILE, detector.to_bytes(), record)
+
+
+def attach_int8(info: registry.ModelInfo, train_images: np.ndarray, val_images: np.ndarray,
+                val_targets: np.ndarray) -> registry.ModelInfo:
+    """The candidate's int8 export (``model.quantize``), shipped when its figures hold; an optional speed-up, so a
+    failure to quantize is logged and the candidate goes on without it."""
+    try:
+        return quantize_and_attach(info, train_images, val_images, val_targets)[0]
+    except Exception as error:  # onnxruntime's quantizer on a graph it cannot handle: float32 still serves
+        logger.warning("int8 quantization of %s failed (%s: %s); it ships without model.int8.onnx", info.version,
+                       type(error).__name__, error)
+        return info
 
 
 def training_hardware(config: TrainConfig) -> str:

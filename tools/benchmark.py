@@ -28,6 +28,7 @@ from infra.ray_runtime import configure_logging, ensure_ray
 from model import registry
 from model.predict import ProbabilityPredictor, load_classifier
 from model.decode import DecodeLimits
+from model.quantize import median_rate
 from model.registry import DEFAULT_MODEL
 from pipeline.screen import ScreenConfig, run_screening
 from pipeline.stages import BACKENDS, ONNX_EXPORT_OF
@@ -86,17 +87,6 @@ def model_only_rates(model_uri: str, images: int = 512, repeats: int = 3) -> dic
         for backend, predictor in predictors.items():
             rates[f"{backend}_{threads}_threads"] = median_rate(predictor, batch, repeats)
     return rates
-
-
-def median_rate(predictor, images: np.ndarray, repeats: int = 3) -> float:
-    """Images/s of ``predictor`` on ``images``, the median of ``repeats`` calls after one warm-up batch."""
-    predictor(images[:64])
-    seconds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        predictor(images)
-        seconds.append(time.perf_counter() - started)
-    return round(len(images) / float(np.median(seconds)), 1)
 
 
 def loop_files(source: pathlib.Path, count: int) -> list[pathlib.Path]:

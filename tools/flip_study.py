@@ -19,8 +19,8 @@ from infra import storage
 from infra.ray_runtime import configure_logging, ensure_ray
 from model import registry
 from model.onnx_runtime import OnnxPredictor
+from model.quantize import figures
 from tools.fit_ood import split_arrays
-from tools.quantize_onnx import figures
 
 VIEWS = {"as is": (lambda images: images,),
          "with the left-right mirror": (lambda images: images, lambda images: images[:, :, ::-1]),

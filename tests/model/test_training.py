@@ -112,3 +112,25 @@ def test_a_run_resumes_from_a_checkpoint_with_its_optimizer_and_weight_average(f
     assert state["resumed_at"] == [3] and len(state["history"]) == 4
     assert state["history"][:3] == first["history"]
     assert state["optimizer_step"] == state["average_steps"] == first["optimizer_step"] + steps_per_epoch
+
+
+def test_a_candidate_is_quantized_to_int8_and_measured_against_float32(first_run):
+    from model.quantize import quantize_and_attach
+
+    output, _ = first_run
+    folder = output / "registry" / "candidate-1"
+    info = registry.load_model_info(str(folder))
+    shipped = json.loads((folder / registry.METADATA_FILE).read_text()).get("onnx_int8")
+    if shipped:  # the retraining run shipped it: its figures held
+        assert shipped["measured"]["metrics_hold"]
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (24, SIZE, SIZE), dtype=np.uint8)
+    targets = np.eye(4, dtype=np.float32)[rng.integers(0, 4, 24)]
+    kept = (folder / registry.ONNX_INT8_FILE).read_bytes() if shipped else None
+    _, report = quantize_and_attach(info, images, images, targets, write=False)
+    assert report["int8"]["bytes"] < 0.7 * report["float32"]["bytes"]  # int8 weights: about a quarter, plus graph
+    assert set(report["int8"]) >= {"accuracy", "macro_f1", "tumor_sensitivity", "specificity",
+                                   "images_per_second_1_thread", "validation_marked_unfamiliar"}
+    assert isinstance(report["metrics_hold"], bool)
+    assert ((folder / registry.ONNX_INT8_FILE).read_bytes() if shipped else None) == kept  # write=False wrote nothing
+    assert shipped or not (folder / registry.ONNX_INT8_FILE).exists()

@@ -1,0 +1,115 @@
+"""int8 quantization of a model's ONNX export, measured before it ships.
+
+Static quantization with ONNX Runtime: QDQ format, int8 weights per channel, uint8 activations calibrated (min-max)
+on ``CALIBRATION_IMAGES`` of the model's training images. The float32 and int8 graphs are then measured on the
+validation images at the model's temperature and threshold: accuracy, macro-F1, recall per class, tumor sensitivity
+and specificity, the share the out-of-distribution check marks, and images/s on 1 and 2 threads. The int8 graph
+ships (``model.int8.onnx``, sha256 and figures in model.json) only when accuracy, macro-F1, sensitivity and
+specificity are each within ``TOLERANCE`` of float32. ``jobs.retrain`` quantizes every candidate;
+``tools.quantize_onnx`` does it for an existing model.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import tempfile
+import time
+
+import numpy as np
+
+from infra import storage
+from model import registry
+from model.calibration import apply_temperature
+from model.metrics import classification_metrics
+from model.onnx_runtime import OnnxPredictor
+from model.ood import OodDetector
+
+logger = logging.getLogger(__name__)
+
+CALIBRATION_IMAGES = 256
+TOLERANCE = 0.005  # half a point
+HELD_FIGURES = ("accuracy", "macro_f1", "tumor_sensitivity", "specificity")
+
+
+class CalibrationImages:
+    """ONNX Runtime's calibration data reader: the images, one batch of 16 at a time."""
+
+    def __init__(self, images: np.ndarray, input_name: str, batch: int = 16):
+        self.batches = iter([{input_name: images[start:start + batch]} for start in range(0, len(images), batch)])
+
+    def get_next(self):
+        return next(self.batches, None)
+
+
+def quantized(data: bytes, calibration: np.ndarray) -> bytes:
+    """The float32 graph ``data`` quantized to int8, its activations calibrated on ``calibration`` images."""
+    import onnxruntime
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as scratch:
+        source, prepared, target = (pathlib.Path(scratch) / name for name in ("float32.onnx", "prepared.onnx",
+                                                                              "int8.onnx"))
+        source.write_bytes(data)
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        input_name = onnxruntime.InferenceSession(str(prepared)).get_inputs()[0].name
+        quantize_static(str(prepared), str(target), CalibrationImages(calibration, input_name),
+                        quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
+                        activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax)
+        return target.read_bytes()
+
+
+def median_rate(predictor, images: np.ndarray, repeats: int = 3) -> float:
+    """Images/s of ``predictor`` on ``images``, the median of ``repeats`` calls after one warm-up batch."""
+    predictor(images[:64])
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        predictor(images)
+        seconds.append(time.perf_counter() - started)
+    return round(len(images) / float(np.median(seconds)), 1)
+
+
+def figures(probabilities: np.ndarray, targets: np.ndarray, threshold: float) -> dict:
+    """The figures a graph is judged by, from calibrated probabilities."""
+    metrics = classification_metrics(probabilities, targets, threshold)
+    tumor = metrics["tumor_vs_no_tumor"]
+    return {"accuracy": round(metrics["accuracy"], 4), "macro_f1": round(metrics["macro_f1"], 4),
+            "recall": {name: round(scores["recall"], 4) for name, scores in metrics["per_class"].items()},
+            "tumor_sensitivity": round(tumor["sensitivity"], 4), "specificity": round(tumor["specificity"], 4)}
+
+
+def measure(info: registry.ModelInfo, graph: bytes, images: np.ndarray, targets: np.ndarray) -> dict:
+    one, two = (OnnxPredictor(graph, len(info.class_names), 1.0, threads, 64) for threads in (1, 2))
+    raw, features = one.with_features(images)
+    measured = {"bytes": len(graph), "images_per_second_1_thread": median_rate(one, images[:512]),
+                "images_per_second_2_threads": median_rate(two, images[:512]),
+                **figures(apply_temperature(raw, info.temperature), targets, info.threshold)}
+    detector = OodDetector.for_model(info)
+    if detector is not None and features is not None:
+        measured["validation_marked_unfamiliar"] = round(float(detector.marks(detector.scores(features)).mean()), 4)
+    return measured
+
+
+def quantize_and_attach(info: registry.ModelInfo, train_images: np.ndarray, val_images: np.ndarray,
+                        val_targets: np.ndarray, write: bool = True) -> tuple[registry.ModelInfo, dict]:
+    """Quantize the model's ONNX export, measure both graphs on the validation images, and (``write``) ship the
+    int8 graph beside the model when its figures hold; returns the model and the report."""
+    chosen = np.random.default_rng(0).choice(len(train_images), min(CALIBRATION_IMAGES, len(train_images)),
+                                             replace=False)
+    data = storage.read_bytes(info.onnx_uri)
+    registry.verify_onnx(info, data)
+    int8 = quantized(data, train_images[np.sort(chosen)])
+    report = {"calibration_images": len(chosen), "validation_images": len(val_images),
+              "float32": measure(info, data, val_images, val_targets),
+              "int8": measure(info, int8, val_images, val_targets)}
+    report["metrics_hold"] = all(abs(report["int8"][name] - report["float32"][name]) <= TOLERANCE
+                                 for name in HELD_FIGURES)
+    logger.info("int8 export: accuracy %.4f against %.4f, %.0f against %.0f images/s on one thread; %s",
+                report["int8"]["accuracy"], report["float32"]["accuracy"], report["int8"]["images_per_second_1_thread"],
+                report["float32"]["images_per_second_1_thread"],
+                "shipped" if report["metrics_hold"] and write else "not shipped")
+    if write and report["metrics_hold"]:
+        info = registry.attach_file(info, "onnx_int8", registry.ONNX_INT8_FILE, int8, {"measured": report})
+    return info, report
