@@ -176,15 +176,20 @@ class ParquetParts:
         self.write_file()
 
 
-def read_parquet_files(uri: str, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
-    """Every Parquet file under ``uri`` in ``schema`` (no rows when there are none). Files are listed here, so a
-    folder-marker object on S3 is never taken for a file."""
+def staged_dataset(uri: str, schema: pa.Schema) -> pads.Dataset:
+    """The Parquet files under ``uri`` as one dataset in ``schema`` (empty when there are none), read lazily. Files
+    are listed here, so a folder-marker object on S3 is never taken for a file."""
     files = [file for file in storage.list_files(uri) if file.endswith(".parquet")]
     if not files:
-        return schema.empty_table().select(columns or schema.names)
+        return pads.dataset(schema.empty_table())
     filesystem, _ = storage.resolve(uri)
-    paths = [storage.resolve(file)[1] for file in files]
-    return pads.dataset(paths, schema=schema, format="parquet", filesystem=filesystem).to_table(columns=columns)
+    return pads.dataset([storage.resolve(file)[1] for file in files], schema=schema, format="parquet",
+                        filesystem=filesystem)
+
+
+def read_parquet_files(uri: str, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
+    """Every Parquet file under ``uri`` in ``schema`` (no rows when there are none)."""
+    return staged_dataset(uri, schema).to_table(columns=columns)
 
 
 def stage_run_row(output: str, row: dict) -> None:
@@ -209,24 +214,27 @@ def commit_run(output: str, run_id: str) -> None:
     for table in TABLES:
         if committed_by(output, table, run_id):
             continue
-        rows = read_parquet_files(work_uri(output, run_id, table), TABLE_SCHEMAS[table])
-        try:
-            commit_table(output, table, rows, run_id, run_date)
+        staged = staged_dataset(work_uri(output, run_id, table), TABLE_SCHEMAS[table])
+        try:  # the rows stream from the staged files into the commit, a batch at a time
+            commit_table(output, table, staged.scanner().to_reader(), run_id, run_date)
         except (DeltaError, OSError) as error:
             raise CommitError(f"run {run_id}'s commit to the {table} table failed: {error}") from error
-        logger.info("run %s: %d %s row(s) committed", run_id, rows.num_rows, table)
+        logger.info("run %s: %d %s row(s) committed", run_id, staged.count_rows(), table)
     storage.delete_tree(work_uri(output, run_id))
 
 
-def commit_table(output: str, table: str, rows: pa.Table, run_id: str, run_date: str) -> None:
-    """One Delta commit of ``rows`` to ``table``; columns added by a later version merge into an older table."""
+def commit_table(output: str, table: str, rows: pa.Table | pa.RecordBatchReader, run_id: str, run_date: str) -> None:
+    """One Delta commit of ``rows`` (in the table's schema) to ``table``; columns added by a later version merge
+    into an older table."""
     uri = table_uri(output, table)
     properties = CommitProperties(custom_metadata={COMMIT_RUN_ID: run_id})
     if table == RUNS:
         write_deltalake(uri, rows, mode="append", schema_mode="merge", commit_properties=properties,
                         storage_options=storage.delta_options(uri))
         return
-    write_deltalake(uri, rows.cast(TABLE_SCHEMAS[table]), mode="overwrite", partition_by=[col.RUN_DATE],
+    if isinstance(rows, pa.Table):
+        rows = rows.cast(TABLE_SCHEMAS[table])
+    write_deltalake(uri, rows, mode="overwrite", partition_by=[col.RUN_DATE],
                     predicate=f"{col.RUN_DATE} = '{run_date}'", schema_mode="merge", commit_properties=properties,
                     storage_options=storage.delta_options(uri))
 
