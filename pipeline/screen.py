@@ -180,8 +180,8 @@ def predictions_dataset(files: list[ListedFile], context: StageContext, config: 
 
     On GPUs, CPU tasks decode (``--decode-cpus`` each, on the nodes advertising ``decode`` when there are any) and
     one actor per GPU scores. On CPU only, each scoring actor decodes its own batches: one process per CPU runs the
-    whole per-image work and no image crosses the object store (docs/benchmarks.md: 2.2x the separate stages
-    here)."""
+    whole per-image work and no image crosses the object store (docs/benchmarks.md: 1.35-1.44x a plain
+    single-process loop here in the steady state)."""
     actors, cpus, gpus, use_gpu = inference_resources(config)
     backend = inference_backend(config, model, use_gpu)
     blocks = max(1, -(-len(files) // config.decode_batch_size))  # batches of at most decode_batch_size files
