@@ -2,8 +2,8 @@
 ``python -m jobs.<name>`` starts a local one.
 
 Without ``--verbose`` the libraries' start-up chatter is quieted, in the driver and in every worker (a cluster's
-through the job's runtime environment, an embedded Ray's by inheriting the driver's environment): TensorFlow's C++ notices (``model.tensorflow_runtime``), Ray's own warnings at
-start-up, and Ray Data's progress notices.
+through the job's runtime environment, an embedded Ray's by inheriting the driver's environment): TensorFlow's C++
+notices (``model.tensorflow_runtime``), Ray's own warnings at start-up, and Ray Data's progress notices.
 Worker output forwarded to the driver carries no colour codes unless stderr is a terminal.
 """
 

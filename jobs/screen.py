@@ -25,6 +25,7 @@ from model.decode import DecodeLimits
 from model.registry import DEFAULT_MODEL
 from pipeline.report import publish_run_report
 from pipeline.screen import ScreenConfig, ScreeningPlan, prepare, score_and_commit
+from pipeline.stages import BACKENDS
 
 logger = logging.getLogger("jobs.screen")
 
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="inference actors (default: one per GPU, or by CPUs)")
     parser.add_argument("--inference-cpus", type=POSITIVE_NUMBER, default=ScreenConfig.inference_cpus,
                         help="CPUs per CPU inference actor (also its TensorFlow thread count)")
-    parser.add_argument("--backend", choices=("auto", "tensorflow", "onnx", "onnx-int8"), default=ScreenConfig.backend,
+    parser.add_argument("--backend", choices=("auto", *BACKENDS), default=ScreenConfig.backend,
                         help="inference backend: auto = ONNX Runtime on CPU actors when the model ships an ONNX "
                              "export (faster there), TensorFlow on GPUs; onnx-int8 = the export quantized to int8 "
                              "(1.6x faster on CPU, validation metrics within 0.5 points; the model card says)")

@@ -126,17 +126,14 @@ def stage_costs(source: pathlib.Path, count: int, model_uri: str, batch: int = 6
 
     from model.decode import decode_file
     from model.preprocessing import preprocess_image
-    from pipeline.stages import ScoringActor, bound_threads, decode_and_preprocess, to_predictions_table
+    from pipeline.stages import ONNX, InferenceActor, bound_threads, file_rows, rows_to_table, to_predictions_table
 
     bound_threads(1)
     info = registry.load_model_info(model_uri)
     context, files = loop_context(info), loop_files(source, count)
-    actor = ScoringActor(context, None, decode=True, model_dir=info.uri, weights_sha256=info.weights_sha256,
-                         threshold=0.5, cpu_threads=1, use_gpu=False, batch_size=256, backend="onnx")
-    parts = dict.fromkeys(["read_sha256", "decode", "preprocess", "to_arrow_and_rows", "inference",
-                           "scores_and_cast"], 0.0)
-    for path in files:  # both loops below then read from the page cache alike
-        path.read_bytes()
+    inference = InferenceActor(info.uri, info.weights_sha256, 0.5, 1, False, batch_size=256, backend=ONNX)
+    parts = dict.fromkeys(["read_sha256", "decode", "preprocess", "rows_to_arrow", "inference", "scores_and_cast"],
+                          0.0)
     for path in files:
         started = time.perf_counter()
         data = path.read_bytes()
@@ -148,22 +145,18 @@ def stage_costs(source: pathlib.Path, count: int, model_uri: str, batch: int = 6
         parts["read_sha256"] += read - started
         parts["decode"] += decode - read
         parts["preprocess"] += time.perf_counter() - decode
-    items = {"source_uri": np.array([str(path) for path in files], dtype=object),
-             "source_size": np.full(count, -1), "source_modified": np.full(count, -1)}
     for start in range(0, count, batch):
-        chunk = {name: values[start:start + batch] for name, values in items.items()}
+        rows = [row for path in files[start:start + batch] for row in file_rows(str(path), context)]
         began = time.perf_counter()
-        table = decode_and_preprocess(chunk, context)
-        decoded = time.perf_counter()
-        ok = table.num_rows * [True]
-        probabilities, features = actor.inference.predictor.with_features(actor.inference.images(table))
+        table = rows_to_table(rows)
+        prepared = time.perf_counter()
+        probabilities, features = inference.predictor.with_features(inference.images(table))
         inferred = time.perf_counter()
-        scores = actor.inference.ood.scores(features)
-        to_predictions_table(actor.inference.fill_scores(table, probabilities, np.array(ok), scores), None)
-        parts["to_arrow_and_rows"] += decoded - began  # the whole decode stage, less its parts below
-        parts["inference"] += inferred - decoded
+        scores = inference.ood.scores(features)
+        to_predictions_table(inference.fill_scores(table, probabilities, np.ones(table.num_rows, bool), scores), None)
+        parts["rows_to_arrow"] += prepared - began
+        parts["inference"] += inferred - prepared
         parts["scores_and_cast"] += time.perf_counter() - inferred
-    parts["to_arrow_and_rows"] -= parts["read_sha256"] + parts["decode"] + parts["preprocess"]
     costs = {name: round(1000 * seconds / count, 3) for name, seconds in parts.items()}
     costs["total"] = round(sum(costs.values()), 3)
     return costs

@@ -27,6 +27,7 @@ import cv2
 import psutil
 import pydicom
 
+from tools.benchmark import rss_bytes
 from tools.decode_benchmark import SIZE, dicom_bytes
 
 SLICES_PER_SERIES = 20
@@ -74,17 +75,10 @@ class TreeSampler(threading.Thread):
         while self.running:
             try:
                 self.driver = max(self.driver, self.process.memory_info().rss)
-                self.ray = max(self.ray, sum(rss(child) for child in self.process.children(recursive=True)))
+                self.ray = max(self.ray, sum(rss_bytes(child) for child in self.process.children(recursive=True)))
             except psutil.Error:
                 return
             time.sleep(0.2)
-
-
-def rss(process: psutil.Process) -> int:
-    try:
-        return process.memory_info().rss
-    except psutil.Error:
-        return 0
 
 
 def screen(archive: pathlib.Path, output: pathlib.Path, key_file: pathlib.Path, log: pathlib.Path | None) -> dict:
