@@ -28,7 +28,7 @@ from model import registry
 from model.decode import DecodeLimits
 from pipeline import results
 from pipeline import schema as col
-from pipeline.listing import list_input_files
+from pipeline.listing import iter_input_files
 from pipeline.pseudonym import PseudonymKeyError, load_key
 from pipeline.stages import InferenceActor, StageContext, file_rows, rows_to_table
 
@@ -160,11 +160,13 @@ def check_input(config: DoctorConfig) -> Check:
         return Check("input", None, "no --input given")
     for location in config.inputs:
         storage.check_reachable(location)
-    files = list_input_files(list(config.inputs))
-    if not files:
+    first, count = None, 0
+    for file in iter_input_files(config.inputs):  # counted as it streams: an archive's list is never held
+        first, count = first or file, count + 1
+    if first is None:
         return Check("input", False, f"no files under {', '.join(config.inputs)}")
-    data = storage.read_bytes(files[0].uri, max_bytes=DecodeLimits().max_file_bytes)
-    return Check("input", True, f"{len(files)} file(s) listed; read {files[0].uri} ({len(data)} bytes)")
+    data = storage.read_bytes(first.uri, max_bytes=DecodeLimits().max_file_bytes)
+    return Check("input", True, f"{count} file(s) listed; read {first.uri} ({len(data)} bytes)")
 
 
 def check_output(config: DoctorConfig) -> Check:

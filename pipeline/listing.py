@@ -6,19 +6,37 @@ local folder, or ending in ``/``, is walked like an ``--input`` folder; any othe
 
 Each file is listed with its size and modification time (from the same listing on S3, a ``stat`` on disk): an
 incremental run compares them with what the results tables hold to find new and changed files.
+
+The listing streams: folders are walked one folder at a time (an S3 prefix one delimiter listing a level), and a run
+writes what it finds to Parquet (``stage_listing``) as it goes, so the driver never holds an archive's list; the
+comparison with the results tables is a query over those files (``pipeline.screen.select_files``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import itertools
 import os
+from typing import Iterable, Iterator
 
+import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from infra import storage
+from model.decode import DICOM_EXTENSIONS
+from pipeline import schema as col
+from pipeline.results import ParquetParts, staged_dataset
 
 SKIPPED_NAMES = frozenset({"dicomdir"})
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+UNKNOWN = -1  # a size or modification time the listing could not tell, as the listing's Parquet holds it
+# the listing as a run stages it: the URI, the size in bytes and the modification time in microseconds since the
+# epoch (exact, so that equality with what was scored is exact), -1 where unknown
+LISTING_SCHEMA = pa.schema([pa.field(col.SOURCE_URI, pa.string()), pa.field(col.SOURCE_SIZE, pa.int64()),
+                            pa.field(col.SOURCE_MODIFIED, pa.int64())])
+LISTING_BATCH = 20_000  # files a listing batch holds before it is written
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -28,6 +46,11 @@ class ListedFile:
     uri: str
     size: int | None = None
     modified: datetime.datetime | None = None
+
+
+def micros(moment: datetime.datetime | None) -> int:
+    """Microseconds since the epoch, exactly (-1 for unknown): how modification times are compared."""
+    return UNKNOWN if moment is None else (moment - EPOCH) // datetime.timedelta(microseconds=1)
 
 
 def listed(uri: str, info: pafs.FileInfo | None) -> ListedFile:
@@ -41,6 +64,12 @@ def is_skipped(uri: str) -> bool:
     return uri.rstrip("/").rsplit("/", 1)[-1].lower() in SKIPPED_NAMES
 
 
+def may_be_dicom(uri: str) -> bool:
+    """Whether a file's name allows DICOM: a DICOM extension, or none (PACS exports often name files by UID)."""
+    name = uri.rsplit("/", 1)[-1].lower()
+    return name.endswith(DICOM_EXTENSIONS) or "." not in name
+
+
 def local_file(path: str) -> ListedFile:
     try:
         stat = os.stat(path)
@@ -49,58 +78,126 @@ def local_file(path: str) -> ListedFile:
     return ListedFile(path, stat.st_size, datetime.datetime.fromtimestamp(stat.st_mtime, datetime.timezone.utc))
 
 
-def walk_local(folder: str) -> list[ListedFile]:
-    found = []
+def walk_local(folder: str) -> Iterator[ListedFile]:
     for directory, _, names in os.walk(folder, followlinks=False, onerror=None):
-        found.extend(local_file(os.path.join(directory, name)) for name in names)
-    return found
+        for name in names:
+            yield local_file(os.path.join(directory, name))
 
 
-def list_location(location: str) -> list[ListedFile]:
-    """Files under a folder/prefix, or the location itself when it is a file; StorageError when unreachable."""
+def walk_s3(prefix: str) -> Iterator[ListedFile]:
+    """The files under an S3 prefix, one level (one delimiter listing) at a time, depth first: memory holds one
+    level's entries, not the prefix's."""
+    pending = [prefix]
+    while pending:
+        level = pending.pop()
+        entries = storage.list_entries(level, recursive=False)
+        for entry in entries:
+            if entry.type == pafs.FileType.File:
+                yield listed(storage.to_uri(prefix, entry.path), entry)
+        pending.extend(sorted((storage.to_uri(prefix, entry.path) for entry in entries
+                               if entry.type == pafs.FileType.Directory), reverse=True))
+
+
+def iter_location(location: str) -> Iterator[ListedFile]:
+    """Files under a folder/prefix, or the location itself when it is a file; StorageError when unreachable (raised
+    before the first file)."""
     if storage.is_s3(location):
         info = storage.file_info(location)
         if info.is_file:
-            return [listed(location, info)]
-        files = [listed(storage.to_uri(location, entry.path), entry)
-                 for entry in storage.list_entries(location, recursive=True) if entry.type == pafs.FileType.File]
-        if not files and not storage.is_dir(location):
-            raise storage.StorageError(f"input {location} does not exist")
-        return files
+            yield listed(location, info)
+            return
+        files = walk_s3(location)
+        first = next(files, None)
+        if first is None:
+            if not storage.is_dir(location):
+                raise storage.StorageError(f"input {location} does not exist")
+            return
+        yield first
+        yield from files
+        return
     if os.path.isfile(location):
-        return [local_file(location)]
+        yield local_file(location)
+        return
     if not os.path.isdir(location):
         raise storage.StorageError(f"input {location} does not exist or cannot be read")
-    return walk_local(location)
+    yield from walk_local(location)
 
 
-def read_manifest(manifest: str) -> list[ListedFile]:
+def iter_manifest(manifest: str) -> Iterator[ListedFile]:
     """The files a manifest names, its folders walked."""
-    lines = storage.read_text(manifest).splitlines()
-    entries = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    return [found for entry in entries for found in manifest_entry(entry)]
+    for line in storage.read_text(manifest).splitlines():
+        entry = line.strip()
+        if entry and not entry.startswith("#"):
+            yield from manifest_entry(entry)
 
 
-def manifest_entry(entry: str) -> list[ListedFile]:
+def manifest_entry(entry: str) -> Iterator[ListedFile]:
     is_folder = entry.endswith("/") or (not storage.is_s3(entry) and os.path.isdir(entry))
     if is_folder:
-        return list_location(entry)
-    if storage.is_s3(entry):
+        yield from iter_location(entry)
+    elif storage.is_s3(entry):
         try:
-            return [listed(entry, storage.file_info(entry))]
+            yield listed(entry, storage.file_info(entry))
         except storage.StorageError:
-            return [ListedFile(entry)]
-    return [local_file(entry)]
+            yield ListedFile(entry)
+    else:
+        yield local_file(entry)
+
+
+def iter_input_files(locations: Iterable[str], manifests: Iterable[str] = ()) -> Iterator[ListedFile]:
+    """Every file under ``locations`` and named by ``manifests``, as found: unordered, and a file named twice comes
+    twice (``stage_listing`` and ``list_input_files`` keep one)."""
+    for location in locations:
+        for file in iter_location(location):
+            if not is_skipped(file.uri):
+                yield file
+    for manifest in manifests:
+        for file in iter_manifest(manifest):
+            if not is_skipped(file.uri):
+                yield file
 
 
 def list_input_files(locations: list[str], manifests: list[str] = ()) -> list[ListedFile]:
-    """Every file to score, each once, in a stable order, with its size and modification time."""
-    found = [file for location in locations for file in list_location(location)]
-    found.extend(file for manifest in manifests for file in read_manifest(manifest))
-    unique = {file.uri: file for file in found if not is_skipped(file.uri)}
+    """Every file to score, each once, sorted by URI: the whole list, for small inputs (a run stages its listing
+    with ``stage_listing`` instead)."""
+    unique = {file.uri: file for file in iter_input_files(locations, manifests)}
     return [unique[uri] for uri in sorted(unique)]
 
 
 def list_inputs(locations: list[str], manifests: list[str] = ()) -> list[str]:
     """The URIs of ``list_input_files``."""
     return [file.uri for file in list_input_files(locations, manifests)]
+
+
+def listing_batch(files: list[ListedFile]) -> pa.Table:
+    return pa.table({col.SOURCE_URI: [file.uri for file in files],
+                     col.SOURCE_SIZE: [UNKNOWN if file.size is None else file.size for file in files],
+                     col.SOURCE_MODIFIED: [micros(file.modified) for file in files]}, schema=LISTING_SCHEMA)
+
+
+@dataclasses.dataclass(frozen=True)
+class Listing:
+    """A run's listing, staged as Parquet files in ``folder`` (local to the driver): ``entries`` files found (a
+    file named twice counts twice; the selection keeps one), and whether any of them may be DICOM."""
+
+    folder: str
+    entries: int
+    may_hold_dicom: bool
+
+    def dataset(self) -> pads.Dataset:
+        return staged_dataset(self.folder, LISTING_SCHEMA)
+
+
+def stage_listing(locations: Iterable[str], manifests: Iterable[str], folder: str,
+                  batch_files: int = LISTING_BATCH) -> Listing:
+    """Walk the inputs and write what is found to Parquet under ``folder`` a batch at a time: the driver holds at
+    most ``batch_files`` listed files, however large the archive."""
+    parts = ParquetParts(folder, LISTING_SCHEMA, rows_per_group=batch_files)
+    entries, dicom = 0, False
+    found = iter_input_files(locations, manifests)
+    while batch := list(itertools.islice(found, batch_files)):
+        entries += len(batch)
+        dicom = dicom or any(may_be_dicom(file.uri) for file in batch)
+        parts.write(listing_batch(batch))
+    parts.close()
+    return Listing(folder, entries, dicom)

@@ -3,10 +3,11 @@
 1. Resolve the model once (registry -> model folder, sha256 checked), check that S3 endpoints answer, the output
    is a results output this version writes, no other run holds it, it is writable and the pseudonym key is there:
    ``prepare``, before Ray starts and before any work.
-2. List the inputs with size and modification time (``pipeline.listing``); an empty input is refused unless the
-   run asks for an empty run. Take the output's lock (``pipeline.run_lock``), finish any earlier run's interrupted
-   commit, and choose the files to score: by default only those new or changed since a complete run of another
-   date scored them (``select_files``); ``full`` scores all.
+2. List the inputs with size and modification time (``pipeline.listing``), streamed to Parquet in a local
+   workspace; an empty input is refused unless the run asks for an empty run. Take the output's lock
+   (``pipeline.run_lock``), finish any earlier run's interrupted commit, and choose the files to score: by default
+   only those new or changed since a complete run of another date scored them (``select_files``, a query joining
+   the listing with the results tables); ``full`` scores all.
 3. Decode and preprocess (``pipeline.stages.decode_and_preprocess``): on CPU tasks when the cluster has GPUs, else
    in the scoring actors themselves.
 4. Score on actors, GPU when the cluster has GPUs (``pipeline.stages.ScoringActor``), each loading the model
@@ -14,11 +15,13 @@
    the run sets one.
 5. Stream the scored rows to the run's work folder (Parquet, ``pipeline.schema.PREDICTIONS_SCHEMA``), logging
    progress.
-6. Summarise every DICOM series the run touched, from its rows and the series' earlier rows (``pipeline.series``):
-   in the driver, or grouped on the cluster for runs of more than ``SERIES_ON_CLUSTER_FRAMES`` frames.
+6. Summarise every DICOM series the run touched, from its rows and the series' earlier rows (``pipeline.series``),
+   streamed in series order from a query over the staged rows (``write_series``); count the run's outcomes with
+   another (``count_outcomes``).
 7. Stage the run's ``runs`` row and commit predictions -> series -> runs, one Delta transaction each
    (``pipeline.results``: a run counts completely or not at all).
-The whole archive streams through Ray Data; nothing holds it in memory. Ray retries the work of a decoding task
+The whole archive streams: through files and queries in the driver, through Ray Data on the cluster; the
+driver's memory does not grow with the archive (docs/benchmarks.md). Ray retries the work of a decoding task
 or an inference actor whose process dies; a fault that survives the retries fails the run before its commit.
 """
 
@@ -28,14 +31,18 @@ import dataclasses
 import datetime
 import json
 import logging
+import os
 import re
+import tempfile
 import time
 import uuid
-from collections import Counter
+from typing import Iterable, Iterator
 
+import duckdb
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import ray
 
 from infra import storage
@@ -44,12 +51,12 @@ from model import registry
 from pipeline import results, run_lock, views
 from pipeline import schema as col
 from pipeline.errors import RunFailedError, RunNotStartedError, describe_failure
-from model.decode import DICOM_EXTENSIONS, DecodeLimits
-from pipeline.listing import ListedFile, list_input_files
+from model.decode import DecodeLimits
+from pipeline.listing import LISTING_SCHEMA, Listing, stage_listing
 from pipeline.pseudonym import PseudonymKeyError, load_key
 from pipeline.selection import SelectionRules, SelectionRulesError, load_rules
 from pipeline.series import SERIES_INPUT_COLUMNS, series_table, summarize_series
-from pipeline.stages import (BACKENDS, EPOCH, ONNX, ONNX_EXPORT_OF, TENSORFLOW, ScoringActor, StageContext,
+from pipeline.stages import (BACKENDS, ONNX, ONNX_EXPORT_OF, TENSORFLOW, ScoringActor, StageContext,
                              decode_and_preprocess)
 
 logger = logging.getLogger(__name__)
@@ -135,14 +142,9 @@ class RunRecord:
         return {key: value for key, value in dataclasses.asdict(self).items() if key != col.OPTIONS}
 
 
-def may_hold_dicom(uris: list[str]) -> bool:
-    names = (uri.rsplit("/", 1)[-1].lower() for uri in uris)
-    return any(name.endswith(DICOM_EXTENSIONS) or "." not in name for name in names)
-
-
-def resolve_key(config: ScreenConfig, uris: list[str]) -> bytes | None:
+def resolve_key(config: ScreenConfig, may_hold_dicom: bool) -> bytes | None:
     key = load_key(config.pseudonym_key_file, config.create_pseudonym_key)
-    if key is None and may_hold_dicom(uris):
+    if key is None and may_hold_dicom:
         raise PseudonymKeyError(
             "the input holds DICOM files but no pseudonym key was given: set PSEUDONYM_KEY, or pass "
             "--pseudonym-key-file (with --create-pseudonym-key to generate one)")
@@ -174,9 +176,11 @@ def decode_placement(config: ScreenConfig) -> dict:
     return {}
 
 
-def predictions_dataset(files: list[ListedFile], context: StageContext, config: ScreenConfig,
+def predictions_dataset(selection: Selection, context: StageContext, config: ScreenConfig,
                         model: registry.ModelInfo) -> ray.data.Dataset:
-    """Stages 3-4: listed files -> scored prediction tables, lazily.
+    """Stages 3-4: the chosen files -> scored prediction tables, lazily. The chosen files go to the object store in
+    blocks of ``decode_batch_size`` as they are read from the selection's Parquet (about 100 bytes a file there; the
+    driver keeps a reference a block).
 
     On GPUs, CPU tasks decode (``--decode-cpus`` each, on the nodes advertising ``decode`` when there are any) and
     one actor per GPU scores. On CPU only, each scoring actor decodes its own batches: one process per CPU runs the
@@ -184,13 +188,11 @@ def predictions_dataset(files: list[ListedFile], context: StageContext, config: 
     single-process loop here in the steady state)."""
     actors, cpus, gpus, use_gpu = inference_resources(config)
     backend = inference_backend(config, model, use_gpu)
-    blocks = max(1, -(-len(files) // config.decode_batch_size))  # batches of at most decode_batch_size files
+    blocks = max(1, -(-selection.files // config.decode_batch_size))  # batches of at most decode_batch_size files
     actors = min(actors, blocks)
     logger.info("scoring: %d actor(s), %s CPU and %d GPU each, %s%s", actors, cpus, gpus, backend,
                 "" if use_gpu else ", each decoding its own batches")
-    items = [{col.SOURCE_URI: file.uri, col.SOURCE_SIZE: -1 if file.size is None else file.size,
-              col.SOURCE_MODIFIED: micros(file.modified)} for file in files]
-    dataset = ray.data.from_items(items, override_num_blocks=blocks)
+    dataset = ray.data.from_arrow_refs([ray.put(block) for block in selection.blocks(config.decode_batch_size)])
     if use_gpu:
         dataset = dataset.map_batches(decode_and_preprocess, fn_kwargs={"context": context, "cpus": config.decode_cpus},
                                       batch_size=config.decode_batch_size, num_cpus=config.decode_cpus,
@@ -210,11 +212,6 @@ def inference_backend(config: ScreenConfig, model: registry.ModelInfo, use_gpu: 
     if config.backend != "auto":
         return config.backend
     return ONNX if not use_gpu and model.onnx_sha256 else TENSORFLOW
-
-
-def micros(moment: datetime.datetime | None) -> int:
-    """Microseconds since the epoch, exactly (-1 for unknown): how modification times are compared."""
-    return -1 if moment is None else (moment - EPOCH) // datetime.timedelta(microseconds=1)
 
 
 class Progress:
@@ -250,50 +247,62 @@ def stage_predictions(dataset: ray.data.Dataset, uri: str, total_files: int) -> 
     parts.close()
 
 
-# what stages 6-7 read back, once
-STAGED_COLUMNS = [*SERIES_INPUT_COLUMNS, col.ERROR_CODE, col.FLAGGED, col.SELECTION_RULE]
+STAGED = "staged"  # the run's staged predictions, as DuckDB sees them while stages 6-7 query them
 
 
-def series_frames(connection, staged: pa.Table, run_date: str) -> pa.Table:
-    """The frames of every series this run touched: its own rows, and the latest earlier rows of the same series'
-    other files (a series whose slices arrive over two nights is summarised whole)."""
-    frames = staged.select(SERIES_INPUT_COLUMNS).filter(pc.is_valid(staged[col.SERIES_KEY]))
-    if frames.num_rows == 0:
-        return frames
-    connection.register("touched", pa.table({col.SERIES_KEY: pc.unique(frames[col.SERIES_KEY]),}))
-    connection.register("rescored", pa.table({col.SOURCE_URI: pc.unique(staged[col.SOURCE_URI])}))
-    earlier = connection.sql(f"""
-        SELECT {", ".join(SERIES_INPUT_COLUMNS)} FROM ({views.latest_before(run_date)})
-        WHERE {col.SERIES_KEY} IN (SELECT {col.SERIES_KEY} FROM touched)
-          AND {col.SOURCE_URI} NOT IN (SELECT {col.SOURCE_URI} FROM rescored)""").to_arrow_table()
-    return pa.concat_tables([frames, earlier.cast(frames.schema)])
+def series_frames_query(run_date: str) -> str:
+    """SQL: the frames of every series this run touched, in series order: its own rows (``staged``), and the latest
+    earlier rows of the same series' other files (a series whose slices arrive over two nights is summarised
+    whole)."""
+    columns = ", ".join(SERIES_INPUT_COLUMNS)
+    return f"""
+        SELECT {columns} FROM {STAGED} WHERE {col.SERIES_KEY} IS NOT NULL
+        UNION ALL
+        SELECT {columns} FROM ({views.latest_before(run_date)})
+        WHERE {col.SERIES_KEY} IN (SELECT {col.SERIES_KEY} FROM {STAGED} WHERE {col.SERIES_KEY} IS NOT NULL)
+          AND {col.SOURCE_URI} NOT IN (SELECT {col.SOURCE_URI} FROM {STAGED})
+        ORDER BY {col.SERIES_KEY}"""
 
 
-# Below this many frames a run's series are summarised in the driver (about 200 B a frame); above, grouped on the
-# cluster. A Ray Data groupby costs a few seconds of shuffle set-up however small the run (docs/benchmarks.md).
-SERIES_ON_CLUSTER_FRAMES = 200_000
+def whole_series(batches: Iterable[pa.RecordBatch]) -> Iterator[pd.DataFrame]:
+    """Frames ordered by series key, in batches -> frames holding whole series: the rows of the last series of a
+    batch wait for the next batch, which may hold more of them."""
+    waiting = None
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        frame = batch.to_pandas()
+        if waiting is not None:
+            frame = pd.concat([waiting, frame], ignore_index=True)
+        last = frame[col.SERIES_KEY].to_numpy() == frame[col.SERIES_KEY].iloc[-1]
+        waiting = frame[last]
+        if not last.all():
+            yield frame[~last]
+    if waiting is not None:
+        yield waiting
 
 
-def write_series(frames: pa.Table, uri: str, run_id: str, run_date: str, threshold: float,
-                 on_cluster_frames: int = SERIES_ON_CLUSTER_FRAMES) -> tuple[int, int]:
-    """Stage 6: summarise every series of ``frames`` into ``uri``/series.parquet, stamped with this run; returns
-    (series, flagged series). Small runs group in the driver, large ones on the cluster (``on_cluster_frames``)."""
-    if frames.num_rows == 0:
-        return 0, 0
-    arguments = {"threshold": threshold, "run_date": run_date}
-    if frames.num_rows < on_cluster_frames:
-        grouped = frames.to_pandas().groupby(col.SERIES_KEY, sort=True, group_keys=False)
-        summaries = pd.concat([summarize_series(frame, **arguments) for _, frame in grouped], ignore_index=True)
-    else:
-        ensure_ray()
-        partitions = max(1, min(64, frames.num_rows // 2000))
-        summaries = ray.data.from_arrow(frames).groupby(col.SERIES_KEY, num_partitions=partitions).map_groups(
-            summarize_series, fn_kwargs=arguments, batch_format="pandas").to_pandas()
-    table = series_table(summaries.sort_values(col.SERIES_KEY, ignore_index=True))
-    table = table.set_column(table.schema.get_field_index(col.RUN_ID), col.RUN_ID,
-                             pa.array([run_id] * table.num_rows, pa.string()))
-    results.write_parquet(table, storage.join(uri, "series.parquet"))
-    return table.num_rows, int(pc.sum(pc.fill_null(table[col.FLAGGED], False)).as_py() or 0)
+def write_series(frames: Iterable[pa.RecordBatch], uri: str, run_id: str, run_date: str,
+                 threshold: float) -> tuple[int, int]:
+    """Stage 6: summarise the series of ``frames`` (record batches ordered by series key) into Parquet under
+    ``uri``, stamped with this run; returns (series, flagged series). Memory holds a batch and a series, not the
+    run's frames."""
+    parts, series, flagged = results.ParquetParts(uri, col.SERIES_SCHEMA), 0, 0
+    for frame in whole_series(frames):
+        grouped = frame.groupby(col.SERIES_KEY, sort=True, group_keys=False)
+        summaries = pd.concat([summarize_series(rows, threshold, run_date) for _, rows in grouped],
+                              ignore_index=True)
+        table = series_table(summaries)
+        table = table.set_column(table.schema.get_field_index(col.RUN_ID), col.RUN_ID,
+                                 pa.array([run_id] * table.num_rows, pa.string()))
+        parts.write(table)
+        series += table.num_rows
+        flagged += int(pc.sum(pc.fill_null(table[col.FLAGGED], False)).as_py() or 0)
+    parts.close()
+    return series, flagged
+
+
+SERIES_BATCH_ROWS = 20_000  # frames a batch of the series query holds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,72 +319,107 @@ class Outcomes:
     skipped_by_reason: dict
 
 
-def count_outcomes(table: pa.Table) -> Outcomes:
-    """The counts of the staged predictions, for the ``runs`` row."""
-    def count(mask) -> int:
-        return int(pc.sum(pc.fill_null(mask, False)).as_py() or 0)
+def count_outcomes(connection: duckdb.DuckDBPyConnection) -> Outcomes:
+    """The counts of the staged predictions (``staged``), for the ``runs`` row: aggregates, not the rows."""
+    status = col.STATUS
+    rows, scored, errors, skipped, flagged, ood = connection.execute(f"""
+        SELECT count(*), count(*) FILTER ({status} = '{col.STATUS_OK}'),
+               count(*) FILTER ({status} = '{col.STATUS_ERROR}'), count(*) FILTER ({status} = '{col.STATUS_SKIPPED}'),
+               count(*) FILTER ({col.FLAGGED}), count(*) FILTER ({col.OOD}) FROM {STAGED}""").fetchone()
+    errors_by_code = connection.execute(f"""
+        SELECT {col.ERROR_CODE}, count(*) FROM {STAGED} WHERE {col.ERROR_CODE} IS NOT NULL
+        GROUP BY ALL ORDER BY 1""").fetchall()
+    skipped_by_reason = connection.execute(f"""
+        SELECT coalesce({col.SELECTION_RULE}, 'unknown'), count(*) FROM {STAGED}
+        WHERE {status} = '{col.STATUS_SKIPPED}' GROUP BY ALL ORDER BY 1""").fetchall()
+    return Outcomes(rows, scored, errors, skipped, flagged, ood, dict(errors_by_code), dict(skipped_by_reason))
 
-    status = table[col.STATUS]
-    skipped = pc.equal(status, col.STATUS_SKIPPED)
-    rules = table[col.SELECTION_RULE].filter(skipped).to_pylist()
-    return Outcomes(
-        rows=table.num_rows, scored=count(pc.equal(status, col.STATUS_OK)),
-        errors=count(pc.equal(status, col.STATUS_ERROR)), skipped=count(skipped),
-        flagged=count(table[col.FLAGGED]), ood=count(table[col.OOD]),
-        errors_by_code=dict(sorted(Counter(code for code in table[col.ERROR_CODE].to_pylist() if code).items())),
-        skipped_by_reason=dict(sorted(Counter(rule or "unknown" for rule in rules).items())))
+
+VERDICT = "verdict"  # a listed file's verdict in a run's selection
+NEW_OR_CHANGED, OTHER_MODEL, UNCHANGED = "new_or_changed", "other_model", "unchanged"
 
 
 @dataclasses.dataclass(frozen=True)
 class Selection:
-    """Which listed files this run scores. ``unchanged``: listed files it leaves as scored before;
-    ``other_model``: unchanged files whose rows come from another model than this run's."""
+    """Which listed files this run scores. ``verdicts``: a Parquet file holding each listed file once, with its
+    verdict; ``chosen``: the verdicts scored; ``listed``: distinct files listed; ``files``: files to score;
+    ``unchanged``: listed files left as scored before; ``other_model``: unchanged files whose rows come from another
+    model than this run's."""
 
-    files: list[ListedFile]
+    verdicts: str
+    chosen: tuple[str, ...]
     mode: str
+    listed: int
+    files: int
     unchanged: int = 0
     other_model: int = 0
 
+    def blocks(self, rows: int) -> Iterator[pa.Table]:
+        """The chosen files (``LISTING_SCHEMA``), ``rows`` at a time, read from the verdicts as they are needed."""
+        scanner = pads.dataset(self.verdicts, format="parquet").scanner(
+            columns=LISTING_SCHEMA.names, filter=pc.field(VERDICT).isin(list(self.chosen)), batch_size=rows)
+        waiting, count = [], 0
+        for batch in scanner.to_batches():
+            waiting.append(batch)
+            count += batch.num_rows
+            while count >= rows:
+                table = pa.Table.from_batches(waiting, LISTING_SCHEMA)
+                yield table.slice(0, rows)
+                waiting, count = table.slice(rows).to_batches(), count - rows
+        if count:
+            yield pa.Table.from_batches(waiting, LISTING_SCHEMA)
 
-def select_files(config: ScreenConfig, files: list[ListedFile], known: dict[str, views.ScoredFile],
-                 model_sha256: str) -> Selection:
+
+def select_files(config: ScreenConfig, connection: duckdb.DuckDBPyConnection, listing: str, known: str,
+                 model_sha256: str, verdicts: str) -> Selection:
     """Incremental by default: a file is scored when no complete run of another date scored it, when its size or
-    modification time differ from what was scored, or when an error that says nothing about the file hit it."""
-    if config.full:
-        return Selection(files, "full")
-    chosen, unchanged, other_model = [], 0, 0
-    for file in files:
-        seen = known.get(file.uri)
-        if (seen is None or seen.retry or file.size is None or file.modified is None
-                or (seen.size, seen.modified_us) != (file.size, micros(file.modified))):
-            chosen.append(file)
-            continue
-        if seen.model_sha256 != model_sha256:
-            other_model += 1
-            if config.rescore_on_model_change:
-                chosen.append(file)
-                continue
-        unchanged += 1
-    return Selection(chosen, "incremental", unchanged, other_model)
+    modification time differ from what was scored, or when an error that says nothing about the file hit it.
+
+    ``listing`` is a relation of listed files (``LISTING_SCHEMA``, a file may come twice) and ``known`` SQL for
+    what the tables know (``views.scored_files``); the verdicts are written to the Parquet file ``verdicts`` by
+    one query, so memory holds neither list."""
+    if not re.fullmatch(r"[0-9a-f]{64}", model_sha256):
+        raise ValueError(f"not a sha256: {model_sha256!r}")
+    size, modified, uri = col.SOURCE_SIZE, col.SOURCE_MODIFIED, col.SOURCE_URI
+    verdict, join = f"'{NEW_OR_CHANGED}'", ""
+    if not config.full:
+        join = f"LEFT JOIN ({known}) k ON k.{uri} = l.{uri}"
+        verdict = f"""CASE
+            WHEN k.{uri} IS NULL OR k.retry OR l.{size} < 0 OR l.{modified} < 0 OR k.{size} IS DISTINCT FROM l.{size}
+                 OR k.modified_us IS DISTINCT FROM l.{modified} THEN '{NEW_OR_CHANGED}'
+            WHEN k.{col.MODEL_SHA256} IS DISTINCT FROM '{model_sha256}' THEN '{OTHER_MODEL}'
+            ELSE '{UNCHANGED}' END"""
+    connection.execute(f"""COPY (
+        SELECT l.{uri}, l.{size}, l.{modified}, {verdict} AS {VERDICT}
+        FROM (SELECT {uri}, any_value({size}) AS {size}, any_value({modified}) AS {modified} FROM {listing}
+              GROUP BY {uri}) l {join}) TO '{verdicts}' (FORMAT parquet)""")
+    counts = dict(connection.execute(
+        f"SELECT {VERDICT}, count(*) FROM read_parquet('{verdicts}') GROUP BY ALL").fetchall())
+    other_model = counts.get(OTHER_MODEL, 0)
+    chosen = (NEW_OR_CHANGED, OTHER_MODEL) if config.rescore_on_model_change else (NEW_OR_CHANGED,)
+    return Selection(verdicts, chosen, "full" if config.full else "incremental", listed=sum(counts.values()),
+                     files=sum(counts.get(name, 0) for name in chosen),
+                     unchanged=counts.get(UNCHANGED, 0) + (0 if config.rescore_on_model_change else other_model),
+                     other_model=other_model)
 
 
 @dataclasses.dataclass(frozen=True)
 class ScreeningPlan:
-    """What stages 1-2 settled before any work: the resolved model, the listed files, the key. Needs no Ray."""
+    """What stages 1-2 settled before any work: the resolved model, the staged listing, the key. Needs no Ray.
+    ``workspace`` (a local temporary folder holding the listing) is removed when the run ends."""
 
     config: ScreenConfig
     model: registry.ModelInfo
-    files: list[ListedFile]
+    listing: Listing
     pseudonym_key: bytes | None = dataclasses.field(repr=False)
-    selection: SelectionRules = SelectionRules(())
-
-    @property
-    def uris(self) -> list[str]:
-        return [file.uri for file in self.files]
+    selection: SelectionRules
+    workspace: tempfile.TemporaryDirectory = dataclasses.field(repr=False, compare=False)
 
 
 def prepare(config: ScreenConfig) -> ScreeningPlan:
-    """Stages 1-2: everything that can stop the run, checked before Ray starts and before anything is written."""
+    """Stages 1-2: everything that can stop the run, checked before Ray starts and before anything is written to
+    the output (the listing goes to a local temporary folder)."""
+    workspace = tempfile.TemporaryDirectory(prefix="mri-screen-")
     try:
         for location in (*config.inputs, *config.manifests, config.output, config.model):
             storage.check_reachable(location)
@@ -387,22 +431,25 @@ def prepare(config: ScreenConfig) -> ScreeningPlan:
             raise registry.ModelError(f"--backend {config.backend}, but model {info.version} has no "
                                       f"{registry.ONNX_EXPORTS[export]}: make one with `{how}`, or use --backend "
                                       f"auto or tensorflow")
-        files = list_input_files(list(config.inputs), list(config.manifests))
-        uris = [file.uri for file in files]
-        refuse_empty_input(config, uris)
-        key = resolve_key(config, uris)
+        listing = stage_listing(config.inputs, config.manifests, os.path.join(workspace.name, "listing"))
+        refuse_empty_input(config, listing.entries)
+        key = resolve_key(config, listing.may_hold_dicom)
         selection = load_rules(config.selection_rules)
         results.check_layout(config.output)
         run_lock.check_free(config.output)
         results.check_writable(config.output)
     except (registry.ModelError, storage.StorageError, PseudonymKeyError, SelectionRulesError) as error:
+        workspace.cleanup()
         raise RunNotStartedError(str(error)) from error
-    return ScreeningPlan(config, info, files, key, selection)
+    except BaseException:
+        workspace.cleanup()
+        raise
+    return ScreeningPlan(config, info, listing, key, selection, workspace)
 
 
-def refuse_empty_input(config: ScreenConfig, uris: list[str]) -> None:
+def refuse_empty_input(config: ScreenConfig, files: int) -> None:
     """An input with no files is what a failed export looks like: it must not be recorded as an empty night."""
-    if not uris and not config.allow_empty:
+    if not files and not config.allow_empty:
         raise RunNotStartedError(
             f"no input files found in {', '.join(config.inputs + config.manifests)}: nothing was written; pass "
             f"--allow-empty to record an empty run on purpose (it replaces the rows of its date)")
@@ -416,6 +463,13 @@ def run_screening(config: ScreenConfig) -> RunRecord:
 def score_and_commit(plan: ScreeningPlan) -> RunRecord:
     """Stages 3-7 with the model ``prepare`` resolved, holding the output's lock throughout: every row is scored
     by, and stamped with, that model."""
+    try:
+        return lock_score_and_commit(plan)
+    finally:
+        plan.workspace.cleanup()
+
+
+def lock_score_and_commit(plan: ScreeningPlan) -> RunRecord:
     output = plan.config.output
     started = results.utc_now()
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
@@ -445,11 +499,14 @@ def score(plan: ScreeningPlan, run_id: str, started: datetime.datetime, recovere
                            info.version, info.weights_sha256, plan.selection)
     try:
         connection = views.connect(output)
-        selection = select_files(config, plan.files, views.scored_files(connection, run_date),
-                                 info.weights_sha256)
+        workspace = plan.workspace.name
+        connection.execute(f"SET temp_directory = '{os.path.join(workspace, 'duckdb')}'")  # where it spills, if ever
+        connection.register("listing", plan.listing.dataset())
+        selection = select_files(config, connection, "listing", views.scored_files(run_date), info.weights_sha256,
+                                 os.path.join(workspace, "verdicts.parquet"))
         logger.info("run %s (%s, %s): %d files listed in %s, %d to score, %d unchanged; model %s", run_id,
-                    run_date, selection.mode, len(plan.files), ", ".join(config.inputs + config.manifests),
-                    len(selection.files), selection.unchanged, info.version)
+                    run_date, selection.mode, selection.listed, ", ".join(config.inputs + config.manifests),
+                    selection.files, selection.unchanged, info.version)
         if selection.other_model:
             logger.warning("%d unchanged file(s) were scored by another model than %s; %s", selection.other_model,
                            info.version, "rescoring them (--rescore-on-model-change)"
@@ -457,13 +514,12 @@ def score(plan: ScreeningPlan, run_id: str, started: datetime.datetime, recovere
                            "pass --full or --rescore-on-model-change to rescore them")
         staged_uri = results.work_uri(output, run_id, results.PREDICTIONS)
         if selection.files:
-            stage_predictions(predictions_dataset(selection.files, context, config, info), staged_uri,
-                              len(selection.files))
-        staged = results.read_parquet_files(staged_uri, col.PREDICTIONS_SCHEMA, STAGED_COLUMNS)
-        series = write_series(series_frames(connection, staged, run_date),
-                              results.work_uri(output, run_id, results.SERIES), run_id, run_date, threshold)
-        record = run_record(config, info, run_id, run_date, started, len(plan.files), selection,
-                            count_outcomes(staged), series, threshold, recovered)
+            stage_predictions(predictions_dataset(selection, context, config, info), staged_uri, selection.files)
+        connection.register(STAGED, results.staged_dataset(staged_uri, col.PREDICTIONS_SCHEMA))
+        frames = connection.sql(series_frames_query(run_date)).to_arrow_reader(SERIES_BATCH_ROWS)
+        series = write_series(frames, results.work_uri(output, run_id, results.SERIES), run_id, run_date, threshold)
+        record = run_record(config, info, run_id, run_date, started, selection, count_outcomes(connection), series,
+                            threshold, recovered)
         results.stage_run_row(output, record.to_row())
     except Exception as error:
         raise RunFailedError(f"run {run_id} failed and was not committed: {describe_failure(error)}; the "
@@ -471,7 +527,7 @@ def score(plan: ScreeningPlan, run_id: str, started: datetime.datetime, recovere
     return record
 
 
-def run_record(config, info, run_id, run_date, started, files, selection, counts: Outcomes, series_counts,
+def run_record(config, info, run_id, run_date, started, selection: Selection, counts: Outcomes, series_counts,
                threshold, recovered) -> RunRecord:
     rows = counts.rows
     finished = results.utc_now()
@@ -480,7 +536,7 @@ def run_record(config, info, run_id, run_date, started, files, selection, counts
     return RunRecord(
         run_id=run_id, run_date=run_date, started_at=started, finished_at=finished, duration_seconds=duration,
         input=", ".join(config.inputs + config.manifests), output=config.output, mode=selection.mode,
-        files_listed=files, files_unchanged=selection.unchanged, files_other_model=selection.other_model,
+        files_listed=selection.listed, files_unchanged=selection.unchanged, files_other_model=selection.other_model,
         rows_written=rows, rows_scored=counts.scored, rows_error=counts.errors, rows_flagged=counts.flagged,
         rows_skipped=counts.skipped, rows_ood=counts.ood, skipped_by_reason=counts.skipped_by_reason,
         series=series_counts[0], series_flagged=series_counts[1], errors_by_code=counts.errors_by_code,

@@ -18,7 +18,6 @@ a year of results reads one day. ``as_of`` reads every table as it was at that t
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import re
 
@@ -81,22 +80,15 @@ def latest_before(excluding_date: str) -> str:
     return latest_per_file(f"p.{col.RUN_DATE} <> '{excluding_date}'")
 
 
-@dataclasses.dataclass(frozen=True)
-class ScoredFile:
-    """What the tables know of a file: the size and modification time (microseconds) it had when scored, the
-    model that scored it, and whether an error that says nothing about the file (``RETRIED_ERROR_CODES``) hit it."""
-
-    size: int | None
-    modified_us: int | None
-    model_sha256: str | None
-    retry: bool
-
-
-def scored_files(connection: duckdb.DuckDBPyConnection, excluding_date: str) -> dict[str, ScoredFile]:
-    """source_uri -> ``ScoredFile`` for every file a complete run of another date than ``excluding_date`` scored."""
+def scored_files(excluding_date: str) -> str:
+    """SQL: one row per file a complete run of another date than ``excluding_date`` scored, with what the tables
+    know of it: the size (``source_size``) and modification time in microseconds (``modified_us``) it had when
+    scored, the model that scored it (``model_sha256``), and whether an error that says nothing about the file
+    (``RETRIED_ERROR_CODES``) hit it (``retry``)."""
     retried = ", ".join(f"'{code.value}'" for code in col.RETRIED_ERROR_CODES)
-    rows = connection.execute(f"""
-        SELECT {col.SOURCE_URI}, any_value({col.SOURCE_SIZE}), any_value(epoch_us({col.SOURCE_MODIFIED})),
-               any_value({col.MODEL_SHA256}), coalesce(bool_or({col.ERROR_CODE} IN ({retried})), false)
-        FROM ({latest_before(excluding_date)}) GROUP BY {col.SOURCE_URI}""").fetchall()
-    return {uri: ScoredFile(size, modified, sha, retry) for uri, size, modified, sha, retry in rows}
+    return f"""
+        SELECT {col.SOURCE_URI}, any_value({col.SOURCE_SIZE}) AS {col.SOURCE_SIZE},
+               any_value(epoch_us({col.SOURCE_MODIFIED})) AS modified_us,
+               any_value({col.MODEL_SHA256}) AS {col.MODEL_SHA256},
+               coalesce(bool_or({col.ERROR_CODE} IN ({retried})), false) AS retry
+        FROM ({latest_before(excluding_date)}) GROUP BY {col.SOURCE_URI}"""

@@ -51,3 +51,46 @@ def test_manifest_lines_naming_folders_are_walked_and_dicomdir_is_skipped_in_any
     manifest.write_text(f"{tmp_path / 'one'}\n{tmp_path / 'two'}/\n/pacs/DICOMDIR\n/pacs/c.dcm\n")
     assert list_inputs([], [str(manifest)]) == sorted(
         ["/pacs/c.dcm", str(tmp_path / "one" / "a.dcm"), str(tmp_path / "two" / "b.dcm")])
+
+
+def test_a_run_stages_its_listing_a_batch_at_a_time_and_counts_what_it_found(tmp_path):
+    import pyarrow.parquet as pq
+
+    from pipeline.listing import stage_listing
+
+    archive = tmp_path / "archive"
+    (archive / "a" / "b").mkdir(parents=True)
+    names = ["a/1.dcm", "a/b/2.dcm", "a/b/3.png", "4.jpg", "5.jpg"]
+    for name in names:
+        (archive / name).write_bytes(b"x" * len(name))
+    listing = stage_listing([str(archive), str(archive / "4.jpg")], [], str(tmp_path / "listing"), batch_files=2)
+    rows = listing.dataset().to_table().to_pylist()
+    assert listing.entries == len(rows) == 6 and listing.may_hold_dicom  # 4.jpg named twice: the selection keeps one
+    assert sorted({row["source_uri"] for row in rows}) == sorted(str(archive / name) for name in names)
+    assert all(row["source_size"] == len(row["source_uri"]) - len(str(archive)) - 1 and row["source_modified"] > 0
+               for row in rows)
+    parts = sorted((tmp_path / "listing").glob("*.parquet"))
+    assert [group.num_rows for part in parts for group in
+            (pq.ParquetFile(part).metadata.row_group(i) for i in range(pq.ParquetFile(part).num_row_groups))] \
+        == [2, 2, 2]
+    jpegs = stage_listing([str(archive / "4.jpg")], [], str(tmp_path / "jpegs"))
+    assert (jpegs.entries, jpegs.may_hold_dicom) == (1, False)
+
+
+def test_an_s3_prefix_is_walked_level_by_level_with_sizes_and_times(s3_endpoint):
+    import boto3
+
+    from pipeline.listing import list_input_files
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    client.create_bucket(Bucket="listing-walk")
+    keys = ["night/p1/s1/1.dcm", "night/p1/s1/2.dcm", "night/p1/s2/3", "night/p2/DICOMDIR", "night/loose.jpg",
+            "other/x.dcm"]
+    for key in keys:
+        client.put_object(Bucket="listing-walk", Key=key, Body=b"y" * len(key))
+    files = list_input_files(["s3://listing-walk/night"])
+    assert [file.uri for file in files] == sorted(f"s3://listing-walk/{key}" for key in keys
+                                                  if key.startswith("night/") and "DICOMDIR" not in key)
+    assert all(file.size == len(file.uri) - len("s3://listing-walk/") and file.modified is not None for file in files)
+    with pytest.raises(storage.StorageError, match="nothing-here"):
+        list_input_files(["s3://listing-walk/nothing-here"])

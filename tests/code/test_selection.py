@@ -1,43 +1,67 @@
 """Which files an incremental run scores: new, changed (size or modification time), or last hit by an error that
-says nothing about the file; unchanged files scored by another model are counted, and rescored only when asked."""
+says nothing about the file; unchanged files scored by another model are counted, and rescored only when asked.
+The selection is a query joining the staged listing with what the tables know; it is run here on DuckDB."""
 
 import datetime
 
-from pipeline.listing import ListedFile
-from pipeline.screen import ScreenConfig, micros, select_files
-from pipeline.views import ScoredFile
+import duckdb
+import pyarrow as pa
+import pytest
+
+from pipeline.listing import ListedFile, listing_batch, micros
+from pipeline.screen import ScreenConfig, select_files
 
 WHEN = datetime.datetime(2026, 11, 3, 2, 0, 0, 123456, tzinfo=datetime.timezone.utc)
 MODEL, OTHER = "a" * 64, "b" * 64
 
-
-def known(size=100, modified=WHEN, model=MODEL, retry=False) -> ScoredFile:
-    return ScoredFile(size, micros(modified), model, retry)
-
-
 FILES = [ListedFile("same.dcm", 100, WHEN), ListedFile("new.dcm", 5, WHEN), ListedFile("grown.dcm", 101, WHEN),
          ListedFile("touched.dcm", 100, WHEN + datetime.timedelta(microseconds=1)), ListedFile("failed.dcm", 100, WHEN),
-         ListedFile("old-model.dcm", 100, WHEN), ListedFile("unlisted-size.dcm")]
-KNOWN = {"same.dcm": known(), "grown.dcm": known(), "touched.dcm": known(), "failed.dcm": known(retry=True),
-         "old-model.dcm": known(model=OTHER), "unlisted-size.dcm": known()}
+         ListedFile("old-model.dcm", 100, WHEN), ListedFile("unlisted-size.dcm"),
+         ListedFile("same.dcm", 100, WHEN)]  # named twice (two inputs overlap): listed once
+KNOWN = pa.Table.from_pylist([
+    {"source_uri": uri, "source_size": 100, "modified_us": micros(WHEN), "model_sha256": model, "retry": retry}
+    for uri, model, retry in [("same.dcm", MODEL, False), ("grown.dcm", MODEL, False), ("touched.dcm", MODEL, False),
+                              ("failed.dcm", MODEL, True), ("old-model.dcm", OTHER, False),
+                              ("unlisted-size.dcm", MODEL, False)]])
 
 
-def chosen(**options) -> tuple[list[str], int, int]:
-    selection = select_files(ScreenConfig(inputs=("x",), output="o", **options), FILES, KNOWN, MODEL)
-    return [file.uri for file in selection.files], selection.unchanged, selection.other_model
+@pytest.fixture
+def choose(tmp_path):
+    def chosen(**options) -> tuple[list[str], int, int, int]:
+        connection = duckdb.connect()
+        connection.register("listing", listing_batch(FILES))
+        connection.register("known_files", KNOWN)
+        selection = select_files(ScreenConfig(inputs=("x",), output="o", **options), connection, "listing",
+                                 "SELECT * FROM known_files", MODEL, str(tmp_path / "verdicts.parquet"))
+        uris = [uri for block in selection.blocks(2) for uri in block["source_uri"].to_pylist()]
+        assert len(uris) == selection.files
+        return sorted(uris), selection.unchanged, selection.other_model, selection.listed
+    return chosen
 
 
-def test_only_new_changed_and_retried_files_are_scored():
-    assert chosen() == (["new.dcm", "grown.dcm", "touched.dcm", "failed.dcm", "unlisted-size.dcm"], 2, 1)
+def test_only_new_changed_and_retried_files_are_scored(choose):
+    assert choose() == (sorted(["new.dcm", "grown.dcm", "touched.dcm", "failed.dcm", "unlisted-size.dcm"]), 2, 1, 7)
 
 
-def test_a_model_change_is_counted_and_acted_on_only_when_asked():
-    uris, unchanged, other_model = chosen(rescore_on_model_change=True)
+def test_a_model_change_is_counted_and_acted_on_only_when_asked(choose):
+    uris, unchanged, other_model, _ = choose(rescore_on_model_change=True)
     assert "old-model.dcm" in uris and (unchanged, other_model) == (1, 1)
 
 
-def test_full_scores_everything():
-    assert chosen(full=True) == ([file.uri for file in FILES], 0, 0)
+def test_full_scores_everything_once(choose):
+    assert choose(full=True) == (sorted({file.uri for file in FILES}), 0, 0, 7)
+
+
+def test_chosen_files_keep_their_listed_size_and_time_in_blocks_of_the_asked_size(choose, tmp_path):
+    choose()
+    from pipeline.screen import Selection
+
+    selection = Selection(str(tmp_path / "verdicts.parquet"), ("new_or_changed",), "incremental", 7, 5)
+    blocks = list(selection.blocks(2))
+    assert [block.num_rows for block in blocks] == [2, 2, 1]
+    rows = {row["source_uri"]: row for block in blocks for row in block.to_pylist()}
+    assert rows["new.dcm"]["source_size"] == 5 and rows["new.dcm"]["source_modified"] == micros(WHEN)
+    assert rows["unlisted-size.dcm"]["source_size"] == -1 and rows["unlisted-size.dcm"]["source_modified"] == -1
 
 
 def test_modification_times_compare_exactly_to_the_microsecond():

@@ -209,7 +209,7 @@ def test_a_cpu_only_cluster_scores_on_one_decoding_actor_per_cpu(ray_local):
     assert inference_resources(ScreenConfig(inputs=("-",), output="-", inference_actors=1))[0] == 1
 
 
-def test_series_summarised_in_the_driver_equal_those_grouped_on_the_cluster(screened, tmp_path, ray_local):
+def test_series_summarised_from_small_batches_equal_those_from_one(screened, tmp_path):
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -218,10 +218,12 @@ def test_series_summarised_in_the_driver_equal_those_grouped_on_the_cluster(scre
 
     _, output, _, summary = screened
     staged = results.read_table(str(output), results.PREDICTIONS)
-    frames = staged.select(SERIES_INPUT_COLUMNS).filter(pc.is_valid(staged["series_key"]))
+    frames = staged.select(SERIES_INPUT_COLUMNS).filter(pc.is_valid(staged["series_key"])).sort_by("series_key")
     written = {}
-    for where, limit in (("driver", 10**9), ("cluster", 0)):
-        counts = write_series(frames, str(tmp_path / where), "run", RUN_DATE, summary.threshold, limit)
-        written[where] = (counts, pq.read_table(tmp_path / where / "series.parquet").to_pylist())
-    assert written["driver"] == written["cluster"]
-    assert written["driver"][0] == (summary.series, summary.series_flagged) and summary.series >= 4
+    for rows in (frames.num_rows, 5, 1):  # a series' frames split over batches wait for the rest of the series
+        counts = write_series(frames.to_batches(max_chunksize=rows), str(tmp_path / str(rows)), "run", RUN_DATE,
+                              summary.threshold)
+        written[rows] = (counts, pq.read_table(tmp_path / str(rows)).to_pylist())
+    assert written[5] == written[1] == written[frames.num_rows]
+    assert written[1][0] == (summary.series, summary.series_flagged) and summary.series >= 4
+    assert [row["series_key"] for row in written[1][1]] == sorted(row["series_key"] for row in written[1][1])
