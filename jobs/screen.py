@@ -55,9 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--inference-cpus", type=POSITIVE_NUMBER, default=ScreenConfig.inference_cpus,
                         help="CPUs per CPU inference actor (also its TensorFlow thread count)")
     parser.add_argument("--backend", choices=("auto", *BACKENDS), default=ScreenConfig.backend,
-                        help="inference backend: auto = ONNX Runtime on CPU actors when the model ships an ONNX "
-                             "export (faster there), TensorFlow on GPUs; onnx-int8 = the export quantized to int8 "
-                             "(1.6x faster on CPU, validation metrics within 0.5 points; the model card says)")
+                        help="inference backend: auto = on CPU actors the model's int8 ONNX graph when it ships "
+                             "one (validation metrics within 0.5 points of float32, 1.6x faster inference; the model "
+                             "card says), else its float32 ONNX export; TensorFlow on GPUs")
     parser.add_argument("--mirror-average", action="store_true",
                         help="average each image's probabilities with its left-right mirror's: twice the inference, "
                              "+0.6 points validation accuracy for mri-bilstm-v2 (its model card)")

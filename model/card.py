@@ -258,11 +258,30 @@ def int8_lines(record: dict) -> list[str]:
             f"the validation split, float32 -> int8: accuracy {full['accuracy']:.4f} -> {quantized['accuracy']:.4f}, "
             f"macro-F1 {full['macro_f1']:.4f} -> {quantized['macro_f1']:.4f}, tumor sensitivity "
             f"{full['tumor_sensitivity']:.4f} -> {quantized['tumor_sensitivity']:.4f}, specificity "
-            f"{full['specificity']:.4f} -> {quantized['specificity']:.4f}; marked unfamiliar "
+            f"{full['specificity']:.4f} -> {quantized['specificity']:.4f}; marked unfamiliar at the float32 threshold "
             f"{full.get('validation_marked_unfamiliar', float('nan')):.3f} -> "
             f"{quantized.get('validation_marked_unfamiliar', float('nan')):.3f}; one thread "
             f"{full['images_per_second_1_thread']:.0f} -> {quantized['images_per_second_1_thread']:.0f} images/s "
-            f"(this machine). The operating point, calibration and unfamiliar threshold were chosen on float32."]
+            f"(this machine). The operating point and calibration were chosen on float32.", *int8_ood_lines(int8)]
+
+
+def int8_ood_lines(int8: dict) -> list[str]:
+    """The int8 graph's own unfamiliarity threshold, and what it marks, where it was refitted."""
+    if "ood_threshold" not in int8:
+        return ["- The unfamiliarity threshold was fitted on float32 features and not refitted for int8: "
+                "`jobs.screen` picks int8 only when asked (`python -m tools.quantize_onnx --refit-ood` refits it)."]
+    lines = [f"- Its unfamiliarity threshold, refitted on int8 features: {int8['ood_threshold']:.2f} (marks "
+             f"{percent(int8['ood_validation_marked'])} of the validation images). `jobs.screen` runs this graph by "
+             f"default on CPU actors."]
+    measured = int8.get("ood_measured")
+    if measured:
+        sets = "; ".join(f"{name} {percent(values['marked'])} of {values['images']}"
+                         for name, values in measured["out_of_distribution_sets"].items())
+        lines.append(f"- With it, on images that are not brain MRI: marked {sets}; AUROC against validation "
+                     f"{number(measured['auroc_validation_vs_out_of_distribution'])}; the unseen head MRI slice "
+                     f"scores {measured['unseen_head_mri_score']:.1f} "
+                     f"({'marked' if measured['unseen_head_mri_marked'] else 'not marked'}).")
+    return lines
 
 
 def ood_lines(record: dict) -> list[str]:

@@ -52,15 +52,19 @@ class OodDetector:
             return cls(arrays["mean"], arrays["precision"], float(arrays["threshold"]))
 
     @classmethod
-    def for_model(cls, info: ModelInfo) -> "OodDetector | None":
-        """The model's verified detector, or None for a model without one."""
+    def for_model(cls, info: ModelInfo, export: str | None = None) -> "OodDetector | None":
+        """The model's verified detector, or None for a model without one. With ``export`` ("onnx_int8"), the
+        threshold refitted on that graph's own features where its record holds one (``model.quantize``): int8
+        rounding moves the scores, so the float32 threshold would mark a different share."""
         record = info.metadata.get("ood")
         if not record:
             return None
         data = storage.read_bytes(storage.join(info.uri, record.get("file", OOD_FILE)))
         if sha256_hex(data) != record.get("sha256"):
             raise ModelError(f"{OOD_FILE} of model {info.version} does not match the sha256 in its model.json")
-        return cls.from_bytes(data)
+        detector = cls.from_bytes(data)
+        refitted = info.metadata.get(export, {}).get("ood_threshold") if export else None
+        return detector if refitted is None else dataclasses.replace(detector, threshold=float(refitted))
 
 
 def fit_detector(features: np.ndarray, validation_features: np.ndarray,

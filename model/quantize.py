@@ -5,16 +5,21 @@ on ``CALIBRATION_IMAGES`` of the model's training images. The float32 and int8 g
 validation images at the model's temperature and threshold: accuracy, macro-F1, recall per class, tumor sensitivity
 and specificity, the share the out-of-distribution check marks, and images/s on 1 and 2 threads. The int8 graph
 ships (``model.int8.onnx``, sha256 and figures in model.json) only when accuracy, macro-F1, sensitivity and
-specificity are each within ``TOLERANCE`` of float32. ``jobs.retrain`` quantizes every candidate;
+specificity are each within ``TOLERANCE`` of float32. int8 rounding moves the unfamiliarity scores, so the
+detector's threshold is refitted on the int8 graph's validation features at the detector's own quantile
+(``ood_threshold`` in the record, which ``OodDetector.for_model(info, "onnx_int8")`` reads): the int8 path marks the
+share of validation images float32 marks. ``jobs.retrain`` quantizes every candidate;
 ``tools.quantize_onnx`` does it for an existing model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pathlib
 import tempfile
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -23,7 +28,7 @@ from model import registry
 from model.calibration import apply_temperature
 from model.metrics import classification_metrics
 from model.onnx_runtime import OnnxPredictor
-from model.ood import OodDetector
+from model.ood import DEFAULT_QUANTILE, OodDetector
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +97,35 @@ def measure(info: registry.ModelInfo, graph: bytes, images: np.ndarray, targets:
     return measured
 
 
+def refitted_ood_threshold(info: registry.ModelInfo, graph: bytes, images: np.ndarray,
+                           describe: Callable | None = None) -> dict:
+    """The unfamiliarity threshold refitted on ``graph``'s features of the validation ``images``, at the quantile
+    the float32 threshold was fitted at, and the share it marks; empty for a model without a detector.
+    ``describe(detector, features_of, validation_scores)``, when given, measures the refitted detector on images
+    that are not brain MRI (``tools.fit_ood.measure_detector``), recorded as ``ood_measured``."""
+    detector = OodDetector.for_model(info)
+    if detector is None:
+        return {}
+    predictor = OnnxPredictor(graph, len(info.class_names), 1.0, None, 64)
+    scores = detector.scores(predictor.with_features(images)[1])
+    threshold = float(np.quantile(scores, info.metadata["ood"].get("quantile", DEFAULT_QUANTILE)))
+    refitted = {"ood_threshold": threshold, "ood_validation_marked": round(float((scores > threshold).mean()), 4)}
+    if describe is not None:
+        refitted["ood_measured"] = describe(dataclasses.replace(detector, threshold=threshold),
+                                            lambda batch: predictor.with_features(batch)[1], scores)
+    return refitted
+
+
+def refit_ood(info: registry.ModelInfo, images: np.ndarray, describe: Callable | None = None) -> registry.ModelInfo:
+    """Refit the shipped int8 graph's unfamiliarity threshold on the validation ``images`` without quantizing
+    again (for a model quantized before thresholds were refitted)."""
+    data = storage.read_bytes(info.export_uri("onnx_int8"))
+    registry.verify_onnx(info, data, "onnx_int8")
+    record = {key: value for key, value in info.metadata["onnx_int8"].items() if key not in ("file", "sha256")}
+    record.update(refitted_ood_threshold(info, data, images, describe))
+    return registry.attach_file(info, "onnx_int8", info.metadata["onnx_int8"]["file"], data, record)
+
+
 def quantize_and_attach(info: registry.ModelInfo, train_images: np.ndarray, val_images: np.ndarray,
                         val_targets: np.ndarray, write: bool = True) -> tuple[registry.ModelInfo, dict]:
     """Quantize the model's ONNX export, measure both graphs on the validation images, and (``write``) ship the
@@ -111,5 +145,6 @@ def quantize_and_attach(info: registry.ModelInfo, train_images: np.ndarray, val_
                 report["float32"]["images_per_second_1_thread"],
                 "shipped" if report["metrics_hold"] and write else "not shipped")
     if write and report["metrics_hold"]:
-        info = registry.attach_file(info, "onnx_int8", registry.ONNX_INT8_FILE, int8, {"measured": report})
+        info = registry.attach_file(info, "onnx_int8", registry.ONNX_INT8_FILE, int8,
+                                    {"measured": report, **refitted_ood_threshold(info, int8, val_images)})
     return info, report

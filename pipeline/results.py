@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
-from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake import CommitProperties, DeltaTable, WriterProperties, write_deltalake
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from infra import storage
@@ -50,6 +50,9 @@ WORK = "_work"
 READY = "READY"
 COMMIT_RUN_ID = "mri_screen_run_id"  # commit metadata key naming the run that made a commit
 RECENT_COMMITS = 20  # how far back a table's history is searched for an interrupted run's commit
+# rows a Parquet row group holds, staged or committed: a writer holds one group in memory, so memory stays flat
+# however large the run (the Delta writer's default group of about a million rows grew 0.9 KB a row here)
+ROWS_PER_GROUP = 20_000
 
 
 class ResultsError(storage.StorageError):
@@ -140,7 +143,8 @@ class ParquetParts:
     Rows wait as Arrow tables only until ``rows_per_group`` have come (one row group), then wait compressed in the
     file being built, so memory stays flat however many rows pass: about 10 MB here, not the run's size."""
 
-    def __init__(self, uri: str, schema: pa.Schema, rows_per_file: int = 500_000, rows_per_group: int = 20_000):
+    def __init__(self, uri: str, schema: pa.Schema, rows_per_file: int = 500_000,
+                 rows_per_group: int = ROWS_PER_GROUP):
         self.uri, self.schema, self.rows_per_file, self.rows_per_group = uri, schema, rows_per_file, rows_per_group
         self.pending, self.pending_rows, self.parts = [], 0, 0
         self.buffer, self.writer, self.file_rows = None, None, 0
@@ -228,6 +232,7 @@ def commit_table(output: str, table: str, rows: pa.Table | pa.RecordBatchReader,
     into an older table."""
     uri = table_uri(output, table)
     properties = CommitProperties(custom_metadata={COMMIT_RUN_ID: run_id})
+    writer = WriterProperties(max_row_group_size=ROWS_PER_GROUP)
     if table == RUNS:
         write_deltalake(uri, rows, mode="append", schema_mode="merge", commit_properties=properties,
                         storage_options=storage.delta_options(uri))
@@ -236,7 +241,7 @@ def commit_table(output: str, table: str, rows: pa.Table | pa.RecordBatchReader,
         rows = rows.cast(TABLE_SCHEMAS[table])
     write_deltalake(uri, rows, mode="overwrite", partition_by=[col.RUN_DATE],
                     predicate=f"{col.RUN_DATE} = '{run_date}'", schema_mode="merge", commit_properties=properties,
-                    storage_options=storage.delta_options(uri))
+                    writer_properties=writer, storage_options=storage.delta_options(uri))
 
 
 def recover(output: str, keep: str | None = None) -> list[str]:

@@ -56,7 +56,7 @@ from pipeline.listing import LISTING_SCHEMA, Listing, stage_listing
 from pipeline.pseudonym import PseudonymKeyError, load_key
 from pipeline.selection import SelectionRules, SelectionRulesError, load_rules
 from pipeline.series import SERIES_INPUT_COLUMNS, series_table, summarize_series
-from pipeline.stages import (BACKENDS, ONNX, ONNX_EXPORT_OF, TENSORFLOW, ScoringActor, StageContext,
+from pipeline.stages import (BACKENDS, ONNX, ONNX_EXPORT_OF, ONNX_INT8, TENSORFLOW, ScoringActor, StageContext,
                              decode_and_preprocess)
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class ScreenConfig:
     use_gpu: bool | None = None
     limits: DecodeLimits = DecodeLimits()
     allow_empty: bool = False
-    backend: str = "auto"  # "tensorflow", "onnx", "onnx-int8", or "auto": ONNX Runtime on CPU when the model has one
+    backend: str = "auto"  # "tensorflow", "onnx", "onnx-int8", or "auto" (``inference_backend``)
     full: bool = False  # rescore every listed file, not only new and changed ones
     rescore_on_model_change: bool = False  # also rescore unchanged files scored by another model
     selection_rules: str | None = None  # which DICOM objects are brain MRI: None, the bundled rules; "all", every one
@@ -207,11 +207,18 @@ def predictions_dataset(selection: Selection, context: StageContext, config: Scr
 
 
 def inference_backend(config: ScreenConfig, model: registry.ModelInfo, use_gpu: bool) -> str:
-    """The backend asked for; "auto": ONNX Runtime on CPU actors when the model ships an ONNX export (faster on CPU,
-    docs/benchmarks.md), TensorFlow on GPUs."""
+    """The backend asked for; "auto": TensorFlow on GPUs; on CPU actors the model's int8 ONNX graph when it ships
+    one whose unfamiliarity threshold was refitted on its own features (``model.quantize``: its validation metrics
+    within half a point of float32, 1.2x the float32 pipeline here), else its float32 ONNX export, else TensorFlow
+    (docs/benchmarks.md)."""
     if config.backend != "auto":
         return config.backend
-    return ONNX if not use_gpu and model.onnx_sha256 else TENSORFLOW
+    if use_gpu:
+        return TENSORFLOW
+    int8 = model.metadata.get("onnx_int8", {})
+    if int8.get("sha256") and ("ood" not in model.metadata or "ood_threshold" in int8):
+        return ONNX_INT8
+    return ONNX if model.onnx_sha256 else TENSORFLOW
 
 
 class Progress:

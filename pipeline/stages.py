@@ -207,7 +207,7 @@ class InferenceActor:
             configure_tensorflow(cpu_threads, use_gpu)
             self.predictor = ProbabilityPredictor(load_classifier(info, weights_sha256), batch_size,
                                                   info.temperature, features=True)
-        self.ood = OodDetector.for_model(info)
+        self.ood = OodDetector.for_model(info, ONNX_EXPORT_OF.get(backend))
         if self.ood is None:
             logger.warning("model %s has no out-of-distribution detector: the ood columns stay empty", info.version)
         self.image_size = info.preprocessing.image_size

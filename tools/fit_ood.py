@@ -100,6 +100,25 @@ def mri_like_images(info: registry.ModelInfo) -> np.ndarray:
     return preprocess_image(raw, info.preprocessing)[np.newaxis]
 
 
+def measure_detector(detector, features_of, info: registry.ModelInfo, in_scores: np.ndarray) -> dict:
+    """How ``detector`` separates the validation images (``in_scores``) from images that are not brain MRI, with
+    ``features_of`` (images -> features) from the graph the detector reads: the record's measured part."""
+    sets = {"pydicom non-MR images": pydicom_images(info), "matplotlib photographs and graphics":
+            matplotlib_images(info), "blank, near-blank and noise": synthetic_images(info)}
+    measured = {name: detector.scores(features_of(images)) for name, images in sets.items()}
+    out_scores = np.concatenate(list(measured.values()))
+    labels = np.r_[np.zeros(len(in_scores)), np.ones(len(out_scores))]
+    head_mri = float(detector.scores(features_of(mri_like_images(info)))[0])
+    return {
+        "auroc_validation_vs_out_of_distribution": float(roc_auc_score(labels, np.r_[in_scores, out_scores])),
+        "out_of_distribution_sets": {name: {"images": int(len(scores)), "marked": float(detector.marks(scores).mean()),
+                                            "auroc": float(roc_auc_score(
+                                                np.r_[np.zeros(len(in_scores)), np.ones(len(scores))],
+                                                np.r_[in_scores, scores]))}
+                                     for name, scores in measured.items()},
+        "unseen_head_mri_score": head_mri, "unseen_head_mri_marked": bool(head_mri > detector.threshold)}
+
+
 def fit_and_measure(model_dir: str, cache: str | None) -> dict:
     info = registry.load_model_info(model_dir)
     predictor = ProbabilityPredictor(load_classifier(info), temperature=info.temperature, features=True)
@@ -107,21 +126,8 @@ def fit_and_measure(model_dir: str, cache: str | None) -> dict:
     features = predictor.with_features(train_images)[1]
     validation = predictor.with_features(val_images)[1]
     detector, record = fit_and_describe(features, validation, val_labels)
-    in_scores = detector.scores(validation)
-    sets = {"pydicom non-MR images": pydicom_images(info), "matplotlib photographs and graphics":
-            matplotlib_images(info), "blank, near-blank and noise": synthetic_images(info)}
-    measured = {name: detector.scores(predictor.with_features(images)[1]) for name, images in sets.items()}
-    out_scores = np.concatenate(list(measured.values()))
-    labels = np.r_[np.zeros(len(in_scores)), np.ones(len(out_scores))]
-    head_mri = float(detector.scores(predictor.with_features(mri_like_images(info))[1])[0])
-    record.update({
-        "auroc_validation_vs_out_of_distribution": float(roc_auc_score(labels, np.r_[in_scores, out_scores])),
-        "out_of_distribution_sets": {name: {"images": int(len(scores)), "marked": float(detector.marks(scores).mean()),
-                                            "auroc": float(roc_auc_score(
-                                                np.r_[np.zeros(len(in_scores)), np.ones(len(scores))],
-                                                np.r_[in_scores, scores]))}
-                                     for name, scores in measured.items()},
-        "unseen_head_mri_score": head_mri, "unseen_head_mri_marked": bool(head_mri > detector.threshold)})
+    record.update(measure_detector(detector, lambda images: predictor.with_features(images)[1], info,
+                                   detector.scores(validation)))
     info = registry.attach_file(info, "ood", OOD_FILE, detector.to_bytes(), record)
     return record
 

@@ -106,3 +106,26 @@ def test_a_model_without_an_int8_export_is_refused_for_that_backend_with_what_to
     with pytest.raises(RunNotStartedError, match="tools.quantize_onnx"):
         prepare(ScreenConfig(inputs=(str(SAMPLES / "archive"),), output=str(tmp_path / "out"),
                              model=str(ROOT / "models" / "mri-pool-v1"), backend="onnx-int8"))
+
+
+def test_on_cpu_auto_runs_int8_only_with_its_own_unfamiliarity_threshold_and_the_actor_uses_it():
+    import dataclasses
+
+    from model.ood import OodDetector
+    from pipeline.screen import inference_backend
+
+    info = registry.load_model_info(str(ROOT / "models" / "mri-bilstm-v2"))
+    auto = ScreenConfig(inputs=("-",), output="-")
+    assert inference_backend(auto, info, use_gpu=False) == ONNX_INT8
+    assert inference_backend(auto, info, use_gpu=True) == TENSORFLOW
+    assert inference_backend(ScreenConfig(inputs=("-",), output="-", backend=ONNX), info, use_gpu=False) == ONNX
+    unrefitted = {key: value for key, value in info.metadata["onnx_int8"].items() if key != "ood_threshold"}
+    assert inference_backend(auto, dataclasses.replace(info, metadata={**info.metadata, "onnx_int8": unrefitted}),
+                             use_gpu=False) == ONNX  # the float32 threshold would mark another share on int8
+    pool = registry.load_model_info(str(ROOT / "models" / "mri-pool-v1"))
+    assert inference_backend(auto, pool, use_gpu=False) == ONNX  # no int8 graph shipped
+    float32, int8 = OodDetector.for_model(info), OodDetector.for_model(info, "onnx_int8")
+    assert int8.threshold == info.metadata["onnx_int8"]["ood_threshold"] != float32.threshold
+    assert InferenceActor(info.uri, info.weights_sha256, 0.5, 1, False, backend=ONNX_INT8).ood.threshold \
+        == int8.threshold
+    assert abs(info.metadata["onnx_int8"]["ood_validation_marked"] - info.metadata["ood"]["validation_marked"]) < 0.002

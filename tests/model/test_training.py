@@ -121,8 +121,9 @@ def test_a_candidate_is_quantized_to_int8_and_measured_against_float32(first_run
     folder = output / "registry" / "candidate-1"
     info = registry.load_model_info(str(folder))
     shipped = json.loads((folder / registry.METADATA_FILE).read_text()).get("onnx_int8")
-    if shipped:  # the retraining run shipped it: its figures held
+    if shipped:  # the retraining run shipped it: its figures held, and its unfamiliarity threshold was refitted
         assert shipped["measured"]["metrics_hold"]
+        assert ("ood_threshold" in shipped) == ("ood" in info.metadata)
     rng = np.random.default_rng(3)
     images = rng.integers(0, 256, (24, SIZE, SIZE), dtype=np.uint8)
     targets = np.eye(4, dtype=np.float32)[rng.integers(0, 4, 24)]
@@ -134,3 +135,9 @@ def test_a_candidate_is_quantized_to_int8_and_measured_against_float32(first_run
     assert isinstance(report["metrics_hold"], bool)
     assert ((folder / registry.ONNX_INT8_FILE).read_bytes() if shipped else None) == kept  # write=False wrote nothing
     assert shipped or not (folder / registry.ONNX_INT8_FILE).exists()
+    if "ood" in info.metadata:  # refitted on the int8 features at the detector's quantile
+        from infra import storage
+        from model.quantize import quantized, refitted_ood_threshold
+
+        refitted = refitted_ood_threshold(info, quantized(storage.read_bytes(info.onnx_uri), images), images)
+        assert refitted["ood_threshold"] > 0 and 0 <= refitted["ood_validation_marked"] <= 0.05

@@ -206,3 +206,18 @@ def test_streamed_rows_land_in_whole_parquet_files_in_order(tmp_path):
     empty = results.ParquetParts(str(tmp_path / "nothing"), schema)
     empty.close()
     assert not (tmp_path / "nothing").exists()
+
+
+def test_a_commit_writes_row_groups_of_bounded_size_so_the_writer_memory_stays_flat(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(results, "ROWS_PER_GROUP", 5)
+    output = str(tmp_path / "results")
+    uris = [f"{index:02d}.dcm" for index in range(12)]
+    stage(output, "run-a", uris)
+    results.commit_run(output, "run-a")
+    files = [uri for uri in storage.list_files(results.table_uri(output, results.PREDICTIONS)) if uri.endswith(".parquet")]
+    groups = [group.num_rows for file in files for group in
+              (pq.ParquetFile(file).metadata.row_group(index) for index in range(pq.ParquetFile(file).num_row_groups))]
+    assert sum(groups) == 12 and max(groups) <= 5
+    assert read(output) == [("run-a", uri) for uri in uris]
