@@ -27,7 +27,7 @@ import pyarrow.fs as pafs
 from infra import storage
 from model.decode import DICOM_EXTENSIONS
 from pipeline import schema as col
-from pipeline.results import ParquetParts, staged_dataset
+from pipeline.results import ParquetParts, staged_batches, staged_dataset
 
 SKIPPED_NAMES = frozenset({"dicomdir"})
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
@@ -186,6 +186,10 @@ class Listing:
 
     def dataset(self) -> pads.Dataset:
         return staged_dataset(self.folder, LISTING_SCHEMA)
+
+    def batches(self) -> pa.RecordBatchReader:
+        """The listing as a stream read once, a row group at a time (``results.staged_batches``)."""
+        return staged_batches(self.folder, LISTING_SCHEMA)
 
 
 def stage_listing(locations: Iterable[str], manifests: Iterable[str], folder: str,

@@ -254,7 +254,22 @@ def stage_predictions(dataset: ray.data.Dataset, uri: str, total_files: int) -> 
     parts.close()
 
 
-STAGED = "staged"  # the run's staged predictions, as DuckDB sees them while stages 6-7 query them
+STAGED = "staged"  # the run's staged predictions, as DuckDB sees them while stage 6 queries them
+# what stage 6 reads of the staged predictions, once, into a DuckDB table
+STAGED_COLUMNS = [*SERIES_INPUT_COLUMNS, col.ERROR_CODE, col.FLAGGED, col.SELECTION_RULE]
+# DuckDB's memory in the driver: its sorts, joins and tables spill to the run's local workspace beyond this, so the
+# selection and the series step hold the same memory for a thousand files or a million (docs/benchmarks.md)
+DUCKDB_MEMORY = "256MB"
+
+
+def run_connection(output: str, workspace: str) -> duckdb.DuckDBPyConnection:
+    """The results views of ``output`` (``pipeline.views``) on a DuckDB bounded to ``DUCKDB_MEMORY``, spilling to
+    ``workspace``."""
+    connection = views.connect(output)
+    connection.execute(f"SET memory_limit = '{DUCKDB_MEMORY}'")
+    connection.execute(f"SET temp_directory = '{os.path.join(workspace, 'duckdb')}'")
+    connection.execute("SET preserve_insertion_order = false")
+    return connection
 
 
 def series_frames_query(run_date: str) -> str:
@@ -505,12 +520,10 @@ def score(plan: ScreeningPlan, run_id: str, started: datetime.datetime, recovere
     context = StageContext(run_id, run_date, info.preprocessing, config.limits, plan.pseudonym_key, threshold,
                            info.version, info.weights_sha256, plan.selection)
     try:
-        connection = views.connect(output)
-        workspace = plan.workspace.name
-        connection.execute(f"SET temp_directory = '{os.path.join(workspace, 'duckdb')}'")  # where it spills, if ever
-        connection.register("listing", plan.listing.dataset())
+        connection = run_connection(output, plan.workspace.name)
+        connection.register("listing", plan.listing.batches())
         selection = select_files(config, connection, "listing", views.scored_files(run_date), info.weights_sha256,
-                                 os.path.join(workspace, "verdicts.parquet"))
+                                 os.path.join(plan.workspace.name, "verdicts.parquet"))
         logger.info("run %s (%s, %s): %d files listed in %s, %d to score, %d unchanged; model %s", run_id,
                     run_date, selection.mode, selection.listed, ", ".join(config.inputs + config.manifests),
                     selection.files, selection.unchanged, info.version)
@@ -522,16 +535,30 @@ def score(plan: ScreeningPlan, run_id: str, started: datetime.datetime, recovere
         staged_uri = results.work_uri(output, run_id, results.PREDICTIONS)
         if selection.files:
             stage_predictions(predictions_dataset(selection, context, config, info), staged_uri, selection.files)
-        connection.register(STAGED, results.staged_dataset(staged_uri, col.PREDICTIONS_SCHEMA))
-        frames = connection.sql(series_frames_query(run_date)).to_arrow_reader(SERIES_BATCH_ROWS)
-        series = write_series(frames, results.work_uri(output, run_id, results.SERIES), run_id, run_date, threshold)
-        record = run_record(config, info, run_id, run_date, started, selection, count_outcomes(connection), series,
-                            threshold, recovered)
+        series, outcomes = summarise(connection, output, run_id, run_date, threshold)
+        connection.close()
+        record = run_record(config, info, run_id, run_date, started, selection, outcomes, series, threshold,
+                            recovered)
         results.stage_run_row(output, record.to_row())
     except Exception as error:
         raise RunFailedError(f"run {run_id} failed and was not committed: {describe_failure(error)}; the "
                              f"results read as before this run") from error
     return record
+
+
+def summarise(connection: duckdb.DuckDBPyConnection, output: str, run_id: str, run_date: str,
+              threshold: float) -> tuple[tuple[int, int], Outcomes]:
+    """Stage 6 over the run's staged predictions: its series written beside them, and its outcomes counted;
+    returns ((series, flagged series), outcomes)."""
+    staged_uri = results.work_uri(output, run_id, results.PREDICTIONS)
+    connection.register("staged_rows", results.staged_batches(staged_uri, col.PREDICTIONS_SCHEMA, STAGED_COLUMNS))
+    connection.execute(f"CREATE TEMP TABLE {STAGED} AS SELECT * FROM staged_rows")  # read once, queried twice
+    connection.unregister("staged_rows")
+    frames = connection.sql(series_frames_query(run_date)).to_arrow_reader(SERIES_BATCH_ROWS)
+    series = write_series(frames, results.work_uri(output, run_id, results.SERIES), run_id, run_date, threshold)
+    outcomes = count_outcomes(connection)
+    connection.execute(f"DROP TABLE {STAGED}")  # its memory goes back before the commit
+    return series, outcomes
 
 
 def run_record(config, info, run_id, run_date, started, selection: Selection, counts: Outcomes, series_counts,

@@ -6,8 +6,8 @@ size screened by the real job in its own process (Python and Ray start included)
 The DICOM slices are written once into ``--pool`` (real slices of the shared set, resized to 512x512, 12 bits
 stored, series of 20 with synthetic identifiers and positions; about 0.5 MiB each); each archive is a folder of
 symbolic links to the pool and to the JPEGs. Reported per size: wall time, images/s, seconds per 1,000 images
-beyond the smallest run (the marginal cost, which must stay flat), and the peak resident memory of the driver and,
-apart, of every Ray process the job started (sampled every 0.2 s).
+beyond the smallest run (the marginal cost, which must stay flat), and the peak memory of the driver (resident, and
+unique to it) and, apart, of every Ray process the job started (sampled every 0.2 s).
 """
 
 from __future__ import annotations
@@ -65,16 +65,20 @@ def link_archive(folder: pathlib.Path, jpegs: list[pathlib.Path], dicoms: list[p
 
 
 class TreeSampler(threading.Thread):
-    """Peak RSS of a job's process, and apart the summed peak of every process below it (embedded Ray)."""
+    """Peak RSS and peak unique memory (USS) of a job's process, and apart the summed peak RSS of every process below
+    it (embedded Ray). The driver's RSS also counts the pages of Ray's shared object store it has read or written
+    (scored blocks arriving, listing blocks put), which belong to the store, not to the driver: USS leaves them out."""
 
     def __init__(self, pid: int):
         super().__init__(daemon=True)
-        self.process, self.driver, self.ray, self.running = psutil.Process(pid), 0, 0, True
+        self.process, self.driver, self.driver_unique, self.ray = psutil.Process(pid), 0, 0, 0
+        self.running = True
 
     def run(self) -> None:
         while self.running:
             try:
                 self.driver = max(self.driver, self.process.memory_info().rss)
+                self.driver_unique = max(self.driver_unique, self.process.memory_full_info().uss)
                 self.ray = max(self.ray, sum(rss_bytes(child) for child in self.process.children(recursive=True)))
             except psutil.Error:
                 return
@@ -99,6 +103,7 @@ def screen(archive: pathlib.Path, output: pathlib.Path, key_file: pathlib.Path, 
     summary = json.loads(stdout.strip().splitlines()[-1])
     return {"seconds": round(seconds, 1), "rows": summary["rows_written"], "errors": summary["rows_error"],
             "series": summary["series"], "driver_peak_rss_mib": round(sampler.driver / 2**20),
+            "driver_peak_uss_mib": round(sampler.driver_unique / 2**20),
             "ray_processes_peak_rss_mib": round(sampler.ray / 2**20)}
 
 
