@@ -22,6 +22,9 @@ pytestmark = pytest.mark.slow
 
 
 def run_job(args: list[str], env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
+    """The job in its own process, with the environment a user's shell would give it: not the test session's
+    TensorFlow log level (``ray_local`` sets one), so the job's own quiet default is what is tested."""
+    env = {name: value for name, value in env.items() if name != "TF_CPP_MIN_LOG_LEVEL"}
     return subprocess.run([sys.executable, "-m", "jobs.screen", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
