@@ -178,9 +178,7 @@ def decode_placement(config: ScreenConfig) -> dict:
 
 def predictions_dataset(selection: Selection, context: StageContext, config: ScreenConfig,
                         model: registry.ModelInfo) -> ray.data.Dataset:
-    """Stages 3-4: the chosen files -> scored prediction tables, lazily. The chosen files go to the object store in
-    blocks of ``decode_batch_size`` as they are read from the selection's Parquet (about 100 bytes a file there; the
-    driver keeps a reference a block).
+    """Stages 3-4: the chosen files (``chosen_files_dataset``) -> scored prediction tables, lazily.
 
     On GPUs, CPU tasks decode (``--decode-cpus`` each, on the nodes advertising ``decode`` when there are any) and
     one actor per GPU scores. On CPU only, each scoring actor decodes its own batches: one process per CPU runs the
@@ -192,7 +190,7 @@ def predictions_dataset(selection: Selection, context: StageContext, config: Scr
     actors = min(actors, blocks)
     logger.info("scoring: %d actor(s), %s CPU and %d GPU each, %s%s", actors, cpus, gpus, backend,
                 "" if use_gpu else ", each decoding its own batches")
-    dataset = ray.data.from_arrow_refs([ray.put(block) for block in selection.blocks(config.decode_batch_size)])
+    dataset = chosen_files_dataset(selection, config.decode_batch_size)
     if use_gpu:
         dataset = dataset.map_batches(decode_and_preprocess, fn_kwargs={"context": context, "cpus": config.decode_cpus},
                                       batch_size=config.decode_batch_size, num_cpus=config.decode_cpus,
@@ -204,6 +202,14 @@ def predictions_dataset(selection: Selection, context: StageContext, config: Scr
     return dataset.map_batches(ScoringActor, fn_constructor_kwargs=scorer, batch_format="pyarrow",
                                batch_size=config.inference_batch_size if use_gpu else config.decode_batch_size,
                                num_cpus=cpus, num_gpus=gpus, compute=ray.data.ActorPoolStrategy(size=actors))
+
+
+def chosen_files_dataset(selection: Selection, rows: int) -> ray.data.Dataset:
+    """The chosen files as a Ray dataset of blocks of ``rows`` files (``LISTING_SCHEMA``), read from the selection's
+    Parquet and put in the object store by the driver, with their metadata computed here (``from_arrow_refs``
+    would run a task a block for it: a second here for 32 blocks). The blocks are held at once only while they are
+    put: about 100 bytes a file."""
+    return ray.data.from_blocks(list(selection.blocks(rows)))
 
 
 def inference_backend(config: ScreenConfig, model: registry.ModelInfo, use_gpu: bool) -> str:

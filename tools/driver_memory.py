@@ -26,7 +26,6 @@ import time
 import numpy as np
 import pyarrow as pa
 import psutil
-import ray
 
 from infra.ray_runtime import ensure_ray
 from pipeline import results
@@ -154,8 +153,8 @@ def main() -> None:
             probe.report("select_files", to_score=selection.files)
             ensure_ray()
             probe.report("ray started")
-            refs = [ray.put(block) for block in selection.blocks(config.decode_batch_size)]
-            probe.report("blocks put in the object store", blocks=len(refs))
+            dataset = screening.chosen_files_dataset(selection, config.decode_batch_size)
+            probe.report("blocks put in the object store", blocks=dataset.num_blocks())
     else:
         for name in ("select_files", "predictions_dataset", "stage_predictions", "write_series", "count_outcomes"):
             probe.wrap(screening, name)

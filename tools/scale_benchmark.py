@@ -114,6 +114,8 @@ def main() -> None:
     parser.add_argument("--pool", type=pathlib.Path, required=True, help="folder for the generated DICOM slices")
     parser.add_argument("--logs", type=pathlib.Path, help="folder to keep each job's log in (its timeline)")
     args = parser.parse_args()
+    if args.logs:
+        args.logs.mkdir(parents=True, exist_ok=True)
     jpegs = sorted(args.source.rglob("*.jpg"))
     if not jpegs:
         parser.error(f"no JPEG images under {args.source}")
