@@ -20,8 +20,9 @@
    another (``count_outcomes``).
 7. Stage the run's ``runs`` row and commit predictions -> series -> runs, one Delta transaction each
    (``pipeline.results``: a run counts completely or not at all).
-The whole archive streams: through files and queries in the driver, through Ray Data on the cluster; the
-driver's memory does not grow with the archive (docs/benchmarks.md). Ray retries the work of a decoding task
+The whole archive streams: through files and queries in the driver, through Ray Data on the cluster. The driver
+holds no archive-sized list: its queries are bounded by DuckDB's limit (``DUCKDB_MEMORY``), and only the Delta
+commit still grows, about 0.2 KB a row (docs/benchmarks.md, "Driver memory"). Ray retries the work of a decoding task
 or an inference actor whose process dies; a fault that survives the retries fails the run before its commit.
 """
 
