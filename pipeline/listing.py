@@ -30,7 +30,6 @@ from pipeline import schema as col
 from pipeline.results import ParquetParts, staged_batches, staged_dataset
 
 SKIPPED_NAMES = frozenset({"dicomdir"})
-EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 UNKNOWN = -1  # a size or modification time the listing could not tell, as the listing's Parquet holds it
 # the listing as a run stages it: the URI, the size in bytes and the modification time in microseconds since the
 # epoch (exact, so that equality with what was scored is exact), -1 where unknown
@@ -50,7 +49,7 @@ class ListedFile:
 
 def micros(moment: datetime.datetime | None) -> int:
     """Microseconds since the epoch, exactly (-1 for unknown): how modification times are compared."""
-    return UNKNOWN if moment is None else (moment - EPOCH) // datetime.timedelta(microseconds=1)
+    return UNKNOWN if moment is None else (moment - col.EPOCH) // datetime.timedelta(microseconds=1)
 
 
 def listed(uri: str, info: pafs.FileInfo | None) -> ListedFile:

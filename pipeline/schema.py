@@ -7,6 +7,8 @@ Error codes are ``model.errors.ErrorCode``; ``ERROR_CODES`` maps each to its des
 
 from __future__ import annotations
 
+import datetime
+
 import pyarrow as pa
 
 from model.errors import ErrorCode
@@ -43,6 +45,8 @@ OOD = "ood"  # ood_score above the model's out-of-distribution threshold: not co
 PROBABILITY_COLUMNS = tuple(f"prob_{name}" for name in CLASS_NAMES)
 
 IMAGE = "image"  # in-flight only: the preprocessed model input, never written
+# in flight and in a run's listing, source_modified is microseconds since this moment (-1 for unknown)
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"

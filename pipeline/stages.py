@@ -36,7 +36,6 @@ from pipeline.selection import NO_HEADER, Decision, SelectionRules
 
 logger = logging.getLogger(__name__)
 
-EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,7 +171,7 @@ def decode_and_preprocess(batch: dict[str, np.ndarray], context: StageContext, c
     sizes, modified = batch.get(col.SOURCE_SIZE, unknown), batch.get(col.SOURCE_MODIFIED, unknown)
     rows = []
     for uri, size, micros in zip(uris, sizes, modified):
-        when = EPOCH + datetime.timedelta(microseconds=int(micros)) if micros >= 0 else None
+        when = col.EPOCH + datetime.timedelta(microseconds=int(micros)) if micros >= 0 else None
         listing = {col.SOURCE_SIZE: int(size) if size >= 0 else None, col.SOURCE_MODIFIED: when}
         rows.extend({**row, **listing} for row in file_rows(str(uri), context))
     return rows_to_table(rows)
