@@ -71,6 +71,10 @@ def test_the_shipped_model_verifies_and_its_card_names_its_weights():
     ablation = info.metadata.get("ablation_runs") or info.metadata.get("ablation", {}).get("history")
     assert ablation and "Head ablation" in card, "the card must carry the head ablation"
     assert info.metadata["operating_point"]["threshold"] == info.threshold and "Calibration" in card
+    from model.card import model_card
+
+    recorded = json.loads((pathlib.Path(info.uri) / registry.METADATA_FILE).read_text())
+    assert card == model_card(recorded), "the shipped card is stale: regenerate it with model.card.write_model_card"
 
 
 class PlantedPayload:
