@@ -100,9 +100,10 @@ def test_stages_land_where_they_should_and_a_lost_cpu_node_costs_no_row(cluster,
     assert removed, "the job ended before a node could be removed"
     assert placed[DECODE_TITLE] <= {"decode-1", "decode-2"} and placed[DECODE_TITLE]
     assert placed[INFERENCE_TITLE] == {"gpu"}
+    # the single-node reference runs the backend the cluster's GPU actors run (on CPU, "auto" would run int8)
     reference = subprocess.run([sys.executable, "-m", "jobs.screen", "--input", str(archive), "--output",
-                                str(tmp_path / "single-node"), "--run-date", "2026-11-20"], cwd=ROOT,
-                               env={**os.environ, "PSEUDONYM_KEY": TEST_KEY}, capture_output=True, text=True)
+                                str(tmp_path / "single-node"), "--run-date", "2026-11-20", "--backend", "tensorflow"],
+                               cwd=ROOT, env={**os.environ, "PSEUDONYM_KEY": TEST_KEY}, capture_output=True, text=True)
     assert reference.returncode == 0, reference.stderr[-3000:]
     clustered, single = scores(tmp_path / "cluster-results"), scores(tmp_path / "single-node")
     assert clustered.keys() == single.keys() and len(clustered) == job_summary(stdout)["rows_written"]
