@@ -21,13 +21,12 @@ import os
 from typing import Iterable, Iterator
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from infra import storage
 from model.decode import DICOM_EXTENSIONS
 from pipeline import schema as col
-from pipeline.results import ParquetParts, staged_batches, staged_dataset
+from pipeline.results import ParquetParts, staged_batches
 
 SKIPPED_NAMES = frozenset({"dicomdir"})
 UNKNOWN = -1  # a size or modification time the listing could not tell, as the listing's Parquet holds it
@@ -182,9 +181,6 @@ class Listing:
     folder: str
     entries: int
     may_hold_dicom: bool
-
-    def dataset(self) -> pads.Dataset:
-        return staged_dataset(self.folder, LISTING_SCHEMA)
 
     def batches(self) -> pa.RecordBatchReader:
         """The listing as a stream read once, a row group at a time (``results.staged_batches``)."""

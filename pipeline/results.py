@@ -213,11 +213,6 @@ def staged_batches(uri: str, schema: pa.Schema, columns: list[str] | None = None
     return pa.RecordBatchReader.from_batches(target, batches())
 
 
-def read_parquet_files(uri: str, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
-    """Every Parquet file under ``uri`` in ``schema`` (no rows when there are none)."""
-    return staged_dataset(uri, schema).to_table(columns=columns)
-
-
 def stage_run_row(output: str, row: dict) -> None:
     """Write the run's ``runs`` row beside its staged tables, then ``READY``: from here on the run will commit,
     now or, if it dies, at the start of the next run of the output."""

@@ -238,7 +238,8 @@ class Progress:
 
     def update(self, batch: pa.Table) -> None:
         if not self.rows:
-            logger.info("first scored rows after %.1f s (actors started, model loaded)", time.monotonic() - self.started)
+            logger.info("first scored rows after %.1f s (actors started, model loaded)",
+                        time.monotonic() - self.started)
         self.rows += batch.num_rows
         self.files += int(pc.sum(pc.equal(batch[col.FRAME_INDEX], 0)).as_py() or 0)
         self.errors += int(pc.sum(pc.equal(batch[col.STATUS], col.STATUS_ERROR)).as_py() or 0)
@@ -432,6 +433,14 @@ def select_files(config: ScreenConfig, connection: duckdb.DuckDBPyConnection, li
                      other_model=other_model)
 
 
+def choose_files(plan: "ScreeningPlan", connection: duckdb.DuckDBPyConnection, run_date: str) -> Selection:
+    """``select_files`` for a planned run: its staged listing against what the tables knew before ``run_date``, the
+    verdicts written to its workspace."""
+    connection.register("listing", plan.listing.batches())
+    return select_files(plan.config, connection, "listing", views.scored_files(run_date), plan.model.weights_sha256,
+                        os.path.join(plan.workspace.name, "verdicts.parquet"))
+
+
 @dataclasses.dataclass(frozen=True)
 class ScreeningPlan:
     """What stages 1-2 settled before any work: the resolved model, the staged listing, the key. Needs no Ray.
@@ -528,9 +537,7 @@ def score(plan: ScreeningPlan, run_id: str, started: datetime.datetime, recovere
                            info.version, info.weights_sha256, plan.selection)
     try:
         connection = run_connection(output, plan.workspace.name)
-        connection.register("listing", plan.listing.batches())
-        selection = select_files(config, connection, "listing", views.scored_files(run_date), info.weights_sha256,
-                                 os.path.join(plan.workspace.name, "verdicts.parquet"))
+        selection = choose_files(plan, connection, run_date)
         logger.info("run %s (%s, %s): %d files listed in %s, %d to score, %d unchanged; model %s", run_id,
                     run_date, selection.mode, selection.listed, ", ".join(config.inputs + config.manifests),
                     selection.files, selection.unchanged, info.version)

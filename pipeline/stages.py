@@ -37,7 +37,6 @@ from pipeline.selection import NO_HEADER, Decision, SelectionRules
 logger = logging.getLogger(__name__)
 
 
-
 @dataclasses.dataclass(frozen=True)
 class StageContext:
     """What every row of one run shares; built once by the orchestrator and passed to each stage."""

@@ -139,17 +139,15 @@ def main() -> None:
         return
     if not args.input:
         parser.error("--input is needed unless --synthetic-rows is given")
-    config = screening.ScreenConfig(inputs=(args.input,), output=args.output, pseudonym_key_file=args.pseudonym_key_file,
+    config = screening.ScreenConfig(inputs=(args.input,), output=args.output,
+                                    pseudonym_key_file=args.pseudonym_key_file,
                                     create_pseudonym_key=args.pseudonym_key_file is not None)
     plan = screening.prepare(config)
     probe.report("listing", files=plan.listing.entries)
     if args.listing_only:
         with plan.workspace:
-            connection = screening.run_connection(args.output, plan.workspace.name)
-            connection.register("listing", plan.listing.batches())
-            selection = screening.select_files(
-                config, connection, "listing", screening.views.scored_files("1970-01-01"), plan.model.weights_sha256,
-                f"{plan.workspace.name}/verdicts.parquet")
+            selection = screening.choose_files(plan, screening.run_connection(args.output, plan.workspace.name),
+                                               "1970-01-01")
             probe.report("select_files", to_score=selection.files)
             ensure_ray()
             probe.report("ray started")

@@ -64,7 +64,7 @@ def test_a_run_stages_its_listing_a_batch_at_a_time_and_counts_what_it_found(tmp
     for name in names:
         (archive / name).write_bytes(b"x" * len(name))
     listing = stage_listing([str(archive), str(archive / "4.jpg")], [], str(tmp_path / "listing"), batch_files=2)
-    rows = listing.dataset().to_table().to_pylist()
+    rows = listing.batches().read_all().to_pylist()
     assert listing.entries == len(rows) == 6 and listing.may_hold_dicom  # 4.jpg named twice: the selection keeps one
     assert sorted({row["source_uri"] for row in rows}) == sorted(str(archive / name) for name in names)
     assert all(row["source_size"] == len(row["source_uri"]) - len(str(archive)) - 1 and row["source_modified"] > 0

@@ -62,7 +62,8 @@ def test_a_run_killed_before_it_was_ready_is_invisible_and_its_work_is_cleared(o
 def test_a_commit_cut_short_is_finished_once_by_the_next_run(output, committed):
     stage(output, "run-b", ["x.dcm", "z.dcm"], minute=2)
     for table in results.TABLES[:committed]:  # killed after this many of the three table commits
-        rows = results.read_parquet_files(results.work_uri(output, "run-b", table), results.TABLE_SCHEMAS[table])
+        staged = results.work_uri(output, "run-b", table)
+        rows = results.staged_batches(staged, results.TABLE_SCHEMAS[table]).read_all()
         results.commit_table(output, table, rows, "run-b", DATE)
     assert run_ids(output) == ["run-a"]
     assert read(output) == []  # readers joined with runs do not count the partial commit
@@ -202,7 +203,7 @@ def test_streamed_rows_land_in_whole_parquet_files_in_order(tmp_path):
     assert [pq.ParquetFile(file).metadata.num_rows for file in files] == [1_280, 1_220]
     assert [pq.ParquetFile(files[0]).metadata.row_group(group).num_rows for group in range(4)] == [320] * 4
     assert pa.concat_tables(pq.read_table(file) for file in files).to_pylist() == rows
-    assert results.read_parquet_files(str(tmp_path / "staged"), schema).num_rows == len(rows)
+    assert results.staged_batches(str(tmp_path / "staged"), schema).read_all().num_rows == len(rows)
     empty = results.ParquetParts(str(tmp_path / "nothing"), schema)
     empty.close()
     assert not (tmp_path / "nothing").exists()
@@ -216,7 +217,8 @@ def test_a_commit_writes_row_groups_of_bounded_size_so_the_writer_memory_stays_f
     uris = [f"{index:02d}.dcm" for index in range(12)]
     stage(output, "run-a", uris)
     results.commit_run(output, "run-a")
-    files = [uri for uri in storage.list_files(results.table_uri(output, results.PREDICTIONS)) if uri.endswith(".parquet")]
+    table = results.table_uri(output, results.PREDICTIONS)
+    files = [uri for uri in storage.list_files(table) if uri.endswith(".parquet")]
     groups = [group.num_rows for file in files for group in
               (pq.ParquetFile(file).metadata.row_group(index) for index in range(pq.ParquetFile(file).num_row_groups))]
     assert sum(groups) == 12 and max(groups) <= 5
