@@ -2,7 +2,8 @@
 --folds K, cross-validate the training recipe on K duplicate-aware folds.
 
     python -m jobs.retrain --data <labelled dir|s3://...> --output <registry dir|s3://...> \
-        [--tumor-data <dir>] [--num-workers N] [--use-gpu] [--epochs N] [--folds K] [--resume-from CHECKPOINT]
+        [--tumor-data <dir>] [--num-workers N] [--use-gpu] [--epochs N] [--members N] [--no-mirror-views] \
+        [--member-model MODEL_DIR] [--folds K] [--resume-from CHECKPOINT]
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from model.data import LabelledImage, list_labelled_images
 from model.preprocessing import PreprocessConfig
 
 logger = logging.getLogger("jobs.retrain")
+
+SHIPPED_MEMBERS = 2  # the shipped model's ensemble: scheduled retraining makes a candidate of its kind
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--head", choices=HEADS, default=ArchitectureConfig.head,
                         help="bilstm: a bidirectional LSTM over the feature-map columns beside global pooling (the "
                              "CNN+LSTM); pooling: global average pooling; lstm: an LSTM over the rows alone")
+    parser.add_argument("--members", type=POSITIVE_INT, default=SHIPPED_MEMBERS,
+                        help="networks trained one after another (seeds --seed, --seed + 1, ...) whose probabilities "
+                             "the model averages; 1 makes a single network")
+    parser.add_argument("--mirror-views", action=argparse.BooleanOptionalAction, default=True,
+                        help="each network also reads the slice's left-right mirror, averaged in (twice the "
+                             "inference at scoring)")
+    parser.add_argument("--member-model", action="append", default=[], metavar="MODEL_DIR",
+                        help="a single-network model folder trained on this data and split (an earlier run's "
+                             "<version>-member<i>, or a one-network candidate) reused as the next member instead of "
+                             "training it (repeatable)")
     parser.add_argument("--validation-fraction", type=bounded(float, 0, 1, low_open=True, high_open=True),
                         default=RetrainConfig.validation_fraction,
                         help="share of near-duplicate groups held out for validation")
@@ -87,6 +100,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     require_lasting_paths(parser, args, "--output", "--cache")
+    if len(args.member_model) > args.members:
+        parser.error(f"--member-model given {len(args.member_model)} times for --members {args.members}")
     return args
 
 
@@ -110,7 +125,9 @@ def build_config(args: argparse.Namespace) -> RetrainConfig:
                            storage_path=args.storage_path, ema_decay=args.ema_decay, resume_from=args.resume_from)
     return RetrainConfig(data=args.data, output=args.output, tumor_data=tuple(args.tumor_data),
                          validation_fraction=args.validation_fraction, min_macro_f1=args.min_macro_f1,
-                         architecture=ArchitectureConfig(head=args.head),
+                         architecture=ArchitectureConfig(head=args.head, members=args.members,
+                                                         mirror_views=args.mirror_views),
+                         member_models=tuple(args.member_model),
                          preprocessing=PreprocessConfig(image_size=args.image_size), training=training,
                          version=args.version, cache=usable_cache(args))
 

@@ -10,6 +10,12 @@ classes of ``model.labels.CLASS_NAMES``. Heads (``ArchitectureConfig.head``):
 - ``pooling``: global average pooling of the final feature map.
 - ``lstm``: an LSTM over the rows of the final feature map, alone (the first CNN+LSTM, kept to load its weights).
 
+A model may be an ensemble (``ArchitectureConfig.members``, ``mirror_views``): several such networks, trained apart
+with their own seeds, each reading the slice and, with ``mirror_views``, its left-right mirror; the graph averages
+their probabilities. Every backend (TensorFlow, ONNX, int8) runs that one graph, so the calibration, the operating
+point and the out-of-distribution threshold are fitted on what scoring computes. A single network keeps the layout
+it always had, so older weights load as they are.
+
 Built with ``tf_keras`` (the Keras 2 API): Keras 3 models fail under ``MultiWorkerMirroredStrategy`` in Ray Train.
 """
 
@@ -60,12 +66,12 @@ def lstm_head(features: tf.Tensor, config: ArchitectureConfig) -> tf.Tensor:
     return keras.layers.LSTM(config.lstm_units, name="row_lstm")(sequence)
 
 
-def build_classifier(config: ArchitectureConfig, image_size: int) -> keras.Model:
-    """The uncompiled classifier for ``(image_size, image_size)`` inputs (``PreprocessConfig.image_size``)."""
-    side = image_size
-    images = keras.Input((side, side), dtype="uint8", name="image")
-    scaled = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")(images)
-    channels = keras.layers.Reshape((side, side, 1), name="add_channel")(scaled)
+NETWORK_NAMES = {"bilstm": "mobilenetv3small_column_bilstm", "lstm": "mobilenetv3small_lstm",
+                 "pooling": "mobilenetv3small_gap"}
+
+
+def network_probabilities(channels: tf.Tensor, config: ArchitectureConfig, side: int) -> tf.Tensor:
+    """Backbone, head, dropout and softmax on ``(side, side, 1)`` scaled slices: the trained part of a network."""
     features = mobilenet_backbone(config, side)(channels)
     if config.head == "bilstm":
         pooled = column_bilstm_head(*features, config)
@@ -74,10 +80,77 @@ def build_classifier(config: ArchitectureConfig, image_size: int) -> keras.Model
     else:
         pooled = keras.layers.GlobalAveragePooling2D(name="average_pool")(features)
     dropped = keras.layers.Dropout(config.dropout)(pooled)
-    probabilities = keras.layers.Dense(len(CLASS_NAMES), activation="softmax", name="class_probabilities")(dropped)
-    name = {"bilstm": "mobilenetv3small_column_bilstm", "lstm": "mobilenetv3small_lstm",
-            "pooling": "mobilenetv3small_gap"}[config.head]
-    return keras.Model(images, probabilities, name=name)
+    return keras.layers.Dense(len(CLASS_NAMES), activation="softmax", name="class_probabilities")(dropped)
+
+
+def scaled_channels(side: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """The uint8 image input and the same slices scaled to [-1, 1] with a channel axis."""
+    images = keras.Input((side, side), dtype="uint8", name="image")
+    scaled = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")(images)
+    return images, keras.layers.Reshape((side, side, 1), name="add_channel")(scaled)
+
+
+def build_classifier(config: ArchitectureConfig, image_size: int) -> keras.Model:
+    """The uncompiled classifier for ``(image_size, image_size)`` inputs (``PreprocessConfig.image_size``): one
+    network, or the averaging graph of an ensemble (``build_ensemble``)."""
+    if config.is_ensemble:
+        return build_ensemble(config, image_size)
+    images, channels = scaled_channels(image_size)
+    return keras.Model(images, network_probabilities(channels, config, image_size), name=NETWORK_NAMES[config.head])
+
+
+def build_member(config: ArchitectureConfig, side: int, index: int) -> keras.Model:
+    """One member of an ensemble: a single network from its scaled channels on; its weights are, in order, those
+    of ``build_classifier(config.member())`` (``load_member``)."""
+    channels = keras.Input((side, side, 1), name=f"member_{index}_channels")
+    return keras.Model(channels, network_probabilities(channels, config.member(), side), name=f"member_{index}")
+
+
+def build_ensemble(config: ArchitectureConfig, side: int) -> keras.Model:
+    """``config.members`` networks, each reading the slice and, with ``mirror_views``, its left-right mirror; the
+    probabilities of every (member, view) averaged."""
+    images, channels = scaled_channels(side)
+    views = [channels]
+    if config.mirror_views:
+        views.append(keras.layers.Lambda(lambda maps: tf.reverse(maps, axis=[2]), name="left_right_mirror")(channels))
+    members = [build_member(config, side, index) for index in range(config.members)]
+    outputs = [member(view) for member in members for view in views]
+    probabilities = keras.layers.Average(name="averaged_probabilities")(outputs)
+    return keras.Model(images, probabilities, name=f"{NETWORK_NAMES[config.head]}_ensemble")
+
+
+def members_of(model: keras.Model) -> list[keras.Model]:
+    """The member networks of an ensemble graph, in order."""
+    return [layer for layer in model.layers if isinstance(layer, keras.Model) and layer.name.startswith("member_")]
+
+
+def member_networks(model: keras.Model, config: ArchitectureConfig, side: int) -> list[keras.Model]:
+    """Each network of ``model`` as a standalone classifier (uint8 slices in; ``[model]`` for a single network):
+    what Grad-CAM explains."""
+    if not config.is_ensemble:
+        return [model]
+    networks = []
+    for member in members_of(model):
+        network = build_classifier(config.member(), side)
+        network.set_weights(member.get_weights())
+        networks.append(network)
+    return networks
+
+
+def load_members(model: keras.Model, networks: list[keras.Model]) -> keras.Model:
+    """Set the members of the ensemble graph ``model`` to the weights of the trained single ``networks``."""
+    members = members_of(model)
+    if len(members) != len(networks):
+        raise ValueError(f"the ensemble has {len(members)} members, {len(networks)} networks were given")
+    for member, network in zip(members, networks):
+        member.set_weights(network.get_weights())
+    return model
+
+
+def backbone_of(model: keras.Model) -> keras.Model:
+    """The MobileNetV3Small backbone of a network, or of an ensemble's first member."""
+    nested = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    return backbone_of(nested) if nested.name.startswith("member_") else nested
 
 
 def with_features(model: keras.Model) -> keras.Model:
@@ -85,8 +158,9 @@ def with_features(model: keras.Model) -> keras.Model:
     score reads (``model.ood``): the mean and standard deviation over the image of each channel of two early
     backbone blocks (``STATISTICS_LAYERS``). Early-layer statistics describe what an image is made of (texture,
     contrast, edges) rather than which class it looks like, so CT, radiographs, photographs and blank slices stand
-    out there while unseen brain MRI does not (measured in the model card)."""
-    backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    out there while unseen brain MRI does not (measured in the model card). An ensemble's are its first member's,
+    on the slice as it is."""
+    backbone = backbone_of(model)
     early = keras.Model(backbone.input, [backbone.get_layer(name).output for name in STATISTICS_LAYERS],
                         name="early_blocks")
     statistics = []

@@ -76,6 +76,50 @@ def head_description(architecture: dict) -> str:
             "pooling": "global average pooling of the feature map"}[head_of(architecture)]
 
 
+def ensemble_description(architecture: dict) -> str:
+    """How many networks the model averages and which views each reads; empty for a single network."""
+    config = ArchitectureConfig.from_dict(architecture)
+    if not config.is_ensemble:
+        return ""
+    views = "the slice and its left-right mirror" if config.mirror_views else "the slice"
+    return (f"an ensemble of {config.members} networks trained apart (own seeds), each reading {views}, their "
+            f"probabilities averaged; each network: ")
+
+
+def member_lines(training: dict) -> list[str]:
+    """One line per member of an ensemble: seed, epochs, best epoch and time (the figures above are the first's)."""
+    members = training.get("members")
+    if not members:
+        return []
+    lines = ["- Members (the epochs, speed and per-epoch table here are the first member's):"]
+    for index, member in enumerate(members):
+        state, config = member["state"], member["config"]
+        how = "reused from an earlier run on this split" if member["reused"] else "trained in this run"
+        minutes = f", {member['seconds'] / 60:.0f} minutes" if member.get("seconds") else ""
+        lines.append(f"  - member {index} (`{member['version']}`, {how}): seed {member['seed']}, "
+                     f"{state['next_epoch']} of {config['epochs']} epochs, best epoch {state['best_epoch']} "
+                     f"(validation loss {number(state['best_val_loss'])}){minutes}.")
+    return lines
+
+
+def ensemble_section(record: dict) -> list[str]:
+    """What each part of an ensemble adds, on validation at 0.5 before calibration."""
+    parts = record.get("ensemble")
+    if not parts:
+        return []
+    lines = ["", "## Ensemble: what each part adds", "",
+             "Validation figures before calibration, tumor figures at 0.5 (the model's own, calibrated and at its "
+             "threshold, are above); each view or member costs one more inference per image.", "",
+             "| part | accuracy | macro-F1 | " + " | ".join(f"{name} recall" for name in CLASS_NAMES)
+             + " | tumor sensitivity | specificity |",
+             "| --- | --- | --- | " + " | ".join("---" for _ in CLASS_NAMES) + " | --- | --- |"]
+    for name, figures in parts.items():
+        lines.append(f"| {name} | {percent(figures['accuracy'])} | {number(figures['macro_f1'])} | "
+                     + " | ".join(number(figures["recall"][label]) for label in CLASS_NAMES)
+                     + f" | {number(figures['tumor_sensitivity'])} | {number(figures['specificity'])} |")
+    return lines
+
+
 def history_table(history: list[dict], other: list[dict] | None = None, names: tuple[str, str] = ("", "")) -> list[str]:
     if other is None:
         lines = ["| epoch | train loss | val loss | val accuracy | val macro-F1 | val tumor sensitivity |",
@@ -122,10 +166,10 @@ def model_card(record: dict) -> str:
         f"- Weights: `weights.h5`, sha256 `{record['weights_sha256']}` (checked before every load).",
         *onnx_lines(record),
         *ood_lines(record),
-        f"- Architecture: MobileNetV3Small backbone trained from scratch (no pretrained weights), "
-        f"{head_description(architecture)}, "
+        f"- Architecture: {ensemble_description(architecture)}MobileNetV3Small backbone trained from scratch (no "
+        f"pretrained weights), {head_description(architecture)}, "
         f"softmax over {', '.join(CLASS_NAMES)}; input {preprocessing['image_size']}x{preprocessing['image_size']} "
-        f"grey; {record.get('parameters', 0):,} parameters.",
+        f"grey; {record.get('parameters', 0):,} parameters{' in all' if record.get('ensemble') else ''}.",
         f"- Preprocessing (shared with scoring): {json.dumps(preprocessing)}.",
         "", "## Intended use",
         "Triage support for screening brain MRI slices: it ranks and flags slices and series for a radiologist's "
@@ -146,6 +190,7 @@ def model_card(record: dict) -> str:
         f"augmentation: rotation, zoom, flips, gamma/contrast/brightness, blur, noise, down-sampling.",
         f"- {loss_text(training['config'])}",
         *throughput_lines(state["history"]),
+        *member_lines(training),
         "", "## Validation metrics (best epoch)", "",
     ]
     lines += summary_lines(metrics) + [""] + per_class_table(metrics)
@@ -153,6 +198,7 @@ def model_card(record: dict) -> str:
     lines += ["", "Per epoch:", ""] + history_table(state["history"], None)
     lines += ["", "Figures in `validation/`: `confusion_matrix.png`, `roc_curves.png`, `reliability.png`, "
                   "`training_curves.png` (each present when the model's training wrote it)."]
+    lines += ensemble_section(record)
     lines += ["", "## Head ablation: LSTM or pooling", ""]
     lines += ablation_runs_section(record) if record.get("ablation_runs") else ablation_section(record)
     lines += ["", "## Known limits", ""] + [f"- {limit}" for limit in record.get("known_limits", DEFAULT_LIMITS)]
@@ -367,7 +413,7 @@ def ablation_parameters(record: dict) -> int:
 def ablation_architecture(record: dict) -> dict:
     """The other arm of a head ablation: pooling for a model with an LSTM head, the column BiLSTM otherwise."""
     other = "pooling" if head_of(record["architecture"]) != "pooling" else "bilstm"
-    return {**ArchitectureConfig.from_dict(record["architecture"]).to_dict(), "head": other}
+    return {**ArchitectureConfig.from_dict(record["architecture"]).member().to_dict(), "head": other}
 
 
 def main() -> None:

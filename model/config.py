@@ -25,10 +25,23 @@ class ArchitectureConfig:
     column_channels: int = 32
     dropout: float = 0.3
     batchnorm_momentum: float = 0.9
+    members: int = 1  # networks trained apart (seeds) whose probabilities the model averages
+    mirror_views: bool = False  # each member also reads the left-right mirror of the slice, averaged in
 
     def __post_init__(self) -> None:
         if self.head not in HEADS:
             raise ValueError(f"unknown head {self.head!r}: expected one of {', '.join(HEADS)}")
+        if self.members < 1:
+            raise ValueError(f"an ensemble needs at least one member, not {self.members}")
+
+    @property
+    def is_ensemble(self) -> bool:
+        """More than one network, or one that also reads the mirror: an averaging graph over single networks."""
+        return self.members > 1 or self.mirror_views
+
+    def member(self) -> "ArchitectureConfig":
+        """The architecture of one member: the single network that training makes."""
+        return dataclasses.replace(self, members=1, mirror_views=False)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -81,3 +94,4 @@ class RetrainConfig:
     training: TrainConfig = TrainConfig()
     version: str | None = None
     cache: str | None = None  # folder (local or S3) keeping preprocessed training images between runs
+    member_models: tuple[str, ...] = ()  # single-network model folders trained on this split, reused as members

@@ -8,7 +8,9 @@ logit, or for ``TUMOR`` the log-odds of any tumor class against no tumor. The fe
 backbone's, a model nested in the classifier (``model.architecture``): for the ``bilstm`` head its first output,
 the stride-16 map (10x10 at 160 px), the last map both of the head's paths read (the column BiLSTM and, through the
 final convolutions, the pooled map), so the heat map covers what the LSTM saw; for the other heads the final
-stride-32 map. Imports TensorFlow: the morning report (``pipeline.report``) imports this module lazily, in a worker.
+stride-32 map. For an ensemble (``ArchitectureConfig.members``) each member network explains the slice as it is;
+their maps, each scaled to [0, 1], are averaged and the mean scaled to [0, 1] again. Imports TensorFlow: the morning report (``pipeline.report``) imports
+this module lazily, in a worker.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import cv2
 import numpy as np
 
 from model.labels import CLASS_NAMES, NO_TUMOR_INDEX
+from model.architecture import backbone_of, member_networks
+from model.config import ArchitectureConfig
 from model.predict import load_classifier
 from model.registry import ModelInfo
 from model.tensorflow_runtime import keras, tf
@@ -26,22 +30,18 @@ TUMOR_INDICES = [index for index in range(len(CLASS_NAMES)) if index != NO_TUMOR
 CLASSIFIER_OUTPUT_LAYER = "class_probabilities"  # the softmax Dense layer of every head (model.architecture)
 
 
-class GradCam:
-    """Heat maps for one loaded classifier; built once, then called on batches of ``(n, S, S)`` uint8 slices."""
+class NetworkGradCam:
+    """Heat maps for one network (a single classifier); built once, then called on batches of ``(n, S, S)`` uint8
+    slices."""
 
     def __init__(self, classifier: keras.Model, chunk_size: int = 16):
-        backbone = next(layer for layer in classifier.layers if isinstance(layer, keras.Model))
+        backbone = backbone_of(classifier)
         maps = backbone.get_output_at(0)  # the backbone's outputs where the classifier calls it
         feature_map = maps[0] if isinstance(maps, (list, tuple)) else maps
         dense = classifier.get_layer(CLASSIFIER_OUTPUT_LAYER)
         self.model = keras.Model(classifier.inputs, [feature_map, dense.input])
         self.kernel, self.bias = dense.kernel, dense.bias
         self.chunk_size = chunk_size
-
-    @classmethod
-    def from_model_info(cls, info: ModelInfo, expected_sha256: str | None = None) -> "GradCam":
-        """For the verified model ``info`` describes (``expected_sha256`` pins its weights, as scoring does)."""
-        return cls(load_classifier(info, expected_sha256))
 
     def __call__(self, images: np.ndarray, target: str | None = None) -> np.ndarray:
         """``(n, S, S)`` uint8 -> ``(n, S, S)`` float32 heat maps in [0, 1]. ``target``: a class name, ``TUMOR``,
@@ -61,6 +61,32 @@ class GradCam:
         gradients = tape.gradient(scores, features)  # samples are independent: d(sum)/d(features) is per sample
         channel_weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
         return tf.nn.relu(tf.reduce_sum(channel_weights * features, axis=-1)).numpy()
+
+
+class GradCam:
+    """Heat maps for a loaded model: its one network's, or the mean of its members' (``target`` None: each
+    member's own predicted class)."""
+
+    def __init__(self, classifier: keras.Model, architecture: ArchitectureConfig | None = None,
+                 chunk_size: int = 16):
+        architecture = architecture or ArchitectureConfig()
+        side = classifier.inputs[0].shape[1]
+        self.networks = [NetworkGradCam(network, chunk_size)
+                         for network in member_networks(classifier, architecture, side)]
+
+    @classmethod
+    def from_model_info(cls, info: ModelInfo, expected_sha256: str | None = None) -> "GradCam":
+        """For the verified model ``info`` describes (``expected_sha256`` pins its weights, as scoring does)."""
+        return cls(load_classifier(info, expected_sha256), info.architecture)
+
+    def __call__(self, images: np.ndarray, target: str | None = None) -> np.ndarray:
+        """``(n, S, S)`` uint8 -> ``(n, S, S)`` float32 heat maps in [0, 1] (see ``NetworkGradCam``)."""
+        maps = [network(images, target) for network in self.networks]
+        if len(maps) == 1:
+            return maps[0]
+        mean = np.mean(maps, axis=0)
+        top = mean.max(axis=(1, 2), keepdims=True)
+        return np.divide(mean, top, out=np.zeros_like(mean), where=top > 0).astype(np.float32)
 
 
 def target_scores(logits: tf.Tensor, target: str | None) -> tf.Tensor:

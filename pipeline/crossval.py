@@ -57,9 +57,9 @@ def train_fold(config: RetrainConfig, dataset: ray.data.Dataset, held_out: set, 
     """Train on every image outside ``held_out``; the held-out fold's calibrated figures."""
     train, validation = split_by_uris(dataset, held_out)
     training = dataclasses.replace(config.training, run_name=f"crossval-{stamp}-fold{fold}")
-    weights_dir, state = train_classifier(train, validation, config.architecture, config.preprocessing.image_size,
-                                          training)
-    model = build_classifier(config.architecture, config.preprocessing.image_size)
+    network = config.architecture.member()  # the recipe of one network: an ensemble's members are trained alike
+    weights_dir, state = train_classifier(train, validation, network, config.preprocessing.image_size, training)
+    model = build_classifier(network, config.preprocessing.image_size)
     model.load_weights(str(weights_dir / BEST_WEIGHTS))
     images, targets, labels = validation_arrays(validation)
     metrics, records, _ = calibrated_evaluation(ProbabilityPredictor(model)(images), targets, labels)

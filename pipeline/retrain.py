@@ -3,7 +3,9 @@
 1. List the labelled images (``model.data``); unusable data stops the run before anything is written.
 2. Read and preprocess them into a Ray Dataset, through the decoder scoring uses (``model.decode``).
 3. Group near-duplicates and split train/validation by whole groups (``model.dedup``).
-4. Train with Ray Train (``model.train``).
+4. Train with Ray Train (``model.train``): one network, or for an ensemble (``ArchitectureConfig.members``) each
+   member in turn with its own seed (members already trained on this split may be reused instead, and each member
+   trained here is kept as a model folder beside the candidate, so a run that stops between members loses none).
 5. Evaluate the candidate, and the registry's current model, on the same validation images, each model with its
    own preprocessing (``model.evaluate``); calibrate the candidate (temperature scaling) and choose its flag
    threshold for tumor sensitivity >= 0.98 on that split (``model.calibration``).
@@ -27,7 +29,7 @@ import ray
 
 from infra import storage
 from model import registry
-from model.architecture import build_classifier
+from model.architecture import build_classifier, load_members
 from model.card import write_model_card
 from model.config import RetrainConfig, TrainConfig
 from model.data import (IMAGE, LABEL, TARGET, THUMBNAIL, URI, LabelledImage, list_labelled_images,
@@ -37,7 +39,7 @@ from model.calibration import TARGET_SENSITIVITY, apply_temperature, fit_tempera
 from model.evaluate import (CURVES_FILE, RELIABILITY_FILE, evaluate_predictions, reliability_png, training_curves_png,
                             write_evaluation)
 from model.onnx_export import export_and_attach
-from model.quantize import quantize_and_attach
+from model.quantize import figures, quantize_and_attach
 from model.ood import OOD_FILE, fit_and_describe
 from model.predict import ProbabilityPredictor, load_classifier
 from model.train import BEST_WEIGHTS, train_classifier
@@ -191,26 +193,111 @@ def write_candidate_figures(folder: str, version: str, raw: np.ndarray, calibrat
     storage.write_bytes(storage.join(folder, CURVES_FILE), training_curves_png(history, f"{version} training"))
 
 
+def reuse_member(uri: str, config: RetrainConfig, split: SplitSummary) -> tuple[object, dict]:
+    """A network trained earlier, as a member of this run's ensemble: refused unless it has the members' architecture
+    and preprocessing and was trained on this run's data and split (else its validation figures would count images
+    it trained on)."""
+    info = registry.load_model_info(uri)
+    training = info.metadata.get("training", {})
+    problems = [what for what, same in (
+        ("architecture", info.architecture == config.architecture.member()),
+        ("preprocessing", info.preprocessing == config.preprocessing),
+        ("training data", (training.get("data"), list(training.get("tumor_data", ())))
+         == (config.data, list(config.tumor_data))),
+        ("split", training.get("split") == dataclasses.asdict(split))) if not same]
+    if problems:
+        raise ValueError(f"model {info.version} at {uri} cannot be a member of this ensemble: its "
+                         f"{', '.join(problems)} differ from this run's")
+    logger.info("member %s reused from %s", info.version, uri)
+    return load_classifier(info), member_record(training.get("config", {}), training.get("state", {}),
+                                                training.get("seconds"), info.version, reused=True)
+
+
+def member_record(config: dict, state: dict, seconds: float | None, version: str | None, reused: bool) -> dict:
+    return {"version": version, "reused": reused, "seed": config.get("seed"), "seconds": seconds, "config": config,
+            "state": state}
+
+
+def train_members(config: RetrainConfig, train: ray.data.Dataset, validation: ray.data.Dataset,
+                  split: SplitSummary, version: str) -> list[tuple[object, dict]]:
+    """The model's networks and their records: reused members first, then the rest trained one after another
+    (seed ``training.seed + index``; ``--resume-from`` continues the first one trained here). In an ensemble each
+    trained member is written at once as a model folder ``<version>-member<index>`` beside the candidate."""
+    members = [reuse_member(uri, config, split) for uri in config.member_models]
+    network, side = config.architecture.member(), config.preprocessing.image_size
+    for index in range(len(members), config.architecture.members):
+        started = time.time()
+        training = dataclasses.replace(
+            config.training, seed=config.training.seed + index,
+            resume_from=config.training.resume_from if index == len(config.member_models) else None,
+            run_name=f"{config.training.run_name}-member{index}" if config.training.run_name else None)
+        weights_dir, state = train_classifier(train, validation, network, side, training)
+        model = build_classifier(network, side)
+        model.load_weights(str(weights_dir / BEST_WEIGHTS))
+        record = member_record(dataclasses.asdict(training), state, round(time.time() - started, 1), None, False)
+        if config.architecture.members > 1:
+            record["version"] = f"{version}-member{index}"
+            registry.save_model(model, storage.join(config.output, record["version"]), record["version"], network,
+                                config.preprocessing,
+                                {"member_of": version, "parameters": int(model.count_params()),
+                                 "training": {**training_record(config, split, record["seconds"]),
+                                              "config": record["config"], "state": state}})
+            logger.info("member %d of %d trained: %s", index + 1, config.architecture.members, record["version"])
+        members.append((model, record))
+    return members
+
+
+def assemble(config: RetrainConfig, networks: list) -> object:
+    """The candidate's graph: the one network, or the ensemble's averaging graph holding every member."""
+    if not config.architecture.is_ensemble:
+        return networks[0]
+    return load_members(build_classifier(config.architecture, config.preprocessing.image_size), networks)
+
+
+def ensemble_figures(config: RetrainConfig, networks: list, model, images: np.ndarray, targets: np.ndarray) -> dict:
+    """What each part of an ensemble adds, on validation, before calibration (accuracy, macro-F1, recall per class
+    and the tumor figures at 0.5): each member alone, each with its mirror, the members averaged without the mirror,
+    and the whole model."""
+    mirrored = np.ascontiguousarray(images[:, :, ::-1])
+    alone = [ProbabilityPredictor(network)(images) for network in networks]
+    parts = {f"member {index}": probabilities for index, probabilities in enumerate(alone)}
+    if config.architecture.mirror_views:
+        for index, network in enumerate(networks):
+            parts[f"member {index} with its mirror"] = (alone[index] + ProbabilityPredictor(network)(mirrored)) / 2
+        if len(networks) > 1:
+            parts["members without the mirror"] = np.mean(alone, axis=0)
+    parts["the model"] = ProbabilityPredictor(model)(images)
+    return {name: figures(probabilities, targets, 0.5) for name, probabilities in parts.items()}
+
+
+def training_record(config: RetrainConfig, split: SplitSummary, seconds: float) -> dict:
+    return {"seconds": seconds, "hardware": training_hardware(config.training), "split": dataclasses.asdict(split),
+            "data": config.data, "tumor_data": list(config.tumor_data)}
+
+
 def train_and_decide(config: RetrainConfig, train: ray.data.Dataset, validation: ray.data.Dataset,
                      split: SplitSummary, started: float) -> RetrainOutcome:
     """Stages 4-6."""
-    weights_dir, state = train_classifier(train, validation, config.architecture, config.preprocessing.image_size,
-                                          config.training)
-    model = build_classifier(config.architecture, config.preprocessing.image_size)
-    model.load_weights(str(weights_dir / BEST_WEIGHTS))
+    version = config.version or registry.new_version()
+    members = train_members(config, train, validation, split, version)
+    networks, records = [network for network, _ in members], [record for _, record in members]
+    model = assemble(config, networks)
     val_images, val_targets, val_labels = validation_arrays(validation)
     raw = ProbabilityPredictor(model)(val_images)
     candidate_metrics, calibration, calibrated = calibrated_evaluation(raw, val_targets, val_labels)
     current_metrics = evaluate_current(config, validation, val_images, val_targets, val_labels)
     promoted, reason = promotion_decision(candidate_metrics, current_metrics, config.min_macro_f1)
-    version = config.version or registry.new_version()
     candidate_uri = storage.join(config.output, version)
-    training = {"seconds": round(time.time() - started, 1), "hardware": training_hardware(config.training),
-                "config": dataclasses.asdict(config.training), "state": state, "split": dataclasses.asdict(split),
-                "data": config.data, "tumor_data": list(config.tumor_data)}
+    state = records[0]["state"]  # the first member's training: the card's curves and per-epoch table
+    training = {**training_record(config, split, round(time.time() - started, 1)), "config": records[0]["config"],
+                "state": state}
+    extra = {}
+    if config.architecture.is_ensemble:
+        training["members"] = records
+        extra["ensemble"] = ensemble_figures(config, networks, model, val_images, val_targets)
     saved = registry.save_model(model, candidate_uri, version, config.architecture, config.preprocessing,
                                 {"validation_metrics": candidate_metrics, "training": training,
-                                 "parameters": int(model.count_params()), **calibration})
+                                 "parameters": int(model.count_params()), **calibration, **extra})
     saved = export_and_attach(model, saved, val_images[:ONNX_CHECK_IMAGES])  # ONNX Runtime's backend, parity-checked
     train_images = validation_arrays(train)[0]
     saved = attach_ood(model, saved, train_images, val_images, val_labels)

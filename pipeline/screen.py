@@ -199,10 +199,18 @@ def predictions_dataset(selection: Selection, context: StageContext, config: Scr
     scorer = {"context": context, "scored_at": results.utc_now(), "decode": not use_gpu, "model_dir": model.uri,
               "weights_sha256": model.weights_sha256, "threshold": context.threshold,
               "cpu_threads": max(1, int(cpus)), "use_gpu": use_gpu, "batch_size": config.inference_batch_size,
-              "backend": backend, "mirror_average": config.mirror_average}
+              "backend": backend, "mirror_average": mirror_average(config, model)}
     return dataset.map_batches(ScoringActor, fn_constructor_kwargs=scorer, batch_format="pyarrow",
                                batch_size=config.inference_batch_size if use_gpu else config.decode_batch_size,
                                num_cpus=cpus, num_gpus=gpus, compute=ray.data.ActorPoolStrategy(size=actors))
+
+
+def mirror_average(config: ScreenConfig, model: registry.ModelInfo) -> bool:
+    """Whether the actors average each image with its mirror: asked for, and not already in the model's graph."""
+    if config.mirror_average and model.architecture.mirror_views:
+        logger.info("model %s averages each slice with its mirror in its own graph: --mirror-average adds nothing",
+                    model.version)
+    return config.mirror_average and not model.architecture.mirror_views
 
 
 def chosen_files_dataset(selection: Selection, rows: int) -> ray.data.Dataset:

@@ -48,7 +48,7 @@ KEY_FILE = f"{KEY_DIR}/pseudonym.key"
 RAY_SERVICE_ACCOUNT, SCHEDULER_SERVICE_ACCOUNT = "mri-screen", "mri-screen-scheduler"
 # Options naming storage: on a cluster each must be s3:// (a local path exists on one pod only, and goes with it).
 STORAGE_OPTIONS = {"jobs.screen": ("input", "manifest", "output", "model"),
-                   "jobs.retrain": ("data", "tumor_data", "output", "cache", "storage_path"),
+                   "jobs.retrain": ("data", "tumor_data", "output", "cache", "storage_path", "member_model"),
                    "jobs.evaluate": ("data", "tumor_data", "model", "output", "cache"),
                    "jobs.maintain": ("results",), "jobs.query": ("results",)}
 SHELL_SPECIAL = re.compile(r"""["'`$<>|;&(){}\\*?\[\]]""")

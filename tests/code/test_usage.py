@@ -37,10 +37,18 @@ def test_out_of_range_options_are_refused_with_what_is_allowed(tmp_path, option,
     ("--validation-fraction", "1.5", "--validation-fraction: must be > 0 and < 1"),
     ("--epochs", "0", "--epochs: must be >= 1"),
     ("--image-size", "16", "--image-size: must be >= 32"),
+    ("--members", "0", "--members: must be >= 1"),
 ])
 def test_retraining_options_are_validated(tmp_path, option, value, message):
     result = job("retrain", "--data", str(SAMPLES / "labelled"), "--output", str(tmp_path / "reg"), option, value)
     assert result.returncode == 2 and message in result.stderr
+
+
+def test_more_reused_members_than_members_are_refused(tmp_path):
+    result = job("retrain", "--data", str(SAMPLES / "labelled"), "--output", str(tmp_path / "reg"), "--members", "1",
+                 "--member-model", str(tmp_path / "a"), "--member-model", str(tmp_path / "b"))
+    assert result.returncode == 2 and "--member-model given 2 times for --members 1" in result.stderr
+    assert not (tmp_path / "reg").exists()
 
 
 def test_an_empty_input_never_replaces_a_dates_results(tmp_path):

@@ -2,7 +2,6 @@
 folds of the committed labelled samples, every image validated exactly once, each figure's mean and spread reported
 and written, and the registry left alone. Minutes: marked slow."""
 
-import dataclasses
 import json
 import pathlib
 

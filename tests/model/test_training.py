@@ -11,7 +11,7 @@ import pytest
 from model import registry
 from model.ood import OodDetector
 from model.architecture import build_classifier
-from model.predict import ProbabilityPredictor, masked_crossentropy_numpy
+from model.predict import ProbabilityPredictor, load_classifier, masked_crossentropy_numpy
 from model.preprocessing import PreprocessConfig
 from model.train import (AVERAGE_WEIGHTS, BEST_WEIGHTS, LATEST_WEIGHTS, OPTIMIZER_STATE, STATE_FILE,
                          train_classifier)
@@ -141,3 +141,36 @@ def test_a_candidate_is_quantized_to_int8_and_measured_against_float32(first_run
 
         refitted = refitted_ood_threshold(info, quantized(storage.read_bytes(info.onnx_uri), images), images)
         assert refitted["ood_threshold"] > 0 and 0 <= refitted["ood_validation_marked"] <= 0.05
+
+
+def test_an_ensemble_candidate_reuses_a_trained_member_trains_the_next_and_averages_them(first_run):
+    """``--members 2 --member-model candidate-1``: the first run's network is reused (same data and split), the
+    second member is trained here with the next seed and kept as its own folder, and the candidate's one graph
+    averages both over the slice and its mirror; its export, detector and card follow."""
+    output, _ = first_run
+    base = config(output, epochs=1, version="ensemble-1")
+    ensemble = dataclasses.replace(base, architecture=dataclasses.replace(ARCHITECTURE, members=2, mirror_views=True),
+                                   member_models=(str(output / "registry" / "candidate-1"),))
+    retrain(ensemble)
+    folder = output / "registry" / "ensemble-1"
+    metadata = json.loads((folder / registry.METADATA_FILE).read_text())
+    members = metadata["training"]["members"]
+    assert [member["reused"] for member in members] == [True, False]
+    assert members[0]["version"] == "candidate-1" and members[1]["version"] == "ensemble-1-member1"
+    assert members[1]["seed"] == base.training.seed + 1 and members[1]["state"]["next_epoch"] == 1
+    trained = registry.load_model_info(str(output / "registry" / "ensemble-1-member1"))
+    assert trained.architecture == ARCHITECTURE and trained.metadata["member_of"] == "ensemble-1"
+    info = registry.load_model_info(str(folder))
+    assert info.architecture.members == 2 and info.architecture.mirror_views
+    images = np.random.default_rng(5).integers(0, 256, (8, SIZE, SIZE), dtype=np.uint8)
+    mirrored = np.ascontiguousarray(images[:, :, ::-1])
+    networks = [load_classifier(registry.load_model_info(str(output / "registry" / name)))
+                for name in ("candidate-1", "ensemble-1-member1")]
+    expected = np.mean([ProbabilityPredictor(network)(view) for network in networks for view in (images, mirrored)],
+                       axis=0)
+    assert np.abs(ProbabilityPredictor(load_classifier(info))(images) - expected).max() < 1e-5
+    assert {"member 0", "member 1", "member 0 with its mirror", "members without the mirror",
+            "the model"} <= set(metadata["ensemble"])
+    assert metadata["onnx"]["parity_max_abs_difference"] <= 1e-4 and OodDetector.for_model(info) is not None
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert "## Ensemble: what each part adds" in card and "`ensemble-1-member1`, trained in this run" in card
