@@ -86,6 +86,16 @@ def ensemble_description(architecture: dict) -> str:
             f"probabilities averaged; each network: ")
 
 
+def training_time(training: dict) -> str:
+    """Wall-clock time of the run, and for an ensemble the members' own training time in all."""
+    run = f"{training['seconds'] / 60:.0f} minutes wall clock including data preparation"
+    members = training.get("members")
+    if not members:
+        return run
+    trained = sum(member.get("seconds") or 0 for member in members)
+    return f"its members trained for {trained / 60:.0f} minutes in all (below); this run {run}"
+
+
 def member_lines(training: dict) -> list[str]:
     """One line per member of an ensemble: seed, epochs, best epoch and time (the figures above are the first's)."""
     members = training.get("members")
@@ -165,12 +175,12 @@ def model_card(record: dict) -> str:
         f"# Model card: {record['version']}", "",
         f"- Weights: `weights.h5`, sha256 `{record['weights_sha256']}` (checked before every load).",
         *onnx_lines(record),
-        *ood_lines(record),
         f"- Architecture: {ensemble_description(architecture)}MobileNetV3Small backbone trained from scratch (no "
         f"pretrained weights), {head_description(architecture)}, "
         f"softmax over {', '.join(CLASS_NAMES)}; input {preprocessing['image_size']}x{preprocessing['image_size']} "
         f"grey; {record.get('parameters', 0):,} parameters{' in all' if record.get('ensemble') else ''}.",
         f"- Preprocessing (shared with scoring): {json.dumps(preprocessing)}.",
+        *ood_lines(record),
         "", "## Intended use",
         "Triage support for screening brain MRI slices: it ranks and flags slices and series for a radiologist's "
         "review. It is not a diagnosis and must not clear a study on its own.",
@@ -184,7 +194,7 @@ def model_card(record: dict) -> str:
         f"{split['validation_images']} images ({json.dumps(split['validation_by_label'])}), training "
         f"{split['train_images']}. No near-duplicate crosses the split.",
         "", "## Training",
-        f"- {training['hardware']}; {training['seconds'] / 60:.0f} minutes wall clock including data preparation.",
+        f"- {training['hardware']}; {training_time(training)}.",
         f"- Epochs run: {state['next_epoch']} of {training['config']['epochs']} planned (best: epoch "
         f"{state['best_epoch']}, validation loss {number(state['best_val_loss'])}); {recipe(training['config'])}; "
         f"augmentation: rotation, zoom, flips, gamma/contrast/brightness, blur, noise, down-sampling.",
