@@ -9,8 +9,8 @@ backbone's, a model nested in the classifier (``model.architecture``): for the `
 the stride-16 map (10x10 at 160 px), the last map both of the head's paths read (the column BiLSTM and, through the
 final convolutions, the pooled map), so the heat map covers what the LSTM saw; for the other heads the final
 stride-32 map. For an ensemble (``ArchitectureConfig.members``) each member network explains the slice as it is;
-their maps, each scaled to [0, 1], are averaged and the mean scaled to [0, 1] again. Imports TensorFlow: the morning report (``pipeline.report``) imports
-this module lazily, in a worker.
+their maps, each scaled to [0, 1], are averaged and the mean scaled to [0, 1] again. Imports TensorFlow: the
+morning report (``pipeline.report``) imports this module lazily, in a worker.
 """
 
 from __future__ import annotations

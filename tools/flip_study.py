@@ -1,6 +1,6 @@
 """Does test-time augmentation with flips pay for its cost? Measured on a model's recorded validation split.
 
-    python -m tools.flip_study --model models/mri-bilstm-v2 [--cache DIR]
+    python -m tools.flip_study [--model models/<version>] [--cache DIR]
 
 Scores the validation images with the model's ONNX export as they are, and averaged with their left-right mirror
 (the hemispheres swap; a tumor is as likely on either side), and with the mirror and the up-down flip too: the
@@ -30,7 +30,8 @@ VIEWS = {"as is": (lambda images: images,),
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="models/mri-bilstm-v2")
+    parser.add_argument("--model", default=registry.DEFAULT_MODEL,
+                        help="model folder or registry (default: the current model)")
     parser.add_argument("--cache", help="preprocessed-image cache of jobs.retrain (saves decoding the data again)")
     args = parser.parse_args()
     configure_logging()

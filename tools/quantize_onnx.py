@@ -1,8 +1,8 @@
 """int8 quantization of an existing model's ONNX export (``model.quantize``; ``jobs.retrain`` does it for every
 candidate): speed on this CPU and the model card's validation metrics, float32 against int8.
 
-    python -m tools.quantize_onnx --model models/mri-bilstm-v2 [--cache DIR] [--write]
-    python -m tools.quantize_onnx --model models/mri-bilstm-v2 --refit-ood
+    python -m tools.quantize_onnx [--model models/<version>] [--cache DIR] [--write]
+    python -m tools.quantize_onnx [--model models/<version>] --refit-ood
 
 ``--refit-ood`` keeps the shipped int8 graph and only refits its unfamiliarity threshold on the validation images,
 then measures it on the images that are not brain MRI ``tools.fit_ood`` uses (for a model quantized before
@@ -28,7 +28,8 @@ from tools.fit_ood import measure_detector, split_arrays
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="models/mri-bilstm-v2")
+    parser.add_argument("--model", default=registry.DEFAULT_MODEL,
+                        help="model folder or registry (default: the current model)")
     parser.add_argument("--cache", help="preprocessed-image cache of jobs.retrain (saves decoding the data again)")
     parser.add_argument("--write", action="store_true",
                         help="ship the int8 graph with the model when its metrics hold within 0.5 points")

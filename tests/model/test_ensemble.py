@@ -58,7 +58,8 @@ def test_without_the_mirror_the_ensemble_is_the_mean_of_its_members(ensemble):
 
 def test_an_ensemble_saves_loads_and_gives_back_its_member_networks(ensemble, tmp_path):
     networks, model, images = ensemble
-    info = registry.save_model(model, str(tmp_path / "ensemble"), "ensemble", ENSEMBLE, PreprocessConfig(image_size=SIDE))
+    info = registry.save_model(model, str(tmp_path / "ensemble"), "ensemble", ENSEMBLE,
+                               PreprocessConfig(image_size=SIDE))
     loaded = load_classifier(registry.load_model_info(str(tmp_path / "ensemble")))
     assert registry.load_model_info(info.uri).architecture == ENSEMBLE
     assert np.abs(ProbabilityPredictor(loaded)(images) - ProbabilityPredictor(model)(images)).max() < 1e-6
@@ -88,7 +89,8 @@ def test_the_ensemble_exports_to_onnx_within_the_parity_tolerance(ensemble, tmp_
     from model.onnx_runtime import OnnxPredictor
 
     _, model, images = ensemble
-    info = registry.save_model(model, str(tmp_path / "ensemble"), "ensemble", ENSEMBLE, PreprocessConfig(image_size=SIDE))
+    info = registry.save_model(model, str(tmp_path / "ensemble"), "ensemble", ENSEMBLE,
+                               PreprocessConfig(image_size=SIDE))
     exported = export_and_attach(model, info, images)
     assert exported.metadata["onnx"]["parity_max_abs_difference"] <= 1e-4
     assert OnnxPredictor.for_model(exported)(images).shape == (len(images), 4)
