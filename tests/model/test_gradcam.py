@@ -20,7 +20,7 @@ def preprocessed(info: registry.ModelInfo, names=SAMPLE_IMAGES) -> np.ndarray:
                      for data, name in path_bytes])
 
 
-@pytest.fixture(scope="module", params=["mri-bilstm-v2", "mri-pool-v1"])
+@pytest.fixture(scope="module", params=["mri-bilstm-ensemble-v3", "mri-bilstm-v2", "mri-pool-v1"])
 def explained(request) -> tuple[np.ndarray, np.ndarray, GradCam]:
     """(slices, their predicted-class heat maps, the explainer) for a shipped model: the bilstm head's map is the
     backbone's stride-16 output, the pooling head's its final one."""

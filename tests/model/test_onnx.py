@@ -21,7 +21,7 @@ from pipeline.screen import ScreenConfig, prepare
 from pipeline.stages import ONNX, ONNX_INT8, TENSORFLOW, InferenceActor, StageContext, file_rows, rows_to_table
 from tests.conftest import ROOT, SAMPLES, TEST_KEY
 
-SHIPPED = ("mri-bilstm-v2", "mri-pool-v1")
+SHIPPED = ("mri-bilstm-ensemble-v3", "mri-bilstm-v2", "mri-pool-v1")
 
 
 def sample_batch(info: registry.ModelInfo) -> pa.Table:
@@ -86,8 +86,9 @@ def test_a_new_models_export_is_checked_against_tensorflow_and_recorded(tmp_path
     assert OnnxPredictor.for_model(reloaded)(images).shape == (8, 4)
 
 
-def test_the_int8_export_agrees_with_float32_on_the_sample_archive():
-    info = registry.load_model_info(str(ROOT / "models" / "mri-bilstm-v2"))
+@pytest.mark.parametrize("version", ("mri-bilstm-ensemble-v3", "mri-bilstm-v2"))
+def test_the_int8_export_agrees_with_float32_on_the_sample_archive(version):
+    info = registry.load_model_info(str(ROOT / "models" / version))
     batch = sample_batch(info)
     scored = {backend: InferenceActor(info.uri, info.weights_sha256, 0.5, 1, False, backend=backend)(batch)
               for backend in (ONNX, ONNX_INT8)}

@@ -16,9 +16,9 @@ from model.decode import decode_file
 from model.ood import OOD_FILE, OodDetector, fit_and_describe, fit_detector
 from model.onnx_runtime import OnnxPredictor
 from model.preprocessing import preprocess_image
-from tests.conftest import ROOT, SAMPLES
+from tests.conftest import SAMPLES
 
-SHIPPED = ROOT / "models" / "mri-bilstm-v2"
+SHIPPED = pathlib.Path(registry.resolve_model_dir(registry.DEFAULT_MODEL))  # the current model
 
 
 def test_the_threshold_marks_the_asked_share_of_validation_and_separates_outliers():
