@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "card says), else its float32 ONNX export; TensorFlow on GPUs")
     parser.add_argument("--mirror-average", action="store_true",
                         help="average each image's probabilities with its left-right mirror's: twice the inference, "
-                             "+0.6 points validation accuracy for mri-bilstm-v2 (its model card)")
+                             "+0.6 points validation accuracy for mri-bilstm-v2 (its model card); a model that "
+                             "averages its mirror in its own graph, as the shipped ensemble does, needs nothing more")
     gpu = parser.add_mutually_exclusive_group()
     gpu.add_argument("--use-gpu", dest="use_gpu", action="store_true", default=None,
                      help="score on GPU actors, one GPU each (default: when the cluster has GPUs)")
