@@ -101,7 +101,7 @@ def build_classifier(config: ArchitectureConfig, image_size: int) -> keras.Model
 
 def build_member(config: ArchitectureConfig, side: int, index: int) -> keras.Model:
     """One member of an ensemble: a single network from its scaled channels on; its weights are, in order, those
-    of ``build_classifier(config.member())`` (``load_member``)."""
+    of ``build_classifier(config.member())`` (``load_members``)."""
     channels = keras.Input((side, side, 1), name=f"member_{index}_channels")
     return keras.Model(channels, network_probabilities(channels, config.member(), side), name=f"member_{index}")
 

@@ -230,7 +230,8 @@ def train_members(config: RetrainConfig, train: ray.data.Dataset, validation: ra
         training = dataclasses.replace(
             config.training, seed=config.training.seed + index,
             resume_from=config.training.resume_from if index == len(config.member_models) else None,
-            run_name=f"{config.training.run_name}-member{index}" if config.training.run_name else None)
+            run_name=f"{config.training.run_name}-member{index}"
+            if config.training.run_name and config.architecture.members > 1 else config.training.run_name)
         weights_dir, state = train_classifier(train, validation, network, side, training)
         model = build_classifier(network, side)
         model.load_weights(str(weights_dir / BEST_WEIGHTS))
