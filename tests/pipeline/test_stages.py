@@ -12,7 +12,7 @@ from pipeline import schema as col
 from model.decode import DecodeLimits
 from pipeline.stages import (IN_FLIGHT_SCHEMA, InferenceActor, StageContext, file_rows, rows_to_table,
                              to_predictions_table)
-from tests.conftest import SAMPLES
+from tests.conftest import ROOT, SAMPLES
 
 
 def context(image_size: int) -> StageContext:
@@ -116,10 +116,12 @@ def test_frames_of_a_multiframe_object_take_their_own_positions(tmp_path):
     assert [row[col.SLICE_POSITION] for row in rows] == heights
 
 
-def test_mirror_average_is_the_mean_of_the_image_and_its_mirror(model_uri, tmp_path):
+def test_mirror_average_is_the_mean_of_the_image_and_its_mirror(tmp_path):
+    """On a single network (the shipped ensemble averages the mirror in its own graph, where the option adds
+    nothing: the last test)."""
     import numpy as np
 
-    info = registry.load_model_info(model_uri)
+    info = registry.load_model_info(str(ROOT / "models" / "mri-bilstm-v2"))
     plain = InferenceActor(info.uri, info.weights_sha256, threshold=0.5, cpu_threads=1, use_gpu=False, backend="onnx")
     averaged = InferenceActor(info.uri, info.weights_sha256, threshold=0.5, cpu_threads=1, use_gpu=False,
                               backend="onnx", mirror_average=True)
@@ -139,3 +141,20 @@ def test_mirror_average_is_the_mean_of_the_image_and_its_mirror(model_uri, tmp_p
     assert not np.allclose(probabilities(result)[:, :3], probabilities(plain(table))[:, :3], atol=1e-4)
     assert result[col.STATUS].to_pylist() == ["ok", "ok", "ok", "error"]
     assert result[col.OOD_SCORE].to_pylist() == plain(table)[col.OOD_SCORE].to_pylist()
+
+
+def test_the_shipped_ensemble_scores_a_slice_and_its_mirror_alike(model_uri, tmp_path):
+    """Its graph averages every member over the slice and its mirror, so mirroring the input changes nothing."""
+    import numpy as np
+
+    info = registry.load_model_info(model_uri)
+    assert info.architecture.mirror_views
+    actor = InferenceActor(info.uri, info.weights_sha256, threshold=0.5, cpu_threads=1, use_gpu=False, backend="onnx")
+    table = batch(info.preprocessing.image_size, tmp_path)
+    side = info.preprocessing.image_size
+    mirrored = table.set_column(table.schema.get_field_index(col.IMAGE), col.IMAGE, pa.array(
+        [None if image is None else np.frombuffer(image, np.uint8).reshape(side, side)[:, ::-1].tobytes()
+         for image in table[col.IMAGE].to_pylist()], pa.binary()))
+    scored = [np.array([result[name].to_pylist() for name in col.PROBABILITY_COLUMNS], dtype=np.float64)[:, :3]
+              for result in (actor(table), actor(mirrored))]
+    assert np.abs(scored[0] - scored[1]).max() < 1e-5
