@@ -255,19 +255,21 @@ def assemble(config: RetrainConfig, networks: list) -> object:
     return load_members(build_classifier(config.architecture, config.preprocessing.image_size), networks)
 
 
-def ensemble_figures(config: RetrainConfig, networks: list, model, images: np.ndarray, targets: np.ndarray) -> dict:
+def ensemble_figures(config: RetrainConfig, networks: list, raw: np.ndarray, images: np.ndarray,
+                     targets: np.ndarray) -> dict:
     """What each part of an ensemble adds, on validation, before calibration (accuracy, macro-F1, recall per class
     and the tumor figures at 0.5): each member alone, each with its mirror, the members averaged without the mirror,
-    and the whole model."""
-    mirrored = np.ascontiguousarray(images[:, :, ::-1])
-    alone = [ProbabilityPredictor(network)(images) for network in networks]
+    and the whole model (``raw``: its probabilities, already computed)."""
+    predictors = [ProbabilityPredictor(network) for network in networks]
+    alone = [predict(images) for predict in predictors]
     parts = {f"member {index}": probabilities for index, probabilities in enumerate(alone)}
     if config.architecture.mirror_views:
-        for index, network in enumerate(networks):
-            parts[f"member {index} with its mirror"] = (alone[index] + ProbabilityPredictor(network)(mirrored)) / 2
+        mirrored = np.ascontiguousarray(images[:, :, ::-1])
+        for index, predict in enumerate(predictors):
+            parts[f"member {index} with its mirror"] = (alone[index] + predict(mirrored)) / 2
         if len(networks) > 1:
             parts["members without the mirror"] = np.mean(alone, axis=0)
-    parts["the model"] = ProbabilityPredictor(model)(images)
+    parts["the model"] = raw
     return {name: figures(probabilities, targets, 0.5) for name, probabilities in parts.items()}
 
 
@@ -295,7 +297,7 @@ def train_and_decide(config: RetrainConfig, train: ray.data.Dataset, validation:
     extra = {}
     if config.architecture.is_ensemble:
         training["members"] = records
-        extra["ensemble"] = ensemble_figures(config, networks, model, val_images, val_targets)
+        extra["ensemble"] = ensemble_figures(config, networks, raw, val_images, val_targets)
     saved = registry.save_model(model, candidate_uri, version, config.architecture, config.preprocessing,
                                 {"validation_metrics": candidate_metrics, "training": training,
                                  "parameters": int(model.count_params()), **calibration, **extra})

@@ -116,6 +116,22 @@ def test_frames_of_a_multiframe_object_take_their_own_positions(tmp_path):
     assert [row[col.SLICE_POSITION] for row in rows] == heights
 
 
+def mirrored_batch(table: pa.Table, side: int) -> pa.Table:
+    """The batch with each image replaced by its left-right mirror (missing images stay missing)."""
+    import numpy as np
+
+    return table.set_column(table.schema.get_field_index(col.IMAGE), col.IMAGE, pa.array(
+        [None if image is None else np.frombuffer(image, np.uint8).reshape(side, side)[:, ::-1].tobytes()
+         for image in table[col.IMAGE].to_pylist()], pa.binary()))
+
+
+def probabilities(scored: pa.Table):
+    """The class-probability columns of a scored batch, one row per class."""
+    import numpy as np
+
+    return np.array([scored[name].to_pylist() for name in col.PROBABILITY_COLUMNS], dtype=np.float64)
+
+
 def test_mirror_average_is_the_mean_of_the_image_and_its_mirror(tmp_path):
     """On a single network (the shipped ensemble averages the mirror in its own graph, where the option adds
     nothing: the last test)."""
@@ -126,15 +142,7 @@ def test_mirror_average_is_the_mean_of_the_image_and_its_mirror(tmp_path):
     averaged = InferenceActor(info.uri, info.weights_sha256, threshold=0.5, cpu_threads=1, use_gpu=False,
                               backend="onnx", mirror_average=True)
     table = batch(info.preprocessing.image_size, tmp_path)
-    images = table[col.IMAGE].to_pylist()
-    side = info.preprocessing.image_size
-    mirrored = table.set_column(table.schema.get_field_index(col.IMAGE), col.IMAGE, pa.array(
-        [None if image is None else np.frombuffer(image, np.uint8).reshape(side, side)[:, ::-1].tobytes()
-         for image in images], pa.binary()))
-
-    def probabilities(scored: pa.Table) -> np.ndarray:
-        return np.array([scored[name].to_pylist() for name in col.PROBABILITY_COLUMNS], dtype=np.float64)
-
+    mirrored = mirrored_batch(table, info.preprocessing.image_size)
     expected = (probabilities(plain(table)) + probabilities(plain(mirrored))) / 2
     result = averaged(table)
     assert np.allclose(probabilities(result)[:, :3], expected[:, :3], atol=1e-6)
@@ -151,10 +159,6 @@ def test_the_shipped_ensemble_scores_a_slice_and_its_mirror_alike(model_uri, tmp
     assert info.architecture.mirror_views
     actor = InferenceActor(info.uri, info.weights_sha256, threshold=0.5, cpu_threads=1, use_gpu=False, backend="onnx")
     table = batch(info.preprocessing.image_size, tmp_path)
-    side = info.preprocessing.image_size
-    mirrored = table.set_column(table.schema.get_field_index(col.IMAGE), col.IMAGE, pa.array(
-        [None if image is None else np.frombuffer(image, np.uint8).reshape(side, side)[:, ::-1].tobytes()
-         for image in table[col.IMAGE].to_pylist()], pa.binary()))
-    scored = [np.array([result[name].to_pylist() for name in col.PROBABILITY_COLUMNS], dtype=np.float64)[:, :3]
-              for result in (actor(table), actor(mirrored))]
+    scored = [probabilities(result)[:, :3]
+              for result in (actor(table), actor(mirrored_batch(table, info.preprocessing.image_size)))]
     assert np.abs(scored[0] - scored[1]).max() < 1e-5
