@@ -8,8 +8,11 @@ from TensorFlow's by more than ``PARITY_TOLERANCE`` on the check images.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
+from infra.ray_runtime import logger_at
 from model.onnx_runtime import OnnxPredictor
 from model.predict import ProbabilityPredictor
 from model.registry import ModelError, ModelInfo, attach_onnx
@@ -25,7 +28,8 @@ def export_onnx(model) -> bytes:
     import tf2onnx
 
     spec = [tf.TensorSpec((None, *model.inputs[0].shape[1:]), model.inputs[0].dtype, name="images")]
-    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=OPSET)
+    with logger_at(logging.WARNING, "tf2onnx"):  # the converter logs a line per node it folds
+        proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=OPSET)
     return proto.SerializeToString()
 
 

@@ -14,7 +14,6 @@ share of validation images float32 marks. ``jobs.retrain`` quantizes every candi
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import pathlib
@@ -25,6 +24,7 @@ from typing import Callable
 import numpy as np
 
 from infra import storage
+from infra.ray_runtime import logger_at
 from model import registry
 from model.calibration import apply_temperature
 from model.metrics import classification_metrics
@@ -60,23 +60,11 @@ def quantized(data: bytes, calibration: np.ndarray) -> bytes:
         source.write_bytes(data)
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         input_name = onnxruntime.InferenceSession(str(prepared)).get_inputs()[0].name
-        with root_logging_at(logging.WARNING):  # the quantizer logs a line per bias it copies, on the root logger
+        with logger_at(logging.WARNING):  # the quantizer logs a line per bias it copies, on the root logger
             quantize_static(str(prepared), str(target), CalibrationImages(calibration, input_name),
                             quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
                             activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax)
         return target.read_bytes()
-
-
-@contextlib.contextmanager
-def root_logging_at(level: int):
-    """The root logger at ``level`` at least for the duration."""
-    root = logging.getLogger()
-    before = root.level
-    root.setLevel(max(level, before))
-    try:
-        yield
-    finally:
-        root.setLevel(before)
 
 
 def median_rate(predictor, images: np.ndarray, repeats: int = 3) -> float:
