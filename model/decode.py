@@ -302,7 +302,22 @@ def dicom_header(dataset: pydicom.Dataset) -> dict:
         or functional_group_value(header_value(dataset, "SharedFunctionalGroupsSequence"), "PlaneOrientationSequence",
                                   "ImageOrientationPatient"),
         "FramePositions": positions,
+        "BurnedInText": burned_in_text(dataset),
     }
+
+
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage; its multi-frame kinds add .1-.4
+
+
+def burned_in_text(dataset: pydicom.Dataset) -> bool:
+    """Whether the pixels may carry burned-in text that identifies the patient: the file says so (Burned In
+    Annotation YES), or it is a secondary capture (a screenshot or a scanned page, where text is common) that does not
+    say NO. Such pixels may be scored but are never drawn in a report."""
+    declared = header_text(dataset, "BurnedInAnnotation").strip().upper()
+    if declared in ("YES", "NO"):
+        return declared == "YES"
+    sop_class = header_text(dataset, "SOPClassUID")
+    return sop_class == SECONDARY_CAPTURE or sop_class.startswith(SECONDARY_CAPTURE + ".")
 
 
 def functional_group_value(groups, macro: str, keyword: str) -> list[float] | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from model.labels import CLASS_NAMES
 from pipeline import schema as col
 from pipeline.report_html import esc, number, study_date
-from pipeline.report_images import Case, png_uri, shown_slices
+from pipeline.report_images import WITHHELD, WITHHELD_NOTE, Case, png_uri, shown_slices
 
 
 def probability_bars(row: dict) -> str:
@@ -43,6 +43,8 @@ def facts(case: Case) -> str:
 
 def deciding_figures(case: Case, heat_note: str) -> str:
     image = case.thumbnails.get(case.deciding)
+    if image == WITHHELD:
+        return f"<p class=\"empty\">{esc(WITHHELD_NOTE)}</p>"
     if case.deciding_image is None or image is None:
         return "<p class=\"empty\">The deciding slice could not be re-read from its source file.</p>"
     figures = (f"<figure><img src=\"{png_uri(case.deciding_image)}\" alt=\"deciding slice\">"
@@ -61,12 +63,15 @@ def thumbnail_strip(case: Case) -> str:
     for index in shown:
         probability = case.slice_probabilities[index] if index < len(case.slice_probabilities) else None
         uri = case.thumbnails.get(index)
-        picture = f"<img src=\"{uri}\" alt=\"slice {index + 1}\">" if uri else "<span class=\"missing\">n/a</span>"
+        picture = (f"<img src=\"{uri}\" alt=\"slice {index + 1}\">" if uri and uri != WITHHELD
+                   else f"<span class=\"missing\">{'withheld' if uri == WITHHELD else 'n/a'}</span>")
         mark = ' class="deciding"' if index == case.deciding else ""
         figures.append(f"<figure{mark}>{picture}<figcaption>"
                        f"{index + 1} · {esc(number(probability, 2))}</figcaption></figure>")
     note = "" if len(shown) == len(case.slices) else (
         f"<p class=\"note\">Slices {shown.start + 1}-{shown.stop} of {len(case.slices)}, around the deciding one.</p>")
+    if case.withheld and case.thumbnails.get(case.deciding) != WITHHELD:
+        note += f"<p class=\"note\">{esc(WITHHELD_NOTE)}</p>"
     return f"{note}<div class=\"strip\">{''.join(figures)}</div>"
 
 
@@ -109,7 +114,8 @@ def unfamiliar_section(rows: list[dict], thumbnails: list[str | None]) -> str:
     lines = []
     for index, row in enumerate(rows):
         uri = thumbnails[index] if index < len(thumbnails) else None
-        picture = f"<img src=\"{uri}\" alt=\"unfamiliar input\" width=\"72\" height=\"72\">" if uri else "–"
+        picture = (f"<img src=\"{uri}\" alt=\"unfamiliar input\" width=\"72\" height=\"72\">"
+                   if uri and uri != WITHHELD else ("withheld: burned-in text" if uri == WITHHELD else "–"))
         lines.append(f"<tr><td>{picture}</td><td class=\"num\">{esc(number(row[col.OOD_SCORE], 2))}</td>"
                      f"<td class=\"key\">{esc(row[col.SOURCE_URI])} #{esc(str(row[col.FRAME_INDEX]))}</td>"
                      f"<td class=\"key\">{esc(row[col.SERIES_KEY] or '–')}</td>"

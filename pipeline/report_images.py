@@ -2,8 +2,9 @@
 preprocessed as scoring did, drawn as PNG data URIs (thumbnails in slice order, the deciding slice enlarged) and,
 when the model that scored the run is still where the run took it from, the deciding slice's Grad-CAM heat map
 (``model.gradcam``; TensorFlow loads only here, and only when heat maps are drawn). In: cases built from the
-committed tables' rows, the model's preprocessing; out: the same cases with their pictures, or None where a slice
-can no longer be read.
+committed tables' rows, the model's preprocessing; out: the same cases with their pictures, None where a slice can no
+longer be read, or ``WITHHELD`` where its DICOM file may carry burned-in text that identifies the patient
+(``model.decode.burned_in_text``): those pixels are scored but never drawn, nor explained by a heat map.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ logger = logging.getLogger(__name__)
 
 MAX_THUMBNAILS = 40  # slices shown per series: a window around the deciding slice
 THUMBNAIL_SIZE = 72
+WITHHELD = "withheld"  # in place of a picture: the file may carry burned-in text that identifies the patient
+WITHHELD_NOTE = ("Pictures withheld: the DICOM file says its pixels carry burned-in text (or is a secondary capture "
+                 "that does not say they do not), which may identify the patient. Open it in the viewer.")
 
 
 @dataclasses.dataclass
@@ -39,6 +43,7 @@ class Case:
     thumbnails: dict[int, str | None] = dataclasses.field(default_factory=dict)  # slice index -> data URI
     deciding_image: np.ndarray | None = None
     heat_map: str | None = None  # data URI of the Grad-CAM overlay
+    withheld: bool = False  # a slice's file may carry burned-in text: its pictures are not drawn
 
 
 def run_model(run: dict) -> tuple[registry.ModelInfo | None, str]:
@@ -59,23 +64,26 @@ def run_model(run: dict) -> tuple[registry.ModelInfo | None, str]:
 class SliceReader:
     """Slices re-read from their source files, decoded and preprocessed as scoring did. The last file read stays
     decoded (a series' slices, a multi-frame object's frames, come in a row). An unreadable slice is None: the file
-    changed or vanished since the run."""
+    changed or vanished since the run. A slice whose file may carry burned-in text is ``WITHHELD``."""
 
     def __init__(self, preprocessing: PreprocessConfig, limits: DecodeLimits = DecodeLimits()):
         self.preprocessing, self.limits, self.frames = preprocessing, limits, {}
 
-    def __call__(self, uri: str, frame_index: int) -> np.ndarray | None:
+    def __call__(self, uri: str, frame_index: int) -> np.ndarray | str | None:
         if uri not in self.frames:
             self.frames = {uri: self.decoded_frames(uri)}
         frames = self.frames[uri]
+        if isinstance(frames, str):
+            return frames
         return preprocess_image(frames[frame_index], self.preprocessing) if frame_index < len(frames) else None
 
-    def decoded_frames(self, uri: str) -> list[np.ndarray]:
+    def decoded_frames(self, uri: str) -> list[np.ndarray] | str:
         try:
-            return decode_file(storage.read_bytes(uri, max_bytes=self.limits.max_file_bytes), uri, self.limits).frames
+            decoded = decode_file(storage.read_bytes(uri, max_bytes=self.limits.max_file_bytes), uri, self.limits)
         except (storage.StorageError, DecodeError) as error:
             logger.warning("report: %s cannot be shown: %s", uri, error)
             return []
+        return WITHHELD if decoded.header.get("BurnedInText") else decoded.frames
 
 
 def png_uri(image: np.ndarray, size: int | None = None) -> str:
@@ -95,11 +103,18 @@ def shown_slices(case: Case) -> range:
     return range(start, min(count, start + MAX_THUMBNAILS))
 
 
+def thumbnail(image: np.ndarray | str | None) -> str | None:
+    """A slice as the report draws it: a PNG data URI, ``WITHHELD``, or None (unreadable)."""
+    return image if image is None or isinstance(image, str) else png_uri(image, THUMBNAIL_SIZE)
+
+
 def draw_thumbnails(case: Case, reader: SliceReader) -> None:
     for index in shown_slices(case):
         image = reader(*case.slices[index])
-        case.thumbnails[index] = None if image is None else png_uri(image, THUMBNAIL_SIZE)
-        if index == case.deciding:
+        case.thumbnails[index] = thumbnail(image)
+        if isinstance(image, str):
+            case.withheld = True
+        elif index == case.deciding:
             case.deciding_image = image
 
 
@@ -126,5 +141,4 @@ def draw_pictures(cases: list[Case], preprocessing: PreprocessConfig, info: regi
 
 def unfamiliar_thumbnails(rows: list[dict], preprocessing: PreprocessConfig) -> list[str | None]:
     reader = SliceReader(preprocessing)
-    images = [reader(row[col.SOURCE_URI], row[col.FRAME_INDEX] or 0) for row in rows]
-    return [None if image is None else png_uri(image, THUMBNAIL_SIZE) for image in images]
+    return [thumbnail(reader(row[col.SOURCE_URI], row[col.FRAME_INDEX] or 0)) for row in rows]

@@ -225,6 +225,50 @@ def test_unfamiliar_inputs_are_listed_with_their_scores():
     assert section.count("<img") == 1 and "Pictures for the first 2" in section
 
 
+def dicom_copy(path: pathlib.Path, burned_in: str | None, secondary_capture: bool = False) -> str:
+    """A sample MR slice saved again with its Burned In Annotation set (or removed), perhaps as a secondary capture."""
+    dataset = pydicom.dcmread(next((SAMPLES / "archive" / "dicom" / "axial-glioma").glob("*.dcm")))
+    if burned_in is None:
+        dataset.pop("BurnedInAnnotation", None)
+    else:
+        dataset.BurnedInAnnotation = burned_in
+    if secondary_capture:
+        dataset.SOPClassUID = pydicom.uid.SecondaryCaptureImageStorage
+    dataset.save_as(path)
+    return str(path)
+
+
+def test_pixels_that_may_carry_burned_in_text_are_never_drawn(tmp_path):
+    """A slice whose DICOM file declares burned-in text, or a secondary capture that does not declare none, is
+    scored but withheld from the report: no thumbnail, no deciding slice, no heat map, and a note saying why."""
+    from model.decode import decode_file
+    from model.preprocessing import PreprocessConfig
+    from pipeline.report_images import WITHHELD, draw_pictures, unfamiliar_thumbnails
+
+    declared = dicom_copy(tmp_path / "declared.dcm", "YES")
+    capture = dicom_copy(tmp_path / "capture.dcm", None, secondary_capture=True)
+    says_none = dicom_copy(tmp_path / "says-none.dcm", "NO", secondary_capture=True)
+    plain = dicom_copy(tmp_path / "plain.dcm", None)
+    assert [decode_file(pathlib.Path(uri).read_bytes(), uri).header["BurnedInText"]
+            for uri in (declared, capture, says_none, plain)] == [True, True, False, False]
+    row = image_row(0, 0.9)
+    series = report.Case(row, [(declared, 0), (plain, 0), (capture, 0)], [0.9, 0.4, 0.2], 0)
+    deciding_shown = report.Case(row, [(says_none, 0), (capture, 0)], [0.9, 0.2], 0)
+    draw_pictures([series, deciding_shown], PreprocessConfig(image_size=96), None)
+    assert [series.thumbnails[index] == WITHHELD for index in range(3)] == [True, False, True]
+    assert series.withheld and series.deciding_image is None
+    card = report.cases_section("Flagged series", [series, deciding_shown], "no heat maps", "none")
+    first, second = card.split('<article class="case">')[1:]
+    assert "Pictures withheld" in first and first.count("data:image/png") == 1 and first.count(">withheld<") == 2
+    assert deciding_shown.deciding_image is not None and second.count("data:image/png") == 2  # slice and thumbnail
+    assert "Pictures withheld" in second  # its other slice is withheld, and the note says why
+    thumbnails = unfamiliar_thumbnails([{**row, col.SOURCE_URI: capture}, {**row, col.SOURCE_URI: plain}],
+                                       PreprocessConfig(image_size=96))
+    assert thumbnails[0] == WITHHELD and thumbnails[1].startswith("data:image/png")
+    section = report.unfamiliar_section([row, row], thumbnails)
+    assert section.count("<img") == 1 and "withheld: burned-in text" in section
+
+
 def test_a_run_whose_model_is_gone_gets_no_heat_maps_and_says_why(tmp_path):
     run = {col.OPTIONS: json.dumps({"model": str(tmp_path / "gone")}), col.MODEL_VERSION: "mri-gone-v9",
            col.MODEL_SHA256: "0" * 64}
