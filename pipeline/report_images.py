@@ -40,7 +40,7 @@ class Case:
     slices: list[tuple[str, int]]  # (source URI, frame index), in slice order
     slice_probabilities: list[float | None]
     deciding: int
-    thumbnails: dict[int, str | None] = dataclasses.field(default_factory=dict)  # slice index -> data URI
+    thumbnails: dict[int, str | None] = dataclasses.field(default_factory=dict)  # index -> data URI, WITHHELD
     deciding_image: np.ndarray | None = None
     heat_map: str | None = None  # data URI of the Grad-CAM overlay
     withheld: bool = False  # a slice's file may carry burned-in text: its pictures are not drawn
