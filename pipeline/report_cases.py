@@ -41,6 +41,13 @@ def facts(case: Case) -> str:
     return f"<div class=\"facts\"><table>{cells}</table>{probability_bars(row)}</div>"
 
 
+def picture_html(uri: str | None, attributes: str, withheld: str, missing: str) -> str:
+    """A drawn slice as an image, or what stands in its place: ``withheld`` (burned-in text) or ``missing``."""
+    if uri == WITHHELD:
+        return withheld
+    return f"<img src=\"{uri}\" {attributes}>" if uri else missing
+
+
 def deciding_figures(case: Case, heat_note: str) -> str:
     image = case.thumbnails.get(case.deciding)
     if image == WITHHELD:
@@ -62,9 +69,8 @@ def thumbnail_strip(case: Case) -> str:
     figures = []
     for index in shown:
         probability = case.slice_probabilities[index] if index < len(case.slice_probabilities) else None
-        uri = case.thumbnails.get(index)
-        picture = (f"<img src=\"{uri}\" alt=\"slice {index + 1}\">" if uri and uri != WITHHELD
-                   else f"<span class=\"missing\">{'withheld' if uri == WITHHELD else 'n/a'}</span>")
+        picture = picture_html(case.thumbnails.get(index), f"alt=\"slice {index + 1}\"",
+                               "<span class=\"missing\">withheld</span>", "<span class=\"missing\">n/a</span>")
         mark = ' class="deciding"' if index == case.deciding else ""
         figures.append(f"<figure{mark}>{picture}<figcaption>"
                        f"{index + 1} · {esc(number(probability, 2))}</figcaption></figure>")
@@ -114,8 +120,8 @@ def unfamiliar_section(rows: list[dict], thumbnails: list[str | None]) -> str:
     lines = []
     for index, row in enumerate(rows):
         uri = thumbnails[index] if index < len(thumbnails) else None
-        picture = (f"<img src=\"{uri}\" alt=\"unfamiliar input\" width=\"72\" height=\"72\">"
-                   if uri and uri != WITHHELD else ("withheld: burned-in text" if uri == WITHHELD else "–"))
+        picture = picture_html(uri, "alt=\"unfamiliar input\" width=\"72\" height=\"72\"",
+                               "withheld: burned-in text", "–")
         lines.append(f"<tr><td>{picture}</td><td class=\"num\">{esc(number(row[col.OOD_SCORE], 2))}</td>"
                      f"<td class=\"key\">{esc(row[col.SOURCE_URI])} #{esc(str(row[col.FRAME_INDEX]))}</td>"
                      f"<td class=\"key\">{esc(row[col.SERIES_KEY] or '–')}</td>"

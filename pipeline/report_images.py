@@ -43,7 +43,11 @@ class Case:
     thumbnails: dict[int, str | None] = dataclasses.field(default_factory=dict)  # index -> data URI, WITHHELD
     deciding_image: np.ndarray | None = None
     heat_map: str | None = None  # data URI of the Grad-CAM overlay
-    withheld: bool = False  # a slice's file may carry burned-in text: its pictures are not drawn
+
+    @property
+    def withheld(self) -> bool:
+        """Whether a shown slice's file may carry burned-in text, so its pictures are not drawn."""
+        return WITHHELD in self.thumbnails.values()
 
 
 def run_model(run: dict) -> tuple[registry.ModelInfo | None, str]:
@@ -112,9 +116,7 @@ def draw_thumbnails(case: Case, reader: SliceReader) -> None:
     for index in shown_slices(case):
         image = reader(*case.slices[index])
         case.thumbnails[index] = thumbnail(image)
-        if isinstance(image, str):
-            case.withheld = True
-        elif index == case.deciding:
+        if index == case.deciding and not isinstance(image, str):
             case.deciding_image = image
 
 
