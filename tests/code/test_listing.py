@@ -21,10 +21,20 @@ def test_folders_are_walked_without_dicomdir_or_followed_links(tmp_path):
          str(single)])
 
 
-def test_a_manifest_lists_files_and_skips_comments(tmp_path):
+def test_a_manifest_lists_files_and_skips_comments(tmp_path, s3_endpoint):
+    import boto3
+
+    from pipeline.listing import list_input_files
+
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="manifest-lines")
+    boto3.client("s3", endpoint_url=s3_endpoint).put_object(Bucket="manifest-lines", Key="b.dcm", Body=b"abc")
     manifest = tmp_path / "tonight.txt"
-    manifest.write_text("# exported 02:00\n\n/pacs/a.dcm\n  s3://bucket/b.dcm  \n/pacs/a.dcm\n")
-    assert list_inputs([], [str(manifest)]) == ["/pacs/a.dcm", "s3://bucket/b.dcm"]
+    manifest.write_text("# exported 02:00\n\n/pacs/a.dcm\n  s3://manifest-lines/b.dcm  \n/pacs/a.dcm\n"
+                        "s3://manifest-lines/gone.dcm\n")
+    files = list_input_files([], [str(manifest)])
+    # a named file that is missing is still listed: decoding turns it into an error row that names it
+    assert [(file.uri, file.size) for file in files] == [
+        ("/pacs/a.dcm", None), ("s3://manifest-lines/b.dcm", 3), ("s3://manifest-lines/gone.dcm", None)]
 
 
 def test_a_missing_input_is_a_storage_error_naming_it(tmp_path):
