@@ -4,6 +4,7 @@ Ray nodes started with ``ray start`` on this machine, for cluster tests."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import shutil
@@ -65,12 +66,22 @@ class RayNode:
     def job_address(self) -> str:
         return f"http://127.0.0.1:{self.dashboard}"
 
-    def stop(self, sig=None) -> None:
+    def stop(self, sig=None, grace: float = 5.0) -> None:
+        """``sig`` (SIGTERM) to the node's process group, then SIGKILL to what is left after ``grace`` seconds:
+        a head's GCS and monitor otherwise spend about 30 s shutting down gracefully, which a test cluster that is
+        thrown away does not need."""
+        processes = [self.process.pid, *descendants(self.process.pid)]
         try:
             os.killpg(self.process.pid, sig or signal.SIGTERM)
         except ProcessLookupError:
             pass
-        self.process.wait(timeout=60)
+        try:
+            self.process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            for pid in processes:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            self.process.wait(timeout=60)
         if getattr(self, "temp_dir", None):
             shutil.rmtree(self.temp_dir, ignore_errors=True)
 
