@@ -9,6 +9,7 @@ Local files are written to a temporary name and renamed, so a reader never sees 
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 import uuid
@@ -97,13 +98,24 @@ class NoFolderMarkers(pafs.FileSystemHandler):
 
 
 def s3_filesystem(max_attempts: int = S3_MAX_ATTEMPTS) -> pafs.FileSystem:
+    """The S3 filesystem for the environment's endpoint, region and identity: one a process, reused, so requests
+    share its connections and run at once from threads (a client made for each request serialised them: 16 threads
+    looked files up no faster than one; docs/benchmarks.md, "A manifest of S3 files")."""
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    identity = (os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_PROFILE"))
+    return configured_s3_filesystem(max_attempts, s3_endpoint(), region, identity)
+
+
+@functools.lru_cache(maxsize=8)
+def configured_s3_filesystem(max_attempts: int, endpoint: str | None, region: str | None,
+                             identity: tuple[str | None, str | None]) -> pafs.FileSystem:
+    """A new S3 filesystem; ``identity`` (the access key ID and profile, which the standard credential chain reads)
+    is part of the cache key only, so a changed identity gets a filesystem of its own."""
     options = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts),
                "connect_timeout": S3_CONNECT_TIMEOUT}
-    endpoint = s3_endpoint()
     if endpoint:
         options["endpoint_override"] = endpoint
         options["scheme"] = "https" if endpoint.startswith("https") else "http"
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if region:
         options["region"] = region
     return pafs.PyFileSystem(NoFolderMarkers(pafs.S3FileSystem(**options)))
