@@ -14,6 +14,7 @@ comparison with the results tables is a query over those files (``pipeline.scree
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import datetime
 import itertools
@@ -35,6 +36,8 @@ UNKNOWN = -1  # a size or modification time the listing could not tell, as the l
 LISTING_SCHEMA = pa.schema([pa.field(col.SOURCE_URI, pa.string()), pa.field(col.SOURCE_SIZE, pa.int64()),
                             pa.field(col.SOURCE_MODIFIED, pa.int64())])
 LISTING_BATCH = 20_000  # files a listing batch holds before it is written
+MANIFEST_LOOKUPS = 32  # a manifest's S3 files looked up at once (size and modification time, one request each)
+MANIFEST_CHUNK = 2_048  # a manifest's S3 lines looked up as one chunk
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -121,23 +124,41 @@ def iter_location(location: str) -> Iterator[ListedFile]:
     yield from walk_local(location)
 
 
-def iter_manifest(manifest: str) -> Iterator[ListedFile]:
-    """The files a manifest names, its folders walked."""
-    for line in storage.read_text(manifest).splitlines():
-        entry = line.strip()
-        if entry and not entry.startswith("#"):
-            yield from manifest_entry(entry)
+def iter_manifest(manifest: str, lookups: int = MANIFEST_LOOKUPS) -> Iterator[ListedFile]:
+    """The files a manifest names, in its order, its folders walked. An S3 file's size and modification time take a
+    request each, which waits on the network rather than the CPU, so up to ``lookups`` run at once (a chunk of
+    ``MANIFEST_CHUNK`` lines at a time, so the driver never holds a long manifest's list)."""
+    entries = (line.strip() for line in storage.read_text(manifest).splitlines())
+    with concurrent.futures.ThreadPoolExecutor(max(1, lookups), thread_name_prefix="manifest-lookup") as pool:
+        pending: list[str] = []
+        for entry in entries:
+            if not entry or entry.startswith("#"):
+                continue
+            if storage.is_s3(entry) and not entry.endswith("/"):
+                pending.append(entry)
+                if len(pending) == MANIFEST_CHUNK:
+                    yield from pool.map(s3_named_file, pending)
+                    pending = []
+            else:
+                yield from pool.map(s3_named_file, pending)
+                pending = []
+                yield from manifest_entry(entry)
+        yield from pool.map(s3_named_file, pending)
+
+
+def s3_named_file(uri: str) -> ListedFile:
+    """An S3 file a manifest names, with its size and modification time when S3 tells them (a missing or
+    unreachable one is listed as it is: decoding turns it into an error row that names it)."""
+    try:
+        return listed(uri, storage.file_info(uri))
+    except storage.StorageError:
+        return ListedFile(uri)
 
 
 def manifest_entry(entry: str) -> Iterator[ListedFile]:
-    is_folder = entry.endswith("/") or (not storage.is_s3(entry) and os.path.isdir(entry))
-    if is_folder:
+    """A manifest line that is not an S3 file: a folder or prefix (walked) or a local file."""
+    if entry.endswith("/") or (not storage.is_s3(entry) and os.path.isdir(entry)):
         yield from iter_location(entry)
-    elif storage.is_s3(entry):
-        try:
-            yield listed(entry, storage.file_info(entry))
-        except storage.StorageError:
-            yield ListedFile(entry)
     else:
         yield local_file(entry)
 

@@ -37,6 +37,28 @@ def test_a_manifest_lists_files_and_skips_comments(tmp_path, s3_endpoint):
         ("/pacs/a.dcm", None), ("s3://manifest-lines/b.dcm", 3), ("s3://manifest-lines/gone.dcm", None)]
 
 
+def test_a_manifests_s3_files_are_looked_up_at_once_and_listed_in_its_order(tmp_path, s3_endpoint, monkeypatch):
+    import boto3
+
+    from pipeline import listing
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    client.create_bucket(Bucket="manifest-order")
+    names = [f"s{index}.dcm" for index in range(7)]
+    for index, name in enumerate(names):
+        client.put_object(Bucket="manifest-order", Key=name, Body=b"z" * (index + 1))
+    local = tmp_path / "local.dcm"
+    local.write_bytes(b"abcdefghij")
+    uris = [f"s3://manifest-order/{name}" for name in names]
+    manifest = tmp_path / "manifest.txt"
+    manifest.write_text("\n".join([*uris[:3], str(local), *uris[3:], "s3://manifest-order/missing.dcm"]))
+    monkeypatch.setattr(listing, "MANIFEST_CHUNK", 2)  # chunks end mid-manifest, and at a local line
+    files = list(listing.iter_manifest(str(manifest), lookups=4))
+    assert [file.uri for file in files] == [*uris[:3], str(local), *uris[3:], "s3://manifest-order/missing.dcm"]
+    assert [file.size for file in files] == [1, 2, 3, 10, 4, 5, 6, 7, None]
+    assert all(file.modified is not None for file in files[:-1])
+
+
 def test_a_missing_input_is_a_storage_error_naming_it(tmp_path):
     with pytest.raises(storage.StorageError, match="nothing-here"):
         list_inputs([str(tmp_path / "nothing-here")])
