@@ -9,7 +9,6 @@ Worker output forwarded to the driver carries no colour codes unless stderr is a
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -85,16 +84,3 @@ def configure_logging(verbose: bool = False) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name, value in quiet_environment(verbose).items():
         os.environ.setdefault(name, value)
-
-
-@contextlib.contextmanager
-def logger_at(level: int, name: str = ""):
-    """The logger ``name`` (the root logger by default) at ``level`` at least, for the duration: libraries that log
-    a line per node or per tensor at INFO (the ONNX converter, the quantizer) stay out of a job's log."""
-    chosen = logging.getLogger(name)
-    before = chosen.level
-    chosen.setLevel(max(level, before))
-    try:
-        yield
-    finally:
-        chosen.setLevel(before)

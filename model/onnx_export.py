@@ -12,7 +12,7 @@ import logging
 
 import numpy as np
 
-from infra.ray_runtime import logger_at
+from infra.logs import logger_at
 from model.onnx_runtime import OnnxPredictor
 from model.predict import ProbabilityPredictor
 from model.registry import ModelError, ModelInfo, attach_onnx

@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from infra import storage
-from infra.ray_runtime import logger_at
+from infra.logs import logger_at
 from model import registry
 from model.calibration import apply_temperature
 from model.metrics import classification_metrics
