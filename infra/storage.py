@@ -100,7 +100,7 @@ class NoFolderMarkers(pafs.FileSystemHandler):
 def s3_filesystem(max_attempts: int = S3_MAX_ATTEMPTS) -> pafs.FileSystem:
     """The S3 filesystem for the environment's endpoint, region and identity: one a process, reused, so requests
     share its connections and run at once from threads (a client made for each request serialised them: 16 threads
-    looked files up no faster than one; docs/benchmarks.md, "A manifest of S3 files")."""
+    looked files up no faster than one; docs/benchmarks.md, "Reading from S3")."""
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     identity = (os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_PROFILE"))
     return configured_s3_filesystem(max_attempts, s3_endpoint(), region, identity)

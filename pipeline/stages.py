@@ -12,10 +12,13 @@ No stage raises for bad input: every file ends as rows with ``status`` ``ok`` or
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import datetime
 import hashlib
 import logging
+from typing import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +38,8 @@ from pipeline.pseudonym import pseudonymize
 from pipeline.selection import NO_HEADER, Decision, SelectionRules
 
 logger = logging.getLogger(__name__)
+READ_AHEAD_FILES = 16  # files of a batch read ahead of the one being decoded
+READ_AHEAD_BYTES = 128 * 1024 * 1024  # and at most this much of them, by the listed sizes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,14 +106,41 @@ def frame_rows(uri: str, sha256: str, decoded: DecodedFile, context: StageContex
     return rows
 
 
-def file_rows(uri: str, context: StageContext) -> list[dict]:
-    """Read, decode and preprocess one file; never raises for a bad file."""
+def read_source(uri: str, context: StageContext) -> bytes | dict:
+    """A file's bytes, or the error row of a file that cannot be read or is over the size limit."""
     try:
-        data = storage.read_bytes(uri, max_bytes=context.limits.max_file_bytes)
+        return storage.read_bytes(uri, max_bytes=context.limits.max_file_bytes)
     except storage.FileTooLargeError as error:
-        return [error_row(uri, None, ErrorCode.FILE_TOO_LARGE, str(error), context)]
+        return error_row(uri, None, ErrorCode.FILE_TOO_LARGE, str(error), context)
     except storage.StorageError as error:
-        return [error_row(uri, None, ErrorCode.UNREADABLE_FILE, str(error), context)]
+        return error_row(uri, None, ErrorCode.UNREADABLE_FILE, str(error), context)
+
+
+def read_ahead(uris: Sequence[str], sizes: Sequence[int], context: StageContext) -> Iterator[bytes | dict]:
+    """``read_source`` of each URI, in order, read from threads up to ``READ_AHEAD_FILES`` files and, by the listed
+    sizes, ``READ_AHEAD_BYTES`` ahead of the one being decoded (a file larger than that is read alone): an S3 or
+    network-disk read waits on the network, not the CPU, so reads overlap each other and the decoding."""
+    with concurrent.futures.ThreadPoolExecutor(READ_AHEAD_FILES, thread_name_prefix="read-ahead") as pool:
+        pending: collections.deque = collections.deque()
+        ahead = 0
+        for uri, size in zip(uris, sizes):
+            size = max(int(size), 0)
+            while pending and (len(pending) >= READ_AHEAD_FILES or ahead + size > READ_AHEAD_BYTES):
+                future, read_size = pending.popleft()
+                ahead -= read_size
+                yield future.result()
+            pending.append((pool.submit(read_source, uri, context), size))
+            ahead += size
+        while pending:
+            yield pending.popleft()[0].result()
+
+
+def file_rows(uri: str, context: StageContext, source: bytes | dict | None = None) -> list[dict]:
+    """Decode and preprocess one file, given its ``read_source`` (read here when None); never raises for a bad
+    file."""
+    data = read_source(uri, context) if source is None else source
+    if isinstance(data, dict):
+        return [data]
     sha256 = hashlib.sha256(data).hexdigest()
     if context.pseudonym_key is None and data and sniff_format(data, uri) == "dicom":
         return [error_row(uri, sha256, ErrorCode.PSEUDONYM_KEY_MISSING, "DICOM file met but no pseudonym key was given",
@@ -169,10 +201,11 @@ def decode_and_preprocess(batch: dict[str, np.ndarray], context: StageContext, c
     unknown = np.full(len(uris), -1, dtype=np.int64)
     sizes, modified = batch.get(col.SOURCE_SIZE, unknown), batch.get(col.SOURCE_MODIFIED, unknown)
     rows = []
-    for uri, size, micros in zip(uris, sizes, modified):
+    sources = read_ahead([str(uri) for uri in uris], sizes, context)
+    for uri, size, micros, source in zip(uris, sizes, modified, sources):
         when = col.EPOCH + datetime.timedelta(microseconds=int(micros)) if micros >= 0 else None
         listing = {col.SOURCE_SIZE: int(size) if size >= 0 else None, col.SOURCE_MODIFIED: when}
-        rows.extend({**row, **listing} for row in file_rows(str(uri), context))
+        rows.extend({**row, **listing} for row in file_rows(str(uri), context, source))
     return rows_to_table(rows)
 
 

@@ -2,6 +2,8 @@
 their nulls, and a model failure turns a batch's images into error rows instead of losing them."""
 
 import dataclasses
+import threading
+import time
 
 import pyarrow as pa
 import pytest
@@ -67,6 +69,49 @@ def test_an_unreadable_file_names_its_path(tmp_path):
     missing = str(tmp_path / "exports" / "typo.dcm")
     [row] = file_rows(missing, context(160))
     assert row[col.ERROR_CODE] == "unreadable_file" and missing in row[col.ERROR_MESSAGE]
+
+
+def concurrent_reads(monkeypatch) -> list[int]:
+    """Spies on the real ``storage.read_bytes`` (each read held 50 ms, as a network would) and returns a list that
+    ends up holding the most reads that were ever in flight at once."""
+    from infra import storage
+
+    real, lock, state = storage.read_bytes, threading.Lock(), {"now": 0}
+    most = [0]
+
+    def slow_read(uri, max_bytes=None):
+        with lock:
+            state["now"] += 1
+            most[0] = max(most[0], state["now"])
+        time.sleep(0.05)
+        try:
+            return real(uri, max_bytes)
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    monkeypatch.setattr(storage, "read_bytes", slow_read)
+    return most
+
+
+def test_a_batch_reads_ahead_in_order_within_its_file_and_byte_bounds(tmp_path, monkeypatch):
+    from pipeline import stages
+
+    paths = [tmp_path / f"{index}.bin" for index in range(9)]
+    for index, path in enumerate(paths):
+        path.write_bytes(bytes([index]) * 60)
+    paths.insert(4, tmp_path / "gone.dcm")  # a missing file keeps its place, as its error row
+    uris, sizes = [str(path) for path in paths], [60] * len(paths)
+    monkeypatch.setattr(stages, "READ_AHEAD_FILES", 3)
+    most = concurrent_reads(monkeypatch)
+    sources = list(stages.read_ahead(uris, sizes, context(32)))
+    contents = [bytes([index]) * 60 for index in range(9)]
+    assert [source if isinstance(source, bytes) else source[col.ERROR_CODE] for source in sources] == [
+        *contents[:4], "unreadable_file", *contents[4:]]
+    assert most[0] == 3  # reads overlap, never more than READ_AHEAD_FILES at once
+    monkeypatch.setattr(stages, "READ_AHEAD_BYTES", 100)  # two 60-byte files are over it: one at a time
+    most[0] = 0
+    assert list(stages.read_ahead(uris, sizes, context(32))) == sources and most[0] == 1
 
 
 def test_a_manifest_line_naming_a_folder_is_walked(tmp_path):

@@ -1,12 +1,15 @@
-"""How long a manifest of S3 files takes to list: each file's size and modification time is one request, so the
-time is the network's round trips, not the CPU's. A real S3-protocol server (moto in server mode) holds the files;
-a forwarding proxy in front of it adds ``--latency-ms`` to every request, standing in for the distance to a real
-bucket (a localhost server answers in a few milliseconds, S3 from a data centre in about 10-30).
+"""Reading an archive from S3, where each request waits on the network rather than the CPU: a manifest's listing
+(one request a file for its size and modification time) and the decoding stage's reads (a file's bytes). A real
+S3-protocol server (moto in server mode) holds the files; a forwarding proxy in front of it adds ``--latency-ms``
+to every request, standing in for the distance to a real bucket (a localhost server answers in a few
+milliseconds, S3 from a data centre in about 10-30).
 
-    python -m tools.listing_benchmark --files 2000 --latency-ms 20 --lookups 1 32
+    python -m tools.s3_benchmark --files 2000 --latency-ms 20 --lookups 1 8 32 --read-ahead 1 8
 
-Each line printed is JSON: the lookups at once, the files, the seconds and the files a second.
-The figures are in docs/benchmarks.md ("A manifest of S3 files").
+The listing is measured on ``--files`` one-byte objects named by a manifest, once for each ``--lookups``; the
+decoding stage (``pipeline.stages.decode_and_preprocess``, in this process, batches of 64) on ``--decode-files``
+copies of the sample archive's files, once for each ``--read-ahead``, and once from local disk for reference.
+Each line printed is JSON. The figures are in docs/benchmarks.md ("Reading from S3").
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import http.client
 import http.server
 import json
 import os
+import pathlib
 import socket
 import subprocess
 import sys
@@ -25,7 +29,8 @@ import threading
 import time
 import urllib.parse
 
-BUCKET = "listing-benchmark"
+BUCKET = "s3-benchmark"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -97,6 +102,8 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=2000)
     parser.add_argument("--latency-ms", type=float, default=20.0, help="added to every request")
     parser.add_argument("--lookups", type=int, nargs="+", default=[1, 32], help="S3 lookups at once, each measured")
+    parser.add_argument("--decode-files", type=int, default=480)
+    parser.add_argument("--read-ahead", type=int, nargs="+", default=[1, 8], help="files read ahead, each measured")
     arguments = parser.parse_args()
     os.environ.update({"AWS_ACCESS_KEY_ID": "benchmark", "AWS_SECRET_ACCESS_KEY": "benchmark",
                        "AWS_REGION": "us-east-1"})
@@ -120,9 +127,51 @@ def main() -> None:
             files = list(iter_manifest(manifest, lookups=lookups))
             seconds = time.perf_counter() - started
             assert len(files) == len(keys) and all(file.size == 1 for file in files)
-            print(json.dumps({"lookups": lookups, "files": len(files), "latency_ms": arguments.latency_ms,
-                              "seconds": round(seconds, 2), "files_per_second": round(len(files) / seconds, 1)}))
+            print(json.dumps({"measured": "manifest listing", "lookups": lookups, "files": len(files),
+                              "latency_ms": arguments.latency_ms, "seconds": round(seconds, 2),
+                              "files_per_second": round(len(files) / seconds, 1)}))
+        os.environ["AWS_ENDPOINT_URL"] = endpoint
+        samples = sorted(path for path in (ROOT / "samples" / "archive").rglob("*") if path.is_file())
+        local = pathlib.Path(folder) / "archive"
+        local.mkdir()
+        sources = []
+        for index in range(arguments.decode_files):
+            sample = samples[index % len(samples)]
+            key = f"decode/{index:06d}-{sample.name}"
+            client.put_object(Bucket=BUCKET, Key=key, Body=sample.read_bytes())
+            (local / key.replace("/", "-")).write_bytes(sample.read_bytes())
+            sources.append((f"s3://{BUCKET}/{key}", str(local / key.replace("/", "-")), sample.stat().st_size))
+        os.environ["AWS_ENDPOINT_URL"] = proxy
+        for read_ahead in arguments.read_ahead:
+            print(json.dumps({"measured": "decoding stage, S3", "read_ahead": read_ahead,
+                              "latency_ms": arguments.latency_ms, **decode_rate(sources, 0, read_ahead)}))
+        print(json.dumps({"measured": "decoding stage, local disk", "read_ahead": max(arguments.read_ahead),
+                          **decode_rate(sources, 1, max(arguments.read_ahead))}))
 
+
+def decode_rate(sources: list[tuple[str, str, int]], which: int, read_ahead: int) -> dict:
+    """Files a second through ``decode_and_preprocess`` in batches of 64, reading ``read_ahead`` files ahead."""
+    import numpy as np
+
+    from model.decode import DecodeLimits
+    from model.preprocessing import PreprocessConfig
+    from pipeline import schema as col
+    from pipeline import stages
+
+    stages.READ_AHEAD_FILES = read_ahead
+    context = stages.StageContext("benchmark", "2026-11-30", PreprocessConfig(), DecodeLimits(), b"k" * 32, 0.5,
+                                  "benchmark", "none")
+    started, rows = time.perf_counter(), 0
+    for start in range(0, len(sources), 64):
+        chunk = sources[start:start + 64]
+        batch = {col.SOURCE_URI: np.array([source[which] for source in chunk], dtype=object),
+                 col.SOURCE_SIZE: np.array([source[2] for source in chunk], dtype=np.int64)}
+        table = stages.decode_and_preprocess(batch, context)
+        assert set(table[col.STATUS].to_pylist()) == {col.STATUS_OK}
+        rows += table.num_rows
+    seconds = time.perf_counter() - started
+    return {"files": len(sources), "rows": rows, "seconds": round(seconds, 2),
+            "files_per_second": round(len(sources) / seconds, 1)}
 
 if __name__ == "__main__":
     main()
