@@ -126,8 +126,8 @@ def iter_location(location: str) -> Iterator[ListedFile]:
 
 def iter_manifest(manifest: str, lookups: int = MANIFEST_LOOKUPS) -> Iterator[ListedFile]:
     """The files a manifest names, in its order, its folders walked. An S3 file's size and modification time take a
-    request each, which waits on the network rather than the CPU, so up to ``lookups`` run at once (a chunk of
-    ``MANIFEST_CHUNK`` lines at a time, so the driver never holds a long manifest's list)."""
+    request each, which waits on the network rather than the CPU, so up to ``lookups`` run at once, a chunk of
+    ``MANIFEST_CHUNK`` lines at a time (a long manifest's answers are not all held at once)."""
     entries = (line.strip() for line in storage.read_text(manifest).splitlines())
     with concurrent.futures.ThreadPoolExecutor(max(1, lookups), thread_name_prefix="manifest-lookup") as pool:
         pending: list[str] = []
