@@ -109,44 +109,56 @@ def main() -> None:
                        "AWS_REGION": "us-east-1"})
     import boto3
 
-    from pipeline.listing import iter_manifest
-
     with s3_server() as endpoint, delaying_proxy(endpoint, arguments.latency_ms / 1000) as proxy, \
             tempfile.TemporaryDirectory() as folder:
         client = boto3.client("s3", endpoint_url=endpoint)
         client.create_bucket(Bucket=BUCKET)
-        keys = [f"night/p{index // 20}/s{index % 20}.dcm" for index in range(arguments.files)]
-        for key in keys:
-            client.put_object(Bucket=BUCKET, Key=key, Body=b"x")
-        manifest = os.path.join(folder, "manifest.txt")
-        with open(manifest, "w") as lines:
-            lines.write("".join(f"s3://{BUCKET}/{key}\n" for key in keys))
-        os.environ["AWS_ENDPOINT_URL"] = proxy
+        manifest = manifest_of_s3_files(client, arguments.files, pathlib.Path(folder))
+        sources = decoding_sources(client, arguments.decode_files, pathlib.Path(folder))
+        os.environ["AWS_ENDPOINT_URL"] = proxy  # every request from here on waits --latency-ms
         for lookups in arguments.lookups:
-            started = time.perf_counter()
-            files = list(iter_manifest(manifest, lookups=lookups))
-            seconds = time.perf_counter() - started
-            assert len(files) == len(keys) and all(file.size == 1 for file in files)
-            print(json.dumps({"measured": "manifest listing", "lookups": lookups, "files": len(files),
-                              "latency_ms": arguments.latency_ms, "seconds": round(seconds, 2),
-                              "files_per_second": round(len(files) / seconds, 1)}))
-        os.environ["AWS_ENDPOINT_URL"] = endpoint
-        samples = sorted(path for path in (ROOT / "samples" / "archive").rglob("*") if path.is_file())
-        local = pathlib.Path(folder) / "archive"
-        local.mkdir()
-        sources = []
-        for index in range(arguments.decode_files):
-            sample = samples[index % len(samples)]
-            key = f"decode/{index:06d}-{sample.name}"
-            client.put_object(Bucket=BUCKET, Key=key, Body=sample.read_bytes())
-            (local / key.replace("/", "-")).write_bytes(sample.read_bytes())
-            sources.append((f"s3://{BUCKET}/{key}", str(local / key.replace("/", "-")), sample.stat().st_size))
-        os.environ["AWS_ENDPOINT_URL"] = proxy
+            print(json.dumps({"measured": "manifest listing", "lookups": lookups, "latency_ms": arguments.latency_ms,
+                              **listing_rate(manifest, arguments.files, lookups)}))
         for read_ahead in arguments.read_ahead:
             print(json.dumps({"measured": "decoding stage, S3", "read_ahead": read_ahead,
                               "latency_ms": arguments.latency_ms, **decode_rate(sources, 0, read_ahead)}))
         print(json.dumps({"measured": "decoding stage, local disk", "read_ahead": max(arguments.read_ahead),
                           **decode_rate(sources, 1, max(arguments.read_ahead))}))
+
+
+def manifest_of_s3_files(client, files: int, folder: pathlib.Path) -> str:
+    """``files`` one-byte objects, and a manifest naming each of them."""
+    keys = [f"night/p{index // 20}/s{index % 20}.dcm" for index in range(files)]
+    for key in keys:
+        client.put_object(Bucket=BUCKET, Key=key, Body=b"x")
+    manifest = folder / "manifest.txt"
+    manifest.write_text("".join(f"s3://{BUCKET}/{key}\n" for key in keys))
+    return str(manifest)
+
+
+def decoding_sources(client, files: int, folder: pathlib.Path) -> list[tuple[str, str, int]]:
+    """``files`` copies of the sample archive's files, each on S3 and on local disk: (S3 URI, path, size)."""
+    samples = sorted(path for path in (ROOT / "samples" / "archive").rglob("*") if path.is_file())
+    local = folder / "archive"
+    local.mkdir()
+    sources = []
+    for index in range(files):
+        sample = samples[index % len(samples)]
+        name = f"{index:06d}-{sample.name}"
+        client.put_object(Bucket=BUCKET, Key=f"decode/{name}", Body=sample.read_bytes())
+        (local / name).write_bytes(sample.read_bytes())
+        sources.append((f"s3://{BUCKET}/decode/{name}", str(local / name), sample.stat().st_size))
+    return sources
+
+
+def listing_rate(manifest: str, files: int, lookups: int) -> dict:
+    from pipeline.listing import iter_manifest
+
+    started = time.perf_counter()
+    listed = list(iter_manifest(manifest, lookups=lookups))
+    seconds = time.perf_counter() - started
+    assert len(listed) == files and all(file.size == 1 for file in listed)
+    return {"files": files, "seconds": round(seconds, 2), "files_per_second": round(files / seconds, 1)}
 
 
 def decode_rate(sources: list[tuple[str, str, int]], which: int, read_ahead: int) -> dict:
