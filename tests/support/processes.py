@@ -70,7 +70,10 @@ class RayNode:
         """``sig`` (SIGTERM) to the node's process group, then SIGKILL to what is left after ``grace`` seconds:
         a head's GCS and monitor otherwise spend about 30 s shutting down gracefully, which a test cluster that is
         thrown away does not need."""
-        processes = [self.process.pid, *descendants(self.process.pid)]
+        try:  # psutil's handles refuse to signal a pid that another process has taken since
+            family = [psutil.Process(self.process.pid), *psutil.Process(self.process.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            family = []
         try:
             os.killpg(self.process.pid, sig or signal.SIGTERM)
         except ProcessLookupError:
@@ -78,9 +81,9 @@ class RayNode:
         try:
             self.process.wait(timeout=grace)
         except subprocess.TimeoutExpired:
-            for pid in processes:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            for process in family:
+                with contextlib.suppress(psutil.Error):
+                    process.kill()
             self.process.wait(timeout=60)
         if getattr(self, "temp_dir", None):
             shutil.rmtree(self.temp_dir, ignore_errors=True)
