@@ -4,7 +4,7 @@ S3-protocol server (moto in server mode) holds the files; a forwarding proxy in 
 to every request, standing in for the distance to a real bucket (a localhost server answers in a few
 milliseconds, S3 from a data centre in about 10-30).
 
-    python -m tools.s3_benchmark --files 2000 --latency-ms 20 --lookups 1 8 32 --read-ahead 1 8
+    python -m tools.s3_benchmark --files 2000 --decode-files 480 --latency-ms 20 --lookups 1 8 32 --read-ahead 1 4 8 16
 
 The listing is measured on ``--files`` one-byte objects named by a manifest, once for each ``--lookups``; the
 decoding stage (``pipeline.stages.decode_and_preprocess``, in this process, batches of 64) on ``--decode-files``
@@ -21,40 +21,15 @@ import http.server
 import json
 import os
 import pathlib
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 import urllib.parse
 
+from tools.local_s3 import s3_server
+
 BUCKET = "s3-benchmark"
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextlib.contextmanager
-def s3_server():
-    """moto's S3 server on a free localhost port, until the block ends."""
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 @contextlib.contextmanager
@@ -103,7 +78,7 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=20.0, help="added to every request")
     parser.add_argument("--lookups", type=int, nargs="+", default=[1, 32], help="S3 lookups at once, each measured")
     parser.add_argument("--decode-files", type=int, default=480)
-    parser.add_argument("--read-ahead", type=int, nargs="+", default=[1, 8], help="files read ahead, each measured")
+    parser.add_argument("--read-ahead", type=int, nargs="+", default=[1, 16], help="files read ahead, each measured")
     arguments = parser.parse_args()
     os.environ.update({"AWS_ACCESS_KEY_ID": "benchmark", "AWS_SECRET_ACCESS_KEY": "benchmark",
                        "AWS_REGION": "us-east-1"})

@@ -16,7 +16,8 @@ import uuid
 
 import psutil
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT
+from tools.local_s3 import free_port
 
 
 def descendants(ancestor: int) -> list[int]:
