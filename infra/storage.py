@@ -4,7 +4,10 @@ S3 credentials come only from the standard AWS chain (environment, shared config
 endpoint is taken from ``AWS_ENDPOINT_URL`` when set. Nothing here logs credentials. Every S3 request that fails
 transiently (500, 503, throttling, a dropped connection) is retried by the AWS SDK with exponential back-off and
 jitter, up to ``S3_MAX_ATTEMPTS`` attempts (``MRI_SCREEN_S3_MAX_ATTEMPTS``); what still fails raises StorageError.
-Local files are written to a temporary name and renamed, so a reader never sees half a file.
+Local files are written to a temporary name and renamed, so a reader never sees half a file. Only regular files
+are read: a FIFO, socket, device or folder is refused with a StorageError that says what it is (opening a FIFO would
+wait for a writer forever), and every read is bounded in time (``READ_TIMEOUT``, ``MRI_SCREEN_READ_TIMEOUT``), so a
+network share that stops answering costs one file, not the night.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import functools
 import os
 import posixpath
+import stat
+import threading
 import uuid
 
 import pyarrow.fs as pafs
@@ -20,6 +25,10 @@ S3_SCHEME = "s3://"
 S3_MAX_ATTEMPTS = int(os.environ.get("MRI_SCREEN_S3_MAX_ATTEMPTS", "8"))
 S3_CONNECT_TIMEOUT = float(os.environ.get("MRI_SCREEN_S3_CONNECT_TIMEOUT", "3"))
 PROBE_ATTEMPTS = 2  # reachability is checked with few attempts, so a dead endpoint is reported in seconds
+READ_TIMEOUT = float(os.environ.get("MRI_SCREEN_READ_TIMEOUT", "600"))  # seconds one whole-file read may take
+# what a path is when it is not a regular file, as a reader names it
+SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                 (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 
 
 class StorageError(RuntimeError):
@@ -213,8 +222,36 @@ def list_dirs(uri: str) -> list[str]:
     return sorted(to_uri(uri, info.path) for info in infos if info.type == pafs.FileType.Directory)
 
 
-def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
-    """The file's bytes; raises StorageError naming the file when it cannot be read or exceeds ``max_bytes``."""
+def read_bytes(uri: str, max_bytes: int | None = None, timeout: float = READ_TIMEOUT) -> bytes:
+    """The file's bytes; raises StorageError naming the file when it cannot be read, is not a regular file, exceeds
+    ``max_bytes`` or is not read within ``timeout`` seconds."""
+    return within(timeout, f"reading {uri}", read_s3 if is_s3(uri) else read_local, uri, max_bytes)
+
+
+def within(seconds: float, what: str, function, *args):
+    """``function(*args)``, waited for at most ``seconds``: it runs in a thread of its own, left behind (a daemon)
+    when it overruns, since a read blocked in the kernel cannot be interrupted; StorageError saying ``what`` did
+    not finish."""
+    outcome: dict = {}
+    done = threading.Event()
+
+    def call() -> None:
+        try:
+            outcome["value"] = function(*args)
+        except BaseException as error:  # handed to the caller's thread, raised there
+            outcome["error"] = error
+        finally:
+            done.set()
+
+    threading.Thread(target=call, name="bounded-read", daemon=True).start()
+    if not done.wait(seconds):
+        raise StorageError(f"{what} did not finish within {seconds:g} s (a stalled disk or network share?)")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def read_s3(uri: str, max_bytes: int | None) -> bytes:
     filesystem, path = resolve(uri)
     try:
         with filesystem.open_input_file(path) as stream:
@@ -223,6 +260,43 @@ def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
             return stream.read()
     except OSError as error:
         raise StorageError(f"cannot read {uri}: {error}") from error
+
+
+def read_local(uri: str, max_bytes: int | None) -> bytes:
+    """A local regular file's bytes. Its kind is checked before it is opened (opening a FIFO waits for a writer)
+    and again on the open file, which is opened without blocking, in case it was swapped in between."""
+    path = os.path.abspath(uri)
+    try:
+        refuse_special(uri, path, os.stat(path).st_mode)
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        raise StorageError(f"cannot read {uri}: {error.strerror or error}") from error
+    with os.fdopen(descriptor, "rb") as stream:
+        status = os.fstat(stream.fileno())
+        refuse_special(uri, path, status.st_mode)
+        if max_bytes is not None and status.st_size > max_bytes:
+            raise FileTooLargeError(f"{uri} is {status.st_size} bytes, over the limit of {max_bytes}")
+        try:
+            return stream.read()
+        except OSError as error:
+            raise StorageError(f"cannot read {uri}: {error.strerror or error}") from error
+
+
+def refuse_special(uri: str, path: str, mode: int) -> None:
+    """StorageError naming what ``path`` is, unless it is a regular file; a folder that cannot be listed says so
+    (the listing names such a folder for want of its files)."""
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        try:
+            with os.scandir(path):
+                pass
+        except OSError as error:
+            raise StorageError(f"{uri} is a folder that cannot be listed ({error.strerror or error}): its files "
+                               f"were not screened") from error
+        raise StorageError(f"{uri} is a folder, not a file")
+    kind = next((name for test, name in SPECIAL_FILES if test(mode)), "an unknown kind of file")
+    raise StorageError(f"{uri} is {kind}, not a regular file: not read")
 
 
 def write_bytes(uri: str, data: bytes) -> None:

@@ -4,6 +4,17 @@ they are. A manifest is a text file with one path or ``s3://`` URI a line (``#``
 local folder, or ending in ``/``, is walked like an ``--input`` folder; any other line is a file, taken as it is
 (a missing one becomes an ``unreadable_file`` row naming it, not a refused run).
 
+Every local path is listed in one spelling (``local_path``): absolute and normalised, so ``a.jpg``,
+``./a.jpg`` and ``../M/a.jpg`` seen from ``M`` are one file, listed and scored once. A relative ``--input`` is
+taken from the working folder; a relative manifest line from the manifest's own folder (``manifest_location``),
+so a manifest means the same files whatever folder the job runs in. Links are not resolved.
+
+A local folder is walked without recursion (a tree thousands of folders deep is listed like any other). A folder
+that cannot be listed (no permission, removed during the walk) is listed itself, with a warning: reading it gives
+its ``unreadable_file`` row, which says why, so none of its files vanish unseen. What is not a regular file (a FIFO,
+a socket, a device) is listed too, and the reader refuses to open it (``infra.storage.read_bytes``): it becomes an
+error row naming what it is.
+
 Each file is listed with its size and modification time (from the same listing on S3, a ``stat`` on disk): an
 incremental run compares them with what the results tables hold to find new and changed files.
 
@@ -18,6 +29,7 @@ import concurrent.futures
 import dataclasses
 import datetime
 import itertools
+import logging
 import os
 from typing import Iterable, Iterator
 
@@ -28,6 +40,8 @@ from infra import storage
 from model.decode import DICOM_EXTENSIONS
 from pipeline import schema as col
 from pipeline.results import ParquetParts, staged_batches
+
+logger = logging.getLogger(__name__)
 
 SKIPPED_NAMES = frozenset({"dicomdir"})
 UNKNOWN = -1  # a size or modification time the listing could not tell, as the listing's Parquet holds it
@@ -79,10 +93,44 @@ def local_file(path: str) -> ListedFile:
     return ListedFile(path, stat.st_size, datetime.datetime.fromtimestamp(stat.st_mtime, datetime.timezone.utc))
 
 
+def local_path(path: str, base: str | None = None) -> str:
+    """The one spelling of a local path: absolute (a relative path is taken from ``base``, else from the working
+    folder) and normalised lexically (``.``, ``..`` and doubled separators gone); links are not resolved."""
+    return os.path.normpath(os.path.join(base, path) if base else os.path.abspath(path))
+
+
 def walk_local(folder: str) -> Iterator[ListedFile]:
-    for directory, _, names in os.walk(folder, followlinks=False, onerror=None):
-        for name in names:
-            yield local_file(os.path.join(directory, name))
+    """The files under a local folder, a folder at a time, depth first, from a list of folders still to walk
+    rather than by recursion, so no depth exhausts Python's stack. Links to folders are not followed; a folder
+    that cannot be listed is listed itself (see the module docstring)."""
+    pending = [folder]
+    while pending:
+        directory = pending.pop()
+        try:
+            with os.scandir(directory) as scan:
+                entries = list(scan)
+        except OSError as error:
+            logger.warning("folder %s cannot be listed (%s): it becomes an error row", directory,
+                           error.strerror or error)
+            yield ListedFile(directory)
+            continue
+        folders = []
+        for entry in entries:
+            if is_folder(entry):
+                if not entry.is_symlink():
+                    folders.append(entry.path)
+            else:
+                yield local_file(entry.path)
+        pending.extend(sorted(folders, reverse=True))  # the first name is walked first
+
+
+def is_folder(entry: os.DirEntry) -> bool:
+    """Whether an entry is a folder (or a link to one), as ``os.walk`` decides: an entry that cannot be examined is
+    taken for a file, so the reader names its error."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def walk_s3(prefix: str) -> Iterator[ListedFile]:
@@ -116,6 +164,7 @@ def iter_location(location: str) -> Iterator[ListedFile]:
         yield first
         yield from files
         return
+    location = local_path(location)
     if os.path.isfile(location):
         yield local_file(location)
         return
@@ -127,8 +176,9 @@ def iter_location(location: str) -> Iterator[ListedFile]:
 def iter_manifest(manifest: str, lookups: int = MANIFEST_LOOKUPS) -> Iterator[ListedFile]:
     """The files a manifest names, in its order, its folders walked. An S3 file's size and modification time take a
     request each, which waits on the network rather than the CPU, so up to ``lookups`` run at once, a chunk of
-    ``MANIFEST_CHUNK`` lines at a time (a long manifest's answers are not all held at once)."""
-    entries = (line.strip() for line in storage.read_text(manifest).splitlines())
+    ``MANIFEST_CHUNK`` lines at a time (a long manifest's answers are not all held at once). Relative lines are
+    resolved against the manifest's folder (``manifest_location``)."""
+    entries = (manifest_location(line.strip(), manifest) for line in storage.read_text(manifest).splitlines())
     with concurrent.futures.ThreadPoolExecutor(max(1, lookups), thread_name_prefix="manifest-lookup") as pool:
         pending: list[str] = []
         for entry in entries:
@@ -146,6 +196,19 @@ def iter_manifest(manifest: str, lookups: int = MANIFEST_LOOKUPS) -> Iterator[Li
         yield from pool.map(s3_named_file, pending)
 
 
+def manifest_location(entry: str, manifest: str) -> str:
+    """A manifest line as a location: an ``s3://`` URI as written; a local path in its one spelling
+    (``local_path``), a relative one taken from the manifest's folder; in a manifest on S3, a relative line is a key
+    beside the manifest (S3 keys are not paths: nothing in them is normalised). A trailing ``/`` is kept (it asks for
+    a walk); blank and comment lines are returned as they are."""
+    if not entry or entry.startswith("#") or storage.is_s3(entry):
+        return entry
+    if storage.is_s3(manifest) and not os.path.isabs(entry):
+        return f"{manifest.rsplit('/', 1)[0]}/{entry}"
+    base = None if storage.is_s3(manifest) else os.path.dirname(local_path(manifest))
+    return local_path(entry, base) + ("/" if entry.endswith("/") else "")
+
+
 def s3_named_file(uri: str) -> ListedFile:
     """An S3 file a manifest names, with its size and modification time when S3 tells them (a missing or
     unreachable one is listed as it is: decoding turns it into an error row that names it)."""
@@ -160,7 +223,7 @@ def manifest_entry(entry: str) -> Iterator[ListedFile]:
     if entry.endswith("/") or (not storage.is_s3(entry) and os.path.isdir(entry)):
         yield from iter_location(entry)
     else:
-        yield local_file(entry)
+        yield local_file(local_path(entry))
 
 
 def iter_input_files(locations: Iterable[str], manifests: Iterable[str] = ()) -> Iterator[ListedFile]:
@@ -186,6 +249,27 @@ def list_input_files(locations: list[str], manifests: list[str] = ()) -> list[Li
 def list_inputs(locations: list[str], manifests: list[str] = ()) -> list[str]:
     """The URIs of ``list_input_files``."""
     return [file.uri for file in list_input_files(locations, manifests)]
+
+
+def refuse_output_inside_inputs(output: str, inputs: Iterable[str]) -> None:
+    """StorageError when the output is an input folder or prefix, or lies inside one: every night would then list
+    its own tables, work files and reports among the images it screens. Local paths are compared with links
+    resolved; manifest lines are not looked at (the manifest is not read before the listing)."""
+    for location in inputs:
+        if inside(output, location):
+            raise storage.StorageError(
+                f"the output {output} is inside the input {location}: every night would screen its own tables and "
+                f"reports; choose an output folder outside every input")
+
+
+def inside(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it (both local, or both on S3)."""
+    if storage.is_s3(path) != storage.is_s3(folder):
+        return False
+    if storage.is_s3(path):
+        return f"{path.rstrip('/')}/".startswith(f"{folder.rstrip('/')}/")
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([path, folder]) == folder
 
 
 def listing_batch(files: list[ListedFile]) -> pa.Table:

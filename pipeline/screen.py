@@ -1,8 +1,8 @@
 """Screening an MRI archive: the whole scoring run, stage by stage.
 
 1. Resolve the model once (registry -> model folder, sha256 checked), check that S3 endpoints answer, the output
-   is a results output this version writes, no other run holds it, it is writable and the pseudonym key is there:
-   ``prepare``, before Ray starts and before any work.
+   is a results output this version writes, outside every input folder, no other run holds it, it is writable and
+   the pseudonym key is there: ``prepare``, before Ray starts and before any work.
 2. List the inputs with size and modification time (``pipeline.listing``), streamed to Parquet in a local
    workspace; an empty input is refused unless the run asks for an empty run. Take the output's lock
    (``pipeline.run_lock``), finish any earlier run's interrupted commit, and choose the files to score: by default
@@ -53,7 +53,7 @@ from pipeline import results, run_lock, views
 from pipeline import schema as col
 from pipeline.errors import RunFailedError, RunNotStartedError, describe_failure
 from model.decode import DecodeLimits
-from pipeline.listing import LISTING_SCHEMA, Listing, stage_listing
+from pipeline.listing import LISTING_SCHEMA, Listing, refuse_output_inside_inputs, stage_listing
 from pipeline.pseudonym import PseudonymKeyError, load_key
 from pipeline.selection import SelectionRules, SelectionRulesError, load_rules
 from pipeline.series import SERIES_INPUT_COLUMNS, series_table, summarize_series
@@ -469,6 +469,7 @@ def prepare(config: ScreenConfig) -> ScreeningPlan:
     try:
         for location in (*config.inputs, *config.manifests, config.output, config.model):
             storage.check_reachable(location)
+        refuse_output_inside_inputs(config.output, config.inputs)
         info = registry.load_model_info(config.model)
         export = ONNX_EXPORT_OF.get(config.backend)
         if export and info.export_sha256(export) is None:

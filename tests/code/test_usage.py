@@ -59,6 +59,16 @@ def test_an_empty_input_never_replaces_a_dates_results(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_an_output_inside_the_input_is_refused_before_ray_starts(tmp_path):
+    archive = tmp_path / "export"
+    (archive / "loose").mkdir(parents=True)
+    (archive / "loose" / "a.png").write_bytes((SAMPLES / "archive" / "loose" / "tumor-y147.png").read_bytes())
+    result = job("screen", "--input", str(archive), "--output", str(archive / "loose" / "results"))
+    assert result.returncode == 2 and f"the output {archive / 'loose' / 'results'} is inside the input" in \
+        result.stderr
+    assert "Ray resources" not in result.stderr and not (archive / "loose" / "results").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--input", "/nonexistent/archive"], "/nonexistent/archive does not exist"),
     (["--input", "SAMPLES", "--model", "/nonexistent/model"], "no model at /nonexistent/model"),
