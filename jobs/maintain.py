@@ -1,13 +1,22 @@
-"""Maintain a results output: compact and vacuum its Delta tables, finish an interrupted commit, or convert an
-output of the earlier Parquet layout. Each command holds the output's lock (never while a screening run writes).
+"""Maintain a results output: compact and vacuum its Delta tables, finish an interrupted commit, convert an output
+of the earlier Parquet layout, check that its tables are whole, or bring a damaged table back to a good version.
+Each command holds the output's lock (never while a screening run writes).
 
     python -m jobs.maintain optimize --results <dir|s3://...> [--retain-days 30]   # weekly, after a night's run
     python -m jobs.maintain recover  --results <dir|s3://...>                      # after a run failed mid-commit
     python -m jobs.maintain migrate  --results <dir|s3://...>                      # once, for an old output
+    python -m jobs.maintain verify   --results <dir|s3://...>                      # are the tables whole?
+    python -m jobs.maintain restore  --results <dir|s3://...> --table T --version N  # the way back verify names
 
 ``optimize`` rewrites each table's small files into large ones and then deletes files no version younger than
---retain-days needs: time travel (``jobs.query --as-of``) reaches back that far. Exit status 0 when done, 2 when
-the output is busy, missing or not a results output, with one line saying why.
+--retain-days needs: time travel (``jobs.query --as-of``) reaches back that far. ``verify`` checks every table: its
+log parses, every data file it names exists with its recorded size, and predictions and series agree with runs;
+it prints each problem as one sentence naming the table, the cause and the way back (usually the ``restore``
+command with the last good version). ``restore`` brings one table back to that version (``pipeline.maintenance``).
+``optimize`` and ``recover`` refuse a damaged table. Exit status 0 when done (``verify`` and ``restore``: the output
+is whole), 1 when ``verify`` finds a problem (after ``restore`` too: the table is back, but e.g. ``runs`` still
+records a night the restored table no longer holds), 2 when the output is busy, missing, damaged or not a results
+output, with one line saying why.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import sys
 import uuid
 
 from infra import storage
-from jobs.runner import POSITIVE_NUMBER, HelpFormatter, require_lasting_paths
+from jobs.runner import POSITIVE_NUMBER, HelpFormatter, bounded, require_lasting_paths
 from pipeline import maintenance, results, run_lock
 
 logger = logging.getLogger("jobs.maintain")
@@ -40,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="finish the commit of a run that died after its work was complete")
     commands.add_parser("migrate", parents=[common], formatter_class=HelpFormatter,
                         help="convert an output of the earlier Parquet layout to Delta tables, once")
+    commands.add_parser("verify", parents=[common], formatter_class=HelpFormatter,
+                        help="check every table: its log parses, its data files exist, it agrees with runs")
+    restore = commands.add_parser("restore", parents=[common], formatter_class=HelpFormatter,
+                                  help="bring one table back to an earlier version (the one verify names)")
+    restore.add_argument("--table", required=True, choices=results.TABLES, help="the table to restore")
+    restore.add_argument("--version", required=True, type=bounded(int, 0), help="the table version to go back to")
     return parser
 
 
@@ -53,10 +68,24 @@ def run(args: argparse.Namespace) -> dict:
     with run_lock.RunLock(args.results, f"maintenance-{uuid.uuid4().hex[:8]}"):
         if args.command == "migrate":
             return {"migrated_rows": maintenance.migrate(args.results)}
+        if args.command == "verify":
+            return {"problems": maintenance.verify(args.results)}
+        if args.command == "restore":
+            return {**maintenance.restore(args.results, args.table, args.version),
+                    "problems": maintenance.verify(args.results)}
+        refuse_damaged(args.results)
         if args.command == "recover":
             return {"recovered_runs": results.recover(args.results)}
         return {"compacted": maintenance.compact(args.results),
                 "vacuumed_files": maintenance.vacuum(args.results, args.retain_days)}
+
+
+def refuse_damaged(output: str) -> None:
+    """ResultsError with the first problem of a damaged table: compaction, vacuum and commits must not build on it."""
+    problems = [problem for table in results.TABLES for problem in maintenance.table_problems(output, table)]
+    if problems:
+        raise results.ResultsError(f"{problems[0]} (`python -m jobs.maintain verify --results {output}` lists every "
+                                   f"problem)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     except (storage.StorageError, results.CommitError) as error:
         logger.error("%s not done: %s", args.command, error)
         return 2
+    for problem in summary.get("problems", []):
+        logger.error("%s", problem)
     print(json.dumps({"command": args.command, "results": args.results, **summary}, default=str))
-    return 0
+    return 1 if summary.get("problems") else 0
 
 
 if __name__ == "__main__":

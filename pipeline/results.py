@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime
 import io
 import logging
+import urllib.parse
 import uuid
 
 import pyarrow as pa
@@ -83,11 +84,36 @@ def check_writable(output: str) -> None:
 
 
 def check_layout(output: str) -> None:
-    """Refuse an output written by the Parquet layout before Delta tables, with what to do about it."""
+    """Refuse an output this version cannot use, with what to do about it: one written by the Parquet layout before
+    Delta tables, or one with a damaged table (a log that cannot be read, a data file its log names missing)."""
     if storage.is_dir(storage.join(output, RUNS)) and not is_delta(output, RUNS):
         raise ResultsError(
             f"{output} holds results in the earlier Parquet layout (no Delta transaction log); convert it once with "
             f"`python -m jobs.maintain migrate --results {output}`, then run again")
+    for table in TABLES:
+        delta = open_table(output, table)
+        missing = missing_files(delta, table_uri(output, table)) if delta is not None else []
+        if missing:
+            raise ResultsError(f"the {table} table at {table_uri(output, table)} is damaged: version "
+                               f"{delta.version()} names {len(missing)} data file(s) that do not exist (first: "
+                               f"{missing[0]}); {VERIFY_HINT.format(output=output)}")
+
+
+VERIFY_HINT = "`python -m jobs.maintain verify --results {output}` names the damage and the version to restore"
+
+
+def first_line(error: BaseException) -> str:
+    """An error's first line: delta-rs appends a native backtrace to its messages, which says nothing to a user."""
+    lines = str(error).strip().splitlines()
+    return lines[0].strip() if lines else type(error).__name__
+
+
+def missing_files(delta: DeltaTable, uri: str) -> list[str]:
+    """The data files the table's loaded version names that its folder does not hold (one listing of it), sorted,
+    relative to the table."""
+    named = {urllib.parse.unquote(path) for path in pa.table(delta.get_add_actions(flatten=False))["path"].to_pylist()}
+    held = {urllib.parse.unquote(file[len(uri):].lstrip("/")) for file in storage.list_files(uri)}
+    return sorted(named - held)
 
 
 def is_delta(output: str, table: str) -> bool:
@@ -97,17 +123,21 @@ def is_delta(output: str, table: str) -> bool:
 def open_table(output: str, table: str, version: int | datetime.datetime | None = None) -> DeltaTable | None:
     """The Delta table (at ``version``: a number or a time), or None while the output has no such table."""
     uri = table_uri(output, table)
+    number = version if isinstance(version, int) else None  # loaded alone: a damaged later entry is not read
     try:
-        delta = DeltaTable(uri, storage_options=storage.delta_options(uri))
+        delta = DeltaTable(uri, version=number, storage_options=storage.delta_options(uri))
     except TableNotFoundError:
         return None
     except (DeltaError, OSError) as error:
-        raise storage.StorageError(f"cannot read the {table} table at {uri}: {error}") from error
-    if version is not None:
+        at = "" if number is None else f" at version {number}"
+        raise ResultsError(f"the {table} table at {uri} cannot be read{at}, its transaction log is damaged or "
+                           f"unreachable ({first_line(error)}); {VERIFY_HINT.format(output=output)}") from error
+    if version is not None and number is None:
         try:
             delta.load_as_version(version)
         except (DeltaError, OSError, ValueError) as error:
-            raise ResultsError(f"the {table} table at {uri} has no version {version}: {error}") from error
+            raise ResultsError(f"the {table} table at {uri} has no readable version {version} "
+                               f"({first_line(error)})") from error
     return delta
 
 
