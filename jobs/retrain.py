@@ -86,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "(a local one is not used there)")
     cache.add_argument("--no-cache", dest="cache", action="store_const", const=None,
                        help="decode and preprocess every image again")
+    parser.add_argument("--held-out", action="append", default=[], metavar="DIR",
+                        help="local folder of MRI not used for training (another hospital's slices, another sequence; "
+                             "repeatable): the int8 graph is held to float32's answers on it, beside the validation "
+                             "variants, the sample archive and pydicom's non-MR images, before `--backend auto` may "
+                             "run it")
     parser.add_argument("--storage-path", help="where Ray Train keeps checkpoints (default: ~/ray_results)")
     parser.add_argument("--version", help="name of the candidate model (default: timestamped)")
     parser.add_argument("--folds", type=bounded(int, 2), metavar="K",
@@ -129,13 +134,13 @@ def build_config(args: argparse.Namespace) -> RetrainConfig:
                                                          mirror_views=args.mirror_views),
                          member_models=tuple(args.member_model),
                          preprocessing=PreprocessConfig(image_size=args.image_size), training=training,
-                         version=args.version, cache=usable_cache(args))
+                         version=args.version, cache=usable_cache(args), held_out=tuple(args.held_out))
 
 
 def check_data(args: argparse.Namespace) -> tuple[RetrainConfig, list[LabelledImage]]:
     """Before Ray starts: the configuration is valid and the labelled folders are usable."""
     config = build_config(args)
-    for location in (config.data, *config.tumor_data, config.output):
+    for location in (config.data, *config.tumor_data, *config.held_out, config.output):
         storage.check_reachable(location)
     return config, list_labelled_images(config.data, config.tumor_data)
 

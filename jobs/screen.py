@@ -25,7 +25,7 @@ from model.decode import DecodeLimits
 from model.registry import DEFAULT_MODEL
 from pipeline.report import publish_run_report
 from pipeline.screen import ScreenConfig, ScreeningPlan, prepare, score_and_commit
-from pipeline.stages import BACKENDS
+from model.backends import BACKENDS
 
 logger = logging.getLogger("jobs.screen")
 

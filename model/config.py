@@ -95,3 +95,4 @@ class RetrainConfig:
     version: str | None = None
     cache: str | None = None  # folder (local or S3) keeping preprocessed training images between runs
     member_models: tuple[str, ...] = ()  # single-network model folders trained on this split, reused as members
+    held_out: tuple[str, ...] = ()  # local folders of MRI kept out of training, to judge the int8 graph on

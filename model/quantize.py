@@ -10,6 +10,11 @@ detector's threshold is refitted on the int8 graph's validation features at the 
 (``ood_threshold`` in the record, which ``OodDetector.for_model(info, "onnx_int8")`` reads): the int8 path marks the
 share of validation images float32 marks. ``jobs.retrain`` quantizes every candidate;
 ``tools.quantize_onnx`` does it for an existing model.
+
+Validation images come from the sources the graph was calibrated on, so holding there says little about another
+hospital's MRI (or another CPU). The int8 graph is therefore also measured against float32 on held-out sets
+(``model.heldout``) under ``model.agreement``'s rule, and the verdict is recorded (``held_out_agreement``): only a
+graph that earns it there is run by ``--backend auto`` (``model.backends``). The shipped graphs did not earn it.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from model.calibration import apply_temperature
 from model.metrics import classification_metrics
 from model.onnx_runtime import OnnxPredictor
 from model.ood import DEFAULT_QUANTILE, OodDetector
+from model.agreement import answers, agreement, verdict
 
 logger = logging.getLogger(__name__)
 
@@ -128,10 +134,37 @@ def refit_ood(info: registry.ModelInfo, images: np.ndarray, describe: Callable |
     return registry.attach_file(info, "onnx_int8", info.metadata["onnx_int8"]["file"], data, record)
 
 
+def held_out_agreement(info: registry.ModelInfo, int8: bytes, ood_threshold: float | None,
+                       sets: dict[str, np.ndarray]) -> dict:
+    """``model.agreement``'s verdict on the int8 graph ``int8`` (with its unfamiliarity threshold) against the
+    model's float32 export, on each held-out set."""
+    data = storage.read_bytes(info.onnx_uri)
+    registry.verify_onnx(info, data)
+    reference = OnnxPredictor(data, len(info.class_names), info.temperature, None, 64)
+    candidate = OnnxPredictor(int8, len(info.class_names), info.temperature, None, 64)
+    detector = OodDetector.for_model(info)
+    int8_detector = (dataclasses.replace(detector, threshold=ood_threshold)
+                     if detector is not None and ood_threshold is not None else detector)
+    per_set = {name: agreement(answers(reference, detector, images), answers(candidate, int8_detector, images),
+                               info.threshold) for name, images in sets.items()}
+    return verdict(per_set)
+
+
+def attach_agreement(info: registry.ModelInfo, sets: dict[str, np.ndarray]) -> registry.ModelInfo:
+    """Measure the shipped int8 graph on ``sets`` and record the verdict beside it, the graph unchanged."""
+    data = storage.read_bytes(info.export_uri("onnx_int8"))
+    registry.verify_onnx(info, data, "onnx_int8")
+    record = {key: value for key, value in info.metadata["onnx_int8"].items() if key not in ("file", "sha256")}
+    record["held_out_agreement"] = held_out_agreement(info, data, record.get("ood_threshold"), sets)
+    return registry.attach_file(info, "onnx_int8", info.metadata["onnx_int8"]["file"], data, record)
+
+
 def quantize_and_attach(info: registry.ModelInfo, train_images: np.ndarray, val_images: np.ndarray,
-                        val_targets: np.ndarray, write: bool = True) -> tuple[registry.ModelInfo, dict]:
+                        val_targets: np.ndarray, write: bool = True,
+                        held_out: dict[str, np.ndarray] | None = None) -> tuple[registry.ModelInfo, dict]:
     """Quantize the model's ONNX export, measure both graphs on the validation images, and (``write``) ship the
-    int8 graph beside the model when its figures hold; returns the model and the report."""
+    int8 graph beside the model when its figures hold, with its verdict on the ``held_out`` sets (``auto`` runs
+    it only where that verdict says so); returns the model and the report."""
     chosen = np.random.default_rng(0).choice(len(train_images), min(CALIBRATION_IMAGES, len(train_images)),
                                              replace=False)
     data = storage.read_bytes(info.onnx_uri)
@@ -147,6 +180,10 @@ def quantize_and_attach(info: registry.ModelInfo, train_images: np.ndarray, val_
                 report["float32"]["images_per_second_1_thread"],
                 "shipped" if report["metrics_hold"] and write else "not shipped")
     if write and report["metrics_hold"]:
+        refitted = refitted_ood_threshold(info, int8, val_images)
+        judged = held_out_agreement(info, int8, refitted.get("ood_threshold"), held_out or {})
+        logger.info("int8 export on held-out sets: %s", "earns the CPU default" if judged["earns_default"] else
+                    f"not the CPU default (fails on {', '.join(judged['failing_sets']) or 'no set measured'})")
         info = registry.attach_file(info, "onnx_int8", registry.ONNX_INT8_FILE, int8,
-                                    {"measured": report, **refitted_ood_threshold(info, int8, val_images)})
+                                    {"measured": report, **refitted, "held_out_agreement": judged})
     return info, report

@@ -2,7 +2,11 @@
 
 ``ray``          the cluster answers, and has CPUs to decode on (resources per node in the detail)
 ``gpus``         on every node that advertises GPUs, TensorFlow sees them, with memory growth on
-``inference``    each inference actor the screening job would start loads the model and scores one batch (images/s)
+``inference``    each inference actor the screening job would start loads the model and scores one batch (images/s),
+                 on the backend it would run there (an int8 graph that fails the start-up check on a node's CPU
+                 falls back to float32 there), with that node's int8 instruction sets
+``int8``         here: the model's int8 graph against float32 on the check images, this CPU's instruction sets, and
+                 what ``--backend auto`` runs
 ``input``        the input can be listed and a file read (S3 or disk)
 ``output``       the output can be written and the write removed
 ``decoders``     on a worker: pydicom can decode JPEG baseline, JPEG-LS, JPEG 2000 and RLE pixel data
@@ -25,6 +29,7 @@ import ray
 from infra import storage
 from infra.ray_runtime import ensure_ray
 from model import registry
+from model.backends import cpu_instruction_sets, int8_report
 from model.decode import DecodeLimits
 from pipeline import results
 from pipeline import schema as col
@@ -121,10 +126,10 @@ def sample_batch(info: registry.ModelInfo, size: int = 32) -> pa.Table:
 class InferenceProbe:
     """One inference actor, as the screening job starts it, timed on one batch."""
 
-    def __init__(self, model_dir: str, weights_sha256: str, cpu_threads: int, use_gpu: bool):
-        self.actor = InferenceActor(model_dir, weights_sha256, 0.5, cpu_threads, use_gpu)
+    def __init__(self, model_dir: str, weights_sha256: str, cpu_threads: int, use_gpu: bool, backend: str):
+        self.actor = InferenceActor(model_dir, weights_sha256, 0.5, cpu_threads, use_gpu, backend=backend)
 
-    def score(self, batch: pa.Table) -> tuple[str, int, float]:
+    def score(self, batch: pa.Table) -> tuple[str, int, float, str]:
         self.actor(batch)  # the first call builds the graph
         started = time.perf_counter()
         scored = self.actor(batch)
@@ -133,26 +138,33 @@ class InferenceProbe:
         if errors:
             raise RuntimeError(f"{errors} of {scored.num_rows} sample images failed to score: "
                                f"{scored[col.ERROR_MESSAGE].to_pylist()[0]}")
-        return ray.util.get_node_ip_address(), scored.num_rows, scored.num_rows / seconds
+        return (ray.util.get_node_ip_address(), scored.num_rows, scored.num_rows / seconds,
+                f"{self.actor.backend}, CPU {cpu_instruction_sets()}")
 
 
 def check_inference(config: DoctorConfig) -> Check:
-    from pipeline.screen import ScreenConfig, inference_resources
+    from pipeline.screen import ScreenConfig, inference_backend, inference_resources
 
     info = registry.load_model_info(config.model)
     screen = ScreenConfig(inputs=("-",), output="-", inference_actors=config.inference_actors,
                           use_gpu=config.use_gpu)
     actors, cpus, gpus, use_gpu = inference_resources(screen)
+    backend = inference_backend(screen, info, use_gpu)
     batch = sample_batch(info)
     probes = [InferenceProbe.options(num_cpus=cpus, num_gpus=gpus).remote(info.uri, info.weights_sha256,
-                                                                          max(1, int(cpus)), use_gpu)
+                                                                          max(1, int(cpus)), use_gpu, backend)
               for _ in range(actors)]
     rates = ray.get([probe.score.remote(batch) for probe in probes], timeout=900)
     for probe in probes:
         ray.kill(probe)
     return Check("inference", True, f"{actors} {'GPU' if use_gpu else 'CPU'} actor(s) scored a batch of "
-                                    f"{batch.num_rows}: " + ", ".join(f"{address} {rate:.0f} images/s"
-                                                                       for address, _, rate in rates))
+                                    f"{batch.num_rows}: " + ", ".join(f"{address} {rate:.0f} images/s ({runs})"
+                                                                       for address, _, rate, runs in rates))
+
+
+def check_int8(config: DoctorConfig) -> Check:
+    ok, detail = int8_report(registry.load_model_info(config.model))
+    return Check("int8", ok, detail)
 
 
 def check_input(config: DoctorConfig) -> Check:
@@ -226,7 +238,8 @@ def check_pseudonym(config: DoctorConfig) -> Check:
 
 
 def run_checks(config: DoctorConfig) -> list[Check]:
-    checks = [guarded("model", check_model, config), guarded("pseudonym", check_pseudonym, config),
+    checks = [guarded("model", check_model, config), guarded("int8", check_int8, config),
+              guarded("pseudonym", check_pseudonym, config),
               guarded("input", check_input, config), guarded("output", check_output, config)]
     cluster = guarded("ray", check_ray)
     checks.append(cluster)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import pathlib
 import platform
 import time
 
@@ -39,6 +40,7 @@ from model.calibration import TARGET_SENSITIVITY, apply_temperature, fit_tempera
 from model.evaluate import (CURVES_FILE, RELIABILITY_FILE, evaluate_predictions, reliability_png, training_curves_png,
                             write_evaluation)
 from model.onnx_export import export_and_attach
+from model.heldout import held_out_sets
 from model.quantize import figures, quantize_and_attach
 from model.ood import OOD_FILE, fit_and_describe
 from model.predict import ProbabilityPredictor, load_classifier
@@ -304,7 +306,7 @@ def train_and_decide(config: RetrainConfig, train: ray.data.Dataset, validation:
     saved = export_and_attach(model, saved, val_images[:ONNX_CHECK_IMAGES])  # ONNX Runtime's backend, parity-checked
     train_images = validation_arrays(train)[0]
     saved = attach_ood(model, saved, train_images, val_images, val_labels)
-    attach_int8(saved, train_images, val_images, val_targets)
+    attach_int8(saved, train_images, val_images, val_targets, config.held_out)
     write_candidate_figures(storage.join(candidate_uri, "validation"), version, raw, calibrated, val_targets,
                             candidate_metrics, state["history"])
     write_model_card(candidate_uri)
@@ -326,11 +328,14 @@ def attach_ood(model, info: registry.ModelInfo, train_images: np.ndarray, val_im
 
 
 def attach_int8(info: registry.ModelInfo, train_images: np.ndarray, val_images: np.ndarray,
-                val_targets: np.ndarray) -> registry.ModelInfo:
-    """The candidate's int8 export (``model.quantize``), shipped when its figures hold; an optional speed-up, so a
-    failure to quantize is logged and the candidate goes on without it."""
+                val_targets: np.ndarray, held_out: tuple[str, ...] = ()) -> registry.ModelInfo:
+    """The candidate's int8 export (``model.quantize``), shipped when its validation figures hold, with its verdict
+    on the held-out sets (``model.heldout``; ``held_out`` folders each a set); an optional speed-up, so a failure to
+    quantize is logged and the candidate goes on without it."""
     try:
-        return quantize_and_attach(info, train_images, val_images, val_targets)[0]
+        sets = held_out_sets(info.preprocessing, val_images,
+                             {f"held-out folder {pathlib.PurePath(folder).name}": folder for folder in held_out})
+        return quantize_and_attach(info, train_images, val_images, val_targets, held_out=sets)[0]
     except Exception as error:  # onnxruntime's quantizer on a graph it cannot handle: float32 still serves
         logger.warning("int8 quantization of %s failed (%s: %s); it ships without model.int8.onnx", info.version,
                        type(error).__name__, error)

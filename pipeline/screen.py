@@ -57,8 +57,8 @@ from pipeline.listing import LISTING_SCHEMA, Listing, refuse_output_inside_input
 from pipeline.pseudonym import PseudonymKeyError, load_key
 from pipeline.selection import SelectionRules, SelectionRulesError, load_rules
 from pipeline.series import SERIES_INPUT_COLUMNS, series_table, summarize_series
-from pipeline.stages import (BACKENDS, ONNX, ONNX_EXPORT_OF, ONNX_INT8, TENSORFLOW, ScoringActor, StageContext,
-                             decode_and_preprocess)
+from model.backends import BACKENDS, ONNX_EXPORT_OF, auto_backend
+from pipeline.stages import ScoringActor, StageContext, decode_and_preprocess
 
 logger = logging.getLogger(__name__)
 
@@ -222,18 +222,10 @@ def chosen_files_dataset(selection: Selection, rows: int) -> ray.data.Dataset:
 
 
 def inference_backend(config: ScreenConfig, model: registry.ModelInfo, use_gpu: bool) -> str:
-    """The backend asked for; "auto": TensorFlow on GPUs; on CPU actors the model's int8 ONNX graph when it ships
-    one whose unfamiliarity threshold was refitted on its own features (``model.quantize``: its validation metrics
-    within half a point of float32, 1.2x the float32 pipeline here), else its float32 ONNX export, else TensorFlow
-    (docs/benchmarks.md)."""
-    if config.backend != "auto":
-        return config.backend
-    if use_gpu:
-        return TENSORFLOW
-    int8 = model.metadata.get("onnx_int8", {})
-    if int8.get("sha256") and ("ood" not in model.metadata or "ood_threshold" in int8):
-        return ONNX_INT8
-    return ONNX if model.onnx_sha256 else TENSORFLOW
+    """The backend asked for; "auto": TensorFlow on GPUs, on CPU actors float32 ONNX unless the model's int8 graph
+    earned the default on held-out data (``model.backends``). Each actor asked for int8 checks it against float32
+    on its own CPU first and falls back to float32 when they disagree."""
+    return auto_backend(model, use_gpu) if config.backend == "auto" else config.backend
 
 
 class Progress:

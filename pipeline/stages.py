@@ -30,7 +30,7 @@ from model.decode import (DecodedFile, DecodeError, DecodeLimits, decode_dicom_d
                           dicom_header, open_dicom, sniff_format)
 from model.errors import ErrorCode
 from model.labels import CLASS_NAMES, NO_TUMOR_INDEX
-from model.ood import OodDetector
+from model.backends import TENSORFLOW, make_predictor
 from model.preprocessing import PreprocessConfig, preprocess_image
 from pipeline import schema as col
 from pipeline.geometry import slice_position
@@ -209,14 +209,10 @@ def decode_and_preprocess(batch: dict[str, np.ndarray], context: StageContext, c
     return rows_to_table(rows)
 
 
-TENSORFLOW, ONNX, ONNX_INT8 = "tensorflow", "onnx", "onnx-int8"  # inference backends
-BACKENDS = (TENSORFLOW, ONNX, ONNX_INT8)
-ONNX_EXPORT_OF = {ONNX: "onnx", ONNX_INT8: "onnx_int8"}  # backend -> the model.json key of the graph it runs
-
-
 class InferenceActor:
     """Loads the verified model once per actor, then scores the ``ok`` rows of each batch, with TensorFlow or with
-    the model's ONNX export, float32 or int8, on ONNX Runtime (``backend``). With ``mirror_average`` each image's
+    the model's ONNX export, float32 or int8, on ONNX Runtime (``backend``; ``model.backends``: an int8 graph that
+    disagrees with float32 on this CPU's start-up check is replaced by float32, and ``self.backend`` says which runs). With ``mirror_average`` each image's
     probabilities are averaged with its left-right mirror's (one more inference; the unfamiliarity score reads the
     image as it is).
 
@@ -227,18 +223,8 @@ class InferenceActor:
     def __init__(self, model_dir: str, weights_sha256: str, threshold: float, cpu_threads: int | None,
                  use_gpu: bool, batch_size: int = 64, backend: str = TENSORFLOW, mirror_average: bool = False):
         info = registry.load_model_info(model_dir)
-        if backend in ONNX_EXPORT_OF:  # the model's verified ONNX export on ONNX Runtime: no TensorFlow in this actor
-            from model.onnx_runtime import OnnxPredictor
-
-            self.predictor = OnnxPredictor.for_model(info, weights_sha256, cpu_threads, batch_size,
-                                                     ONNX_EXPORT_OF[backend])
-        else:  # TensorFlow loads here, in the actor that runs the network, never in the driver
-            from model.predict import ProbabilityPredictor, configure_tensorflow, load_classifier
-
-            configure_tensorflow(cpu_threads, use_gpu)
-            self.predictor = ProbabilityPredictor(load_classifier(info, weights_sha256), batch_size,
-                                                  info.temperature, features=True)
-        self.ood = OodDetector.for_model(info, ONNX_EXPORT_OF.get(backend))
+        self.predictor, self.ood, self.backend = make_predictor(info, backend, weights_sha256, cpu_threads, use_gpu,
+                                                                batch_size)
         if self.ood is None:
             logger.warning("model %s has no out-of-distribution detector: the ood columns stay empty", info.version)
         self.image_size = info.preprocessing.image_size

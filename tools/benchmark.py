@@ -31,7 +31,7 @@ from model.decode import DecodeLimits
 from model.quantize import median_rate
 from model.registry import DEFAULT_MODEL
 from pipeline.screen import ScreenConfig, run_screening
-from pipeline.stages import BACKENDS, ONNX_EXPORT_OF
+from model.backends import BACKENDS, ONNX_EXPORT_OF
 
 
 def link_archive(source: pathlib.Path, count: int, folder: pathlib.Path) -> None:
@@ -126,7 +126,8 @@ def stage_costs(source: pathlib.Path, count: int, model_uri: str, batch: int = 6
 
     from model.decode import decode_file
     from model.preprocessing import preprocess_image
-    from pipeline.stages import ONNX, InferenceActor, bound_threads, file_rows, rows_to_table, to_predictions_table
+    from model.backends import ONNX
+    from pipeline.stages import InferenceActor, bound_threads, file_rows, rows_to_table, to_predictions_table
 
     bound_threads(1)
     info = registry.load_model_info(model_uri)

@@ -21,23 +21,18 @@ import argparse
 import gzip
 import json
 import pathlib
-import warnings
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from infra.ray_runtime import configure_logging, ensure_ray
-from model import registry
+from model import heldout, registry
 from model.card import write_model_card
-from model.decode import DecodeError, decode_file
 from model.ood import OOD_FILE, fit_and_describe
 from model.predict import ProbabilityPredictor, load_classifier
 from model.preprocessing import preprocess_image
 from pipeline.retrain import validation_arrays
 from tools.calibrate_model import recorded_split
-
-FRAMES_PER_FILE = 3
-
 
 def split_arrays(info: registry.ModelInfo, cache: str | None):
     """(images, targets, labels) of the model's recorded training and validation split."""
@@ -46,32 +41,12 @@ def split_arrays(info: registry.ModelInfo, cache: str | None):
 
 
 def preprocessed(paths: list[pathlib.Path], info: registry.ModelInfo) -> np.ndarray:
-    images = []
-    for path in paths:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                decoded = decode_file(path.read_bytes(), str(path))
-            images += [preprocess_image(frame, info.preprocessing) for frame in decoded.frames[:FRAMES_PER_FILE]]
-        except (DecodeError, ValueError, ArithmeticError):
-            continue
-    return np.stack(images) if images else np.zeros((0, info.preprocessing.image_size,) * 2, np.uint8)
+    return heldout.preprocessed(paths, info.preprocessing)
 
 
 def pydicom_images(info: registry.ModelInfo) -> np.ndarray:
     """Every image object pydicom ships, MR left out."""
-    import pydicom
-    from pydicom.data import get_testdata_files
-
-    paths = []
-    for name in get_testdata_files():
-        try:
-            modality = pydicom.dcmread(name, stop_before_pixels=True, force=True).get("Modality")
-        except Exception:  # not every shipped file parses
-            continue
-        if modality != "MR":
-            paths.append(pathlib.Path(name))
-    return preprocessed(paths, info)
+    return heldout.pydicom_non_mr(info.preprocessing)
 
 
 def matplotlib_images(info: registry.ModelInfo) -> np.ndarray:
