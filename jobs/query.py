@@ -10,15 +10,20 @@ or S3 prefix) with DuckDB; starts no Ray, and runs the same under ``ray job subm
     python -m jobs.query sql      --results <dir|s3://...> "SELECT ... FROM current_series ..."
     python -m jobs.query report   --results <dir|s3://...> [--run-id RUN] [--output FILE]
 
-Views for SQL: predictions, series, runs (complete runs only), current_predictions and current_series (each file
-or series as last scored), predictions_all and series_all (every committed row). --as-of reads every table as it
-was at a moment (what was reported that morning). Output: an aligned table on a terminal, or --format csv, json
-or parquet, to stdout or --output FILE. ``patient --patient-id`` turns a patient ID into its pseudonym here, with
-the pseudonym key the screening runs used (PSEUDONYM_KEY or --pseudonym-key-file); the ID itself is never printed,
-logged or written (``-`` reads it from stdin, out of the shell history). ``report`` rebuilds a committed run's
-morning report (``pipeline.report``; default: the latest run) where the run wrote it, or to --output, and prints
-where. Exit status 0 (an empty answer included), 2 for a question that cannot be answered (no results there,
-unknown patient or run, bad SQL, no pseudonym key), with one line saying why.
+Views for SQL: predictions, series, runs (complete runs only), current_predictions and current_series (each file or
+series as last scored), predictions_all and series_all (every committed row). The SQL reads these and nothing else:
+statements that write, attach, install or load are refused, and DuckDB may open no file (``read_csv``,
+``read_text``, ``COPY``) and load no extension (``pipeline.views.connect_read_only``). --as-of reads every table as
+it was at a moment (what was reported that morning). Output: an aligned table on a terminal, or --format csv, json
+or parquet, to stdout or --output FILE. In the terminal table, control characters (escape sequences, line breaks)
+are shown escaped, as \\x1b; in CSV, a text cell starting with =, +, -, @, a tab or a carriage return is prefixed
+with a single quote, so no spreadsheet takes it for a formula. ``patient --patient-id`` turns a patient ID into its
+pseudonym here, with the pseudonym key the screening runs used (PSEUDONYM_KEY or --pseudonym-key-file); the ID
+itself is never printed, logged or written (``-`` reads it from stdin, out of the shell history). ``report``
+rebuilds a committed run's morning report (``pipeline.report``; default: the latest run) where the run wrote it, or
+to --output, and prints where. Exit status 0 (an empty answer included), 2 for a question that cannot be answered
+(no results there, unknown patient or run, bad SQL or SQL that would write, no usable pseudonym key), with one line
+saying why.
 """
 
 from __future__ import annotations
@@ -29,9 +34,11 @@ import io
 import json
 import logging
 import os
+import re
 import sys
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -44,6 +51,8 @@ from pipeline.pseudonym import PseudonymKeyError, load_key
 logger = logging.getLogger("jobs.query")
 FORMATS = ("table", "csv", "json", "parquet")
 CELL_WIDTH = 64  # longer values are shortened in the terminal table only
+UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+FORMULA_START = r"^([=+\-@\t\r])"
 
 
 def moment(text: str) -> datetime.datetime:
@@ -111,7 +120,7 @@ def date_range(args: argparse.Namespace) -> queries.DateRange:
 def answer(args: argparse.Namespace) -> pa.Table:
     if args.command == "history":
         return pa.Table.from_pylist(results.history(args.results))
-    connection = views.connect(args.results, args.as_of)
+    connection = views.connect_read_only(args.results, args.as_of)
     if args.command == "flagged":
         return queries.flagged(connection, queries.FlaggedFilter(
             date_range(args), args.predicted_class, args.threshold, args.modality, args.limit))
@@ -129,6 +138,12 @@ def patient_id(given: str) -> str:
     return sys.stdin.readline().strip() if given == "-" else given
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters (ANSI escapes, line breaks, the C1 set) and invisible direction overrides
+    escaped as \\xNN or \\uNNNN: a file name cannot move the cursor, recolour the terminal or break a row."""
+    return UNPRINTABLE.sub(lambda found: found[0].encode("unicode_escape").decode("ascii"), text)
+
+
 def cell(value) -> str:
     if value is None:
         return ""
@@ -136,13 +151,13 @@ def cell(value) -> str:
         return f"{value:.4f}"
     if isinstance(value, datetime.datetime):
         return value.isoformat(sep=" ", timespec="seconds")
-    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    text = printable(json.dumps(value) if isinstance(value, (list, dict)) else str(value))
     return text if len(text) <= CELL_WIDTH else "..." + text[-(CELL_WIDTH - 3):]
 
 
 def aligned(table: pa.Table) -> str:
     """A table as aligned text columns, numbers to the right; '(no rows)' under the header when empty."""
-    header = table.column_names
+    header = [printable(name) for name in table.column_names]
     rows = [[cell(value) for value in row.values()] for row in table.to_pylist()]
     widths = [max([len(name), *(len(row[index]) for row in rows)]) for index, name in enumerate(header)]
     numeric = [pa.types.is_integer(field.type) or pa.types.is_floating(field.type) for field in table.schema]
@@ -160,12 +175,25 @@ def render(table: pa.Table, kind: str) -> bytes:
         return aligned(table).encode()
     buffer = io.BytesIO()
     if kind == "csv":
-        pacsv.write_csv(table, buffer)
+        pacsv.write_csv(without_formulas(table), buffer)
     elif kind == "json":
         buffer.write(json.dumps(table.to_pylist(), default=str, indent=1).encode() + b"\n")
     else:
         pq.write_table(table, buffer)
     return buffer.getvalue()
+
+
+def without_formulas(table: pa.Table) -> pa.Table:
+    """``table`` with each text cell a spreadsheet would take for a formula (one starting with =, +, -, @, a tab or
+    a carriage return) prefixed with a single quote, so a file name cannot become a live formula in a CSV."""
+    columns = []
+    for column in table.columns:
+        if pa.types.is_string_view(column.type):
+            column = column.cast(pa.string())
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            column = pc.replace_substring_regex(column, FORMULA_START, r"'\1", max_replacements=1)
+        columns.append(column)
+    return pa.Table.from_arrays(columns, names=table.column_names)
 
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -197,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         data = render(answer(args), args.format)
     except (queries.QueryError, report.ReportError, storage.StorageError, PseudonymKeyError) as error:
-        print(f"jobs.query {args.command}: {error}", file=sys.stderr)
+        print(f"jobs.query {args.command}: {printable(str(error))}", file=sys.stderr)
         return 2
     if args.output:
         storage.write_bytes(args.output, data)

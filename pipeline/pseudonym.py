@@ -107,7 +107,8 @@ def validate_key(text: str, where: str = "the pseudonym key") -> bytes:
         raise PseudonymKeyError(f"{where} starts with a byte-order mark, which would change every pseudonym: "
                                 f"give the key without one")
     if not key.isprintable():
-        raise PseudonymKeyError(f"{where} holds control or invisible characters (a binary file?): a key is one line of text")
+        raise PseudonymKeyError(f"{where} holds control or invisible characters (a binary file?): a key is one line "
+                                f"of text")
     encoded = key.encode()
     if len(encoded) < MINIMUM_KEY_BYTES:
         raise PseudonymKeyError(f"{where} is shorter than {MINIMUM_KEY_BYTES} characters")

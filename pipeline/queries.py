@@ -11,6 +11,7 @@ import duckdb
 import pyarrow as pa
 
 from pipeline import schema as col
+from pipeline import views
 from pipeline.pseudonym import pseudonymize
 
 
@@ -131,9 +132,13 @@ def summary(connection: duckdb.DuckDBPyConnection, dates: DateRange, by_class: b
 
 
 def sql(connection: duckdb.DuckDBPyConnection, query: str) -> pa.Table:
-    """Any SQL over the views; DuckDB's own message, on one line, when it fails."""
+    """Any SQL over the views that only reads (``views.check_read_only``); DuckDB's own message, on one line, when
+    it fails."""
     try:
+        views.check_read_only(connection, query)
         relation = connection.sql(query)
         return relation.to_arrow_table() if relation is not None else pa.table({})
+    except views.WritingStatementError as error:
+        raise QueryError(str(error)) from error
     except duckdb.Error as error:
         raise QueryError(" ".join(str(error).split())) from error

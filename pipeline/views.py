@@ -14,6 +14,10 @@ Views, all restricted to complete runs (runs recorded in ``runs``, see ``pipelin
 The tables are read through pyarrow datasets registered in DuckDB (no DuckDB extension is downloaded), so column
 selection and filters such as ``run_date = '2026-11-02'`` push down to the Parquet files: a one-day question over
 a year of results reads one day. ``as_of`` reads every table as it was at that time (Delta time travel).
+
+``connect_read_only`` is the connection users' SQL runs on (``jobs.query``): once the tables are registered, DuckDB
+may touch no file, load or install no extension, and no setting can be changed back (``LOCKDOWN``); and
+``check_read_only`` lets through only statements that read (``SELECT`` in its forms, ``EXPLAIN`` of one).
 """
 
 from __future__ import annotations
@@ -70,6 +74,50 @@ def connect(output: str, as_of: datetime.datetime | None = None) -> duckdb.DuckD
     for name, query in VIEWS.items():
         connection.execute(f"CREATE VIEW {name} AS {query}")
     return connection
+
+
+# After the tables are registered (pyarrow reads them, not DuckDB): no file, no extension, no Python variable
+# scanned by name, and the configuration locked last so no statement can undo the rest.
+LOCKDOWN = ("SET python_enable_replacements = false", "SET enable_external_access = false",
+            "SET autoload_known_extensions = false", "SET autoinstall_known_extensions = false",
+            "SET allow_community_extensions = false", "SET lock_configuration = true")
+READING_STATEMENTS = {duckdb.StatementType.SELECT}
+EXPLAIN = re.compile(r"\s*EXPLAIN(\s+ANALY[SZ]E)?\b", re.IGNORECASE)
+
+
+class WritingStatementError(ValueError):
+    """SQL that would do more than read the results tables; the message is one sentence."""
+
+
+def connect_read_only(output: str, as_of: datetime.datetime | None = None) -> duckdb.DuckDBPyConnection:
+    """:func:`connect`, then locked down: the connection reads the results tables and nothing else."""
+    connection = connect(output, as_of)
+    for setting in LOCKDOWN:
+        connection.execute(setting)
+    return connection
+
+
+def check_read_only(connection: duckdb.DuckDBPyConnection, query: str) -> None:
+    """Raise ``WritingStatementError`` unless every statement of ``query`` only reads."""
+    for statement in connection.extract_statements(query):
+        kind = statement_kind(statement)
+        if kind == duckdb.StatementType.EXPLAIN:  # EXPLAIN ANALYZE runs what it explains: that must read too
+            explained = EXPLAIN.match(statement.query)
+            inner = connection.extract_statements(statement.query[explained.end():]) if explained else []
+            kind = statement_kind(inner[0]) if len(inner) == 1 else None
+        if kind not in READING_STATEMENTS:
+            raise WritingStatementError(
+                f"only statements that read are run (SELECT, FROM, WITH, DESCRIBE, SUMMARIZE, EXPLAIN of one), not "
+                f"{f'{kind.name} statements' if kind else 'this statement'}: the query tool writes no file, attaches "
+                f"no database and installs or loads no extension")
+
+
+def statement_kind(statement) -> duckdb.StatementType | None:
+    """The statement's type; None for one DuckDB's Python API cannot name (e.g. UPDATE EXTENSIONS)."""
+    try:
+        return statement.type
+    except ValueError:
+        return None
 
 
 def latest_before(excluding_date: str) -> str:
