@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+import boto3
 import pyarrow as pa
 
 from infra import storage
@@ -25,12 +26,8 @@ NAMES = (FORMULA, "+1-2.jpg", "-sum.jpg", "@cmd.jpg", "\tlead.jpg", "red\x1b[31m
          "two\nlines\r.jpg", "right-to-left\u202egpj.exe", "plain.jpg")
 
 
-@pytest.fixture(scope="module")
-def output(tmp_path_factory) -> str:
-    """A committed night that flagged an image under each name above, with the site's pseudonym key file beside it
-    (as ``make demo`` leaves it)."""
-    root = tmp_path_factory.mktemp("query")
-    output = str(root / "results")
+def commit_night(output: str) -> None:
+    """A committed night that flagged an image under each name above."""
     flagged_images = [{col.RUN_ID: "run-a", col.RUN_DATE: DATE, col.SOURCE_URI: name, col.STATUS: col.STATUS_OK,
                        col.TUMOR_PROBABILITY: 0.9, col.FLAGGED: True, col.PREDICTED_CLASS: "glioma"} for name in NAMES]
     for table, rows in ((results.PREDICTIONS, flagged_images), (results.SERIES, [])):
@@ -39,6 +36,14 @@ def output(tmp_path_factory) -> str:
     results.stage_run_row(output, {col.RUN_ID: "run-a", col.RUN_DATE: DATE, col.FINISHED_AT: datetime.datetime(
         2026, 11, 3, 2, tzinfo=datetime.timezone.utc)})
     results.commit_run(output, "run-a")
+
+
+@pytest.fixture(scope="module")
+def output(tmp_path_factory) -> str:
+    """A committed night, with the site's pseudonym key file beside it (as ``make demo`` leaves it)."""
+    root = tmp_path_factory.mktemp("query")
+    output = str(root / "results")
+    commit_night(output)
     (root / "results-pseudonym.key").write_text(SECRET)
     return output
 
@@ -91,6 +96,16 @@ def test_statements_that_read_still_answer_from_the_registered_tables(output):
     for sql in ("DESCRIBE predictions", "SUMMARIZE runs", "EXPLAIN SELECT * FROM current_predictions"):
         done = query(output, "sql", sql)
         assert done.returncode == 0 and done.stdout, done.stderr
+
+
+def test_results_on_s3_are_read_with_file_access_off(s3_endpoint):
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="query-results")
+    commit_night("s3://query-results/nightly")
+    counted = query("s3://query-results/nightly", "sql", "SELECT count(*) AS n FROM current_predictions", "--format",
+                    "json")
+    assert counted.returncode == 0 and json.loads(counted.stdout) == [{"n": len(NAMES)}], counted.stderr
+    copied = query("s3://query-results/nightly", "sql", "COPY predictions TO 's3://query-results/copied.csv'")
+    assert refused(copied)
 
 
 @pytest.mark.parametrize("command", [["sql", "SELECT source_uri, -1 AS n, run_id FROM predictions"], ["flagged"]])
