@@ -13,6 +13,7 @@ import sys
 from infra import storage
 from jobs.runner import PROBABILITY, HelpFormatter, add_common_options, require_lasting_paths, run_job
 from model.data import list_labelled_images
+from model.backends import BACKENDS
 from model.registry import DEFAULT_MODEL, load_model_info
 
 logger = logging.getLogger("jobs.evaluate")
@@ -26,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tumor-data", action="append", default=[], help="folder of unknown-type tumor images")
     parser.add_argument("--threshold", type=PROBABILITY, default=None,
                         help="tumor probability that flags an image (default: the model's operating point)")
+    parser.add_argument("--backend", choices=("auto", *BACKENDS), default="auto",
+                        help="inference backend, as jobs.screen's: auto = on this CPU the one jobs.screen runs by "
+                             "default (float32 ONNX unless the model's int8 graph earned the default)")
     parser.add_argument("--cache", default=str(pathlib.Path("~/.cache/mri-screen/preprocessed").expanduser()),
                         help="preprocessed-image cache (as jobs.retrain --cache), used to read the model's training "
                              "data for the overlap check")
@@ -52,13 +56,15 @@ def check_inputs(args: argparse.Namespace) -> argparse.Namespace:
 def evaluate(args: argparse.Namespace) -> dict:
     from pipeline.evaluate import evaluate_model  # TensorFlow loads here, after the arguments are known to be good
 
-    metrics = evaluate_model(args.data, args.model, args.output, tuple(args.tumor_data), args.threshold, args.cache)
+    metrics = evaluate_model(args.data, args.model, args.output, tuple(args.tumor_data), args.threshold, args.cache,
+                             args.backend)
     tumor = metrics["tumor_vs_no_tumor"]
     logger.info("evaluated %s on %d images: accuracy %.4f, macro-F1 %.4f, tumor sensitivity %s, specificity %s; "
                 "wrote %s", metrics["model_version"], metrics["images"], metrics["accuracy"] or 0.0,
                 metrics["macro_f1"], tumor["sensitivity"], tumor["specificity"], args.output)
     overlap = metrics["training_overlap"]
-    return {"model_version": metrics["model_version"], "images": metrics["images"], "accuracy": metrics["accuracy"],
+    return {"model_version": metrics["model_version"], "backend": metrics["backend"], "images": metrics["images"],
+            "accuracy": metrics["accuracy"],
             "macro_f1": metrics["macro_f1"], "tumor_sensitivity": tumor["sensitivity"],
             "tumor_specificity": tumor["specificity"], "overlap_checked": overlap["checked"],
             "near_duplicates_of_training_data": overlap.get("near_duplicates"),

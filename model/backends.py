@@ -79,21 +79,19 @@ def int8_problem(info: registry.ModelInfo, reference: tuple, candidate: tuple) -
                                    info.threshold)
 
 
-INT8_INSTRUCTION_SETS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")  # what x86 int8 kernels use
+INT8_INSTRUCTION_SETS = ("AVX2", "AVX512F", "AVX512BW", "AVX512VNNI")  # what x86 int8 kernels are chosen by
 
 
 def cpu_instruction_sets() -> str:
-    """Which of the instruction sets int8 kernels depend on this CPU has, as Linux's /proc/cpuinfo lists them."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
-            flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), None)
-    except OSError:
-        flags = None
-    if flags is None:
-        return "instruction sets unknown (no /proc/cpuinfo flags)"
-    present = [name for name in INT8_INSTRUCTION_SETS if name in flags]
-    vnni = any(name in flags for name in ("avx512_vnni", "avx_vnni"))
-    return f"{', '.join(present) or 'none of ' + ', '.join(INT8_INSTRUCTION_SETS)}{'' if vnni else ' (no VNNI)'}"
+    """Which of the instruction sets x86 int8 kernels depend on this process sees, as NumPy's run-time CPUID
+    dispatch detected them (what the CPU reports to programs, also under a hypervisor or an emulator)."""
+    from numpy._core._multiarray_umath import __cpu_features__ as features
+
+    present = [name for name in INT8_INSTRUCTION_SETS if features.get(name)]
+    if not any(features.get(name) for name in ("SSE2", "AVX2", "ASIMD")):
+        return "not x86 or Arm (instruction sets not reported)"
+    vnni = "" if features.get("AVX512VNNI") or not features.get("SSE2") else " (no AVX-512 VNNI)"
+    return f"{', '.join(present) or 'none of ' + ', '.join(INT8_INSTRUCTION_SETS)}{vnni}"
 
 
 def int8_report(info: registry.ModelInfo, cpu_threads: int | None = None) -> tuple[bool | None, str]:

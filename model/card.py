@@ -327,8 +327,7 @@ def int8_ood_lines(int8: dict) -> list[str]:
         return ["- The unfamiliarity threshold was fitted on float32 features and not refitted for int8: "
                 "`jobs.screen` picks int8 only when asked (`python -m tools.quantize_onnx --refit-ood` refits it)."]
     lines = [f"- Its unfamiliarity threshold, refitted on int8 features: {int8['ood_threshold']:.2f} (marks "
-             f"{percent(int8['ood_validation_marked'])} of the validation images). `jobs.screen` runs this graph by "
-             f"default on CPU actors."]
+             f"{percent(int8['ood_validation_marked'])} of the validation images).", *int8_agreement_lines(int8)]
     measured = int8.get("ood_measured")
     if measured:
         sets = "; ".join(f"{name} {percent(values['marked'])} of {values['images']}"
@@ -338,6 +337,26 @@ def int8_ood_lines(int8: dict) -> list[str]:
                      f"scores {measured['unseen_head_mri_score']:.1f} "
                      f"({'marked' if measured['unseen_head_mri_marked'] else 'not marked'}).")
     return lines
+
+
+def int8_agreement_lines(int8: dict) -> list[str]:
+    """Which graph ``--backend auto`` runs on CPU, and the held-out figures that decided it (``model.agreement``)."""
+    judged = int8.get("held_out_agreement")
+    if not judged:
+        return ["- **Default on CPU: float32 ONNX.** This int8 graph was not measured on held-out data "
+                "(`python -m tools.quantize_onnx --judge`), so `--backend auto` does not run it."]
+    sets = "; ".join(f"{name}: decisions {percent(figures['decision_agreement'])}, probability within 0.02 "
+                     f"{percent(figures['probability_within_tolerance'])} of {figures['images']}"
+                     for name, figures in judged["sets"].items() if figures["images"])
+    verdict = ("**Default on CPU: this int8 graph**, which met the rule on every set" if judged["earns_default"] else
+               f"**Default on CPU: float32 ONNX.** This int8 graph fails the rule on "
+               f"{len(judged['failing_sets'])} of {len(judged['sets'])} held-out sets, so `--backend auto` does not "
+               f"run it; `--backend onnx-int8` does, after the start-up check")
+    return [f"- {verdict}. The rule: {judged['rule']}. Measured against float32 on sets it was not calibrated on: "
+            f"{sets}.",
+            "- Every int8 predictor is compared with float32 on bundled check slices on the CPU it starts on, and "
+            "runs float32 instead (one warning) where they disagree: on x86 CPUs without VNNI (AVX2 only) the "
+            "shipped graphs' u8s8 kernels saturate and change most answers there."]
 
 
 def ood_lines(record: dict) -> list[str]:

@@ -6,7 +6,10 @@
    that are near-duplicates of it (``model.dedup``, the threshold the split used) are counted, logged as a warning,
    and the metrics are reported on all images and on the unseen ones. When that data cannot be read, the metrics
    say the overlap was not checked.
-4. Score, and write the metrics and the figures (``model.evaluate``).
+4. Score through the backend ``jobs.screen`` runs (``model.backends``; default ``auto``, on this CPU), so the figures
+   are the ones a hospital gets; the metrics name the backend that ran, and count the images its unfamiliarity
+   check marks (the screening job gives those no class and no flag).
+5. Write the metrics and the figures (``model.evaluate``).
 """
 
 from __future__ import annotations
@@ -21,26 +24,31 @@ from model.data import (IMAGE, LABEL, TARGET, THUMBNAIL, DatasetError, list_labe
                         load_labelled_dataset)
 from model.dedup import DEFAULT_SIMILARITY
 from model.evaluate import evaluate_predictions, write_evaluation
-from model.predict import ProbabilityPredictor, load_classifier
+from model.backends import auto_backend, make_predictor
 
 logger = logging.getLogger(__name__)
 
 
 def evaluate_model(data: str, model_uri: str, output: str, tumor_data: tuple[str, ...] = (),
-                   threshold: float | None = None, cache: str | None = None) -> dict:
+                   threshold: float | None = None, cache: str | None = None, backend: str = "auto") -> dict:
     """Score a labelled folder with a registered model (its calibration applied; at its operating point unless
-    ``threshold`` is given); write metrics.json, the confusion matrix and the ROC curves to ``output``."""
+    ``threshold`` is given) on ``backend``; write metrics.json, the confusion matrix and the ROC curves to
+    ``output``."""
     info = registry.load_model_info(model_uri)
     threshold = info.threshold if threshold is None else threshold
-    predictor = ProbabilityPredictor(load_classifier(info), temperature=info.temperature)
+    asked = auto_backend(info, use_gpu=False) if backend == "auto" else backend
+    predictor, detector, ran = make_predictor(info, asked)
     dataset = load_labelled_dataset(list_labelled_images(data, tumor_data), info.preprocessing)
     columns = {IMAGE: [], TARGET: [], LABEL: [], THUMBNAIL: []}
     for batch in dataset.iter_batches(batch_size=256, batch_format="numpy"):
         for name in columns:
             columns[name].append(batch[name])
     images, targets, labels, thumbnails = (np.concatenate(columns[name]) for name in (IMAGE, TARGET, LABEL, THUMBNAIL))
-    probabilities = predictor(images)
+    probabilities, features = predictor.with_features(images)
     metrics = evaluate_predictions(probabilities, targets, labels.astype(str), threshold)
+    metrics["backend"] = ran
+    if detector is not None and features is not None:
+        metrics["marked_unfamiliar"] = int(detector.marks(detector.scores(features)).sum())
     seen, overlap = training_overlap(info, thumbnails, cache)
     metrics["training_overlap"] = overlap
     if seen is not None and seen.any() and not seen.all():

@@ -24,6 +24,18 @@ def test_evaluate_writes_metrics_and_confusion_matrix(tmp_path, ray_local):
     assert set(metrics["per_class"]) == set(CLASS_NAMES)
     assert 0 <= metrics["expected_calibration_error"] <= 1 and metrics["unknown_type_tumor_sensitivity"]["images"]
     assert (tmp_path / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert metrics["backend"] == "onnx" and 0 <= metrics["marked_unfamiliar"] <= images  # what jobs.screen runs
+
+
+def test_evaluation_through_the_default_backend_gives_tensorflows_figures(tmp_path, ray_local):
+    figures = {}
+    for backend in ("auto", "tensorflow"):
+        assert main(["--data", str(SAMPLES / "labelled"), "--output", str(tmp_path / backend), "--backend", backend,
+                     "--cache", str(tmp_path / "c")]) == 0
+        figures[backend] = json.loads((tmp_path / backend / "metrics.json").read_text())
+    assert figures["tensorflow"]["backend"] == "tensorflow"
+    for name in ("accuracy", "macro_f1", "marked_unfamiliar"):
+        assert figures["auto"][name] == figures["tensorflow"][name]
 
 
 def test_evaluate_reports_a_bad_data_folder_without_a_traceback(tmp_path, ray_local, caplog):
