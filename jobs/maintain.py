@@ -8,15 +8,15 @@ Each command holds the output's lock (never while a screening run writes).
     python -m jobs.maintain verify   --results <dir|s3://...>                      # are the tables whole?
     python -m jobs.maintain restore  --results <dir|s3://...> --table T --version N  # the way back verify names
 
-``optimize`` rewrites each table's small files into large ones and then deletes files no version younger than
---retain-days needs: time travel (``jobs.query --as-of``) reaches back that far. ``verify`` checks every table: its
-log parses, every data file it names exists with its recorded size, and predictions and series agree with runs;
-it prints each problem as one sentence naming the table, the cause and the way back (usually the ``restore``
-command with the last good version). ``restore`` brings one table back to that version (``pipeline.maintenance``).
-``optimize`` and ``recover`` refuse a damaged table. Exit status 0 when done (``verify`` and ``restore``: the output
-is whole), 1 when ``verify`` finds a problem (after ``restore`` too: the table is back, but e.g. ``runs`` still
-records a night the restored table no longer holds), 2 when the output is busy, missing, damaged or not a results
-output, with one line saying why.
+``optimize`` first finishes a commit a run left half done (as ``recover``), then rewrites each table's small files
+into large ones and deletes files no version younger than --retain-days needs: time travel (``jobs.query --as-of``)
+reaches back that far. ``verify`` checks every table: its log parses, every data file it names exists with its
+recorded size, and predictions and series agree with runs; it prints each problem as one sentence naming the
+table, the cause and the way back (usually the ``restore`` command with the last good version). ``restore`` brings
+one table back to that version (``pipeline.maintenance``). ``optimize`` and ``recover`` refuse a damaged table.
+Exit status 0 when done (``verify`` and ``restore``: the output is whole), 1 when ``verify`` finds a problem
+(after ``restore`` too: the table is back, but e.g. ``runs`` still records a night the restored table no longer
+holds), 2 when the output is busy, missing, damaged or not a results output, with one line saying why.
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> dict:
         refuse_damaged(args.results)
         if args.command == "recover":
             return {"recovered_runs": results.recover(args.results)}
-        return {"compacted": maintenance.compact(args.results),
+        # a run left between its commits is finished first: compaction must not settle its partial commit
+        return {"recovered_runs": results.recover(args.results), "compacted": maintenance.compact(args.results),
                 "vacuumed_files": maintenance.vacuum(args.results, args.retain_days)}
 
 

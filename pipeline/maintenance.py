@@ -49,7 +49,7 @@ def compact(output: str) -> dict[str, dict]:
         delta = results.open_table(output, table)
         if delta is not None:
             metrics = delta.optimize.compact(commit_properties=CommitProperties(
-                custom_metadata={results.COMMIT_RUN_ID: "maintenance"}))
+                custom_metadata={results.COMMIT_RUN_ID: results.MAINTENANCE_COMMIT}))
             report[table] = {"files_removed": metrics.get("numFilesRemoved"),
                              "files_added": metrics.get("numFilesAdded")}
     return report
@@ -101,7 +101,7 @@ def migrate(output: str) -> dict[str, int]:
         rows = rows.filter(pc.is_in(rows[col.RUN_ID], value_set=pa.array(list(latest.values()), pa.string())))
         for run_date, run_id in sorted(latest.items()):
             chosen = rows.filter(pc.equal(rows[col.RUN_ID], run_id))
-            results.commit_table(output, table, chosen, f"migrated-{run_id}", run_date)
+            results.commit_table(output, table, chosen, f"{results.MIGRATED_PREFIX}{run_id}", run_date)
         counts[table] = rows.num_rows
     if runs.num_rows:
         results.commit_table(output, results.RUNS, runs, "migrated", "")
@@ -261,7 +261,7 @@ def restore(output: str, table: str, version: int) -> dict:
         return {"table": table, "version": version, "moved_aside": move_aside(output, table, newer)}
     try:
         latest.restore(version, commit_properties=CommitProperties(
-            custom_metadata={results.COMMIT_RUN_ID: "maintenance"}))
+            custom_metadata={results.COMMIT_RUN_ID: results.MAINTENANCE_COMMIT}))
     except (DeltaError, OSError) as error:
         raise results.ResultsError(f"the {table} table could not be restored to version {version} "
                                    f"({results.first_line(error)})") from error

@@ -16,7 +16,9 @@ What a run killed at any moment leaves:
 - before ``READY``: nothing any table shows. The next run of the output deletes the work folder.
 - between two commits: the next run of the output (or ``python -m jobs.maintain recover``) finishes the commits
   from the work folder before its own work: the run's results land whole, once. Until then the tables show the
-  partial commit, which readers joined with ``runs`` do not count.
+  partial commit. Readers (``read_table``, ``pipeline.views``, so ``jobs.query`` and the report) read each table as
+  of its last commit not made by such a run (``settled_version``): until the run's ``runs`` row lands they see
+  the earlier complete night of that date, whose rows the partial commit has replaced in the latest version.
 A lock (``pipeline.run_lock``) keeps two runs from writing one output at once; Delta's optimistic concurrency
 rejects a conflicting commit should two ever race past it.
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import datetime
 import io
+import json
 import logging
 import urllib.parse
 import uuid
@@ -50,6 +53,8 @@ TABLE_SCHEMAS = {PREDICTIONS: col.PREDICTIONS_SCHEMA, SERIES: col.SERIES_SCHEMA,
 WORK = "_work"
 READY = "READY"
 COMMIT_RUN_ID = "mri_screen_run_id"  # commit metadata key naming the run that made a commit
+MAINTENANCE_COMMIT = "maintenance"  # the run id of commits by jobs.maintain (compaction, restore)
+MIGRATED_PREFIX = "migrated-"  # jobs.maintain migrate commits a migrated run's rows as "migrated-<run id>"
 RECENT_COMMITS = 20  # how far back a table's history is searched for an interrupted run's commit
 # rows a Parquet row group holds, staged or committed: a writer holds one group in memory, so memory stays flat
 # however large the run (the Delta writer's default group of about a million rows grew 0.9 KB a row here)
@@ -151,13 +156,80 @@ def dataset(output: str, table: str, version: int | datetime.datetime | None = N
     return delta.to_pyarrow_dataset().replace_schema(schema)
 
 
+def complete_runs(runs: pads.Dataset) -> set[str]:
+    """The run ids the ``runs`` table (as a dataset) records: the runs whose every commit has landed."""
+    return set(runs.to_table(columns=[col.RUN_ID])[col.RUN_ID].to_pylist())
+
+
+def commit_run_id(output: str, table: str, version: int) -> str | None:
+    """The run id in the commit information of the table's ``version``; None when it names none or its log entry
+    is gone (cleaned up after a checkpoint) or unreadable."""
+    entry = storage.join(table_uri(output, table), "_delta_log", f"{version:020d}.json")
+    try:
+        lines = storage.read_text(entry).splitlines()
+    except (storage.StorageError, UnicodeDecodeError):
+        return None
+    for line in lines:
+        try:
+            action = json.loads(line) if line.strip() else {}
+        except ValueError:
+            return None
+        if isinstance(action, dict) and isinstance(action.get("commitInfo"), dict):
+            return action["commitInfo"].get(COMMIT_RUN_ID)
+    return None
+
+
+def still_committing(run_id: str | None, complete: set[str]) -> bool:
+    """Whether a commit by ``run_id`` belongs to a run whose ``runs`` row has not landed: a run killed (or still
+    busy) between its table commits. Maintenance commits and commits naming no run are never such."""
+    if run_id is None or run_id == MAINTENANCE_COMMIT:
+        return False
+    return run_id.removeprefix(MIGRATED_PREFIX) not in complete
+
+
+def settled_version(output: str, table: str, delta: DeltaTable, complete: set[str]) -> int:
+    """The table's version to read: the loaded one, less the commits on top of it made by runs not in
+    ``complete`` (at most ``RECENT_COMMITS``); -1 when every commit of the table is such (no settled version)."""
+    version = delta.version()
+    for _ in range(RECENT_COMMITS):
+        if version < 0 or not still_committing(commit_run_id(output, table, version), complete):
+            break
+        version -= 1
+    return version
+
+
+def table_datasets(output: str, table: str, complete: set[str],
+                   version: int | datetime.datetime | None = None) -> tuple[pads.Dataset, pads.Dataset]:
+    """A partitioned table as two datasets in its declared schema: every committed row (at ``version``), and the
+    rows as of its settled version (``settled_version``), which is what readers read; one dataset twice when no
+    run is between its commits."""
+    schema = TABLE_SCHEMAS[table]
+    delta = open_table(output, table, version)
+    if delta is None:
+        return (pads.dataset(schema.empty_table()),) * 2
+    latest = delta.to_pyarrow_dataset().replace_schema(schema)
+    settled = settled_version(output, table, delta, complete)
+    if settled == delta.version():
+        return latest, latest
+    logger.info("the %s table's version %d holds a commit of a run that is not complete; read as of version %d",
+                table, delta.version(), settled)
+    if settled < 0:
+        return latest, pads.dataset(schema.empty_table())
+    delta.load_as_version(settled)
+    return latest, delta.to_pyarrow_dataset().replace_schema(schema)
+
+
 def read_table(output: str, table: str, columns: list[str] | None = None) -> pa.Table:
-    """A table's committed rows; for ``predictions`` and ``series`` only the rows of runs recorded in ``runs``."""
-    rows = dataset(output, table).to_table(columns=None if columns is None else sorted(
-        set(columns) | ({col.RUN_ID} if table != RUNS else set())))
-    if table != RUNS:
-        complete = dataset(output, RUNS).to_table(columns=[col.RUN_ID])[col.RUN_ID].combine_chunks()
-        rows = rows.filter(pc.is_in(rows[col.RUN_ID], value_set=complete.cast(pa.string())))
+    """A table's rows as readers see them: for ``predictions`` and ``series``, as of the table's settled version
+    (an earlier complete night stays visible while a later run of its date is between commits) and only the rows
+    of runs recorded in ``runs``."""
+    runs = dataset(output, RUNS)
+    if table == RUNS:
+        return runs.to_table(columns=columns).select(columns or TABLE_SCHEMAS[table].names)
+    complete = complete_runs(runs)
+    _, settled = table_datasets(output, table, complete)
+    rows = settled.to_table(columns=None if columns is None else sorted(set(columns) | {col.RUN_ID}))
+    rows = rows.filter(pc.is_in(rows[col.RUN_ID], value_set=pa.array(sorted(complete), pa.string())))
     return rows.select(columns or TABLE_SCHEMAS[table].names)
 
 

@@ -1,7 +1,10 @@
 """SQL over the results tables: a DuckDB connection with the tables and the views users and the nightly run need.
 
 Views, all restricted to complete runs (runs recorded in ``runs``, see ``pipeline.results``):
-- ``predictions``, ``series``, ``runs``: the tables' rows.
+- ``predictions``, ``series``, ``runs``: the tables' rows. ``predictions`` and ``series`` are read as of each
+  table's last commit not made by a run still between its commits (``results.table_datasets``): a run killed after
+  its predictions commit has replaced its date's rows in the table's latest version, and until its ``runs`` row
+  lands the views show the earlier complete night of that date, predictions, series and flags alike.
 - ``current_predictions``: for each file, the rows of the latest run that scored it, whatever night that was.
 - ``current_series``: for each series, the row of the latest run that summarised it.
 - ``current_studies``: one row per study, from its current series (``current_series_by_study``). A study's tumor
@@ -10,7 +13,8 @@ Views, all restricted to complete runs (runs recorded in ``runs``, see ``pipelin
   The deciding series is the flagged series with the highest tumor probability, or, when none is flagged, the
   series with the highest (the first series key on ties); the study's class is that series' class. A study whose
   series have no probability (every slice skipped, failed or unfamiliar) has none and no flag.
-- ``predictions_all``, ``series_all``: every committed row, a run's partial commit included (for audits).
+- ``predictions_all``, ``series_all``: every row of the tables' latest versions, a run's partial commit included
+  (for audits); ``predictions_settled`` and ``series_settled``: the versions the views read.
 The tables are read through pyarrow datasets registered in DuckDB (no DuckDB extension is downloaded), so column
 selection and filters such as ``run_date = '2026-11-02'`` push down to the Parquet files: a one-day question over
 a year of results reads one day. ``as_of`` reads every table as it was at that time (Delta time travel).
@@ -54,8 +58,8 @@ def current_series_by_study() -> str:
 
 VIEWS = {
     results.RUNS: "SELECT * FROM runs_all",
-    results.PREDICTIONS: f"SELECT * FROM predictions_all WHERE {col.RUN_ID} IN (SELECT {col.RUN_ID} FROM runs_all)",
-    results.SERIES: f"SELECT * FROM series_all WHERE {col.RUN_ID} IN (SELECT {col.RUN_ID} FROM runs_all)",
+    results.PREDICTIONS: f"SELECT * FROM predictions_settled WHERE {col.RUN_ID} IN (SELECT {col.RUN_ID} FROM runs_all)",
+    results.SERIES: f"SELECT * FROM series_settled WHERE {col.RUN_ID} IN (SELECT {col.RUN_ID} FROM runs_all)",
     "current_predictions": latest_per_file(),
     "current_series": f"""
         SELECT s.* FROM series s JOIN runs_all r ON s.{col.RUN_ID} = r.{col.RUN_ID}
@@ -69,8 +73,13 @@ def connect(output: str, as_of: datetime.datetime | None = None) -> duckdb.DuckD
     results.check_layout(output)
     connection = duckdb.connect()
     connection.execute("SET TimeZone = 'UTC'")
-    for table in results.TABLES:
-        connection.register(f"{table}_all", results.dataset(output, table, as_of))
+    runs = results.dataset(output, results.RUNS, as_of)
+    connection.register(f"{results.RUNS}_all", runs)
+    complete = results.complete_runs(runs)
+    for table in results.PARTITIONED_TABLES:
+        latest, settled = results.table_datasets(output, table, complete, as_of)
+        connection.register(f"{table}_all", latest)
+        connection.register(f"{table}_settled", settled)
     for name, query in VIEWS.items():
         connection.execute(f"CREATE VIEW {name} AS {query}")
     return connection

@@ -5,6 +5,7 @@ Delta reader (deltalake, DuckDB) sees the same committed rows. One writer at a t
 import datetime
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +16,8 @@ import pyarrow as pa
 import pytest
 
 from infra import storage
-from pipeline import results, run_lock, views
+from pipeline import maintenance, queries, results, run_lock, views
+from tests.conftest import ROOT
 
 DATE, OTHER_DATE = "2026-11-03", "2026-11-04"
 KEY = {results.PREDICTIONS: "source_uri", results.SERIES: "series_key"}  # a column that names each row
@@ -66,7 +68,7 @@ def test_a_commit_cut_short_is_finished_once_by_the_next_run(output, committed):
         rows = results.staged_batches(staged, results.TABLE_SCHEMAS[table]).read_all()
         results.commit_table(output, table, rows, "run-b", DATE)
     assert run_ids(output) == ["run-a"]
-    assert read(output) == []  # readers joined with runs do not count the partial commit
+    assert read(output) == [("run-a", "x.dcm"), ("run-a", "y.dcm")]  # the earlier night, until run-b is complete
     assert results.recover(output, keep="run-c") == ["run-b"]
     assert read(output) == [("run-b", "x.dcm"), ("run-b", "z.dcm")]
     assert read(output, results.SERIES) == [("run-b", "x.dcm"), ("run-b", "z.dcm")]
@@ -74,6 +76,72 @@ def test_a_commit_cut_short_is_finished_once_by_the_next_run(output, committed):
     commits = [entry for entry in results.history(output) if entry["run_id"] == "run-b"]
     assert sorted(entry["table"] for entry in commits) == sorted(results.TABLES)  # each table once
     assert not storage.exists(results.work_uri(output, "run-b"))
+
+
+# The driver's commit as a process of its own, SIGKILLed the moment it logs its predictions commit.
+KILLED_AFTER_PREDICTIONS = """
+import logging, os, signal, sys
+from pipeline import results
+
+class KillAfterPredictions(logging.Handler):
+    def emit(self, record):
+        if "predictions row(s) committed" in record.getMessage():
+            os.kill(os.getpid(), signal.SIGKILL)
+
+logging.getLogger("pipeline.results").addHandler(KillAfterPredictions())
+logging.getLogger("pipeline.results").setLevel(logging.INFO)
+results.commit_run(sys.argv[1], sys.argv[2])
+"""
+
+
+def stage_night(output: str, run_id: str, image: str, series: str, probability: float, minute: int) -> None:
+    """A READY run of ``DATE``: one image outside any series and one series, both of ``probability``."""
+    flag = {"status": "ok", "tumor_probability": probability, "flagged": probability >= 0.5,
+            "predicted_class": "glioma" if probability >= 0.5 else "notumor"}
+    for table, row in ((results.PREDICTIONS, {"source_uri": image}), (results.SERIES, {"series_key": series})):
+        rows = pa.Table.from_pylist([{"run_id": run_id, "run_date": DATE, **row, **flag}],
+                                    schema=results.TABLE_SCHEMAS[table])
+        results.write_parquet(rows, storage.join(results.work_uri(output, run_id, table), "part-0.parquet"))
+    finished = datetime.datetime(2026, 11, 3, 2, minute, tzinfo=datetime.timezone.utc)
+    results.stage_run_row(output, {"run_id": run_id, "run_date": DATE, "finished_at": finished})
+
+
+def night_as_read(output: str, as_of: datetime.datetime | None = None) -> dict:
+    """What readers show of the output: each view's (run, row) pairs and the flagged list jobs.query prints."""
+    with views.connect_read_only(output, as_of) as connection:
+        shown = {view: sorted(connection.sql(f"SELECT run_id, {KEY[table]} FROM {view}").fetchall())
+                 for view, table in (("predictions", results.PREDICTIONS), ("series", results.SERIES),
+                                     ("current_predictions", results.PREDICTIONS),
+                                     ("current_series", results.SERIES))}
+        flagged = queries.flagged(connection, queries.FlaggedFilter()).to_pylist()
+    shown["flagged"] = sorted((row["run_id"], row["series_key"] or row["deciding_source_uri"]) for row in flagged)
+    return shown
+
+
+def test_a_driver_killed_after_its_predictions_commit_leaves_the_earlier_night_readable(tmp_path):
+    """Killed between the predictions commit and the series commit, a re-run of a date has replaced the date's
+    predictions in the table's latest version; readers still show the earlier complete night, whole, until the
+    killed run is finished, then the new night, whole."""
+    output = str(tmp_path / "results")
+    stage_night(output, "run-a", "a.jpg", "series-a", 0.9, minute=1)
+    results.commit_run(output, "run-a")
+    earlier = night_as_read(output)
+    assert earlier["flagged"] == [("run-a", "a.jpg"), ("run-a", "series-a")]
+    stage_night(output, "run-b", "b.jpg", "series-b", 0.95, minute=2)
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_PREDICTIONS, output, "run-b"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    latest = deltalake.DeltaTable(results.table_uri(output, results.PREDICTIONS)).to_pyarrow_table()
+    assert set(latest["run_id"].to_pylist()) == {"run-b"}  # the date's rows were replaced by the killed run
+    assert [entry["run_id"] for entry in results.history(output)][:1] == ["run-b"]
+    window = datetime.datetime.now(datetime.timezone.utc)
+    time.sleep(0.05)
+    assert night_as_read(output) == earlier
+    assert read(output) == [("run-a", "a.jpg")] and read(output, results.SERIES) == [("run-a", "series-a")]
+    assert any("run-b" in problem for problem in maintenance.verify(output))  # an audit still sees the partial
+    assert results.recover(output) == ["run-b"]
+    assert night_as_read(output)["flagged"] == [("run-b", "b.jpg"), ("run-b", "series-b")]
+    assert night_as_read(output, as_of=window) == earlier  # as reported during the window
 
 
 def test_a_rerun_of_a_date_replaces_its_rows_and_leaves_other_dates(output):
