@@ -24,6 +24,7 @@ from PIL import Image
 import cv2
 
 from model.errors import ErrorCode
+from model.header_values import code_string, dicom_date
 from model.preprocessing import to_grey
 
 DICOM_EXTENSIONS = (".dcm", ".dicom", ".ima")
@@ -290,12 +291,16 @@ def dicom_attributes(dataset: pydicom.Dataset, keywords: tuple[str, ...]) -> dic
 def dicom_header(dataset: pydicom.Dataset) -> dict:
     """Identifiers and geometry for keys and slice ordering; raw identifiers never leave the worker.
 
-    ``FramePositions`` holds each frame's ImagePositionPatient from the Per-frame Functional Groups of a multi-frame
-    object (None where the file has none); the orientation falls back to the Shared Functional Groups."""
+    The values that are stored as they are checked first (``model.header_values``): ``StudyDate`` is a valid date
+    (YYYYMMDD) or empty, ``Modality`` a valid code string, its marker, or empty. ``FramePositions`` holds each
+    frame's ImagePositionPatient from the Per-frame Functional Groups of a multi-frame object (None where the file
+    has none); the orientation falls back to the Shared Functional Groups."""
     positions = frame_positions(dataset)
     return {
         **{keyword: header_text(dataset, keyword)
-           for keyword in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "StudyDate", "Modality")},
+           for keyword in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID")},
+        "StudyDate": dicom_date(header_text(dataset, "StudyDate")) or "",
+        "Modality": code_string(header_text(dataset, "Modality")) or "",
         "InstanceNumber": header_int(dataset, "InstanceNumber"),
         "ImagePositionPatient": float_list(header_value(dataset, "ImagePositionPatient")),
         "ImageOrientationPatient": float_list(header_value(dataset, "ImageOrientationPatient"))

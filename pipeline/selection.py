@@ -7,6 +7,12 @@ ranges), an action (``skip`` or ``score``) and a reason. The first rule that hol
 decides is scored. The decoding stage (``pipeline.stages``) asks before it decodes any pixels, records the rule's
 name on every row and, for a skip, the reason with ``status = skipped``. Plain JPEG/PNG files have no header: they
 are scored under :data:`NO_HEADER` and the out-of-distribution check judges them.
+
+A reason quotes header text in two ways only: ``{matched}``, the text a rule's own regular expression found, and
+``{value}``, the element's value checked against the format its VR allows (``model.header_values``: a code string
+of at most 16 upper-case letters, digits, spaces and underscores, a date, a number, a UID). A value that fails its
+format is quoted as a marker such as "(invalid code string)", and free text (a description, a comment) as "(free
+text, not quoted)": a mis-filled header cannot carry a name into ``skip_reason``.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any, Mapping
 import yaml
 
 from infra import storage
+from model.header_values import quotable
 
 DEFAULT_RULES_URI = str(pathlib.Path(__file__).with_name("selection_rules.yaml"))
 ALL = "all"  # --selection-rules all: every image object is scored, as before selection existed
@@ -50,6 +57,12 @@ def as_number(value: Any) -> float | None:
         return float(value[0] if isinstance(value, (list, tuple)) else value)
     except (TypeError, ValueError, IndexError):
         return None
+
+
+def quoted_value(keyword: str, value: Any) -> str:
+    """An element's value as a reason may quote it: each of its values in the format its VR allows, or a marker
+    (``model.header_values.quotable``); "missing" when it has none."""
+    return "\\".join(quotable(keyword, text) for text in as_texts(value)) or "missing"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +127,7 @@ class Rule:
         value = attributes.get(condition.keyword)
         holds, matched = condition.check(value)
         if holds:
-            quoted.setdefault("value", "\\".join(as_texts(value)) or "missing")
+            quoted.setdefault("value", quoted_value(condition.keyword, value))
             if matched:
                 quoted.setdefault("matched", matched)
         return holds
