@@ -3,7 +3,7 @@ on), one inference batch per inference actor with its images/s, the input readab
 disk), DICOM decoders present on the workers, the model's sha256 matching its card, the pseudonym key present and
 not the demo key.
 
-    python -m jobs.doctor --input s3://pacs-export/ --output s3://screening/results \
+    python -m jobs.doctor --input s3://pacs-export/ --output s3://screening/results
         --pseudonym-key-file /etc/mri-screen/pseudonym.key [--address ...]
 
 Prints each check with its sentence and one JSON line; exit status 0 when every check that ran passed, 1 with one
@@ -30,11 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m jobs.doctor", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--input", action="append", default=[], help="the archive the nightly run reads")
     parser.add_argument("--output", help="the results folder or S3 prefix the nightly run writes")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="model or registry folder")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="model or registry folder (default: the shipped model, %(default)s)")
     parser.add_argument("--pseudonym-key-file", help="the key file the nightly run uses (else PSEUDONYM_KEY)")
     parser.add_argument("--inference-actors", type=POSITIVE_INT, help="as for jobs.screen")
     gpu = parser.add_mutually_exclusive_group()
-    gpu.add_argument("--use-gpu", dest="use_gpu", action="store_true", default=None, help="as for jobs.screen")
+    gpu.add_argument("--use-gpu", dest="use_gpu", action="store_true", default=None,
+                     help="as for jobs.screen (default: when the cluster has GPUs)")
     gpu.add_argument("--no-gpu", dest="use_gpu", action="store_false", help="as for jobs.screen")
     add_common_options(parser)
     return parser

@@ -22,7 +22,8 @@ logger = logging.getLogger("jobs.evaluate")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m jobs.evaluate", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--data", required=True, help="labelled folder: one sub-folder per class")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="model or registry folder (default: shipped model)")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="model or registry folder (default: the shipped model, %(default)s)")
     parser.add_argument("--output", required=True, help="folder for metrics.json and confusion_matrix.png")
     parser.add_argument("--tumor-data", action="append", default=[], help="folder of unknown-type tumor images")
     parser.add_argument("--threshold", type=PROBABILITY, default=None,

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import textwrap
 from collections.abc import Callable
 from typing import Any
 
@@ -80,8 +81,43 @@ def run_job(name: str, args: argparse.Namespace, prepare: Callable[[argparse.Nam
     return 0
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """The module docstring as written, and every option's default after its help."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written, and after each option's help its default, once, as the parser holds it
+    (``shown_default``). Lines break at spaces only, so a path or a hyphenated word stays whole."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if isinstance(action, argparse.BooleanOptionalAction):
+            text = text.replace(BOOLEAN_DEFAULT_SUFFIX, "")  # Python's own "(default: True)" of such a pair
+        default = shown_default(action)
+        return text if default is None or "(default" in text else f"{text} (default: {escaped(default)})"
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
+BOOLEAN_DEFAULT_SUFFIX = " (default: %(default)s)"
+
+
+def shown_default(action: argparse.Action) -> str | None:
+    """The default ``--help`` prints for ``action``, or None where a printed value would say nothing or mislead: a
+    required option, a flag (``--no-report``'s stored True is not what the flag does), an option that is unset
+    (None: its help says what happens then) or an empty list. A ``--x/--no-x`` pair shows the form in effect."""
+    default = action.default
+    if isinstance(action, argparse.BooleanOptionalAction):
+        if default is None or default is argparse.SUPPRESS:
+            return None
+        return action.option_strings[0] if default else action.option_strings[-1]
+    if action.required or action.nargs == 0 or default is None or default is argparse.SUPPRESS:
+        return None
+    if isinstance(default, (list, tuple)) and not default:
+        return None
+    return str(default)
+
+
+def escaped(text: str) -> str:
+    """``text`` as literal help text (argparse expands ``%`` in help)."""
+    return text.replace("%", "%%")
 
 
 def bounded(kind: type, low: float | None = None, high: float | None = None, low_open: bool = False,

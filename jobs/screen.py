@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", action="append", default=[], help="folder, S3 prefix or file (repeatable)")
     parser.add_argument("--manifest", action="append", default=[], help="text file listing one input a line")
     parser.add_argument("--output", required=True, help="results folder or S3 prefix")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="model or registry folder (default: shipped model)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model or registry folder (default: the shipped model, %(default)s)")
     parser.add_argument("--threshold", type=PROBABILITY, default=None,
                         help="tumor probability at or above which an image or series is flagged (default: the "
                              "model's operating point, chosen on validation for tumor sensitivity >= 0.98)")
@@ -55,9 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--inference-cpus", type=POSITIVE_NUMBER, default=ScreenConfig.inference_cpus,
                         help="CPUs per CPU inference actor (also its TensorFlow thread count)")
     parser.add_argument("--backend", choices=("auto", *BACKENDS), default=ScreenConfig.backend,
-                        help="inference backend: auto = on CPU actors the model's int8 ONNX graph when it ships "
-                             "one (validation metrics within 0.5 points of float32, 1.6x faster inference; the model "
-                             "card says), else its float32 ONNX export; TensorFlow on GPUs")
+                        help="inference backend: auto = on CPU actors the model's float32 ONNX export (its int8 "
+                             "graph only where it earned the default: float32's answers on held-out images, as its "
+                             "model card says); TensorFlow on GPUs")
     parser.add_argument("--mirror-average", action="store_true",
                         help="average each image's probabilities with its left-right mirror's: twice the inference, "
                              "+0.6 points validation accuracy for mri-bilstm-v2 (its model card); a model that "
