@@ -201,14 +201,25 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error("--format parquet needs --output FILE")
     if args.command == "patient" and (args.patient_key is None) == (args.patient_id is None):
         parser.error("patient: give either a patient key or --patient-id")  # never echo the ID
+    first, last = getattr(args, "first", None), getattr(args, "last", None)
+    if first and last and first > last:
+        parser.error(f"--from {first} is after --to {last}: give the earlier date first")
+    if getattr(args, "date", None) and (first or last):
+        parser.error("give --date for one night or --from/--to for a range, not both")
     require_lasting_paths(parser, args, "--results", "--output")
 
 
-def require_results(output: str) -> None:
+def require_results(output: str, as_of: datetime.datetime | None = None) -> None:
+    """A results output, which held results already at ``as_of`` when one is given."""
     if not results.is_delta(output, results.RUNS):
         results.check_layout(output)
         raise queries.QueryError(f"{output} holds no screening results (no runs table): give the --output folder "
                                  f"of jobs.screen")
+    if as_of is not None and results.open_table(output, results.RUNS, as_of) is None:
+        first = results.committed_at(output, results.RUNS, 0)
+        since = f": its first run was committed at {first:%Y-%m-%d %H:%M:%S} UTC" if first else ""
+        raise queries.QueryError(f"{output} held no screening results at {as_of.astimezone(datetime.timezone.utc):%Y-%m-%d %H:%M:%S} UTC, before "
+                                 f"its first run{since}; nothing was there to read then")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        require_results(args.results)
+        require_results(args.results, getattr(args, "as_of", None))
         if args.command == "report":
             os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if args.verbose else "3")  # TensorFlow's notices
             sys.stdout.write(report.write_report(args.results, args.run_id, args.output) + "\n")

@@ -126,7 +126,8 @@ def is_delta(output: str, table: str) -> bool:
 
 
 def open_table(output: str, table: str, version: int | datetime.datetime | None = None) -> DeltaTable | None:
-    """The Delta table (at ``version``: a number or a time), or None while the output has no such table."""
+    """The Delta table (at ``version``: a number or a time), or None while the output has no such table (or had
+    none yet at that time)."""
     uri = table_uri(output, table)
     number = version if isinstance(version, int) else None  # loaded alone: a damaged later entry is not read
     try:
@@ -143,6 +144,8 @@ def open_table(output: str, table: str, version: int | datetime.datetime | None 
         except (DeltaError, OSError, ValueError) as error:
             raise ResultsError(f"the {table} table at {uri} has no readable version {version} "
                                f"({first_line(error)})") from error
+        if not existed_at(output, table, delta, version):
+            return None
     return delta
 
 
@@ -161,22 +164,43 @@ def complete_runs(runs: pads.Dataset) -> set[str]:
     return set(runs.to_table(columns=[col.RUN_ID])[col.RUN_ID].to_pylist())
 
 
-def commit_run_id(output: str, table: str, version: int) -> str | None:
-    """The run id in the commit information of the table's ``version``; None when it names none or its log entry
-    is gone (cleaned up after a checkpoint) or unreadable."""
+def commit_info(output: str, table: str, version: int) -> dict:
+    """The commit information of the table's ``version``; empty when its log entry has none or is gone (cleaned
+    up after a checkpoint) or unreadable."""
     entry = storage.join(table_uri(output, table), "_delta_log", f"{version:020d}.json")
     try:
         lines = storage.read_text(entry).splitlines()
     except (storage.StorageError, UnicodeDecodeError):
-        return None
+        return {}
     for line in lines:
         try:
             action = json.loads(line) if line.strip() else {}
         except ValueError:
-            return None
+            return {}
         if isinstance(action, dict) and isinstance(action.get("commitInfo"), dict):
-            return action["commitInfo"].get(COMMIT_RUN_ID)
-    return None
+            return action["commitInfo"]
+    return {}
+
+
+def commit_run_id(output: str, table: str, version: int) -> str | None:
+    """The run id in the commit information of the table's ``version``; None when it names none or its log entry
+    is gone or unreadable."""
+    return commit_info(output, table, version).get(COMMIT_RUN_ID)
+
+
+def committed_at(output: str, table: str, version: int) -> datetime.datetime | None:
+    """When the table's ``version`` was committed (its commit information's timestamp), or None when unknown."""
+    stamp = commit_info(output, table, version).get("timestamp")
+    if not isinstance(stamp, (int, float)) or isinstance(stamp, bool):
+        return None
+    return datetime.datetime.fromtimestamp(stamp / 1000, datetime.timezone.utc)
+
+
+def existed_at(output: str, table: str, delta: DeltaTable, moment: datetime.datetime) -> bool:
+    """Whether the table loaded as of ``moment`` existed then: Delta loads its first version for any earlier
+    moment, so a version committed after ``moment`` means the table was not there yet."""
+    committed = committed_at(output, table, delta.version())
+    return committed is None or committed <= moment
 
 
 def still_committing(run_id: str | None, complete: set[str]) -> bool:

@@ -68,8 +68,19 @@ VIEWS = {
 }
 
 
-def connect(output: str, as_of: datetime.datetime | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection over the output's tables (as they were at ``as_of``, if given)."""
+def iso_study_date(source: str) -> str:
+    """SQL: the rows of ``source`` with ``study_date`` written YYYY-MM-DD (stored as DICOM writes it, YYYYMMDD);
+    a value of another form, from an older table, as stored."""
+    date = col.STUDY_DATE
+    return f"""SELECT * REPLACE (CASE WHEN regexp_full_match({date}, '[0-9]{{8}}')
+        THEN substr({date}, 1, 4) || '-' || substr({date}, 5, 2) || '-' || substr({date}, 7, 2) ELSE {date} END
+        AS {date}) FROM {source}"""
+
+
+def connect(output: str, as_of: datetime.datetime | None = None,
+            iso_dates: bool = False) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection over the output's tables (as they were at ``as_of``, if given); with
+    ``iso_dates`` every view shows ``study_date`` as YYYY-MM-DD (``iso_study_date``), as the report does."""
     results.check_layout(output)
     connection = duckdb.connect()
     connection.execute("SET TimeZone = 'UTC'")
@@ -78,8 +89,10 @@ def connect(output: str, as_of: datetime.datetime | None = None) -> duckdb.DuckD
     complete = results.complete_runs(runs)
     for table in results.PARTITIONED_TABLES:
         latest, settled = results.table_datasets(output, table, complete, as_of)
-        connection.register(f"{table}_all", latest)
-        connection.register(f"{table}_settled", settled)
+        for name, data in ((f"{table}_all", latest), (f"{table}_settled", settled)):
+            connection.register(f"{name}_stored" if iso_dates else name, data)
+            if iso_dates:
+                connection.execute(f"CREATE VIEW {name} AS {iso_study_date(name + '_stored')}")
     for name, query in VIEWS.items():
         connection.execute(f"CREATE VIEW {name} AS {query}")
     return connection
@@ -99,8 +112,9 @@ class WritingStatementError(ValueError):
 
 
 def connect_read_only(output: str, as_of: datetime.datetime | None = None) -> duckdb.DuckDBPyConnection:
-    """:func:`connect`, then locked down: the connection reads the results tables and nothing else."""
-    connection = connect(output, as_of)
+    """:func:`connect` (``study_date`` written YYYY-MM-DD), then locked down: the connection reads the results
+    tables and nothing else."""
+    connection = connect(output, as_of, iso_dates=True)
     for setting in LOCKDOWN:
         connection.execute(setting)
     return connection
