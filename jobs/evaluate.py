@@ -50,7 +50,7 @@ def check_inputs(args: argparse.Namespace) -> argparse.Namespace:
     for location in (args.data, *args.tumor_data, args.model, args.output):
         storage.check_reachable(location)
     load_model_info(args.model)
-    list_labelled_images(args.data, tuple(args.tumor_data))
+    list_labelled_images(args.data, tuple(args.tumor_data), every_class=False)
     return args
 
 

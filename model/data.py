@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import posixpath
 
 import numpy as np
@@ -57,17 +58,31 @@ def is_image_file(uri: str) -> bool:
     return uri.lower().endswith(IMAGE_EXTENSIONS)
 
 
+MASK_FOLDER = "mask"  # a sub-folder of segmentation masks beside a class's images: never images to classify
+
+
 def list_class_folder(folder: str, label: str) -> list[LabelledImage]:
-    """Every image file under one class folder; raises DatasetError when there is none."""
+    """Every image file under one class folder (sub-folders included, ``mask`` folders left out); raises
+    DatasetError when there is none."""
     images = [LabelledImage(uri, label, size, modified) for uri, size, modified in storage.list_file_versions(folder)
-              if is_image_file(uri)]
+              if is_image_file(uri) and MASK_FOLDER not in (subfolders(folder, uri) or [])]
     if not images:
         raise DatasetError(f"class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     return images
 
 
-def list_labelled_images(root: str, tumor_roots: tuple[str, ...] = ()) -> list[LabelledImage]:
-    """All labelled images of a folder-per-class root plus unknown-type tumor folders."""
+def subfolders(folder: str, uri: str) -> list[str]:
+    """The folders between ``folder`` and the file ``uri`` below it (``glioma/flair/a.jpg`` under ``glioma``:
+    ``["flair"]``), ``folder`` written as the listing writes paths (a local one absolute); None when ``uri`` is not
+    below it."""
+    prefix = (folder if storage.is_s3(folder) else os.path.abspath(os.path.expanduser(folder))).rstrip("/") + "/"
+    return uri[len(prefix):].split("/")[:-1] if uri.startswith(prefix) else None
+
+
+def list_labelled_images(root: str, tumor_roots: tuple[str, ...] = (),
+                         every_class: bool = True) -> list[LabelledImage]:
+    """All labelled images of a folder-per-class root plus unknown-type tumor folders. With ``every_class`` False
+    (evaluation), a root may hold only some of the classes (another hospital's glioma and tumor-free slices)."""
     if not storage.is_dir(root):
         raise DatasetError(f"labelled data folder {root} does not exist or is not a folder")
     folders = storage.list_dirs(root)
@@ -76,7 +91,7 @@ def list_labelled_images(root: str, tumor_roots: tuple[str, ...] = ()) -> list[L
         raise DatasetError(f"unknown label folder(s) {', '.join(unknown)}: expected {', '.join(TRAINING_LABELS)}")
     present = {posixpath.basename(folder.rstrip("/")): folder for folder in folders}
     missing = [name for name in CLASS_NAMES if name not in present]
-    if missing:
+    if missing and (every_class or len(missing) == len(CLASS_NAMES)):
         raise DatasetError(f"{root} has no folder for class(es) {', '.join(missing)}")
     images = [image for name, folder in sorted(present.items()) for image in list_class_folder(folder, name)]
     for tumor_root in tumor_roots:

@@ -39,6 +39,30 @@ def evaluate_predictions(probabilities: np.ndarray, targets: np.ndarray, labels:
     return metrics
 
 
+def screening_figures(probabilities: np.ndarray, unfamiliar: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
+    """What a night would show for one group of labelled images: the share of tumors flagged (sensitivity), of
+    tumor-free images not flagged (specificity), of images marked unfamiliar (no class, no flag), and each class's
+    recall among the images given a class. An unfamiliar image is not flagged, as in the screening job."""
+    tumor_probability = 1.0 - probabilities[:, NO_TUMOR_INDEX]
+    flagged = ~unfamiliar & (tumor_probability >= threshold)
+    tumor, no_tumor = labels != CLASS_NAMES[NO_TUMOR_INDEX], labels == CLASS_NAMES[NO_TUMOR_INDEX]
+    predicted = np.array(CLASS_NAMES)[probabilities.argmax(axis=1)]
+    recall = {name: round(float(np.mean(predicted[(labels == name) & ~unfamiliar] == name)), 4)
+              for name in CLASS_NAMES if ((labels == name) & ~unfamiliar).any()}
+    return {"images": int(len(labels)), "tumor_images": int(tumor.sum()), "no_tumor_images": int(no_tumor.sum()),
+            "sensitivity": round(float(flagged[tumor].mean()), 4) if tumor.any() else None,
+            "specificity": round(float(1.0 - flagged[no_tumor].mean()), 4) if no_tumor.any() else None,
+            "marked_unfamiliar": round(float(unfamiliar.mean()), 4) if len(labels) else None,
+            "class_recall": recall}
+
+
+def figures_by_group(probabilities: np.ndarray, unfamiliar: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+                     threshold: float) -> dict:
+    """``screening_figures`` for each group (for example each sequence folder of another hospital's slices)."""
+    return {str(group): screening_figures(probabilities[groups == group], unfamiliar[groups == group],
+                                          labels[groups == group], threshold) for group in sorted(set(groups))}
+
+
 def new_figure(width: float, height: float, columns: int = 1) -> tuple[Figure, object]:
     """A figure on its own Agg canvas and its axes (an array of ``columns`` axes when more than one)."""
     figure = Figure(figsize=(width, height), dpi=120)

@@ -9,7 +9,10 @@
 4. Score through the backend ``jobs.screen`` runs (``model.backends``; default ``auto``, on this CPU), so the figures
    are the ones a hospital gets; the metrics name the backend that ran, and count the images its unfamiliarity
    check marks (the screening job gives those no class and no flag).
-5. Write the metrics and the figures (``model.evaluate``).
+5. Report what a night would show, for all images and for each sub-folder below the class folders (``by_folder``:
+   sensitivity, specificity, unfamiliar share, class recall; another hospital's slices in ``glioma/flair``,
+   ``notumor/flair``... are judged per sequence). A folder may hold only some of the classes.
+6. Write the metrics and the figures (``model.evaluate``).
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ import numpy as np
 
 from infra import storage
 from model import registry
-from model.data import (IMAGE, LABEL, TARGET, THUMBNAIL, DatasetError, list_labelled_images,
-                        load_labelled_dataset)
+from model.data import (IMAGE, LABEL, TARGET, THUMBNAIL, URI, DatasetError, list_labelled_images,
+                        load_labelled_dataset, subfolders)
 from model.dedup import DEFAULT_SIMILARITY
-from model.evaluate import evaluate_predictions, write_evaluation
+from model.evaluate import evaluate_predictions, figures_by_group, write_evaluation
 from model.backends import auto_backend, make_predictor
 
 logger = logging.getLogger(__name__)
@@ -38,25 +41,43 @@ def evaluate_model(data: str, model_uri: str, output: str, tumor_data: tuple[str
     threshold = info.threshold if threshold is None else threshold
     asked = auto_backend(info, use_gpu=False) if backend == "auto" else backend
     predictor, detector, ran = make_predictor(info, asked)
-    dataset = load_labelled_dataset(list_labelled_images(data, tumor_data), info.preprocessing)
-    columns = {IMAGE: [], TARGET: [], LABEL: [], THUMBNAIL: []}
-    for batch in dataset.iter_batches(batch_size=256, batch_format="numpy"):
-        for name in columns:
-            columns[name].append(batch[name])
-    images, targets, labels, thumbnails = (np.concatenate(columns[name]) for name in (IMAGE, TARGET, LABEL, THUMBNAIL))
+    listed = list_labelled_images(data, tumor_data, every_class=False)
+    images, targets, labels, thumbnails, uris = labelled_arrays(load_labelled_dataset(listed, info.preprocessing))
     probabilities, features = predictor.with_features(images)
-    metrics = evaluate_predictions(probabilities, targets, labels.astype(str), threshold)
-    metrics["backend"] = ran
-    if detector is not None and features is not None:
-        metrics["marked_unfamiliar"] = int(detector.marks(detector.scores(features)).sum())
+    unfamiliar = (np.zeros(len(images), bool) if detector is None or features is None
+                  else detector.marks(detector.scores(features)))
+    metrics = evaluate_predictions(probabilities, targets, labels, threshold)
+    metrics.update(backend=ran, marked_unfamiliar=int(unfamiliar.sum()),
+                   by_folder=figures_by_group(probabilities, unfamiliar, labels, folder_groups(uris, labels, data),
+                                              threshold))
     seen, overlap = training_overlap(info, thumbnails, cache)
     metrics["training_overlap"] = overlap
     if seen is not None and seen.any() and not seen.all():
-        metrics["unseen_images_only"] = evaluate_predictions(probabilities[~seen], targets[~seen],
-                                                             labels[~seen].astype(str), threshold)
+        metrics["unseen_images_only"] = evaluate_predictions(probabilities[~seen], targets[~seen], labels[~seen],
+                                                             threshold)
     metrics["model_version"], metrics["model_sha256"], metrics["data"] = info.version, info.weights_sha256, data
     write_evaluation(metrics, output, f"{info.version} on {data.rstrip('/').split('/')[-1]}", probabilities, targets)
     return metrics
+
+
+def labelled_arrays(dataset) -> tuple[np.ndarray, ...]:
+    """(images, targets, labels, thumbnails, URIs) of a labelled dataset, in one pass."""
+    columns = {IMAGE: [], TARGET: [], LABEL: [], THUMBNAIL: [], URI: []}
+    for batch in dataset.iter_batches(batch_size=256, batch_format="numpy"):
+        for name in columns:
+            columns[name].append(batch[name])
+    images, targets, labels, thumbnails, uris = (np.concatenate(columns[name]) for name in columns)
+    return images, targets, labels.astype(str), thumbnails, uris.astype(str)
+
+
+def folder_groups(uris: np.ndarray, labels: np.ndarray, data: str) -> np.ndarray:
+    """Each image's sub-folder below its class folder (``flair`` for ``<data>/glioma/flair/x.jpg``), "(class
+    folder)" for an image directly in it, "(tumor folders)" for the unknown-type tumor folders' images."""
+    def group(uri: str, label: str) -> str:
+        below = subfolders(storage.join(data, label), uri.split("#frame=")[0])
+        return "(tumor folders)" if below is None else "/".join(below) or "(class folder)"
+
+    return np.array([group(uri, label) for uri, label in zip(uris, labels)], dtype=object)
 
 
 def training_overlap(info: registry.ModelInfo, thumbnails: np.ndarray,

@@ -66,3 +66,31 @@ def test_evaluation_on_the_models_own_training_images_is_flagged(tmp_path, ray_l
     assert metrics["unseen_images_only"]["images"] == metrics["images"] - seen
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["near_duplicates_of_training_data"] == seen and summary["overlap_checked"] is True
+
+
+def test_another_hospitals_folder_of_some_classes_is_judged_per_sequence_folder(tmp_path, ray_local):
+    """A folder laid out as another hospital's slices come (``glioma/<sequence>/``, ``notumor/<sequence>/``, and
+    the glioma masks in ``glioma/mask/``): only two classes, judged as a night would show them per sequence; the
+    masks are never scored."""
+    site = tmp_path / "site"
+    copied = {}
+    for label, sequence in (("glioma", "flair"), ("glioma", "t1pre"), ("notumor", "flair"), ("notumor", "t1pre")):
+        folder = site / label / sequence
+        folder.mkdir(parents=True)
+        sources = sorted((SAMPLES / "labelled" / label).glob("*.jpg"))[:3 if sequence == "flair" else 2]
+        for path in sources:
+            shutil.copy(path, folder / path.name)
+        copied[(label, sequence)] = len(sources)
+    (site / "glioma" / "mask").mkdir()
+    shutil.copy(next((SAMPLES / "archive" / "loose").glob("*.png")), site / "glioma" / "mask" / "m.png")
+    assert main(["--data", str(site), "--output", str(tmp_path / "eval"), "--cache", str(tmp_path / "c")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["images"] == sum(copied.values())  # the mask is not an image to classify
+    by_folder = metrics["by_folder"]
+    assert set(by_folder) == {"flair", "t1pre"}
+    for sequence in ("flair", "t1pre"):
+        figures = by_folder[sequence]
+        assert figures["tumor_images"] == copied[("glioma", sequence)]
+        assert figures["no_tumor_images"] == copied[("notumor", sequence)]
+        assert 0 <= figures["sensitivity"] <= 1 and 0 <= figures["specificity"] <= 1
+        assert set(figures["class_recall"]) <= {"glioma", "notumor"}
