@@ -1,4 +1,4 @@
-"""Retrain the classifier with Ray Train and promote it if it is not worse than the current model; or, with
+r"""Retrain the classifier with Ray Train and promote it if it is not worse than the current model; or, with
 --folds K, cross-validate the training recipe on K duplicate-aware folds.
 
     python -m jobs.retrain --data <labelled dir|s3://...> --output <registry dir|s3://...> \

@@ -81,10 +81,7 @@ def default_problem(action: argparse.Action, shown: str | None) -> str | None:
     return None if str(default) in shown else f"shows {shown!r}, the parser's default is {default!r}"
 
 
-@pytest.mark.parametrize("job", [
-    pytest.param(job, marks=pytest.mark.xfail(strict=True, reason="jobs/retrain.py's example joins its lines with "
-                                                                    "a backslash inside the docstring"))
-    if job == "retrain" else job for job in JOBS])
+@pytest.mark.parametrize("job", JOBS)
 def test_example_command_lines_hold_no_runs_of_spaces(job):
     description = importlib.import_module(f"jobs.{job}").build_parser().description
     examples = [line for line in description.splitlines() if line.strip().startswith("python -m")]
