@@ -114,6 +114,10 @@ def test_a_candidate_is_quantized_to_int8_and_measured_against_float32(first_run
     if shipped:  # the retraining run shipped it: its figures held, and its unfamiliarity threshold was refitted
         assert shipped["measured"]["metrics_hold"]
         assert ("ood_threshold" in shipped) == ("ood" in info.metadata)
+        judged = shipped["held_out_agreement"]  # judged on held-out sets as it shipped: auto runs it only if earned
+        assert {"sample archive", "pydicom non-MR images", "validation, gamma 0.5-2"} <= set(judged["sets"])
+        from model.backends import ONNX, ONNX_INT8, auto_backend
+        assert auto_backend(info, use_gpu=False) == (ONNX_INT8 if judged["earns_default"] else ONNX)
     rng = np.random.default_rng(3)
     images = rng.integers(0, 256, (24, SIZE, SIZE), dtype=np.uint8)
     targets = np.eye(4, dtype=np.float32)[rng.integers(0, 4, 24)]
