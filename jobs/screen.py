@@ -117,11 +117,12 @@ def build_config(args: argparse.Namespace) -> ScreenConfig:
 def screen(plan: ScreeningPlan, report: bool = True) -> dict:
     record = score_and_commit(plan)
     logger.info("run %s done: %d files listed, %d unchanged, %d rows (%d scored, %d unfamiliar, %d errors %s, "
-                "%d skipped %s), %d flagged images, %d series (%d flagged), %.1f images/s; results in %s",
+                "%d skipped %s), %d flagged images, %d series (%d flagged); scored at %.1f images/s in %.0f s, "
+                "%.0f s in all; results in %s",
                 record.run_id, record.files_listed, record.files_unchanged, record.rows_written, record.rows_scored,
                 record.rows_ood, record.rows_error, record.errors_by_code, record.rows_skipped,
                 record.skipped_by_reason, record.rows_flagged, record.series, record.series_flagged,
-                record.images_per_second, record.output)
+                record.scoring_images_per_second, record.scoring_seconds, record.duration_seconds, record.output)
     report_uri = publish_run_report(record.output, record.run_id, record.rows_flagged > 0) if report else None
     return {**record.summary(), "report": report_uri}
 

@@ -108,8 +108,8 @@ def patient_by_id(connection: duckdb.DuckDBPyConnection, patient_id: str, key: b
 
 
 def summary(connection: duckdb.DuckDBPyConnection, dates: DateRange, by_class: bool = False) -> pa.Table:
-    """Per night: the runs with their counts, errors by code, skips by rule, unfamiliar rows, throughput and
-    model; or, ``by_class``, how many images each outcome took per night (a class, ``unfamiliar``, ``skipped: <rule>``
+    """Per night: the runs with their counts, errors by code, skips by rule, unfamiliar rows, throughput (the
+    scoring stage's rate and time, then the whole run's time and rate, start-up included) and model; or, ``by_class``, how many images each outcome took per night (a class, ``unfamiliar``, ``skipped: <rule>``
     or ``error: <code>``)."""
     where, parameters = dates.where(connection) if dates.first or dates.last else ("TRUE", [])
     if by_class:
@@ -126,8 +126,11 @@ def summary(connection: duckdb.DuckDBPyConnection, dates: DateRange, by_class: b
         SELECT {col.RUN_DATE}, {col.RUN_ID}, {col.MODE}, {col.FILES_LISTED}, {col.FILES_UNCHANGED},
                {col.ROWS_WRITTEN}, {col.ROWS_SCORED}, {col.ROWS_FLAGGED}, {col.ROWS_ERROR}, {col.ERRORS_BY_CODE},
                {col.ROWS_SKIPPED}, {col.SKIPPED_BY_REASON}, {col.ROWS_OOD},
-               {col.SERIES}, {col.SERIES_FLAGGED}, round({col.IMAGES_PER_SECOND}, 1) AS images_per_second,
-               round({col.DURATION_SECONDS}, 1) AS duration_seconds, {col.MODEL_VERSION}, {col.THRESHOLD}
+               {col.SERIES}, {col.SERIES_FLAGGED},
+               round({col.SCORING_IMAGES_PER_SECOND}, 1) AS {col.SCORING_IMAGES_PER_SECOND},
+               round({col.SCORING_SECONDS}, 1) AS {col.SCORING_SECONDS},
+               round({col.DURATION_SECONDS}, 1) AS {col.DURATION_SECONDS},
+               round({col.IMAGES_PER_SECOND}, 1) AS {col.IMAGES_PER_SECOND}, {col.MODEL_VERSION}, {col.THRESHOLD}
         FROM runs WHERE {where} ORDER BY {col.RUN_DATE}, {col.FINISHED_AT}""", params=parameters).to_arrow_table()
 
 

@@ -88,7 +88,9 @@ ERRORS_BY_CODE = "errors_by_code"
 ROWS_SKIPPED = "rows_skipped"
 ROWS_OOD = "rows_ood"
 SKIPPED_BY_REASON = "skipped_by_reason"  # JSON: rows skipped per selection rule
-IMAGES_PER_SECOND = "images_per_second"
+IMAGES_PER_SECOND = "images_per_second"  # rows written per second of the whole run (start-up included)
+SCORING_SECONDS = "scoring_seconds"  # the scoring stage's wall time: actors starting to the last row, Ray's start not
+SCORING_IMAGES_PER_SECOND = "scoring_images_per_second"  # rows written per second of scoring_seconds
 THRESHOLD = "threshold"
 OPTIONS = "options"
 
@@ -129,4 +131,5 @@ RUNS_SCHEMA = pa.schema([
     pa.field(SERIES_FLAGGED, pa.int64()), pa.field(ERRORS_BY_CODE, pa.string()),
     pa.field(IMAGES_PER_SECOND, pa.float64()), pa.field(MODEL_VERSION, pa.string()),
     pa.field(MODEL_SHA256, pa.string()), pa.field(THRESHOLD, pa.float64()), pa.field(OPTIONS, pa.string()),
-    pa.field(ROWS_SKIPPED, pa.int64()), pa.field(ROWS_OOD, pa.int64()), pa.field(SKIPPED_BY_REASON, pa.string())])
+    pa.field(ROWS_SKIPPED, pa.int64()), pa.field(ROWS_OOD, pa.int64()), pa.field(SKIPPED_BY_REASON, pa.string()),
+    pa.field(SCORING_SECONDS, pa.float64()), pa.field(SCORING_IMAGES_PER_SECOND, pa.float64())])

@@ -129,6 +129,8 @@ class RunRecord:
     rows_skipped: int = 0  # not brain MRI by the selection rules
     rows_ood: int = 0  # scored, but unlike anything the model was trained on
     skipped_by_reason: dict = dataclasses.field(default_factory=dict)  # rows skipped per selection rule
+    scoring_seconds: float = 0.0  # the scoring stage alone: from the actors starting to the last row
+    scoring_images_per_second: float = 0.0  # rows per second of scoring_seconds (images_per_second: of the run)
 
     def to_row(self) -> dict:
         """The ``runs`` row: every column of ``RUNS_SCHEMA``, the two mappings as JSON text."""
@@ -549,11 +551,15 @@ def score(plan: ScreeningPlan, run_id: str, started: datetime.datetime, recovere
                            "pass --full or --rescore-on-model-change to rescore them")
         staged_uri = results.work_uri(output, run_id, results.PREDICTIONS)
         if selection.files:
+            ensure_ray()  # Ray's own start-up is not scoring time
+        scoring_began = time.monotonic()
+        if selection.files:
             stage_predictions(predictions_dataset(selection, context, config, info), staged_uri, selection.files)
+        scoring_seconds = time.monotonic() - scoring_began if selection.files else 0.0
         series, outcomes = summarise(connection, output, run_id, run_date, threshold)
         connection.close()
         record = run_record(config, info, run_id, run_date, started, selection, outcomes, series, threshold,
-                            recovered)
+                            recovered, scoring_seconds)
         results.stage_run_row(output, record.to_row())
     except Exception as error:
         raise RunFailedError(f"run {run_id} failed and was not committed: {describe_failure(error)}; the "
@@ -577,7 +583,9 @@ def summarise(connection: duckdb.DuckDBPyConnection, output: str, run_id: str, r
 
 
 def run_record(config, info, run_id, run_date, started, selection: Selection, counts: Outcomes, series_counts,
-               threshold, recovered) -> RunRecord:
+               threshold, recovered, scoring_seconds: float = 0.0) -> RunRecord:
+    """The run's record; its rate over the whole run (``images_per_second``, Ray's start-up, the listing and the
+    commit's preparation included) and over the scoring stage alone (``scoring_images_per_second``)."""
     rows = counts.rows
     finished = results.utc_now()
     duration = (finished - started).total_seconds()
@@ -589,5 +597,6 @@ def run_record(config, info, run_id, run_date, started, selection: Selection, co
         rows_written=rows, rows_scored=counts.scored, rows_error=counts.errors, rows_flagged=counts.flagged,
         rows_skipped=counts.skipped, rows_ood=counts.ood, skipped_by_reason=counts.skipped_by_reason,
         series=series_counts[0], series_flagged=series_counts[1], errors_by_code=counts.errors_by_code,
-        images_per_second=rows / duration if duration else 0.0, model_version=info.version,
+        images_per_second=rows / duration if duration else 0.0, scoring_seconds=scoring_seconds,
+        scoring_images_per_second=rows / scoring_seconds if scoring_seconds else 0.0, model_version=info.version,
         model_sha256=info.weights_sha256, threshold=threshold, options=options, recovered_runs=recovered)
