@@ -208,6 +208,13 @@ def list_files(uri: str, recursive: bool = True) -> list[str]:
     return sorted(to_uri(uri, info.path) for info in infos if info.type == pafs.FileType.File)
 
 
+def relative_to(folder: str, uri: str) -> str:
+    """``uri``, as a listing of ``folder`` writes it, relative to ``folder``: a local listing gives absolute paths
+    whether ``folder`` was written relative (``out/demo``) or not."""
+    base = folder if is_s3(folder) else os.path.abspath(os.path.expanduser(folder))
+    return uri[len(base.rstrip("/")):].lstrip("/")
+
+
 def list_file_versions(uri: str) -> list[tuple[str, int, float]]:
     """(URI, size in bytes, modification time) of every file under a folder or prefix, sorted, from one listing:
     what changes when a file is replaced."""

@@ -73,7 +73,7 @@ def legacy_table(root: str, table: str) -> pa.Table:
     """One table of the old layout, ``run_date`` from the partition names, work folders skipped."""
     uri = storage.join(root, table)
     files = [file for file in storage.list_files(uri) if file.endswith(".parquet") and "/_" not in
-             file[len(uri):]]
+             "/" + storage.relative_to(uri, file)]
     if not files:
         return results.TABLE_SCHEMAS[table].empty_table()
     filesystem, base = storage.resolve(uri)
@@ -144,7 +144,7 @@ def files_problem(output: str, table: str, delta: DeltaTable) -> str | None:
     missing = results.missing_files(delta, uri)
     if missing:
         return f"version {delta.version()} names {len(missing)} data file(s) that do not exist (first: {missing[0]})"
-    sizes = {urllib.parse.unquote(file[len(uri):].lstrip("/")): size
+    sizes = {urllib.parse.unquote(storage.relative_to(uri, file)): size
              for file, size, _ in storage.list_file_versions(uri)}
     actions = pa.table(delta.get_add_actions(flatten=False)).select(["path", "size_bytes"]).to_pylist()
     wrong = sorted(action["path"] for action in actions

@@ -117,7 +117,7 @@ def missing_files(delta: DeltaTable, uri: str) -> list[str]:
     """The data files the table's loaded version names that its folder does not hold (one listing of it), sorted,
     relative to the table."""
     named = {urllib.parse.unquote(path) for path in pa.table(delta.get_add_actions(flatten=False))["path"].to_pylist()}
-    held = {urllib.parse.unquote(file[len(uri):].lstrip("/")) for file in storage.list_files(uri)}
+    held = {urllib.parse.unquote(storage.relative_to(uri, file)) for file in storage.list_files(uri)}
     return sorted(named - held)
 
 

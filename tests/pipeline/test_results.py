@@ -51,6 +51,16 @@ def output(tmp_path) -> str:
     return output
 
 
+def test_an_output_named_by_a_relative_path_is_whole_to_every_check(tmp_path, monkeypatch):
+    """`make demo` writes to `out/demo`: a relative output must not read as a table whose files are missing."""
+    monkeypatch.chdir(tmp_path)
+    stage("results", "run-a", ["x.dcm"], minute=1)
+    results.commit_run("results", "run-a")
+    results.check_layout("results")
+    assert maintenance.verify("results") == []
+    assert read("results") == [("run-a", "x.dcm")]
+
+
 def test_a_run_killed_before_it_was_ready_is_invisible_and_its_work_is_cleared(output):
     stage(output, "run-b", ["x.dcm", "z.dcm"], minute=2)
     storage.delete_file(results.work_uri(output, "run-b", results.READY))  # killed while staging
