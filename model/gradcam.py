@@ -21,7 +21,7 @@ import numpy as np
 from model.labels import CLASS_NAMES, NO_TUMOR_INDEX
 from model.architecture import backbone_of, member_networks
 from model.config import ArchitectureConfig
-from model.predict import load_classifier
+from model.predict import load_networks
 from model.registry import ModelInfo
 from model.tensorflow_runtime import keras, tf
 
@@ -77,7 +77,14 @@ class GradCam:
     @classmethod
     def from_model_info(cls, info: ModelInfo, expected_sha256: str | None = None) -> "GradCam":
         """For the verified model ``info`` describes (``expected_sha256`` pins its weights, as scoring does)."""
-        return cls(load_classifier(info, expected_sha256), info.architecture)
+        return cls.from_networks(load_networks(info, expected_sha256))
+
+    @classmethod
+    def from_networks(cls, networks: list[keras.Model], chunk_size: int = 16) -> "GradCam":
+        """For single networks already loaded (``model.predict.load_networks``: an ensemble's members)."""
+        explainer = cls.__new__(cls)
+        explainer.networks = [NetworkGradCam(network, chunk_size) for network in networks]
+        return explainer
 
     def __call__(self, images: np.ndarray, target: str | None = None) -> np.ndarray:
         """``(n, S, S)`` uint8 -> ``(n, S, S)`` float32 heat maps in [0, 1] (see ``NetworkGradCam``)."""

@@ -13,7 +13,7 @@ import tempfile
 import numpy as np
 
 from infra import storage
-from model.tensorflow_runtime import native_stderr_silenced, quiet_requested, tf
+from model.tensorflow_runtime import keras, native_stderr_silenced, quiet_requested, tf
 from model.architecture import build_classifier, with_features
 from model.calibration import apply_temperature
 from model.registry import WEIGHTS_FILE, ModelError, ModelInfo, verify_weights
@@ -39,17 +39,51 @@ def load_classifier(info: ModelInfo, expected_sha256: str | None = None):
     ``expected_sha256`` pins the weights a caller resolved earlier (the screening driver stamps every row with it):
     weights that differ, e.g. after a promotion in between, raise :class:`ModelError` instead of scoring silently
     with another model."""
-    if expected_sha256 is not None and info.weights_sha256 != expected_sha256:
-        raise ModelError(f"model at {info.uri} has weights sha256 {info.weights_sha256}, but this run resolved "
-                         f"{expected_sha256}: the model changed after the run started; refusing to score with it")
-    weights = storage.read_bytes(info.weights_uri)
-    verify_weights(info, weights)
+    weights = verified_weights(info, expected_sha256)
     model = build_classifier(info.architecture, info.preprocessing.image_size)
     with tempfile.TemporaryDirectory() as scratch:
         local = pathlib.Path(scratch) / WEIGHTS_FILE
         local.write_bytes(weights)
         model.load_weights(str(local))
     return model
+
+
+def verified_weights(info: ModelInfo, expected_sha256: str | None = None) -> bytes:
+    """The model's weights file, checked against ``expected_sha256`` and the registry's sha256 and signature."""
+    if expected_sha256 is not None and info.weights_sha256 != expected_sha256:
+        raise ModelError(f"model at {info.uri} has weights sha256 {info.weights_sha256}, but this run resolved "
+                         f"{expected_sha256}: the model changed after the run started; refusing to score with it")
+    weights = storage.read_bytes(info.weights_uri)
+    verify_weights(info, weights)
+    return weights
+
+
+def load_networks(info: ModelInfo, expected_sha256: str | None = None) -> list:
+    """The model's single networks as standalone classifiers (uint8 slices in), with their verified weights: the
+    classifier itself, or each member of an ensemble read straight from its group in the weights file, without
+    building the ensemble's graph (two thirds of the time ``load_classifier`` takes for a two-member ensemble)."""
+    if not info.architecture.is_ensemble:
+        return [load_classifier(info, expected_sha256)]
+    import h5py  # the weights file's format (tf_keras HDF5): one group per top-level layer, member_<i> for members
+
+    weights = verified_weights(info, expected_sha256)
+    networks = []
+    with tempfile.TemporaryDirectory() as scratch:
+        local = pathlib.Path(scratch) / WEIGHTS_FILE
+        local.write_bytes(weights)
+        with h5py.File(local, "r") as saved:
+            for index in range(info.architecture.members):
+                group = saved[f"member_{index}"]
+                network = build_classifier(info.architecture.member(), info.preprocessing.image_size)
+                values = [group[name][()] for name in group.attrs["weight_names"]]
+                # saved as load_weights reads them: trainable weights first, then the others
+                symbolic = network.trainable_weights + network.non_trainable_weights
+                if len(symbolic) != len(values):
+                    raise ModelError(f"model {info.version}: member {index} holds {len(values)} weights, its "
+                                     f"architecture {len(symbolic)}")
+                keras.backend.batch_set_value(zip(symbolic, values))
+                networks.append(network)
+    return networks
 
 
 class ProbabilityPredictor:
