@@ -9,6 +9,7 @@ or S3 prefix) with DuckDB; starts no Ray, and runs the same under ``ray job subm
     python -m jobs.query history  --results <dir|s3://...>
     python -m jobs.query sql      --results <dir|s3://...> "SELECT ... FROM current_series ..."
     python -m jobs.query report   --results <dir|s3://...> [--run-id RUN] [--output FILE]
+    python -m jobs.query path     --results <dir|s3://...> <reference> [--pseudonym-key-file FILE]
 
 Views for SQL: predictions, series, runs (complete runs only), current_predictions and current_series (each file or
 series as last scored), predictions_all and series_all (every committed row). The SQL reads these and nothing else:
@@ -86,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     flagged.add_argument("--modality", help="only this DICOM modality, e.g. MR")
     flagged.add_argument("--limit", type=POSITIVE_INT, help="at most this many rows")
     add_patient_parser(commands, common)
+    path = commands.add_parser("path", parents=[common], formatter_class=HelpFormatter,
+                               help="the path of a file the report names by its reference (f-... or r-...)")
+    path.add_argument("reference", help="the reference the report shows beside the file name")
+    path.add_argument("--pseudonym-key-file", help="file holding the pseudonym key (else PSEUDONYM_KEY)")
     summary = commands.add_parser("summary", parents=[common, dates], formatter_class=HelpFormatter,
                                   help="per night: files, rows, scored, flagged, errors, throughput, model")
     summary.add_argument("--by-class", action="store_true", help="images per predicted class per night instead")
@@ -128,6 +133,8 @@ def answer(args: argparse.Namespace) -> pa.Table:
         return queries.patient_by_id(connection, patient_id(args.patient_id), load_key(args.pseudonym_key_file))
     if args.command == "patient":
         return queries.patient(connection, args.patient_key)
+    if args.command == "path":
+        return queries.file_by_reference(connection, args.reference, load_key(args.pseudonym_key_file))
     if args.command == "summary":
         return queries.summary(connection, date_range(args), args.by_class)
     return queries.sql(connection, args.query)

@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow-empty", action="store_true",
                         help="record a run even when the input holds no files (it replaces the date's results); "
                              "without it an empty input is refused with exit status 2")
+    parser.add_argument("--pseudonymize-paths", action="store_true",
+                        help="store each file's source_uri with the names of its folders below the input folder "
+                             "replaced by keyed pseudonyms (d-<16 hex digits>; the file name stays), for export "
+                             "folders named after patients; jobs.query path finds the real path with the key")
     parser.add_argument("--no-report", dest="report", action="store_false",
                         help="write no HTML report after the commit (rebuild one later with jobs.query report)")
     add_common_options(parser)
@@ -111,7 +115,8 @@ def build_config(args: argparse.Namespace) -> ScreenConfig:
                                             max_pixels_per_frame=args.max_pixels, max_frames=args.max_frames),
                         allow_empty=args.allow_empty, full=args.full, backend=args.backend,
                         rescore_on_model_change=args.rescore_on_model_change,
-                        selection_rules=args.selection_rules, mirror_average=args.mirror_average)
+                        selection_rules=args.selection_rules, mirror_average=args.mirror_average,
+                        pseudonymize_paths=args.pseudonymize_paths)
 
 
 def screen(plan: ScreeningPlan, report: bool = True) -> dict:
@@ -123,7 +128,8 @@ def screen(plan: ScreeningPlan, report: bool = True) -> dict:
                 record.rows_ood, record.rows_error, record.errors_by_code, record.rows_skipped,
                 record.skipped_by_reason, record.rows_flagged, record.series, record.series_flagged,
                 record.scoring_images_per_second, record.scoring_seconds, record.duration_seconds, record.output)
-    report_uri = publish_run_report(record.output, record.run_id, record.rows_flagged > 0) if report else None
+    report_uri = (publish_run_report(record.output, record.run_id, record.rows_flagged > 0, plan.pseudonym_key)
+                  if report else None)
     return {**record.summary(), "report": report_uri}
 
 

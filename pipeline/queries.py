@@ -10,6 +10,7 @@ import dataclasses
 import duckdb
 import pyarrow as pa
 
+from pipeline import paths
 from pipeline import schema as col
 from pipeline import views
 from pipeline.pseudonym import pseudonymize
@@ -105,6 +106,35 @@ def patient_by_id(connection: duckdb.DuckDBPyConnection, patient_id: str, key: b
         raise QueryError("the patient ID given is empty")
     return patient(connection, patient_key, "no results for that patient ID under this pseudonym key (a patient "
                                             "not screened, or another key than the screening runs used)")
+
+
+def file_by_reference(connection: duckdb.DuckDBPyConnection, reference: str, key: bytes | None) -> pa.Table:
+    """The stored ``source_uri`` of a file the morning report names by ``reference`` (``pipeline.paths``), with
+    its real path (``path``: the same, unless its folder names were pseudonymised, then found by listing them)."""
+    if not paths.REFERENCE.fullmatch(reference or ""):
+        raise QueryError("a file reference is f- or r- and 12 hex digits, as the report shows it")
+    if reference.startswith("f-") and key is None:
+        raise QueryError("an f- reference needs the pseudonym key the screening runs used: set PSEUDONYM_KEY or "
+                         "pass --pseudonym-key-file")
+    keyed = reference.startswith("f-")
+    cursor = connection.execute(f"SELECT DISTINCT {col.SOURCE_URI}{'' if keyed else ', ' + col.RUN_ID} "
+                                f"FROM predictions_all WHERE {col.SOURCE_URI} IS NOT NULL")
+    found = set()
+    while rows := cursor.fetchmany(10_000):
+        found.update(row[0] for row in rows if paths.file_reference(row[0], key if keyed else None,
+                                                                     "" if keyed else row[1]) == reference)
+    if not found:
+        raise QueryError(f"no file in these results has reference {reference} (under this pseudonym key)")
+    located = [(uri, locate(uri, key)) for uri in sorted(found)]
+    return pa.table({"reference": [reference] * len(located), col.SOURCE_URI: [uri for uri, _ in located],
+                     "path": [path for _, path in located]})
+
+
+def locate(uri: str, key: bytes | None) -> str | None:
+    """The real path of a stored ``source_uri``; None when its pseudonymised folders cannot be found."""
+    if not paths.DIRECTORY_PSEUDONYM.search(uri):
+        return uri
+    return paths.resolve_pseudonymized(uri, key) if key is not None else None
 
 
 def summary(connection: duckdb.DuckDBPyConnection, dates: DateRange, by_class: bool = False) -> pa.Table:

@@ -1,18 +1,21 @@
 """The morning report: one committed run in, one self-contained HTML file out (images embedded as data URIs, inline
 SVG charts, no script, no font or request from anywhere), for the radiologist who reads the night's results. This
 module decides what it shows: the run's rows from the committed tables (``pipeline.views``), the flagged series and
-the flagged images outside any series, most suspicious first, and the unfamiliar (out-of-distribution) inputs, least
-familiar first; the first ``MAX_CASES_WITH_IMAGES`` of each list get pictures (``pipeline.report_images``), the rest
-a line each. The page is written by ``pipeline.report_html`` (skeleton, summary), ``pipeline.report_charts`` and
-``pipeline.report_cases``; only the tables' pseudonymous keys, study dates and modalities describe a patient, and
-every text is escaped. After a run commits, ``publish_run_report`` writes ``<output>/reports/<run_date>/<run_id>.html``,
-from a Ray task when there are heat maps to draw (TensorFlow then loads in a worker, never in the driver);
-``python -m jobs.query report`` rebuilds any committed run's report.
+the flagged images outside any series, most suspicious first, each series with the slices that took no part in its
+decision (unfamiliar, skipped, not read), and the unfamiliar (out-of-distribution) inputs, highest tumor probability
+first; the first ``MAX_CASES_WITH_IMAGES`` of each list get pictures (``pipeline.report_images``), the rest a line
+each. The page is written by ``pipeline.report_html`` (skeleton, summary), ``pipeline.report_charts`` and
+``pipeline.report_cases``; only the tables' pseudonymous keys, study dates and modalities describe a patient, a file
+is named by its reference and file name, never its folders (``FileNames``, ``pipeline.paths``), and every text is
+escaped. After a run commits, ``publish_run_report`` writes ``<output>/reports/<run_date>/<run_id>.html``, logging
+each step; the heat maps are drawn in a Ray task (TensorFlow then loads in a worker, never in the driver), the rest
+in the driver. ``python -m jobs.query report`` rebuilds any committed run's report.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 import ray
 
@@ -20,12 +23,14 @@ from infra import storage
 from infra.ray_runtime import ensure_ray
 from model.labels import CLASS_NAMES
 from model.preprocessing import PreprocessConfig
-from pipeline import report_cases, views
+from pipeline import paths, report_cases, views
 from pipeline import schema as col
+from pipeline.pseudonym import load_key
 from pipeline.report_cases import unfamiliar_section
 from pipeline.report_charts import BINS, charts_section
 from pipeline.report_html import banner, footer, page, summary_section, title
-from pipeline.report_images import Case, draw_pictures, run_model, unfamiliar_thumbnails
+from pipeline.report_images import (FILE_LABEL, Case, HeatMaps, SliceReader, draw_pictures, heat_map_overlays,
+                                   run_model, unfamiliar_thumbnails)
 
 logger = logging.getLogger(__name__)
 
@@ -123,11 +128,41 @@ def skip_reasons(connection, run: dict) -> dict[str, str]:
 
 
 def unfamiliar_inputs(connection, run: dict) -> list[dict]:
-    """The run's unfamiliar (out-of-distribution) inputs, least familiar first."""
+    """The run's unfamiliar (out-of-distribution) inputs, highest tumor probability first (then least familiar)."""
     where, parameters = of_run(run)
     return records(connection, f"""
         SELECT * FROM predictions WHERE {where} AND coalesce({col.OOD}, false)
-        ORDER BY {col.OOD_SCORE} DESC NULLS LAST, {col.SOURCE_URI}, {col.FRAME_INDEX}""", parameters)
+        ORDER BY {col.TUMOR_PROBABILITY} DESC NULLS LAST, {col.OOD_SCORE} DESC NULLS LAST, {col.SOURCE_URI},
+                 {col.FRAME_INDEX}""", parameters)
+
+
+SET_ASIDE = {"ood": "unfamiliar", col.STATUS_SKIPPED: "skipped", col.STATUS_ERROR: "not read"}
+
+
+def set_aside_slices(connection, run: dict) -> dict[str, dict[int, str]]:
+    """Series key -> {ordered slice index: why it took no part in the decision} for the run's flagged series: each
+    slice as the latest complete run (up to this one) that scored it left it (unfamiliar, skipped, not read)."""
+    where, parameters = of_run(run)
+    rows = connection.execute(f"""
+        WITH slices AS (
+            SELECT {col.SERIES_KEY}, unnest({col.ORDERED_SOURCE_URIS}) AS uri,
+                   unnest({col.ORDERED_FRAME_INDICES}) AS frame,
+                   unnest(range(len({col.ORDERED_SOURCE_URIS}))) AS position
+            FROM series WHERE {where} AND {col.FLAGGED}),
+        scored AS (
+            SELECT p.{col.SOURCE_URI}, p.{col.FRAME_INDEX}, p.{col.STATUS}, p.{col.OOD}, r.{col.FINISHED_AT}
+            FROM predictions p JOIN runs r ON p.{col.RUN_ID} = r.{col.RUN_ID}
+            WHERE p.{col.SOURCE_URI} IN (SELECT uri FROM slices) AND r.{col.FINISHED_AT} <= ?)
+        SELECT s.{col.SERIES_KEY}, s.position, p.{col.STATUS}, coalesce(p.{col.OOD}, false) FROM slices s
+        JOIN scored p ON p.{col.SOURCE_URI} = s.uri AND p.{col.FRAME_INDEX} = s.frame
+        QUALIFY row_number() OVER (PARTITION BY s.{col.SERIES_KEY}, s.position ORDER BY p.{col.FINISHED_AT} DESC) = 1
+        """, [*parameters, run[col.FINISHED_AT]]).fetchall()
+    found: dict[str, dict[int, str]] = {}
+    for series_key, position, status, ood in rows:
+        reason = SET_ASIDE["ood"] if status == col.STATUS_OK and ood else SET_ASIDE.get(status)
+        if reason:
+            found.setdefault(series_key, {})[int(position)] = reason
+    return found
 
 
 def series_case(row: dict) -> Case:
@@ -148,23 +183,62 @@ def cases_section(heading: str, cases: list[Case], heat_note: str, nothing: str)
 # --- building and writing ------------------------------------------------------------------------------------------
 
 
-def build_report(output: str, run_id: str | None = None) -> tuple[dict, str]:
-    """(the run's ``runs`` row, its report's HTML) for a committed run (None: the latest)."""
+class FileNames:
+    """How the report names a stored ``source_uri``: its reference and file name, never its folders
+    (``pipeline.paths``); and where to read it again (its real path, when its folder names were pseudonymised)."""
+
+    def __init__(self, key: bytes | None, run_id: str):
+        self.key, self.run_id = key, run_id
+
+    def reference(self, uri: str) -> str:
+        return paths.file_reference(uri, self.key, self.run_id)
+
+    def label(self, rows: list[dict]) -> list[dict]:
+        for row in rows:
+            uri = row[col.SOURCE_URI]
+            row[FILE_LABEL] = f"{self.reference(uri)} · {paths.file_name(uri)}" if uri else "–"
+        return rows
+
+    def locate(self, uri: str) -> str | None:
+        if not paths.DIRECTORY_PSEUDONYM.search(uri):
+            return uri
+        return paths.resolve_pseudonymized(uri, self.key) if self.key is not None else None
+
+
+def with_set_aside(cases: list[Case], set_aside: dict[str, dict[int, str]]) -> list[Case]:
+    for case in cases:
+        case.set_aside = set_aside.get(case.row[col.SERIES_KEY], {})
+    return cases
+
+
+def build_report(output: str, run_id: str | None = None, key: bytes | None = None,
+                 heat_maps: HeatMaps = heat_map_overlays) -> tuple[dict, str]:
+    """(the run's ``runs`` row, its report's HTML) for a committed run (None: the latest). ``key`` (the pseudonym
+    key) derives the files' references and finds pseudonymised folders; ``heat_maps`` draws the heat maps."""
+    started = time.monotonic()
     connection = views.connect(output)
     run = run_row(connection, run_id or latest_run_id(connection))
     info, heat_note = run_model(run)
     preprocessing = info.preprocessing if info else PreprocessConfig()
-    series = [series_case(row) for row in flagged_series(connection, run)]
-    images = [image_case(row) for row in flagged_images(connection, run)]
-    draw_pictures(series[:MAX_CASES_WITH_IMAGES] + images[:MAX_CASES_WITH_IMAGES], preprocessing, info)
-    unfamiliar = unfamiliar_inputs(connection, run)
+    names = FileNames(key, run[col.RUN_ID])
+    series = with_set_aside([series_case(row) for row in flagged_series(connection, run)],
+                            set_aside_slices(connection, run))
+    images = [image_case(row) for row in names.label(flagged_images(connection, run))]
+    unfamiliar = names.label(unfamiliar_inputs(connection, run))
+    logger.info("report on run %s: %d flagged series, %d flagged images, %d unfamiliar inputs; re-reading their "
+                "slices", run[col.RUN_ID], len(series), len(images), len(unfamiliar))
+    reader = SliceReader(preprocessing, locate=names.locate, name=names.reference)
+    draw_pictures(series[:MAX_CASES_WITH_IMAGES] + images[:MAX_CASES_WITH_IMAGES], preprocessing, info, reader,
+                  heat_maps)
+    thumbnails = unfamiliar_thumbnails(unfamiliar[:MAX_CASES_WITH_IMAGES], preprocessing, reader)
     sections = [
         summary_section(run, info, skip_reasons(connection, run)),
         charts_section(class_counts(connection, run), probability_bins(connection, run), run),
         cases_section("Flagged series", series, heat_note, "No series flagged tonight."),
         cases_section("Flagged images outside any series", images, heat_note, "No image outside a series flagged."),
-        unfamiliar_section(unfamiliar, unfamiliar_thumbnails(unfamiliar[:MAX_CASES_WITH_IMAGES], preprocessing)),
+        unfamiliar_section(unfamiliar, thumbnails, run[col.THRESHOLD]),
         footer(output, run)]
+    logger.info("report on run %s built in %.1f s", run[col.RUN_ID], time.monotonic() - started)
     return run, page(title(run), banner(run), sections)
 
 
@@ -172,26 +246,34 @@ def report_uri(output: str, run_date: str, run_id: str) -> str:
     return storage.join(output, REPORTS, run_date, f"{run_id}.html")
 
 
-def write_report(output: str, run_id: str | None = None, destination: str | None = None) -> str:
+def write_report(output: str, run_id: str | None = None, destination: str | None = None, key: bytes | None = None,
+                 heat_maps: HeatMaps = heat_map_overlays) -> str:
     """Build a committed run's report and write it to ``destination`` (default: its place under the output);
-    returns where it went."""
-    run, document = build_report(output, run_id)
+    returns where it went. Without ``key``, the pseudonym key is taken from ``PSEUDONYM_KEY`` when it is set."""
+    run, document = build_report(output, run_id, key if key is not None else load_key(), heat_maps)
     uri = destination or report_uri(output, run[col.RUN_DATE], run[col.RUN_ID])
     storage.write_text(uri, document)
     return uri
 
 
-def publish_run_report(output: str, run_id: str, needs_model: bool) -> str | None:
+def heat_maps_in_worker(images, info):
+    """``heat_map_overlays`` in a Ray task, so TensorFlow loads in a worker, never in the job's driver."""
+    task = ray.remote(heat_map_overlays).options(num_cpus=1, max_retries=1)
+    return ray.get(task.remote(images, info))
+
+
+def publish_run_report(output: str, run_id: str, needs_model: bool, key: bytes | None = None) -> str | None:
     """The report of a run that just committed, written under the output; its URI, or None when it failed (a
     warning says how to rebuild it: the run stays committed). With ``needs_model`` (something was flagged, so
-    there are heat maps to draw) it is built in a Ray task, so TensorFlow loads in a worker, not the driver."""
+    there are heat maps to draw) the heat maps are drawn in a Ray task; the rest is built here."""
+    started = time.monotonic()
+    logger.info("run %s: writing its report", run_id)
     try:
         if needs_model:
             ensure_ray()
-            uri = ray.get(ray.remote(write_report).options(num_cpus=1, max_retries=1).remote(output, run_id))
-        else:
-            uri = write_report(output, run_id)
-        logger.info("run %s: report written to %s", run_id, uri)
+        uri = write_report(output, run_id, key=key,
+                           heat_maps=heat_maps_in_worker if needs_model else heat_map_overlays)
+        logger.info("run %s: report written to %s in %.1f s", run_id, uri, time.monotonic() - started)
         return uri
     except Exception as error:  # the run is committed whatever happens to its report
         logger.warning("run %s is committed, but its report could not be written (%s: %s); rebuild it with "

@@ -48,6 +48,10 @@ article.case>h3{margin:0 0 10px;font-size:16px} .rank{color:#5b6475;margin-right
 .strip figure{margin:0;text-align:center;width:76px}
 .strip img,.missing{width:72px;height:72px;border:2px solid transparent;border-radius:3px;background:#000;display:block}
 .strip figure.deciding img{border-color:#b42318}
+.strip figure.set-aside img,.strip figure.set-aside .missing{border:2px dashed #5b6475;opacity:.55}
+.aside{color:#5b6475;font-style:italic}
+p.decision{margin:10px 0 0;max-width:900px}
+tr.high td.tumor-p{white-space:nowrap}
 .missing{background:#e8eaef;color:#5b6475;font-size:11px;line-height:72px}
 .note{color:#5b6475} .empty{color:#5b6475;font-style:italic}
 footer{color:#5b6475;font-size:12px;margin-top:30px}
@@ -128,8 +132,9 @@ def summary_section(run: dict, info: registry.ModelInfo | None, skip_reasons: di
     speed = (f"{esc(number(run[col.DURATION_SECONDS], 1))} s, {esc(number(run[col.IMAGES_PER_SECOND], 1))} "
              f"images/s")
     return (f"<h2>The night</h2><section class=\"panel\"><p>Run <code>{esc(run[col.RUN_ID])}</code> "
-            f"({esc(run[col.MODE] or '')}), {esc(moment(run[col.STARTED_AT]))}, {speed}. Input "
-            f"<code>{esc(run[col.INPUT] or '')}</code>.</p>{model_text(run, info)}<div class=\"grid\">{stats}</div>"
+            f"({esc(run[col.MODE] or '')}), {esc(moment(run[col.STARTED_AT]))}, {speed}. Files are named by a "
+            f"reference and their file name, never by their folders (<code>python -m jobs.query path</code> gives a "
+            f"reference's path).</p>{model_text(run, info)}<div class=\"grid\">{stats}</div>"
             f"<div class=\"columns\">"
             f"{count_table(json_counts(run[col.ERRORS_BY_CODE]), 'Errors by code', col.ERROR_CODES)}"
             f"{count_table(json_counts(run[col.SKIPPED_BY_REASON]), 'Skipped by rule', skip_reasons)}</div></section>")

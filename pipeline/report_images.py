@@ -1,10 +1,12 @@
-"""Pictures for the morning report: a flagged case's slices re-read from their source URIs, decoded and
-preprocessed as scoring did, drawn as PNG data URIs (thumbnails in slice order, the deciding slice enlarged) and,
-when the model that scored the run is still where the run took it from, the deciding slice's Grad-CAM heat map
-(``model.gradcam``; TensorFlow loads only here, and only when heat maps are drawn). In: cases built from the
-committed tables' rows, the model's preprocessing; out: the same cases with their pictures, None where a slice can no
-longer be read, or ``WITHHELD`` where its DICOM file may carry burned-in text that identifies the patient
-(``model.decode.burned_in_text``): those pixels are scored but never drawn, nor explained by a heat map.
+"""Pictures for the morning report: a flagged case's slices re-read from their source URIs (found again through
+the pseudonym key when their folder names were pseudonymised), decoded and preprocessed as scoring did, drawn as
+PNG data URIs (thumbnails in slice order, the deciding slice enlarged) and, when the model that scored the run is
+still where the run took it from, the deciding slices' Grad-CAM heat maps (``model.gradcam``; TensorFlow loads only
+in ``heat_map_overlays``, which the job runs in a Ray worker, and the model's networks load without the ensemble's
+graph). In: cases built from the committed tables' rows, the model's preprocessing; out: the same cases with their
+pictures, None where a slice can no longer be read, or ``WITHHELD`` where its DICOM file may carry burned-in text
+that identifies the patient (``model.decode.burned_in_text``): those pixels are scored but never drawn, nor explained
+by a heat map. Log lines name a file by its reference, never by its path.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ import base64
 import dataclasses
 import json
 import logging
+import time
 
 import cv2
 import numpy as np
+
+from typing import Callable
 
 from infra import storage
 from model import registry
@@ -27,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 MAX_THUMBNAILS = 40  # slices shown per series: a window around the deciding slice
 THUMBNAIL_SIZE = 72
+FILE_LABEL = "file_label"  # added to a row the report shows: the file's reference and name, never its folders
 WITHHELD = "withheld"  # in place of a picture: the file may carry burned-in text that identifies the patient
 WITHHELD_NOTE = ("Pictures withheld: the DICOM file says its pixels carry burned-in text (or is a secondary capture "
                  "that does not say they do not), which may identify the patient. Open it in the viewer.")
@@ -41,6 +47,7 @@ class Case:
     slice_probabilities: list[float | None]
     deciding: int
     thumbnails: dict[int, str | None] = dataclasses.field(default_factory=dict)  # index -> data URI, WITHHELD
+    set_aside: dict[int, str] = dataclasses.field(default_factory=dict)  # index -> why it took no part
     deciding_image: np.ndarray | None = None
     heat_map: str | None = None  # data URI of the Grad-CAM overlay
 
@@ -68,10 +75,15 @@ def run_model(run: dict) -> tuple[registry.ModelInfo | None, str]:
 class SliceReader:
     """Slices re-read from their source files, decoded and preprocessed as scoring did. The last file read stays
     decoded (a series' slices, a multi-frame object's frames, come in a row). An unreadable slice is None: the file
-    changed or vanished since the run. A slice whose file may carry burned-in text is ``WITHHELD``."""
+    changed or vanished since the run. A slice whose file may carry burned-in text is ``WITHHELD``. ``locate`` turns
+    a stored ``source_uri`` into the path to read (None: it cannot be found), ``name`` into what a log line may say
+    of it (a file reference, never its folders)."""
 
-    def __init__(self, preprocessing: PreprocessConfig, limits: DecodeLimits = DecodeLimits()):
+    def __init__(self, preprocessing: PreprocessConfig, limits: DecodeLimits = DecodeLimits(),
+                 locate: Callable[[str], str | None] = lambda uri: uri,
+                 name: Callable[[str], str] = lambda uri: "a file"):
         self.preprocessing, self.limits, self.frames = preprocessing, limits, {}
+        self.locate, self.name = locate, name
 
     def __call__(self, uri: str, frame_index: int) -> np.ndarray | str | None:
         if uri not in self.frames:
@@ -82,10 +94,14 @@ class SliceReader:
         return preprocess_image(frames[frame_index], self.preprocessing) if frame_index < len(frames) else None
 
     def decoded_frames(self, uri: str) -> list[np.ndarray] | str:
+        path = self.locate(uri)
+        if path is None:
+            logger.warning("report: %s cannot be shown: its pseudonymised folders were not found", self.name(uri))
+            return []
         try:
-            decoded = decode_file(storage.read_bytes(uri, max_bytes=self.limits.max_file_bytes), uri, self.limits)
+            decoded = decode_file(storage.read_bytes(path, max_bytes=self.limits.max_file_bytes), path, self.limits)
         except (storage.StorageError, DecodeError) as error:
-            logger.warning("report: %s cannot be shown: %s", uri, error)
+            logger.warning("report: %s cannot be shown (%s)", self.name(uri), type(error).__name__)
             return []
         return WITHHELD if decoded.header.get("BurnedInText") else decoded.frames
 
@@ -120,27 +136,42 @@ def draw_thumbnails(case: Case, reader: SliceReader) -> None:
             case.deciding_image = image
 
 
-def draw_heat_maps(cases: list[Case], info: registry.ModelInfo) -> None:
-    """Grad-CAM of the tumor score on each case's deciding slice, blended over it."""
+def heat_map_overlays(images: np.ndarray, info: registry.ModelInfo) -> list[np.ndarray]:
+    """Grad-CAM of the tumor score on each ``(S, S)`` uint8 slice, by the verified model ``info`` describes,
+    blended over the slice (RGB)."""
     from model.gradcam import TUMOR, GradCam, overlay  # TensorFlow: loaded only where heat maps are drawn
 
+    maps = GradCam.from_model_info(info, info.weights_sha256)(images, target=TUMOR)
+    return [overlay(image, heat_map) for image, heat_map in zip(images, maps)]
+
+
+HeatMaps = Callable[[np.ndarray, registry.ModelInfo], list[np.ndarray]]
+
+
+def draw_heat_maps(cases: list[Case], info: registry.ModelInfo, heat_maps: HeatMaps = heat_map_overlays) -> None:
+    """Each case's deciding slice with its heat map blended over it; ``heat_maps`` draws them (here, or in a Ray
+    worker so TensorFlow stays out of the job's driver)."""
     shown = [case for case in cases if case.deciding_image is not None]
     if not shown:
         return
-    maps = GradCam.from_model_info(info, info.weights_sha256)(np.stack([case.deciding_image for case in shown]),
-                                                               target=TUMOR)
-    for case, heat_map in zip(shown, maps):
-        case.heat_map = png_uri(overlay(case.deciding_image, heat_map))
+    started = time.monotonic()
+    logger.info("report: drawing %d heat map(s) (loads the model %s)", len(shown), info.version)
+    overlays = heat_maps(np.stack([case.deciding_image for case in shown]), info)
+    for case, blended in zip(shown, overlays):
+        case.heat_map = png_uri(blended)
+    logger.info("report: %d heat map(s) drawn in %.1f s", len(shown), time.monotonic() - started)
 
 
-def draw_pictures(cases: list[Case], preprocessing: PreprocessConfig, info: registry.ModelInfo | None) -> None:
-    reader = SliceReader(preprocessing)
+def draw_pictures(cases: list[Case], preprocessing: PreprocessConfig, info: registry.ModelInfo | None,
+                  reader: SliceReader | None = None, heat_maps: HeatMaps = heat_map_overlays) -> None:
+    reader = reader or SliceReader(preprocessing)
     for case in cases:
         draw_thumbnails(case, reader)
     if info is not None:
-        draw_heat_maps(cases, info)
+        draw_heat_maps(cases, info, heat_maps)
 
 
-def unfamiliar_thumbnails(rows: list[dict], preprocessing: PreprocessConfig) -> list[str | None]:
-    reader = SliceReader(preprocessing)
+def unfamiliar_thumbnails(rows: list[dict], preprocessing: PreprocessConfig,
+                          reader: SliceReader | None = None) -> list[str | None]:
+    reader = reader or SliceReader(preprocessing)
     return [thumbnail(reader(row[col.SOURCE_URI], row[col.FRAME_INDEX] or 0)) for row in rows]

@@ -53,7 +53,8 @@ from pipeline import results, run_lock, views
 from pipeline import schema as col
 from pipeline.errors import RunFailedError, RunNotStartedError, describe_failure
 from model.decode import DecodeLimits
-from pipeline.listing import LISTING_SCHEMA, Listing, refuse_output_inside_inputs, stage_listing
+from pipeline.listing import LISTING_SCHEMA, Listing, local_path, refuse_output_inside_inputs, stage_listing
+from pipeline.paths import PathPseudonymizer
 from pipeline.pseudonym import PseudonymKeyError, load_key
 from pipeline.selection import SelectionRules, SelectionRulesError, load_rules
 from pipeline.series import SERIES_INPUT_COLUMNS, series_table, summarize_series
@@ -88,6 +89,7 @@ class ScreenConfig:
     rescore_on_model_change: bool = False  # also rescore unchanged files scored by another model
     selection_rules: str | None = None  # which DICOM objects are brain MRI: None, the bundled rules; "all", every one
     mirror_average: bool = False  # average each image's probabilities with its left-right mirror's
+    pseudonymize_paths: bool = False  # store source_uri with its folder names pseudonymised (pipeline.paths)
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
@@ -147,10 +149,11 @@ class RunRecord:
 
 def resolve_key(config: ScreenConfig, may_hold_dicom: bool) -> bytes | None:
     key = load_key(config.pseudonym_key_file, config.create_pseudonym_key)
-    if key is None and may_hold_dicom:
+    if key is None and (may_hold_dicom or config.pseudonymize_paths):
+        needs = "the input holds DICOM files" if may_hold_dicom else "--pseudonymize-paths needs it"
         raise PseudonymKeyError(
-            "the input holds DICOM files but no pseudonym key was given: set PSEUDONYM_KEY, or pass "
-            "--pseudonym-key-file (with --create-pseudonym-key to generate one)")
+            f"{needs} but no pseudonym key was given: set PSEUDONYM_KEY, or pass "
+            f"--pseudonym-key-file (with --create-pseudonym-key to generate one)")
     return key
 
 
@@ -254,14 +257,37 @@ class Progress:
                         self.total, self.rows, self.errors, rate, left)
 
 
-def stage_predictions(dataset: ray.data.Dataset, uri: str, total_files: int) -> None:
+def stage_predictions(dataset: ray.data.Dataset, uri: str, total_files: int,
+                      paths: PathPseudonymizer | None = None) -> None:
     """Stage 5: stream the scored rows (a few hundred bytes each, no image) to Parquet files under ``uri``,
-    logging progress; the driver's memory does not grow with the run (``results.ParquetParts``)."""
+    logging progress; the driver's memory does not grow with the run (``results.ParquetParts``). With ``paths``,
+    each row's ``source_uri`` is stored with its folder names pseudonymised."""
     progress, parts = Progress(total_files), results.ParquetParts(uri, col.PREDICTIONS_SCHEMA)
     for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
         progress.update(batch)
-        parts.write(batch)
+        parts.write(with_pseudonymous_paths(batch, paths) if paths else batch)
     parts.close()
+
+
+def with_pseudonymous_paths(batch: pa.Table, paths: PathPseudonymizer) -> pa.Table:
+    """``batch`` with each ``source_uri`` pseudonymised, and in its error message too (a message may quote it)."""
+    uris = batch[col.SOURCE_URI].to_pylist()
+    hidden = [paths(uri) for uri in uris]
+    messages = [message.replace(uri, pseudonym) if message and uri else message
+                for message, uri, pseudonym in zip(batch[col.ERROR_MESSAGE].to_pylist(), uris, hidden)]
+    batch = batch.set_column(batch.schema.get_field_index(col.SOURCE_URI), col.SOURCE_URI,
+                             pa.array(hidden, pa.string()))
+    return batch.set_column(batch.schema.get_field_index(col.ERROR_MESSAGE), col.ERROR_MESSAGE,
+                            pa.array(messages, pa.string()))
+
+
+def path_pseudonymizer(config: ScreenConfig, key: bytes | None) -> PathPseudonymizer | None:
+    """The run's ``PathPseudonymizer`` (its input folders kept as they are), or None when paths are stored as
+    they are."""
+    if not config.pseudonymize_paths:
+        return None
+    roots = [location.rstrip("/") if storage.is_s3(location) else local_path(location) for location in config.inputs]
+    return PathPseudonymizer(key, roots)
 
 
 STAGED = "staged"  # the run's staged predictions, as DuckDB sees them while stage 6 queries them
@@ -403,19 +429,20 @@ class Selection:
 
 
 def select_files(config: ScreenConfig, connection: duckdb.DuckDBPyConnection, listing: str, known: str,
-                 model_sha256: str, verdicts: str) -> Selection:
+                 model_sha256: str, verdicts: str, stored_uri: str = "{}") -> Selection:
     """Incremental by default: a file is scored when no complete run of another date scored it, when its size or
     modification time differ from what was scored, or when an error that says nothing about the file hit it.
 
     ``listing`` is a relation of listed files (``LISTING_SCHEMA``, a file may come twice) and ``known`` SQL for
     what the tables know (``views.scored_files``); the verdicts are written to the Parquet file ``verdicts`` by
-    one query, so memory holds neither list."""
+    one query, so memory holds neither list. ``stored_uri``: SQL turning a listed URI (``{}``) into the
+    ``source_uri`` the tables store for it."""
     if not re.fullmatch(r"[0-9a-f]{64}", model_sha256):
         raise ValueError(f"not a sha256: {model_sha256!r}")
     size, modified, uri = col.SOURCE_SIZE, col.SOURCE_MODIFIED, col.SOURCE_URI
     verdict, join = f"'{NEW_OR_CHANGED}'", ""
     if not config.full:
-        join = f"LEFT JOIN ({known}) k ON k.{uri} = l.{uri}"
+        join = f"LEFT JOIN ({known}) k ON k.{uri} = {stored_uri.format('l.' + uri)}"
         verdict = f"""CASE
             WHEN k.{uri} IS NULL OR k.retry OR l.{size} < 0 OR l.{modified} < 0 OR k.{size} IS DISTINCT FROM l.{size}
                  OR k.modified_us IS DISTINCT FROM l.{modified} THEN '{NEW_OR_CHANGED}'
@@ -439,8 +466,15 @@ def choose_files(plan: "ScreeningPlan", connection: duckdb.DuckDBPyConnection, r
     """``select_files`` for a planned run: its staged listing against what the tables knew before ``run_date``, the
     verdicts written to its workspace."""
     connection.register("listing", plan.listing.batches())
+    stored_uri = "{}"
+    paths = path_pseudonymizer(plan.config, plan.pseudonym_key)
+    if paths:
+        connection.create_function("stored_path", lambda uris: pa.array([paths(uri) for uri in uris.to_pylist()],
+                                                                         pa.string()),
+                                   ["VARCHAR"], "VARCHAR", type="arrow")
+        stored_uri = "stored_path({})"
     return select_files(plan.config, connection, "listing", views.scored_files(run_date), plan.model.weights_sha256,
-                        os.path.join(plan.workspace.name, "verdicts.parquet"))
+                        os.path.join(plan.workspace.name, "verdicts.parquet"), stored_uri)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -554,7 +588,8 @@ def score(plan: ScreeningPlan, run_id: str, started: datetime.datetime, recovere
             ensure_ray()  # Ray's own start-up is not scoring time
         scoring_began = time.monotonic()
         if selection.files:
-            stage_predictions(predictions_dataset(selection, context, config, info), staged_uri, selection.files)
+            stage_predictions(predictions_dataset(selection, context, config, info), staged_uri, selection.files,
+                              path_pseudonymizer(config, plan.pseudonym_key))
         scoring_seconds = time.monotonic() - scoring_began if selection.files else 0.0
         series, outcomes = summarise(connection, output, run_id, run_date, threshold)
         connection.close()

@@ -29,6 +29,7 @@ from tests.conftest import ROOT, SAMPLES, TEST_KEY, job_summary
 
 RUN_DATE = "2026-11-06"
 HOSTILE_NAME = "glioma <img src=probe.png> & co.jpg"  # a flagged image whose name is markup
+PATIENT_FOLDER = "SAMPLE^ALPHA_MRN-0001"  # an export folder named after a patient, holding a flagged image
 SAMPLE_PATIENT_ID = "SAMPLE-MRN-0001"  # the PatientID of samples/archive/dicom/axial-glioma
 CHROMIUM = pathlib.Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -68,6 +69,8 @@ def archive(tmp_path_factory) -> pathlib.Path:
     root = tmp_path_factory.mktemp("report") / "archive"
     shutil.copytree(SAMPLES / "archive", root)
     shutil.copy(next((root / "loose").glob("glioma-*.jpg")), root / "loose" / HOSTILE_NAME)
+    (root / PATIENT_FOLDER).mkdir()
+    shutil.copy(next((root / "loose").glob("pituitary-*.jpg")), root / PATIENT_FOLDER / "scan.jpg")
     (root / "bad").mkdir()
     (root / "bad" / "empty.dcm").write_bytes(b"")
     computed_tomography = pydicom.dcmread(next((root / "dicom" / "axial-glioma").glob("*.dcm")))
@@ -164,10 +167,10 @@ def without_volatile_parts(document: str) -> str:
 def test_jobs_query_report_rebuilds_the_runs_report(screened, tmp_path):
     rebuilt = tmp_path / "rebuilt.html"
     done = query("report", "--results", str(screened.output), "--run-id", screened.summary["run_id"],
-                 "--output", str(rebuilt))
+                 "--output", str(rebuilt), env={"PSEUDONYM_KEY": TEST_KEY})  # the key: the same file references
     assert done.returncode == 0 and done.stdout.strip() == str(rebuilt), done.stderr[-2000:]
     assert without_volatile_parts(rebuilt.read_text()) == without_volatile_parts(screened.report.read_text())
-    latest = query("report", "--results", str(screened.output))  # the latest run, to where the run wrote it
+    latest = query("report", "--results", str(screened.output), env={"PSEUDONYM_KEY": TEST_KEY})  # the latest run
     assert latest.returncode == 0 and latest.stdout.strip() == str(screened.report)
     missing = query("report", "--results", str(screened.output), "--run-id", "20260101T000000Z-00000000")
     assert missing.returncode == 2 and "no committed run" in missing.stderr
@@ -212,10 +215,12 @@ def image_row(index: int, probability: float) -> dict:
 
 def test_cases_beyond_the_cap_are_listed_without_pictures(monkeypatch):
     monkeypatch.setattr(report, "MAX_CASES_WITH_IMAGES", 2)
-    cases = [report.image_case(image_row(index, 0.99 - index / 100)) for index in range(5)]
-    section = report.cases_section("Flagged images", cases, "no heat maps", "none")
+    names = report.FileNames(TEST_KEY.encode(), "run")
+    rows = names.label([image_row(index, 0.99 - index / 100) for index in range(5)])
+    section = report.cases_section("Flagged images", [report.image_case(row) for row in rows], "no heat maps", "none")
     assert section.count('<article class="case">') == 2 and "3 more, without pictures" in section
-    assert "the first 2" in section and all(f"s3://archive/loose/{index}.jpg" in section for index in range(5))
+    assert "the first 2" in section and all(f" · {index}.jpg" in section for index in range(5))
+    assert "s3://archive" not in section and len(set(re.findall(r"f-[0-9a-f]{12}", section))) == 5
 
 
 def test_unfamiliar_inputs_are_listed_with_their_scores():
@@ -282,3 +287,174 @@ def test_the_charts_are_well_formed_svg():
     for svg in re.findall(r"<svg.*?</svg>", charts):
         xml.etree.ElementTree.fromstring(svg)
     assert "threshold 0.35" in charts and ">unfamiliar<" in charts
+
+
+# --- unfamiliar inputs, set-aside slices and the words of a decision -------------------------------------------
+
+
+def without_pictures(document: str) -> str:
+    return re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "data:image/png", document)
+
+
+def in_chromium(document: str, tmp_path: pathlib.Path, script: str):
+    """``script`` (a JavaScript expression) evaluated on ``document`` as headless Chromium renders it."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"no browser at {CHROMIUM}: install Debian's chromium (`apt-get install chromium`)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package (the test extra)")
+    path = tmp_path / "page.html"
+    path.write_text(document)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(path.as_uri(), wait_until="load")
+        value = page.evaluate(script)
+        browser.close()
+    return value
+
+
+def unfamiliar_row(index: int, probability: float, ood_score: float) -> dict:
+    return {**image_row(index, probability), col.OOD: True, col.OOD_SCORE: ood_score, col.STATUS: col.STATUS_OK,
+            col.RUN_ID: "run", col.RUN_DATE: RUN_DATE}
+
+
+def test_unfamiliar_inputs_come_highest_tumor_probability_first():
+    import duckdb
+    import pyarrow as pa
+
+    rows = [unfamiliar_row(0, 0.01, 90.0), unfamiliar_row(1, 0.999, 20.0), unfamiliar_row(2, 0.40, 50.0)]
+    connection = duckdb.connect()
+    connection.register("rows", pa.Table.from_pylist(rows))
+    connection.execute("CREATE TABLE predictions AS SELECT * FROM rows")
+    ordered = report.unfamiliar_inputs(connection, {col.RUN_DATE: RUN_DATE, col.RUN_ID: "run"})
+    assert [row[col.TUMOR_PROBABILITY] for row in ordered] == [0.999, 0.40, 0.01]
+
+
+def set_aside_case() -> "report.Case":
+    """A series of four slices: slice 3 scored 0.88 but was unfamiliar, so the pair 1-2 decided at 0.72."""
+    row = {**image_row(0, 0.72), col.ORDERED_SOURCE_URIS: ["a", "b", "c", "d"], col.SERIES_KEY: "series-key",
+           col.PATIENT_KEY: "patient-key", col.STUDY_KEY: "study-key", col.MODALITY: "MR", col.SLICES: 4,
+           col.SLICES_SCORED: 4, col.SLICES_OOD: 1, col.SLICES_SKIPPED: 0, col.SLICE_ORDER: "position"}
+    case = report.Case(row, [("a", 0), ("b", 0), ("c", 0), ("d", 0)], [0.72, 0.75, 0.88, 0.10], 1)
+    case.set_aside = {2: "unfamiliar"}
+    case.thumbnails = {index: "data:image/png;base64,iVBORw0KGgo=" for index in range(4)}
+    return case
+
+
+def test_a_series_says_in_words_why_it_was_decided_where_it_was():
+    from pipeline.report_cases import decision_words
+
+    words = html.unescape(decision_words(set_aside_case()))
+    assert "Decided on slice 2 (0.75) with its neighbour, slice 1 (0.72)" in words and "here 0.72" in words
+    assert "Slice 3 (0.88) was set aside as unfamiliar" in words
+
+
+def test_the_page_shows_tumor_probabilities_of_unfamiliar_inputs_and_marks_set_aside_slices(tmp_path):
+    from pipeline.report_html import page
+
+    rows = [unfamiliar_row(1, 0.999, 20.0), unfamiliar_row(0, 0.01, 90.0)]
+    for row in rows:
+        row["file_label"] = f"f-00000000000{row[col.OOD_SCORE] > 50:d} · scan.jpg"
+    sections = [report.cases_section("Flagged series", [set_aside_case()], "no heat maps", "none"),
+                report.unfamiliar_section(rows, [None, None], 0.35)]
+    found = in_chromium(page("test", "", sections), tmp_path, """(() => {
+        const table = [...document.querySelectorAll('table')].find(t => t.textContent.includes('unfamiliarity'));
+        const column = [...table.rows[0].cells].findIndex(c => c.textContent === 'tumor probability');
+        const aside = document.querySelector('.strip figure.set-aside');
+        return {probabilities: [...table.rows].slice(1).map(r => r.cells[column].textContent),
+                high: [...table.rows].slice(1).map(r => r.className),
+                aside: aside && aside.textContent, border: aside && getComputedStyle(aside.querySelector('img'))
+                .borderTopStyle, decision: document.querySelector('p.decision').innerText};
+    })()""")
+    assert found["probabilities"] == ["0.999 ≥ threshold", "0.010"] and found["high"] == ["high", ""]
+    assert found["aside"] == "3 · 0.88unfamiliar" and found["border"] == "dashed"
+    assert "Slice 3 (0.88) was set aside as unfamiliar" in found["decision"]
+
+
+@pytest.mark.slow
+def test_the_runs_report_marks_its_set_aside_slices_in_the_strips(screened, tmp_path):
+    unfamiliar_slices = views.connect(str(screened.output)).sql(
+        "SELECT sum(slices_ood) FROM series WHERE flagged").fetchall()[0][0]
+    assert unfamiliar_slices >= 1  # the sample night has a flagged series with an unfamiliar slice
+    found = in_chromium(screened.report.read_text(), tmp_path, """(() => ({
+        marked: [...document.querySelectorAll('.strip figure.set-aside')].map(f => f.textContent),
+        words: [...document.querySelectorAll('p.decision')].map(p => p.innerText)}))()""")
+    assert len(found["marked"]) == unfamiliar_slices and all("unfamiliar" in text for text in found["marked"])
+    assert len(found["words"]) == len(views.connect(str(screened.output)).sql(
+        "SELECT * FROM series WHERE flagged").fetchall())
+    assert all(words.startswith("Decided on slice") for words in found["words"])
+
+
+# --- paths that may carry identity --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_report_names_files_by_reference_and_never_by_their_folders(screened, archive):
+    document = without_pictures(screened.report.read_text())
+    for folder in (PATIENT_FOLDER, "MRN-", str(archive), "/loose/", "/dicom/"):
+        assert folder not in document
+    assert re.search(r"f-[0-9a-f]{12} · scan\.jpg", document)  # the patient folder's image, by reference
+    assert "MRN-" not in screened.logs and "SAMPLE^" not in screened.logs
+
+
+@pytest.mark.slow
+def test_jobs_query_path_turns_a_reference_back_into_its_path(screened, archive):
+    reference = re.search(r"(f-[0-9a-f]{12}) · scan\.jpg", screened.report.read_text())[1]
+    results = ["--results", str(screened.output), "--format", "json"]
+    found = query("path", *results, reference, env={"PSEUDONYM_KEY": TEST_KEY})
+    assert found.returncode == 0, found.stderr[-2000:]
+    expected = str(archive / PATIENT_FOLDER / "scan.jpg")
+    assert [(row["source_uri"], row["path"]) for row in json.loads(found.stdout)] == [(expected, expected)]
+    keyless = query("path", *results, reference, env={"PSEUDONYM_KEY": ""})
+    other_key = query("path", *results, reference, env={"PSEUDONYM_KEY": "another-key-0123456789abcdefghij"})
+    malformed = query("path", *results, "SAMPLE^ALPHA", env={"PSEUDONYM_KEY": TEST_KEY})
+    assert keyless.returncode == 2 and "needs the pseudonym key" in keyless.stderr
+    assert other_key.returncode == 2 and "no file in these results" in other_key.stderr
+    assert malformed.returncode == 2 and "SAMPLE" not in malformed.stderr
+
+
+@pytest.fixture(scope="module")
+def pseudonymized(archive, model_uri, tmp_path_factory) -> tuple[Screened, Screened]:
+    """Two nights of the archive with --pseudonymize-paths: the first scores, the second finds nothing changed."""
+    output = tmp_path_factory.mktemp("report") / "pseudonymized"
+    runs = []
+    for run_date, extra in (("2026-11-06", []), ("2026-11-07", ["--no-report"])):
+        done = subprocess.run([sys.executable, "-m", "jobs.screen", "--input", str(archive), "--output", str(output),
+                               "--model", model_uri, "--run-date", run_date, "--pseudonymize-paths", *extra],
+                              cwd=ROOT, capture_output=True, text=True, timeout=900,
+                              env={**os.environ, "PSEUDONYM_KEY": TEST_KEY})
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs.append(Screened(output, job_summary(done.stdout), done.stdout + done.stderr))
+    return runs[0], runs[1]
+
+
+@pytest.mark.slow
+def test_pseudonymize_paths_stores_no_folder_name_below_the_input(pseudonymized, archive):
+    first, second = pseudonymized
+    connection = views.connect(str(first.output))
+    stored = [uri for (uri,) in connection.sql("SELECT source_uri FROM predictions_all").fetchall()]
+    stored += [uri for (uris,) in connection.sql("SELECT ordered_source_uris FROM series_all").fetchall()
+               for uri in uris]
+    assert stored and all(re.fullmatch(re.escape(str(archive)) + r"(/d-[0-9a-f]{16})+/[^/]+", uri) for uri in stored)
+    logs = "".join(path.read_text() for path in first.output.rglob("_delta_log/*.json"))
+    assert PATIENT_FOLDER not in logs and "/loose/" not in logs and str(archive) in logs  # the statistics too
+    assert (second.summary["files_unchanged"], second.summary["rows_written"]) == (first.summary["files_listed"], 0)
+    document = without_pictures(first.report.read_text())
+    assert PATIENT_FOLDER not in document and document.count('alt="Grad-CAM heat map"') >= 1
+    assert ">n/a<" not in document  # the report found every slice again through the key
+    reference = re.search(r"(f-[0-9a-f]{12}) · scan\.jpg", document)[1]
+    found = query("path", "--results", str(first.output), "--format", "json", reference,
+                  env={"PSEUDONYM_KEY": TEST_KEY})
+    assert found.returncode == 0, found.stderr[-2000:]
+    (row,) = json.loads(found.stdout)
+    assert row["path"] == str(archive / PATIENT_FOLDER / "scan.jpg") and PATIENT_FOLDER not in row["source_uri"]
+
+
+# --- the report step's progress ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_report_step_says_what_it_does_and_how_long_it_took(screened):
+    assert re.search(r"run \S+: writing its report", screened.logs)
+    assert re.search(r"drawing \d+ heat map\(s\)", screened.logs)
+    assert re.search(r"\d+ heat map\(s\) drawn in [0-9.]+ s", screened.logs)
+    assert re.search(r"report written to \S+ in [0-9.]+ s", screened.logs)
