@@ -126,6 +126,8 @@ def test_the_doctor_passes_on_a_sound_setup(tmp_path):
                                "--pseudonym-key-file", str(key))
     assert status == 0 and all(check["ok"] for check in checks.values()), checks
     assert "images/s" in checks["inference"]["detail"] and "not shown" in checks["pseudonym"]["detail"]
+    assert "CPU " in checks["int8"]["detail"] and "auto runs float32 ONNX" in checks["int8"]["detail"]
+    assert "(onnx, CPU " in checks["inference"]["detail"]  # each actor says what it runs, on which instruction sets
 
 
 def test_the_doctor_names_each_broken_part(tmp_path):
