@@ -9,15 +9,12 @@ import json
 import subprocess
 import sys
 
+import boto3
 import pytest
 
-import boto3
-import pyarrow as pa
-
-from infra import storage
-from pipeline import results
 from pipeline import schema as col
 from tests.conftest import ROOT, SAMPLES
+from tests.support import nights
 
 DATE = "2026-11-03"
 SECRET = "site-secret-key-0123456789abcdef"
@@ -28,14 +25,10 @@ NAMES = (FORMULA, "+1-2.jpg", "-sum.jpg", "@cmd.jpg", "\tlead.jpg", "red\x1b[31m
 
 def commit_night(output: str) -> None:
     """A committed night that flagged an image under each name above."""
-    flagged_images = [{col.RUN_ID: "run-a", col.RUN_DATE: DATE, col.SOURCE_URI: name, col.STATUS: col.STATUS_OK,
-                       col.TUMOR_PROBABILITY: 0.9, col.FLAGGED: True, col.PREDICTED_CLASS: "glioma"} for name in NAMES]
-    for table, rows in ((results.PREDICTIONS, flagged_images), (results.SERIES, [])):
-        staged = pa.Table.from_pylist(rows, schema=results.TABLE_SCHEMAS[table])
-        results.write_parquet(staged, storage.join(results.work_uri(output, "run-a", table), "part-0.parquet"))
-    results.stage_run_row(output, {col.RUN_ID: "run-a", col.RUN_DATE: DATE, col.FINISHED_AT: datetime.datetime(
-        2026, 11, 3, 2, tzinfo=datetime.timezone.utc)})
-    results.commit_run(output, "run-a")
+    flagged_images = [{col.SOURCE_URI: name, col.STATUS: col.STATUS_OK, col.TUMOR_PROBABILITY: 0.9,
+                       col.FLAGGED: True, col.PREDICTED_CLASS: "glioma"} for name in NAMES]
+    nights.commit_night(output, "run-a", DATE, flagged_images, [],
+                        datetime.datetime(2026, 11, 3, 2, tzinfo=datetime.timezone.utc))
 
 
 @pytest.fixture(scope="module")

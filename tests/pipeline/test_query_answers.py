@@ -7,32 +7,26 @@ import json
 import subprocess
 import sys
 
-import pyarrow as pa
 import pytest
 
-from infra import storage
-from pipeline import results
 from pipeline import schema as col
 from tests.conftest import ROOT
+from tests.support import nights
 
 DATE = "2026-11-03"
 
 
 def commit_night(output: str) -> None:
     """A committed night: a flagged image of a study of 2 November 2026 and its flagged series."""
-    image = {col.RUN_ID: "run-a", col.RUN_DATE: DATE, col.SOURCE_URI: "/archive/a.dcm", col.STATUS: col.STATUS_OK,
+    image = {col.SOURCE_URI: "/archive/a.dcm", col.STATUS: col.STATUS_OK,
              col.TUMOR_PROBABILITY: 0.9, col.FLAGGED: True, col.PREDICTED_CLASS: "glioma", col.PATIENT_KEY: "p1",
              col.STUDY_KEY: "s1", col.STUDY_DATE: "20261102"}
-    series = {col.RUN_ID: "run-a", col.RUN_DATE: DATE, col.PATIENT_KEY: "p1", col.STUDY_KEY: "s1",
+    series = {col.PATIENT_KEY: "p1", col.STUDY_KEY: "s1",
               col.SERIES_KEY: "r1", col.STUDY_DATE: "20261102", col.SLICES: 1, col.TUMOR_PROBABILITY: 0.9,
               col.FLAGGED: True, col.PREDICTED_CLASS: "glioma", col.ORDERED_SOURCE_URIS: ["/archive/b.dcm"],
               col.ORDERED_FRAME_INDICES: [0], col.MOST_SUSPICIOUS_SLICE_INDEX: 0}
-    for table, rows in ((results.PREDICTIONS, [image]), (results.SERIES, [series])):
-        staged = pa.Table.from_pylist(rows, schema=results.TABLE_SCHEMAS[table])
-        results.write_parquet(staged, storage.join(results.work_uri(output, "run-a", table), "part-0.parquet"))
-    results.stage_run_row(output, {col.RUN_ID: "run-a", col.RUN_DATE: DATE, col.FINISHED_AT: datetime.datetime(
-        2026, 11, 3, 2, tzinfo=datetime.timezone.utc)})
-    results.commit_run(output, "run-a")
+    nights.commit_night(output, "run-a", DATE, [image], [series],
+                        datetime.datetime(2026, 11, 3, 2, tzinfo=datetime.timezone.utc))
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,21 @@
+"""A committed night written straight through the results store (no Ray): the rows given, staged and committed as a
+run's driver commits them, for tests of what readers see."""
+
+import datetime
+
+import pyarrow as pa
+
+from infra import storage
+from pipeline import results
+from pipeline import schema as col
+
+
+def commit_night(output: str, run_id: str, run_date: str, predictions: list[dict], series: list[dict],
+                 finished_at: datetime.datetime) -> None:
+    """Stage ``predictions`` and ``series`` rows (each completed with the run's id and date) and commit the run."""
+    for table, rows in ((results.PREDICTIONS, predictions), (results.SERIES, series)):
+        rows = [{col.RUN_ID: run_id, col.RUN_DATE: run_date, **row} for row in rows]
+        staged = pa.Table.from_pylist(rows, schema=results.TABLE_SCHEMAS[table])
+        results.write_parquet(staged, storage.join(results.work_uri(output, run_id, table), "part-0.parquet"))
+    results.stage_run_row(output, {col.RUN_ID: run_id, col.RUN_DATE: run_date, col.FINISHED_AT: finished_at})
+    results.commit_run(output, run_id)
