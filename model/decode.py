@@ -136,6 +136,9 @@ def grey_frame(image: np.ndarray) -> np.ndarray:
 
 
 def read_dicom(data: bytes) -> pydicom.Dataset:
+    """Parse a DICOM file, with pydicom's reading validation off: it would log an invalid value (a UID with letters,
+    a name in a date) as it stands, and header values are checked by ``model.header_values`` instead."""
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -77,3 +77,20 @@ def test_a_name_in_a_coded_or_dated_element_reaches_no_row(tmp_path):
         assert row[col.MODALITY] == (INVALID_CODE_STRING if "Modality" in changes else "MR"), name
         values = " ".join(str(value) for key, value in row.items() if key != col.IMAGE).upper()
         assert not [part for part in NAME_PARTS if part in values], (name, row)
+
+
+def test_an_invalid_uid_is_decoded_without_pydicom_logging_or_warning_its_value(tmp_path, caplog):
+    """pydicom's reading validation quotes an invalid value as it stands (a UID carrying letters): decoding a file
+    logs and warns nothing of it, in the driver's report as in a worker."""
+    import logging
+
+    from model.decode import decode_file
+
+    planted = "1.2.3.4.QUXLEYVANT"
+    write_edited_brain_mr(tmp_path / "uid.dcm", {"StudyInstanceUID": planted, "SeriesInstanceUID": planted + ".9"})
+    caplog.clear()  # writing it warned; reading it must not
+    with caplog.at_level(logging.DEBUG), warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        decoded = decode_file((tmp_path / "uid.dcm").read_bytes(), "uid.dcm")
+    assert decoded.header["StudyInstanceUID"] == planted  # read, for the keyed pseudonym, and never shown
+    assert "QUXLEYVANT" not in caplog.text and not [w for w in warned if "QUXLEYVANT" in str(w.message)]
