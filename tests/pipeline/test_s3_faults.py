@@ -114,11 +114,12 @@ def test_losing_the_output_bucket_fails_the_run_and_nothing_is_lost_or_doubled(s
     assert len(read(output, results.RUNS)) == 1
     if moment == "while-writing":
         assert "was not committed" in failed.stderr and read(output) == before
-    else:  # its predictions are committed, not counted until the next run finishes its commit from the work folder
+    else:  # its predictions are committed, not counted until the next run finishes its commit from the work folder:
+        # readers see the earlier complete night meanwhile
         assert "failed while committing" in failed.stderr and "jobs.maintain recover" in failed.stderr
         failed_id = re.search(r"run (\S+) failed while committing", failed.stderr).group(1)
         raw = results.dataset(output, results.PREDICTIONS).to_table()
-        assert set(raw["run_id"].to_pylist()) == {failed_id} and read(output) == []
+        assert set(raw["run_id"].to_pylist()) == {failed_id} and read(output) == before
     again, summary = screen(proxy, output, "2026-11-06", "--full")
     assert again.returncode == 0, again.stderr[-3000:]
     assert summary["recovered_runs"] == ([] if moment == "while-writing" else [failed_id])

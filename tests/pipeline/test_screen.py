@@ -13,7 +13,7 @@ from model import registry
 from pipeline import results
 from pipeline.errors import RunNotStartedError
 from pipeline.screen import ScreenConfig, run_screening
-from tests.conftest import TEST_KEY
+from tests.conftest import SAMPLES, TEST_KEY
 
 pytestmark = pytest.mark.slow
 
@@ -122,10 +122,12 @@ def test_a_corrupt_model_stops_the_run_before_anything_is_written(model_uri, tmp
     broken.mkdir()
     (broken / registry.METADATA_FILE).write_bytes(pathlib.Path(info.uri, registry.METADATA_FILE).read_bytes())
     (broken / registry.WEIGHTS_FILE).write_bytes(b"not the weights")
-    output = tmp_path / "out"
+    output, archive = tmp_path / "out", tmp_path / "archive"  # the output beside the input, never inside it
+    archive.mkdir()
+    shutil.copy(next((SAMPLES / "archive" / "dicom" / "axial-glioma").glob("*.dcm")), archive / "slice.dcm")
     monkeypatch.setenv("PSEUDONYM_KEY", TEST_KEY)
     with pytest.raises(RunNotStartedError, match="sha256"):
-        run_screening(ScreenConfig(inputs=(str(tmp_path),), output=str(output), model=str(broken)))
+        run_screening(ScreenConfig(inputs=(str(archive),), output=str(output), model=str(broken)))
     assert not output.exists()
 
 
