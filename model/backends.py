@@ -85,8 +85,10 @@ INT8_INSTRUCTION_SETS = ("AVX2", "AVX512F", "AVX512BW", "AVX512VNNI")  # what x8
 def cpu_instruction_sets() -> str:
     """Which of the instruction sets x86 int8 kernels depend on this process sees, as NumPy's run-time CPUID
     dispatch detected them (what the CPU reports to programs, also under a hypervisor or an emulator)."""
-    from numpy._core._multiarray_umath import __cpu_features__ as features
-
+    try:  # NumPy's record of its dispatch, not a public API: a NumPy without it says nothing rather than fail
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:
+        return "instruction sets unknown (this NumPy does not report them)"
     present = [name for name in INT8_INSTRUCTION_SETS if features.get(name)]
     if not any(features.get(name) for name in ("SSE2", "AVX2", "ASIMD")):
         return "not x86 or Arm (instruction sets not reported)"
@@ -105,6 +107,7 @@ def int8_report(info: registry.ModelInfo, cpu_threads: int | None = None) -> tup
     earned = ("it earned the CPU default on held-out data" if earned_default(info)
               else "auto runs float32 ONNX: the int8 graph did not earn the default on held-out data")
     if problem:
-        return not earned_default(info), f"CPU {cpu_instruction_sets()}: {problem}; --backend onnx-int8 falls back to float32 here; {earned}"
+        return not earned_default(info), (f"CPU {cpu_instruction_sets()}: {problem}; --backend onnx-int8 falls back "
+                                           f"to float32 here; {earned}")
     return True, (f"CPU {cpu_instruction_sets()}: the int8 graph answers as float32 on the "
                   f"{len(agreement.check_images(info.preprocessing))} check images; {earned}")

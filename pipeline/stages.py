@@ -212,9 +212,9 @@ def decode_and_preprocess(batch: dict[str, np.ndarray], context: StageContext, c
 class InferenceActor:
     """Loads the verified model once per actor, then scores the ``ok`` rows of each batch, with TensorFlow or with
     the model's ONNX export, float32 or int8, on ONNX Runtime (``backend``; ``model.backends``: an int8 graph that
-    disagrees with float32 on this CPU's start-up check is replaced by float32, and ``self.backend`` says which runs). With ``mirror_average`` each image's
-    probabilities are averaged with its left-right mirror's (one more inference; the unfamiliarity score reads the
-    image as it is).
+    disagrees with float32 on this CPU's start-up check is replaced by float32, and ``self.backend`` says which
+    runs). With ``mirror_average`` each image's probabilities are averaged with its left-right mirror's (one more
+    inference; the unfamiliarity score reads the image as it is).
 
     ``model_dir`` is the model folder the driver resolved (never a registry, whose current model may change during
     the run) and ``weights_sha256`` the weights it stamped on every row: an actor that finds other weights there,
