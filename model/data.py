@@ -71,7 +71,7 @@ def list_class_folder(folder: str, label: str) -> list[LabelledImage]:
     return images
 
 
-def subfolders(folder: str, uri: str) -> list[str]:
+def subfolders(folder: str, uri: str) -> list[str] | None:
     """The folders between ``folder`` and the file ``uri`` below it (``glioma/flair/a.jpg`` under ``glioma``:
     ``["flair"]``), ``folder`` written as the listing writes paths (a local one absolute); None when ``uri`` is not
     below it."""

@@ -7,7 +7,8 @@ float32 does on each of these sets, none of which it saw:
 - the sample archive (DICOM and JPEG/PNG slices), when the checkout has it,
 - every image object pydicom ships that is not MR (CT, ultrasound, radiographs, secondary captures...),
 - any folders of MRI named by the caller (another hospital's slices, another sequence), each a set of its own,
-  up to ``FOLDER_IMAGES`` images each, drawn at random with a fixed seed.
+  up to ``FOLDER_IMAGES`` images each, drawn at random with a fixed seed, listed as a labelled class folder is
+  (``model.data``: local or S3, sub-folders included, ``mask`` folders left out).
 
 No TensorFlow here; decoding and preprocessing are the scoring job's own (``model.decode``,
 ``model.preprocessing``).
@@ -20,26 +21,27 @@ import warnings
 
 import numpy as np
 
+from infra import storage
+from model.data import DatasetError, list_class_folder
 from model.decode import DecodeError, decode_file
 from model.preprocessing import PreprocessConfig, preprocess_image
 
 FOLDER_IMAGES = 400
 FRAMES_PER_FILE = 3
 SAMPLE_ARCHIVE = pathlib.Path(__file__).resolve().parents[1] / "samples" / "archive"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm")
 
 
-def preprocessed(paths: list[pathlib.Path], config: PreprocessConfig) -> np.ndarray:
-    """Up to ``FRAMES_PER_FILE`` frames of each decodable file, as model inputs; a file that does not decode is
-    left out (these sets measure agreement, not decoding)."""
+def preprocessed(paths: list, config: PreprocessConfig, frames: int = FRAMES_PER_FILE) -> np.ndarray:
+    """Up to ``frames`` frames of each decodable file (paths or URIs), as model inputs; a file that cannot be read
+    or decoded is left out (these sets measure agreement, not decoding)."""
     images = []
     for path in paths:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                decoded = decode_file(path.read_bytes(), str(path))
-            images += [preprocess_image(frame, config) for frame in decoded.frames[:FRAMES_PER_FILE]]
-        except (DecodeError, ValueError, ArithmeticError):
+                decoded = decode_file(storage.read_bytes(str(path)), str(path))
+            images += [preprocess_image(frame, config) for frame in decoded.frames[:frames]]
+        except (DecodeError, ValueError, ArithmeticError, storage.StorageError):
             continue
     return np.stack(images) if images else np.zeros((0, config.image_size, config.image_size), np.uint8)
 
@@ -61,11 +63,14 @@ def pydicom_non_mr(config: PreprocessConfig) -> np.ndarray:
 
 
 def folder_images(folder: str, config: PreprocessConfig, limit: int = FOLDER_IMAGES, seed: int = 0) -> np.ndarray:
-    """Up to ``limit`` image files of ``folder`` (recursively), drawn at random with ``seed``, one frame each."""
-    paths = sorted(path for path in pathlib.Path(folder).rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
-    chosen = np.random.default_rng(seed).choice(len(paths), min(limit, len(paths)), replace=False) if paths else []
-    images = [preprocessed([paths[index]], config)[:1] for index in sorted(chosen)]
-    return np.concatenate(images) if images else np.zeros((0, config.image_size, config.image_size), np.uint8)
+    """Up to ``limit`` image files of ``folder``, drawn at random with ``seed``, one frame each (none for a folder
+    without images: an empty set is left out)."""
+    try:
+        uris = [image.uri for image in list_class_folder(folder, "held-out")]  # the label plays no part here
+    except DatasetError:
+        return np.zeros((0, config.image_size, config.image_size), np.uint8)
+    chosen = np.random.default_rng(seed).choice(len(uris), min(limit, len(uris)), replace=False)
+    return preprocessed([uris[index] for index in sorted(chosen)], config, frames=1)
 
 
 def variants(images: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:

@@ -141,11 +141,10 @@ def files_problem(output: str, table: str, delta: DeltaTable) -> str | None:
     """What is wrong with the data files the table's loaded version names: missing, or not the size its log
     records; None when every one is there whole."""
     uri = results.table_uri(output, table)
-    missing = results.missing_files(delta, uri)
+    sizes = results.held_files(uri)  # one listing for both checks
+    missing = results.missing_files(delta, uri, sizes)
     if missing:
         return f"version {delta.version()} names {len(missing)} data file(s) that do not exist (first: {missing[0]})"
-    sizes = {urllib.parse.unquote(storage.relative_to(uri, file)): size
-             for file, size, _ in storage.list_file_versions(uri)}
     actions = pa.table(delta.get_add_actions(flatten=False)).select(["path", "size_bytes"]).to_pylist()
     wrong = sorted(action["path"] for action in actions
                    if sizes.get(urllib.parse.unquote(action["path"])) != action["size_bytes"])

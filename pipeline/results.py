@@ -113,12 +113,17 @@ def first_line(error: BaseException) -> str:
     return lines[0].strip() if lines else type(error).__name__
 
 
-def missing_files(delta: DeltaTable, uri: str) -> list[str]:
-    """The data files the table's loaded version names that its folder does not hold (one listing of it), sorted,
-    relative to the table."""
+def held_files(uri: str) -> dict[str, int]:
+    """The files a table's folder holds, relative to it, with their sizes: one listing."""
+    return {urllib.parse.unquote(storage.relative_to(uri, file)): size
+            for file, size, _ in storage.list_file_versions(uri)}
+
+
+def missing_files(delta: DeltaTable, uri: str, held: dict[str, int] | None = None) -> list[str]:
+    """The data files the table's loaded version names that its folder does not hold (``held``, else one listing
+    of it), sorted, relative to the table."""
     named = {urllib.parse.unquote(path) for path in pa.table(delta.get_add_actions(flatten=False))["path"].to_pylist()}
-    held = {urllib.parse.unquote(storage.relative_to(uri, file)) for file in storage.list_files(uri)}
-    return sorted(named - held)
+    return sorted(named - (held_files(uri) if held is None else held).keys())
 
 
 def is_delta(output: str, table: str) -> bool:

@@ -34,6 +34,7 @@ from model.preprocessing import preprocess_image
 from pipeline.retrain import validation_arrays
 from tools.calibrate_model import recorded_split
 
+
 def split_arrays(info: registry.ModelInfo, cache: str | None):
     """(images, targets, labels) of the model's recorded training and validation split."""
     train, validation = recorded_split(info, cache)
