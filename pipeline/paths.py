@@ -20,8 +20,6 @@ still show no folder, but anyone holding the report can check a guessed path aga
 from __future__ import annotations
 
 import functools
-import hashlib
-import hmac
 import logging
 import os
 import posixpath
@@ -29,16 +27,13 @@ import re
 from typing import Iterable
 
 from infra import storage
+from infra.storage import S3_SCHEME
+from pipeline.pseudonym import keyed_digest
 
 logger = logging.getLogger(__name__)
 
 REFERENCE = re.compile(r"[fr]-[0-9a-f]{12}")  # f-: keyed; r-: derived from the run ID (a run without a key)
 DIRECTORY_PSEUDONYM = re.compile(r"d-[0-9a-f]{16}")
-S3_SCHEME = "s3://"
-
-
-def keyed_digest(key: bytes, kind: str, value: str, digits: int) -> str:
-    return hmac.new(key, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()[:digits]
 
 
 def file_reference(uri: str, key: bytes | None, run_id: str = "") -> str:

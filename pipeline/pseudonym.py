@@ -119,9 +119,14 @@ def validate_key(text: str, where: str = "the pseudonym key") -> bytes:
     return encoded
 
 
+def keyed_digest(key: bytes, kind: str, value: str, digits: int) -> str:
+    """The first ``digits`` hex digits of HMAC-SHA256 of ``kind:value`` under ``key``: every keyed name the project
+    makes (identifiers here, file references and folder pseudonyms in ``pipeline.paths``)."""
+    return hmac.new(key, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()[:digits]
+
+
 def pseudonymize(value: str | None, key: bytes, kind: str) -> str | None:
     """``kind``-prefixed keyed hash of an identifier (kind keeps a patient and a study with one ID apart)."""
     if value is None or str(value).strip() == "":
         return None
-    digest = hmac.new(key, f"{kind}:{str(value).strip()}".encode(), hashlib.sha256).hexdigest()
-    return digest[:32]
+    return keyed_digest(key, kind, str(value).strip(), 32)
