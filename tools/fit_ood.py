@@ -41,21 +41,12 @@ def split_arrays(info: registry.ModelInfo, cache: str | None):
     return validation_arrays(train), validation_arrays(validation)
 
 
-def preprocessed(paths: list[pathlib.Path], info: registry.ModelInfo) -> np.ndarray:
-    return heldout.preprocessed(paths, info.preprocessing)
-
-
-def pydicom_images(info: registry.ModelInfo) -> np.ndarray:
-    """Every image object pydicom ships, MR left out."""
-    return heldout.pydicom_non_mr(info.preprocessing)
-
-
 def matplotlib_images(info: registry.ModelInfo) -> np.ndarray:
     import matplotlib
 
     folder = pathlib.Path(matplotlib.get_data_path()) / "sample_data"
-    return preprocessed([folder / name for name in ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png",
-                                                    "logo2.png")], info)
+    names = ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png", "logo2.png")
+    return heldout.preprocessed([folder / name for name in names], info.preprocessing)
 
 
 def synthetic_images(info: registry.ModelInfo, count: int = 20) -> np.ndarray:
@@ -79,7 +70,7 @@ def mri_like_images(info: registry.ModelInfo) -> np.ndarray:
 def measure_detector(detector, features_of, info: registry.ModelInfo, in_scores: np.ndarray) -> dict:
     """How ``detector`` separates the validation images (``in_scores``) from images that are not brain MRI, with
     ``features_of`` (images -> features) from the graph the detector reads: the record's measured part."""
-    sets = {"pydicom non-MR images": pydicom_images(info), "matplotlib photographs and graphics":
+    sets = {"pydicom non-MR images": heldout.pydicom_non_mr(info.preprocessing), "matplotlib photographs and graphics":
             matplotlib_images(info), "blank, near-blank and noise": synthetic_images(info)}
     measured = {name: detector.scores(features_of(images)) for name, images in sets.items()}
     out_scores = np.concatenate(list(measured.values()))
