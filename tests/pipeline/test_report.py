@@ -19,6 +19,7 @@ import subprocess
 import sys
 import xml.etree.ElementTree
 
+import numpy as np
 import pydicom
 import pytest
 
@@ -77,7 +78,22 @@ def archive(tmp_path_factory) -> pathlib.Path:
     computed_tomography.Modality = "CT"
     computed_tomography.SeriesInstanceUID = pydicom.uid.generate_uid()
     computed_tomography.save_as(root / "bad" / "ct.dcm")
+    plant_unfamiliar_slice(root / "dicom" / "axial-glioma")
     return root
+
+
+def plant_unfamiliar_slice(series: pathlib.Path) -> None:
+    """One more slice of a flagged series, above its top, holding noise: the model finds it unfamiliar and sets
+    it aside, so the night has a flagged series with a set-aside slice."""
+    slices = [pydicom.dcmread(path) for path in sorted(series.glob("*.dcm"))]
+    unfamiliar = max(slices, key=lambda dataset: float(dataset.ImagePositionPatient[2]))
+    unfamiliar.ImagePositionPatient[2] += float(unfamiliar.SliceThickness)
+    unfamiliar.SliceLocation = unfamiliar.ImagePositionPatient[2]
+    unfamiliar.InstanceNumber = len(slices) + 1
+    unfamiliar.SOPInstanceUID = unfamiliar.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    noise = np.random.default_rng(0).integers(0, 4096, (unfamiliar.Rows, unfamiliar.Columns), dtype=np.uint16)
+    unfamiliar.PixelData = noise.tobytes()
+    unfamiliar.save_as(series / "unfamiliar.dcm")
 
 
 @pytest.fixture(scope="module")
@@ -374,7 +390,7 @@ def test_the_page_shows_tumor_probabilities_of_unfamiliar_inputs_and_marks_set_a
 def test_the_runs_report_marks_its_set_aside_slices_in_the_strips(screened, tmp_path):
     unfamiliar_slices = views.connect(str(screened.output)).sql(
         "SELECT sum(slices_ood) FROM series WHERE flagged").fetchall()[0][0]
-    assert unfamiliar_slices >= 1  # the sample night has a flagged series with an unfamiliar slice
+    assert unfamiliar_slices >= 1  # the noise slice planted in a flagged series (plant_unfamiliar_slice)
     found = in_chromium(screened.report.read_text(), tmp_path, """(() => ({
         marked: [...document.querySelectorAll('.strip figure.set-aside')].map(f => f.textContent),
         words: [...document.querySelectorAll('p.decision')].map(p => p.innerText)}))()""")

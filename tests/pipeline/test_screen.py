@@ -83,8 +83,8 @@ def dicom_instances(folder: pathlib.Path) -> dict[str, int]:
     return {str(path): int(pydicom.dcmread(path).InstanceNumber) for path in folder.glob("*.dcm")}
 
 
-@pytest.mark.parametrize("series,descending", [("axial-glioma", False), ("sagittal-pituitary", True),
-                                               ("axial-meningioma-rle", False)])
+@pytest.mark.parametrize("series,descending", [("axial-glioma", False), ("axial-glioma-t1post", True),
+                                               ("axial-notumor-rle", False)])
 def test_series_slices_are_ordered_along_the_normal_whatever_the_file_names(screened, series, descending):
     archive, output, _, _ = screened
     instances = dicom_instances(archive / "dicom" / series)
