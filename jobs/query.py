@@ -10,6 +10,7 @@ or S3 prefix) with DuckDB; starts no Ray, and runs the same under ``ray job subm
     python -m jobs.query sql      --results <dir|s3://...> "SELECT ... FROM current_series ..."
     python -m jobs.query report   --results <dir|s3://...> [--run-id RUN] [--output FILE]
     python -m jobs.query path     --results <dir|s3://...> <reference> [--pseudonym-key-file FILE]
+    python -m jobs.query reviews  --results <dir|s3://...> [--from D --to D] [--by all|class|date|reviewer]
 
 Views for SQL: predictions, series, runs (complete runs only), current_predictions and current_series (each file or
 series as last scored), predictions_all and series_all (every committed row). The SQL reads these and nothing else:
@@ -22,9 +23,11 @@ with a single quote, so no spreadsheet takes it for a formula. ``patient --patie
 pseudonym here, with the pseudonym key the screening runs used (PSEUDONYM_KEY or --pseudonym-key-file); the ID
 itself is never printed, logged or written (``-`` reads it from stdin, out of the shell history). ``report``
 rebuilds a committed run's morning report (``pipeline.report``; default: the latest run) where the run wrote it, or
-to --output, and prints where. Exit status 0 (an empty answer included), 2 for a question that cannot be answered
-(no results there, unknown patient or run, bad SQL or SQL that would write, no usable pseudonym key), with one line
-saying why.
+to --output, and prints where. ``reviews`` tells how far the radiologists' verdicts in the review app
+(``python -m jobs.review``) agree with the model: flags confirmed, dismissed or left unsure, the share confirmed
+and the classes kept or corrected, each case counted once by its latest verdict. Exit status 0 (an empty answer
+included), 2 for a question that cannot be answered (no results there, unknown patient or run, bad SQL or SQL that
+would write, no usable pseudonym key), with one line saying why.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from jobs.runner import POSITIVE_INT, PROBABILITY, HelpFormatter, iso_date, requ
 from model.labels import CLASS_NAMES
 from pipeline import queries, report, results, views
 from pipeline.pseudonym import PseudonymKeyError, load_key
+from pipeline.review import verdicts
 
 logger = logging.getLogger("jobs.query")
 FORMATS = ("table", "csv", "json", "parquet")
@@ -98,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="every table commit with its time and run (time travel, audit)")
     sql = commands.add_parser("sql", parents=[common], formatter_class=HelpFormatter, help="any SQL (DuckDB)")
     sql.add_argument("query", help="the SQL, over the views listed above")
+    agreement = commands.add_parser("reviews", parents=[common, dates], formatter_class=HelpFormatter,
+                                    help="agreement between the model and the reviewers' verdicts")
+    agreement.add_argument("--by", choices=sorted(queries.REVIEW_GROUPS), default="all",
+                           help="group by the model's class, the run date or the reviewer, or not at all")
     rebuilt = commands.add_parser("report", parents=[results_option], formatter_class=HelpFormatter,
                                   help="rebuild a committed run's HTML morning report")
     rebuilt.add_argument("--run-id", help="the run to report on; omitted: the latest committed run")
@@ -137,6 +145,8 @@ def answer(args: argparse.Namespace) -> pa.Table:
         return queries.file_by_reference(connection, args.reference, load_key(args.pseudonym_key_file))
     if args.command == "summary":
         return queries.summary(connection, date_range(args), args.by_class)
+    if args.command == "reviews":
+        return queries.reviews(connection, verdicts.dataset(args.results, args.as_of), date_range(args), args.by)
     return queries.sql(connection, args.query)
 
 

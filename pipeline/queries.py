@@ -137,10 +137,15 @@ def locate(uri: str, key: bytes | None) -> str | None:
     return paths.resolve_pseudonymized(uri, key) if key is not None else None
 
 
+STANDING = "standing"  # in the summary: the run whose rows its night holds
+
+
 def summary(connection: duckdb.DuckDBPyConnection, dates: DateRange, by_class: bool = False) -> pa.Table:
     """Per night: the runs with their counts, errors by code, skips by rule, unfamiliar rows, throughput (the
     scoring stage's rate and time, then the whole run's time and rate, start-up included) and model; or, ``by_class``, how many images each outcome took per night (a class, ``unfamiliar``, ``skipped: <rule>``
-    or ``error: <code>``)."""
+    or ``error: <code>``). Of a night run more than once, ``standing`` marks the run whose rows the night holds
+    (its latest); an earlier run's rows were replaced, its unchanged files' rows carried over (``files_carried_over``,
+    ``rows_carried_over``; 0 for runs before carrying over existed)."""
     where, parameters = dates.where(connection) if dates.first or dates.last else ("TRUE", [])
     if by_class:
         return connection.sql(f"""
@@ -153,8 +158,12 @@ def summary(connection: duckdb.DuckDBPyConnection, dates: DateRange, by_class: b
             FROM predictions WHERE {where} GROUP BY ALL ORDER BY {col.RUN_DATE}, outcome""",
                               params=parameters).to_arrow_table()
     return connection.sql(f"""
-        SELECT {col.RUN_DATE}, {col.RUN_ID}, {col.MODE}, {col.FILES_LISTED}, {col.FILES_UNCHANGED},
-               {col.ROWS_WRITTEN}, {col.ROWS_SCORED}, {col.ROWS_FLAGGED}, {col.ROWS_ERROR}, {col.ERRORS_BY_CODE},
+        SELECT {col.RUN_DATE}, {col.RUN_ID},
+               {col.FINISHED_AT} = max({col.FINISHED_AT}) OVER (PARTITION BY {col.RUN_DATE}) AS {STANDING},
+               {col.MODE}, {col.FILES_LISTED}, {col.FILES_UNCHANGED},
+               coalesce({col.FILES_CARRIED_OVER}, 0) AS {col.FILES_CARRIED_OVER}, {col.ROWS_WRITTEN},
+               coalesce({col.ROWS_CARRIED_OVER}, 0) AS {col.ROWS_CARRIED_OVER}, {col.ROWS_SCORED}, {col.ROWS_FLAGGED},
+               {col.ROWS_ERROR}, {col.ERRORS_BY_CODE},
                {col.ROWS_SKIPPED}, {col.SKIPPED_BY_REASON}, {col.ROWS_OOD},
                {col.SERIES}, {col.SERIES_FLAGGED},
                round({col.SCORING_IMAGES_PER_SECOND}, 1) AS {col.SCORING_IMAGES_PER_SECOND},
@@ -175,3 +184,38 @@ def sql(connection: duckdb.DuckDBPyConnection, query: str) -> pa.Table:
         raise QueryError(str(error)) from error
     except duckdb.Error as error:
         raise QueryError(" ".join(str(error).split())) from error
+
+
+# --by of the reviews query -> (the SQL expression grouped on, its column name)
+REVIEW_GROUPS = {"all": ("'all'", "cases"), "class": (col.PREDICTED_CLASS, col.PREDICTED_CLASS),
+                 "date": (col.RUN_DATE, col.RUN_DATE), "reviewer": ("reviewer", "reviewer")}
+
+
+def reviews(connection: duckdb.DuckDBPyConnection, verdicts, dates: DateRange, by: str = "all") -> pa.Table:
+    """How far the reviewers agree with the model (``verdicts``: the ``reviews`` table, ``pipeline.review``): each
+    reviewed case once, by its latest verdict (a reopened case is not counted), grouped ``by`` all, the model's class,
+    the run date or the reviewer: cases reviewed, flags confirmed, dismissed and left unsure, the share confirmed
+    of those decided, and of the confirmed how many kept the model's class or were given another. No dates: every
+    date."""
+    if by not in REVIEW_GROUPS:
+        raise QueryError(f"reviews are grouped by {', '.join(REVIEW_GROUPS)}, not {by!r}")
+    connection.register("reviews_all", verdicts)
+    where, parameters = dates.where(connection) if dates.first or dates.last else ("TRUE", [])
+    group, name = REVIEW_GROUPS[by]
+    return connection.sql(f"""
+        WITH latest AS (
+            SELECT * FROM reviews_all WHERE {where}
+            QUALIFY row_number() OVER (PARTITION BY {col.RUN_ID}, case_key ORDER BY reviewed_at DESC) = 1)
+        SELECT {group} AS {name},
+               count(*) AS cases_reviewed,
+               count(*) FILTER (WHERE verdict = 'confirmed') AS confirmed,
+               count(*) FILTER (WHERE verdict = 'dismissed') AS dismissed,
+               count(*) FILTER (WHERE verdict = 'unsure') AS unsure,
+               round(count(*) FILTER (WHERE verdict = 'confirmed')
+                     / nullif(count(*) FILTER (WHERE verdict IN ('confirmed', 'dismissed')), 0), 3)
+                   AS share_confirmed,
+               count(*) FILTER (WHERE verdict = 'confirmed' AND coalesce(corrected_class, {col.PREDICTED_CLASS})
+                                      = {col.PREDICTED_CLASS}) AS class_kept,
+               count(*) FILTER (WHERE verdict = 'confirmed' AND corrected_class <> {col.PREDICTED_CLASS})
+                   AS class_corrected
+        FROM latest WHERE verdict <> 'reopened' GROUP BY ALL ORDER BY 1""", params=parameters).to_arrow_table()
