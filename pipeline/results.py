@@ -275,8 +275,9 @@ class ParquetParts:
     file being built, so memory stays flat however many rows pass: about 10 MB here, not the run's size."""
 
     def __init__(self, uri: str, schema: pa.Schema, rows_per_file: int = 500_000,
-                 rows_per_group: int = ROWS_PER_GROUP):
+                 rows_per_group: int = ROWS_PER_GROUP, name: str = "part"):
         self.uri, self.schema, self.rows_per_file, self.rows_per_group = uri, schema, rows_per_file, rows_per_group
+        self.name = name  # files are <name>-00000.parquet...: two writers may share a folder under two names
         self.pending, self.pending_rows, self.parts = [], 0, 0
         self.buffer, self.writer, self.file_rows = None, None, 0
 
@@ -303,7 +304,7 @@ class ParquetParts:
         if self.writer is None:
             return
         self.writer.close()
-        storage.write_bytes(storage.join(self.uri, f"part-{self.parts:05d}.parquet"), self.buffer.getvalue())
+        storage.write_bytes(storage.join(self.uri, f"{self.name}-{self.parts:05d}.parquet"), self.buffer.getvalue())
         self.parts, self.buffer, self.writer, self.file_rows = self.parts + 1, None, None, 0
 
     def close(self) -> None:

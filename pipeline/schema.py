@@ -78,6 +78,8 @@ FILES_LISTED = "files_listed"
 MODE = "mode"
 FILES_UNCHANGED = "files_unchanged"
 FILES_OTHER_MODEL = "files_other_model"
+FILES_CARRIED_OVER = "files_carried_over"  # unchanged files whose rows a re-run of a date copied from its run before
+ROWS_CARRIED_OVER = "rows_carried_over"  # the rows of those files: counted in rows_written, not scored again
 ROWS_WRITTEN = "rows_written"
 ROWS_SCORED = "rows_scored"
 ROWS_ERROR = "rows_error"
@@ -132,4 +134,5 @@ RUNS_SCHEMA = pa.schema([
     pa.field(IMAGES_PER_SECOND, pa.float64()), pa.field(MODEL_VERSION, pa.string()),
     pa.field(MODEL_SHA256, pa.string()), pa.field(THRESHOLD, pa.float64()), pa.field(OPTIONS, pa.string()),
     pa.field(ROWS_SKIPPED, pa.int64()), pa.field(ROWS_OOD, pa.int64()), pa.field(SKIPPED_BY_REASON, pa.string()),
-    pa.field(SCORING_SECONDS, pa.float64()), pa.field(SCORING_IMAGES_PER_SECOND, pa.float64())])
+    pa.field(SCORING_SECONDS, pa.float64()), pa.field(SCORING_IMAGES_PER_SECOND, pa.float64()),
+    pa.field(FILES_CARRIED_OVER, pa.int64()), pa.field(ROWS_CARRIED_OVER, pa.int64())])

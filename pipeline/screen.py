@@ -7,7 +7,8 @@
    workspace; an empty input is refused unless the run asks for an empty run. Take the output's lock
    (``pipeline.run_lock``), finish any earlier run's interrupted commit, and choose the files to score: by default
    only those new or changed since a complete run of another date scored them (``select_files``, a query joining
-   the listing with the results tables); ``full`` scores all.
+   the listing with the results tables); ``full`` scores all. A re-run of a date carries over the rows of the
+   files its standing run already scored, unchanged and with this model: copied as this run's (``carry_over``).
 3. Decode and preprocess (``pipeline.stages.decode_and_preprocess``): on CPU tasks when the cluster has GPUs, else
    in the scoring actors themselves.
 4. Score on actors, GPU when the cluster has GPUs (``pipeline.stages.ScoringActor``), each loading the model
@@ -133,6 +134,8 @@ class RunRecord:
     skipped_by_reason: dict = dataclasses.field(default_factory=dict)  # rows skipped per selection rule
     scoring_seconds: float = 0.0  # the scoring stage alone: from the actors starting to the last row
     scoring_images_per_second: float = 0.0  # rows per second of scoring_seconds (images_per_second: of the run)
+    files_carried_over: int = 0  # files whose rows the date's standing run held, copied instead of scored
+    rows_carried_over: int = 0  # their rows: part of rows_written, left out of the rates
 
     def to_row(self) -> dict:
         """The ``runs`` row: every column of ``RUNS_SCHEMA``, the two mappings as JSON text."""
@@ -395,6 +398,8 @@ def count_outcomes(connection: duckdb.DuckDBPyConnection) -> Outcomes:
 
 VERDICT = "verdict"  # a listed file's verdict in a run's selection
 NEW_OR_CHANGED, OTHER_MODEL, UNCHANGED = "new_or_changed", "other_model", "unchanged"
+CARRIED_OVER = "carried_over"  # scored by the date's standing run, unchanged, with this run's model: rows copied
+STANDING_URI = "standing_uri"  # in the verdicts: the source_uri the date's standing rows store for the file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -402,7 +407,7 @@ class Selection:
     """Which listed files this run scores. ``verdicts``: a Parquet file holding each listed file once, with its
     verdict; ``chosen``: the verdicts scored; ``listed``: distinct files listed; ``files``: files to score;
     ``unchanged``: listed files left as scored before; ``other_model``: unchanged files whose rows come from another
-    model than this run's."""
+    model than this run's; ``carried_over``: files whose rows the date's standing run holds, copied into this run."""
 
     verdicts: str
     chosen: tuple[str, ...]
@@ -411,6 +416,7 @@ class Selection:
     files: int
     unchanged: int = 0
     other_model: int = 0
+    carried_over: int = 0
 
     def blocks(self, rows: int) -> Iterator[pa.Table]:
         """The chosen files (``LISTING_SCHEMA``), ``rows`` at a time, read from the verdicts as they are needed."""
@@ -429,9 +435,12 @@ class Selection:
 
 
 def select_files(config: ScreenConfig, connection: duckdb.DuckDBPyConnection, listing: str, known: str,
-                 model_sha256: str, verdicts: str, stored_uri: str = "{}") -> Selection:
+                 model_sha256: str, verdicts: str, stored_uri: str = "{}", standing: str | None = None) -> Selection:
     """Incremental by default: a file is scored when no complete run of another date scored it, when its size or
-    modification time differ from what was scored, or when an error that says nothing about the file hit it.
+    modification time differ from what was scored, or when an error that says nothing about the file hit it. A
+    file the run's date already holds rows of (``standing``: SQL as ``known`` for the date's standing run, see
+    ``views.standing_files``), with the same size and time, no such error, and this model's sha256, is carried
+    over instead: its rows are copied, not scored again.
 
     ``listing`` is a relation of listed files (``LISTING_SCHEMA``, a file may come twice) and ``known`` SQL for
     what the tables know (``views.scored_files``); the verdicts are written to the Parquet file ``verdicts`` by
@@ -440,18 +449,27 @@ def select_files(config: ScreenConfig, connection: duckdb.DuckDBPyConnection, li
     if not re.fullmatch(r"[0-9a-f]{64}", model_sha256):
         raise ValueError(f"not a sha256: {model_sha256!r}")
     size, modified, uri = col.SOURCE_SIZE, col.SOURCE_MODIFIED, col.SOURCE_URI
-    verdict, join = f"'{NEW_OR_CHANGED}'", ""
+    listed = (f"SELECT {uri}, any_value({size}) AS {size}, any_value({modified}) AS {modified} FROM {listing} "
+              f"GROUP BY {uri}")
+    verdict, joins, carried, standing_uri = f"'{NEW_OR_CHANGED}'", "", "", "NULL"
     if not config.full:
-        join = f"LEFT JOIN ({known}) k ON k.{uri} = {stored_uri.format('l.' + uri)}"
+        listed = f"SELECT *, {stored_uri.format(uri)} AS stored FROM ({listed})"
+        joins = f"LEFT JOIN ({known}) k ON k.{uri} = l.stored"
+        if standing:
+            joins += f" LEFT JOIN ({standing}) s ON s.{uri} = l.stored"
+            carried = f"""WHEN NOT s.retry AND s.{size} = l.{size} AND s.modified_us = l.{modified}
+                 AND s.{col.MODEL_SHA256} = '{model_sha256}' THEN '{CARRIED_OVER}'"""
+            standing_uri = f"s.{uri}"
         verdict = f"""CASE
-            WHEN k.{uri} IS NULL OR k.retry OR l.{size} < 0 OR l.{modified} < 0 OR k.{size} IS DISTINCT FROM l.{size}
+            WHEN l.{size} < 0 OR l.{modified} < 0 THEN '{NEW_OR_CHANGED}'
+            {carried}
+            WHEN k.{uri} IS NULL OR k.retry OR k.{size} IS DISTINCT FROM l.{size}
                  OR k.modified_us IS DISTINCT FROM l.{modified} THEN '{NEW_OR_CHANGED}'
             WHEN k.{col.MODEL_SHA256} IS DISTINCT FROM '{model_sha256}' THEN '{OTHER_MODEL}'
             ELSE '{UNCHANGED}' END"""
     connection.execute(f"""COPY (
-        SELECT l.{uri}, l.{size}, l.{modified}, {verdict} AS {VERDICT}
-        FROM (SELECT {uri}, any_value({size}) AS {size}, any_value({modified}) AS {modified} FROM {listing}
-              GROUP BY {uri}) l {join}) TO '{verdicts}' (FORMAT parquet)""")
+        SELECT l.{uri}, l.{size}, l.{modified}, {verdict} AS {VERDICT},
+               CAST({standing_uri} AS VARCHAR) AS {STANDING_URI} FROM ({listed}) l {joins}) TO '{verdicts}' (FORMAT parquet)""")
     counts = dict(connection.execute(
         f"SELECT {VERDICT}, count(*) FROM read_parquet('{verdicts}') GROUP BY ALL").fetchall())
     other_model = counts.get(OTHER_MODEL, 0)
@@ -459,12 +477,30 @@ def select_files(config: ScreenConfig, connection: duckdb.DuckDBPyConnection, li
     return Selection(verdicts, chosen, "full" if config.full else "incremental", listed=sum(counts.values()),
                      files=sum(counts.get(name, 0) for name in chosen),
                      unchanged=counts.get(UNCHANGED, 0) + (0 if config.rescore_on_model_change else other_model),
-                     other_model=other_model)
+                     other_model=other_model, carried_over=counts.get(CARRIED_OVER, 0))
+
+
+def carry_over(connection: duckdb.DuckDBPyConnection, selection: Selection, uri: str, run_id: str,
+               run_date: str) -> int:
+    """The rows the date's standing run holds for the files carried over, staged under ``uri`` (beside the run's
+    scored predictions) as this run's rows: its run id, their own ``scored_at``, everything else as it stands.
+    Returns the rows copied; memory holds a batch of them."""
+    rows = connection.sql(f"""
+        SELECT * REPLACE ('{run_id}' AS {col.RUN_ID}) FROM {results.PREDICTIONS}
+        WHERE {col.RUN_DATE} = '{views.checked_date(run_date)}' AND {col.SOURCE_URI} IN (
+            SELECT {STANDING_URI} FROM read_parquet('{selection.verdicts}') WHERE {VERDICT} = '{CARRIED_OVER}')
+        """).to_arrow_reader(SERIES_BATCH_ROWS)
+    parts, copied = results.ParquetParts(uri, col.PREDICTIONS_SCHEMA, name=CARRIED_OVER), 0
+    for batch in rows:
+        parts.write(pa.Table.from_batches([batch]).select(col.PREDICTIONS_SCHEMA.names).cast(col.PREDICTIONS_SCHEMA))
+        copied += batch.num_rows
+    parts.close()
+    return copied
 
 
 def choose_files(plan: "ScreeningPlan", connection: duckdb.DuckDBPyConnection, run_date: str) -> Selection:
-    """``select_files`` for a planned run: its staged listing against what the tables knew before ``run_date``, the
-    verdicts written to its workspace."""
+    """``select_files`` for a planned run: its staged listing against what the tables knew before ``run_date`` and
+    what its standing run holds, the verdicts written to its workspace."""
     connection.register("listing", plan.listing.batches())
     stored_uri = "{}"
     paths = path_pseudonymizer(plan.config, plan.pseudonym_key)
@@ -474,7 +510,8 @@ def choose_files(plan: "ScreeningPlan", connection: duckdb.DuckDBPyConnection, r
                                    ["VARCHAR"], "VARCHAR", type="arrow")
         stored_uri = "stored_path({})"
     return select_files(plan.config, connection, "listing", views.scored_files(run_date), plan.model.weights_sha256,
-                        os.path.join(plan.workspace.name, "verdicts.parquet"), stored_uri)
+                        os.path.join(plan.workspace.name, "verdicts.parquet"), stored_uri,
+                        views.standing_files(run_date))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -575,15 +612,17 @@ def score(plan: ScreeningPlan, run_id: str, started: datetime.datetime, recovere
     try:
         connection = run_connection(output, plan.workspace.name)
         selection = choose_files(plan, connection, run_date)
-        logger.info("run %s (%s, %s): %d files listed in %s, %d to score, %d unchanged; model %s", run_id,
-                    run_date, selection.mode, selection.listed, ", ".join(config.inputs + config.manifests),
-                    selection.files, selection.unchanged, info.version)
+        logger.info("run %s (%s, %s): %d files listed in %s, %d to score, %d carried over from the date's standing "
+                    "run, %d unchanged; model %s", run_id, run_date, selection.mode, selection.listed,
+                    ", ".join(config.inputs + config.manifests), selection.files, selection.carried_over,
+                    selection.unchanged, info.version)
         if selection.other_model:
             logger.warning("%d unchanged file(s) were scored by another model than %s; %s", selection.other_model,
                            info.version, "rescoring them (--rescore-on-model-change)"
                            if config.rescore_on_model_change else
                            "pass --full or --rescore-on-model-change to rescore them")
         staged_uri = results.work_uri(output, run_id, results.PREDICTIONS)
+        carried_rows = carry_over(connection, selection, staged_uri, run_id, run_date) if selection.carried_over else 0
         if selection.files:
             ensure_ray()  # Ray's own start-up is not scoring time
         scoring_began = time.monotonic()
@@ -594,7 +633,7 @@ def score(plan: ScreeningPlan, run_id: str, started: datetime.datetime, recovere
         series, outcomes = summarise(connection, output, run_id, run_date, threshold)
         connection.close()
         record = run_record(config, info, run_id, run_date, started, selection, outcomes, series, threshold,
-                            recovered, scoring_seconds)
+                            recovered, scoring_seconds, carried_rows)
         results.stage_run_row(output, record.to_row())
     except Exception as error:
         raise RunFailedError(f"run {run_id} failed and was not committed: {describe_failure(error)}; the "
@@ -618,10 +657,11 @@ def summarise(connection: duckdb.DuckDBPyConnection, output: str, run_id: str, r
 
 
 def run_record(config, info, run_id, run_date, started, selection: Selection, counts: Outcomes, series_counts,
-               threshold, recovered, scoring_seconds: float = 0.0) -> RunRecord:
+               threshold, recovered, scoring_seconds: float = 0.0, carried_rows: int = 0) -> RunRecord:
     """The run's record; its rate over the whole run (``images_per_second``, Ray's start-up, the listing and the
-    commit's preparation included) and over the scoring stage alone (``scoring_images_per_second``)."""
-    rows = counts.rows
+    commit's preparation included) and over the scoring stage alone (``scoring_images_per_second``), each of the
+    rows it scored (not those it carried over)."""
+    rows = counts.rows - carried_rows
     finished = results.utc_now()
     duration = (finished - started).total_seconds()
     options = {key: value for key, value in dataclasses.asdict(config).items() if key != "pseudonym_key_file"}
@@ -629,9 +669,10 @@ def run_record(config, info, run_id, run_date, started, selection: Selection, co
         run_id=run_id, run_date=run_date, started_at=started, finished_at=finished, duration_seconds=duration,
         input=", ".join(config.inputs + config.manifests), output=config.output, mode=selection.mode,
         files_listed=selection.listed, files_unchanged=selection.unchanged, files_other_model=selection.other_model,
-        rows_written=rows, rows_scored=counts.scored, rows_error=counts.errors, rows_flagged=counts.flagged,
+        rows_written=counts.rows, rows_scored=counts.scored, rows_error=counts.errors, rows_flagged=counts.flagged,
         rows_skipped=counts.skipped, rows_ood=counts.ood, skipped_by_reason=counts.skipped_by_reason,
         series=series_counts[0], series_flagged=series_counts[1], errors_by_code=counts.errors_by_code,
         images_per_second=rows / duration if duration else 0.0, scoring_seconds=scoring_seconds,
         scoring_images_per_second=rows / scoring_seconds if scoring_seconds else 0.0, model_version=info.version,
-        model_sha256=info.weights_sha256, threshold=threshold, options=options, recovered_runs=recovered)
+        model_sha256=info.weights_sha256, threshold=threshold, options=options, recovered_runs=recovered,
+        files_carried_over=selection.carried_over, rows_carried_over=carried_rows)

@@ -143,23 +143,40 @@ def statement_kind(statement) -> duckdb.StatementType | None:
         return None
 
 
+def checked_date(date: str) -> str:
+    """A validated YYYY-MM-DD date, safe to inline in SQL."""
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date):
+        raise ValueError(f"not a date: {date!r}")
+    return date
+
+
 def latest_before(excluding_date: str) -> str:
     """SQL: for each file, the rows of the latest complete run that scored it on a date other than
-    ``excluding_date`` (the date a run replaces). The date is a validated YYYY-MM-DD, safe to inline."""
-    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", excluding_date):
-        raise ValueError(f"not a date: {excluding_date!r}")
-    return latest_per_file(f"p.{col.RUN_DATE} <> '{excluding_date}'")
+    ``excluding_date`` (the date a run replaces)."""
+    return latest_per_file(f"p.{col.RUN_DATE} <> '{checked_date(excluding_date)}'")
 
 
-def scored_files(excluding_date: str) -> str:
-    """SQL: one row per file a complete run of another date than ``excluding_date`` scored, with what the tables
-    know of it: the size (``source_size``) and modification time in microseconds (``modified_us``) it had when
-    scored, the model that scored it (``model_sha256``), and whether an error that says nothing about the file
-    (``RETRIED_ERROR_CODES``) hit it (``retry``)."""
+def file_facts(rows: str) -> str:
+    """SQL: one row per file of the prediction rows ``rows``, with what they record of it: the size
+    (``source_size``) and modification time in microseconds (``modified_us``) it had when scored, the model that
+    scored it (``model_sha256``), and whether an error that says nothing about the file (``RETRIED_ERROR_CODES``)
+    hit it (``retry``)."""
     retried = ", ".join(f"'{code.value}'" for code in col.RETRIED_ERROR_CODES)
     return f"""
         SELECT {col.SOURCE_URI}, any_value({col.SOURCE_SIZE}) AS {col.SOURCE_SIZE},
                any_value(epoch_us({col.SOURCE_MODIFIED})) AS modified_us,
                any_value({col.MODEL_SHA256}) AS {col.MODEL_SHA256},
                coalesce(bool_or({col.ERROR_CODE} IN ({retried})), false) AS retry
-        FROM ({latest_before(excluding_date)}) GROUP BY {col.SOURCE_URI}"""
+        FROM ({rows}) GROUP BY {col.SOURCE_URI}"""
+
+
+def scored_files(excluding_date: str) -> str:
+    """SQL: ``file_facts`` of every file a complete run of another date than ``excluding_date`` scored, from the
+    latest such run."""
+    return file_facts(latest_before(excluding_date))
+
+
+def standing_files(run_date: str) -> str:
+    """SQL: ``file_facts`` of every file whose rows ``run_date`` holds: the rows of the date's standing run (its
+    latest complete run, read as of the settled versions like every view)."""
+    return file_facts(f"SELECT * FROM {results.PREDICTIONS} WHERE {col.RUN_DATE} = '{checked_date(run_date)}'")

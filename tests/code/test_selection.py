@@ -1,11 +1,13 @@
 """Which files an incremental run scores: new, changed (size or modification time), or last hit by an error that
-says nothing about the file; unchanged files scored by another model are counted, and rescored only when asked.
-The selection is a query joining the staged listing with what the tables know; it is run here on DuckDB."""
+says nothing about the file; unchanged files scored by another model are counted, and rescored only when asked; a
+re-run of a date carries over what the date's standing run scored of unchanged files with the same model. The
+selection is a query joining the staged listing with what the tables know; it is run here on DuckDB."""
 
 import datetime
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet
 import pytest
 
 from pipeline.listing import ListedFile, listing_batch, micros
@@ -23,6 +25,24 @@ KNOWN = pa.Table.from_pylist([
     for uri, model, retry in [("same.dcm", MODEL, False), ("grown.dcm", MODEL, False), ("touched.dcm", MODEL, False),
                               ("failed.dcm", MODEL, True), ("old-model.dcm", OTHER, False),
                               ("unlisted-size.dcm", MODEL, False)]])
+
+
+def facts(uri: str, model: str = MODEL, retry: bool = False, size: int = 100) -> dict:
+    return {"source_uri": uri, "source_size": size, "modified_us": micros(WHEN), "model_sha256": model, "retry": retry}
+
+
+def carried(tmp_path, standing: list[dict], **options) -> tuple[dict, int, int]:
+    """({file: verdict}, files to score, files carried over) of a re-run of a date whose standing run holds the
+    rows ``standing`` describes."""
+    connection = duckdb.connect()
+    connection.register("listing", listing_batch(FILES))
+    connection.register("known_files", KNOWN)
+    connection.register("standing_files", pa.Table.from_pylist(standing, schema=KNOWN.schema))
+    selection = select_files(ScreenConfig(inputs=("x",), output="o", **options), connection, "listing",
+                             "SELECT * FROM known_files", MODEL, str(tmp_path / "verdicts.parquet"),
+                             standing="SELECT * FROM standing_files")
+    verdicts = pa.parquet.read_table(selection.verdicts).to_pylist()
+    return {row["source_uri"]: row["verdict"] for row in verdicts}, selection.files, selection.carried_over
 
 
 @pytest.fixture
@@ -67,3 +87,20 @@ def test_chosen_files_keep_their_listed_size_and_time_in_blocks_of_the_asked_siz
 def test_modification_times_compare_exactly_to_the_microsecond():
     assert micros(WHEN) == 1793671200123456
     assert micros(None) == -1
+
+
+def test_a_rerun_of_a_date_carries_over_what_its_standing_run_scored_of_unchanged_files_with_this_model(tmp_path):
+    standing = [facts("new.dcm", size=5), facts("touched.dcm"), facts("same.dcm"), facts("failed.dcm", retry=True),
+                facts("old-model.dcm", model=OTHER), facts("unlisted-size.dcm")]
+    verdicts, to_score, carried_over = carried(tmp_path, standing)
+    assert (verdicts["new.dcm"], verdicts["same.dcm"]) == ("carried_over", "carried_over")
+    assert verdicts["touched.dcm"] == verdicts["failed.dcm"] == verdicts["unlisted-size.dcm"] == "new_or_changed"
+    assert verdicts["old-model.dcm"] == "other_model" and verdicts["grown.dcm"] == "new_or_changed"
+    assert (to_score, carried_over) == (4, 2)
+
+
+def test_a_full_run_or_another_model_carries_nothing_over(tmp_path):
+    standing = [facts(file.uri, size=file.size) for file in FILES]
+    assert carried(tmp_path, standing, full=True)[1:] == (7, 0)
+    verdicts, _, carried_over = carried(tmp_path, [facts("new.dcm", model=OTHER, size=5)])
+    assert verdicts["new.dcm"] == "new_or_changed" and carried_over == 0

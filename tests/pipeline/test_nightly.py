@@ -1,6 +1,7 @@
 """Nightly use on a local Ray with real Delta tables: a night scores only new and changed files, a re-run of a date
-changes no counts, an empty night erases nothing, a model change is reported, series are summarised from all of
-their current slices, and the query job answers from the tables the job wrote, as DuckDB and deltalake read them."""
+changes no counts (it carries the night's rows over), an empty night erases nothing, a model change is reported,
+series are summarised from all of their current slices, and the query job answers from the tables the job wrote, as
+DuckDB and deltalake read them."""
 
 import collections
 import json
@@ -17,6 +18,7 @@ import pytest
 from pipeline import results, views
 from pipeline.screen import ScreenConfig, run_screening
 from tests.conftest import ROOT, SAMPLES, TEST_KEY, job_summary
+from tests.support.nights import sample_archive_copy
 
 pytestmark = pytest.mark.slow
 
@@ -37,13 +39,8 @@ def query(output, *arguments: str) -> subprocess.CompletedProcess:
 def nights(model_uri, ray_local, tmp_path_factory):
     """Night 1 over the sample archive; then two files added (a loose image and a slice of an existing series) and
     one changed; night 2; a re-run of night 2; night 3 with nothing new."""
-    root = tmp_path_factory.mktemp("nightly")
-    archive, output = root / "archive", root / "results"
-    shutil.copytree(SAMPLES / "archive", archive)
-    config = dict(inputs=(str(archive),), output=str(output), model=model_uri)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PSEUDONYM_KEY", TEST_KEY)
-        return night_after_night(archive, output, config)
+    with sample_archive_copy(tmp_path_factory.mktemp("nightly")) as (archive, output):
+        return night_after_night(archive, output, dict(inputs=(str(archive),), output=str(output), model=model_uri))
 
 
 def night_after_night(archive, output, config):
@@ -89,6 +86,7 @@ def test_the_current_view_has_one_row_per_frame_each_from_the_night_that_last_sc
 def test_a_rerun_of_a_night_and_an_empty_night_change_no_counts(nights):
     output, _, (first, second, rerun, quiet), _, _, _ = nights
     assert (rerun.rows_written, rerun.files_unchanged) == (second.rows_written, second.files_unchanged)
+    assert (rerun.files_carried_over, rerun.rows_carried_over) == (3, second.rows_written)  # nothing rescored
     assert quiet.rows_written == 0 and quiet.files_unchanged == quiet.files_listed
     predictions = results.read_table(str(output), results.PREDICTIONS)
     assert predictions.num_rows == first.rows_written + second.rows_written
