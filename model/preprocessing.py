@@ -58,12 +58,19 @@ def normalize_intensity(grey: np.ndarray, config: PreprocessConfig) -> np.ndarra
     return np.clip(scaled, 0, 255).astype(np.uint8)
 
 
+def bright_components(image: np.ndarray, config: PreprocessConfig) -> tuple[int, np.ndarray, np.ndarray]:
+    """(count, labels, stats) of the bright regions of a uint8 image (``cv2.connectedComponentsWithStats``; label 0
+    is the background) after a light blur: where the head is looked for."""
+    blurred = cv2.GaussianBlur(image, (5, 5), 0)
+    mask = (blurred > config.head_threshold * 255).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    return count, labels, stats
+
+
 def head_bounding_box(image: np.ndarray, config: PreprocessConfig) -> tuple[int, int, int, int]:
     """(top, bottom, left, right) of the largest bright region (the head), with a margin; whole image if none."""
     height, width = image.shape
-    blurred = cv2.GaussianBlur(image, (5, 5), 0)
-    mask = (blurred > config.head_threshold * 255).astype(np.uint8)
-    count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    count, _, stats = bright_components(image, config)
     if count <= 1:
         return 0, height, 0, width
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
@@ -75,6 +82,24 @@ def head_bounding_box(image: np.ndarray, config: PreprocessConfig) -> tuple[int,
             max(0, left - margin), min(width, left + box_w + margin))
 
 
+def head_region(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """Boolean mask of the head in a uint8 image: its largest bright region with the holes inside filled (dark
+    ventricles, a dark tumor); all False when nothing is bright."""
+    count, labels, stats = bright_components(image, config)
+    if count <= 1:
+        return np.zeros(image.shape, dtype=bool)
+    largest = (labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).astype(np.uint8)
+    outside = np.pad(1 - largest, 1, constant_values=1)
+    cv2.floodFill(outside, None, (0, 0), 2)
+    return outside[1:-1, 1:-1] != 2
+
+
+def head_crop_box(image: np.ndarray, config: PreprocessConfig) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right): the crop :func:`preprocess_image` takes of a decoded slice, to carry anything
+    drawn on the slice (a tumor mask) into the model input's geometry with :func:`to_model_square`."""
+    return head_bounding_box(normalize_intensity(to_grey(image), config), config)
+
+
 def pad_to_square(image: np.ndarray) -> np.ndarray:
     """Pad with black on the short side so the aspect ratio survives the resize."""
     height, width = image.shape
@@ -84,14 +109,18 @@ def pad_to_square(image: np.ndarray) -> np.ndarray:
                               cv2.BORDER_CONSTANT, value=0)
 
 
+def to_model_square(plane: np.ndarray, box: tuple[int, int, int, int], side: int) -> np.ndarray:
+    """A 2-D image cropped to ``box``, padded to a square and resized to ``side``: the geometry of a model input."""
+    top, bottom, left, right = box
+    square = pad_to_square(plane[top:bottom, left:right])
+    interpolation = cv2.INTER_AREA if square.shape[0] > side else cv2.INTER_LINEAR
+    return cv2.resize(square, (side, side), interpolation=interpolation)
+
+
 def preprocess_image(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     """Decoded slice (any size, grey or RGB, any dtype) -> ``(image_size, image_size)`` uint8 model input."""
     grey = normalize_intensity(to_grey(image), config)
-    top, bottom, left, right = head_bounding_box(grey, config)
-    square = pad_to_square(grey[top:bottom, left:right])
-    side = config.image_size
-    interpolation = cv2.INTER_AREA if square.shape[0] > side else cv2.INTER_LINEAR
-    resized = cv2.resize(square, (side, side), interpolation=interpolation)
+    resized = to_model_square(grey, head_bounding_box(grey, config), config.image_size)
     clahe = cv2.createCLAHE(clipLimit=config.clahe_clip_limit,
                             tileGridSize=(config.clahe_tile_grid, config.clahe_tile_grid))
     enhanced = clahe.apply(resized)
