@@ -1,6 +1,7 @@
 """Who the review app answers: with a bearer token, only requests that carry it; without one, only requests to a
 loopback address (the app then listens on one, and a web page elsewhere cannot reach it through a name that
-rebinds to 127.0.0.1). A form post must come from the app's own origin. Plain functions of a request's method and
+rebinds to 127.0.0.1). A form post must come from the app's own origin (its ``Origin`` and, from a browser,
+``Sec-Fetch-Site``; the pages send their origin to themselves alone, ``Referrer-Policy: same-origin``). Plain functions of a request's method and
 headers, so they are checked without a server.
 """
 
@@ -42,7 +43,7 @@ def refusal(method: str, scheme: str, headers, token: str | None) -> tuple[int, 
             return 401, "a bearer token is needed (Authorization: Bearer <token>)"
     elif not is_loopback(urllib.parse.urlsplit(f"//{host}").hostname):
         return 421, "without a token this app answers requests to a loopback address only"
-    origin = headers.get("origin")
-    if method == "POST" and origin and origin != f"{scheme}://{host}":
+    origin, site = headers.get("origin"), headers.get("sec-fetch-site", "same-origin")
+    if method == "POST" and ((origin and origin != f"{scheme}://{host}") or site not in ("same-origin", "none")):
         return 403, "a post from another origin is refused"
     return None

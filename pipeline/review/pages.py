@@ -21,8 +21,8 @@ SCRIPT_PATH = "/static/review.js"
 SCRIPT = pathlib.Path(__file__).with_name("static") / "review.js"
 REPORT_POLICY = re.search(r'Content-Security-Policy" content="([^"]+)"', page("", "", [])).group(1)
 # the report's policy, and the page's own script, requests and form posts, from its own origin only
-POLICY = (f"{REPORT_POLICY}; script-src 'self'; connect-src 'self'; form-action 'self'; base-uri 'none'; "
-          f"frame-ancestors 'none'")
+POLICY = f"{REPORT_POLICY}; script-src 'self'; connect-src 'self'; form-action 'self'; base-uri 'none'"
+HEADER_POLICY = f"{POLICY}; frame-ancestors 'none'"  # frame-ancestors holds in a header only, not in a page's meta
 
 REVIEW_STYLE = """
 nav.bar{display:flex;gap:14px;align-items:center;flex-wrap:wrap;margin:14px 0}

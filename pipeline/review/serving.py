@@ -95,24 +95,30 @@ class ScoringModel:
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.5})
 class HeatMapModel:
-    """Grad-CAM of the tumor score by a run's model, its networks loaded once per model (on first use)."""
+    """Grad-CAM of the tumor score by a run's model, its networks loaded once per model: the app's own model as the
+    replica starts (the first case page does not wait for TensorFlow), another run's model on first use."""
 
-    def __init__(self):
+    def __init__(self, model: str):
         self.explainers = {}
+        self.explainer(registry.load_model_info(model))
 
-    def overlay(self, image, info: registry.ModelInfo):
-        from model.gradcam import TUMOR, GradCam, overlay  # TensorFlow: only in this replica
+    def explainer(self, info: registry.ModelInfo):
+        from model.gradcam import GradCam  # TensorFlow: only in this replica
 
         if info.weights_sha256 not in self.explainers:
             self.explainers[info.weights_sha256] = GradCam.from_model_info(info, info.weights_sha256)
-        heat_map = self.explainers[info.weights_sha256](image[None], target=TUMOR)[0]
-        return overlay(image, heat_map)
+        return self.explainers[info.weights_sha256]
+
+    def overlay(self, image, info: registry.ModelInfo):
+        from model.gradcam import TUMOR, overlay
+
+        return overlay(image, self.explainer(info)(image[None], target=TUMOR)[0])
 
 
 api = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 STARTING = object()  # the token's place before the ingress has read it: every request waits (503)
-SECURITY_HEADERS = {"Content-Security-Policy": pages.POLICY, "X-Content-Type-Options": "nosniff",
-                    "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY", "Cache-Control": "no-store",
+SECURITY_HEADERS = {"Content-Security-Policy": pages.HEADER_POLICY, "X-Content-Type-Options": "nosniff",
+                    "Referrer-Policy": "same-origin", "X-Frame-Options": "DENY", "Cache-Control": "no-store",
                     "Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Resource-Policy": "same-origin"}
 
 
@@ -297,7 +303,7 @@ def review_app(settings: ReviewSettings):
     scoring_model = ScoringModel.options(autoscaling_config={
         "min_replicas": settings.min_replicas, "max_replicas": settings.max_replicas,
         "target_ongoing_requests": 8}).bind(settings.model, settings.scoring_threads)
-    return ReviewApp.bind(scoring_model, HeatMapModel.bind(), settings)
+    return ReviewApp.bind(scoring_model, HeatMapModel.bind(settings.model), settings)
 
 
 def build_review_app(args: dict):
