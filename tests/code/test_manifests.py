@@ -1,6 +1,6 @@
 """The container image and the Kubernetes manifests in infra/, checked offline: no cluster, no Docker.
 
-Ray kinds (RayCluster, RayJob, RayCronJob) are validated against the KubeRay CRDs in ../shared/k8s-crds, made strict:
+Ray kinds (RayCluster, RayJob, RayCronJob, RayService) are validated against the KubeRay CRDs in ../shared/k8s-crds, made strict:
 the published schemas allow unknown keys (the API server prunes them without a word), so a misspelt field would pass
 and silently do nothing. Core kinds are validated with kubernetes-validate in its strict mode. Beyond the schemas:
 every entrypoint is a job whose own argument parser accepts it, the cluster copies agree, secrets stay out of the
@@ -36,11 +36,11 @@ K8S = INFRA / "k8s"
 DOCKERFILE = INFRA / "Dockerfile"
 CRDS = ROOT.parent / "shared" / "k8s-crds"
 CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml",
-             "RayCronJob": "ray.io_raycronjobs.yaml"}
+             "RayCronJob": "ray.io_raycronjobs.yaml", "RayService": "ray.io_rayservices.yaml"}
 CORE_KINDS = {"CronJob", "ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Secret"}
 KUBERNETES_VERSION = "1.31.0"   # the oldest Kubernetes the manifests are written for (CronJob timeZone is GA)
 MANIFEST_FILES = {"raycluster.yaml", "rayjob-screen.yaml", "raycronjob-nightly-screen.yaml",
-                  "raycronjob-weekly-retrain.yaml", "cronjob-fallback-nightly-screen.yaml"}
+                  "raycronjob-weekly-retrain.yaml", "cronjob-fallback-nightly-screen.yaml", "rayservice-review.yaml"}
 
 TOKEN_SECRET, TOKEN_KEY = "mri-screen-ray-token", "auth_token"   # KubeRay's authOptions.secretName reads `auth_token`
 KEY_SECRET, KEY_DIR = "mri-screen-pseudonym-key", "/var/run/secrets/mri-screen"
