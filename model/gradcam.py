@@ -1,16 +1,17 @@
-"""Grad-CAM for the classifier: preprocessed slices in, a heat map per slice of where the model found its evidence.
+"""Heat maps for the classifier: preprocessed slices in, a heat map per slice of the area that most raised a score.
 
-Gradient-weighted class activation mapping (Selvaraju et al., 2017): the gradient of a class score with respect to a
-convolutional feature map, averaged over the map's positions, weighs the map's channels; their weighted sum,
-rectified, is a coarse map of the evidence, resized here to the image and scaled to [0, 1]. The score is a logit,
-taken before the softmax (whose probabilities saturate near 1 and would leave almost no gradient): a class's own
-logit, or for ``TUMOR`` the log-odds of any tumor class against no tumor. The feature map is the MobileNetV3Small
-backbone's, a model nested in the classifier (``model.architecture``): for the ``bilstm`` head its first output,
-the stride-16 map (10x10 at 160 px), the last map both of the head's paths read (the column BiLSTM and, through the
-final convolutions, the pooled map), so the heat map covers what the LSTM saw; for the other heads the final
-stride-32 map. For an ensemble (``ArchitectureConfig.members``) each member network explains the slice as it is;
-their maps, each scaled to [0, 1], are averaged and the mean scaled to [0, 1] again. Imports TensorFlow: the
-morning report (``pipeline.report``) imports this module lazily, in a worker.
+LayerCAM (Jiang et al., 2021), the finer-grained member of the Grad-CAM family (Selvaraju et al., 2017): at one
+convolutional block, each position's activations are weighed by the score's positive gradients there (not by one
+weight per channel averaged over the map, as Grad-CAM does), summed over the channels and rectified; the coarse map
+is resized to the image, set to zero outside the head (``model.preprocessing.head_region``) and scaled to [0, 1].
+The block is the MobileNetV3Small backbone's last stride-8 one (``EXPLAINED_LAYER``, 20x20 at 160 px), upstream of
+both of the ``bilstm`` head's paths. On hand-outlined gliomas from other hospitals (TCGA-LGG) this puts the map's
+peak inside the tumor 2.7 times as often as Grad-CAM on the stride-16 map did (``tools.heatmap_study``; the figures
+are in ``docs/benchmarks.md`` and each model's ``model.json``). The score is a logit, taken before the softmax (whose
+probabilities saturate near 1 and would leave almost no gradient): a class's own logit, or for ``TUMOR`` the
+log-odds of any tumor class against no tumor. For an ensemble (``ArchitectureConfig.members``) each member network
+explains the slice as it is; their maps, each scaled to [0, 1], are averaged before the head is cut out. Imports
+TensorFlow: the morning report (``pipeline.report``) imports this module lazily, in a worker.
 """
 
 from __future__ import annotations
@@ -22,24 +23,32 @@ from model.labels import CLASS_NAMES, NO_TUMOR_INDEX
 from model.architecture import backbone_of, member_networks
 from model.config import ArchitectureConfig
 from model.predict import load_networks
+from model.preprocessing import PreprocessConfig, head_region
 from model.registry import ModelInfo
 from model.tensorflow_runtime import keras, tf
 
 TUMOR = "tumor"  # the target "any tumor class rather than no tumor", the screening decision
 TUMOR_INDICES = [index for index in range(len(CLASS_NAMES)) if index != NO_TUMOR_INDEX]
 CLASSIFIER_OUTPUT_LAYER = "class_probabilities"  # the softmax Dense layer of every head (model.architecture)
+SCALED_INPUT_LAYER = "add_channel"  # the slice scaled to [-1, 1] with a channel axis (model.architecture)
+EXPLAINED_LAYER = "expanded_conv_2/Add"  # the backbone's last stride-8 block (20x20x24 at 160 px)
+HEAT_MAP_METHOD = f"LayerCAM of the tumor log-odds at {EXPLAINED_LAYER}, members averaged, zero outside the head"
 
 
 class NetworkGradCam:
     """Heat maps for one network (a single classifier); built once, then called on batches of ``(n, S, S)`` uint8
-    slices."""
+    slices. The network is split at the explained block's output (``layer``, default ``EXPLAINED_LAYER``): below it,
+    from the input; above it, the rest of the backbone, then the head up to the softmax's input."""
 
-    def __init__(self, classifier: keras.Model, chunk_size: int = 16):
+    def __init__(self, classifier: keras.Model, chunk_size: int = 16, layer: str = EXPLAINED_LAYER):
         backbone = backbone_of(classifier)
+        explained = backbone.get_layer(layer).output
         maps = backbone.get_output_at(0)  # the backbone's outputs where the classifier calls it
-        feature_map = maps[0] if isinstance(maps, (list, tuple)) else maps
         dense = classifier.get_layer(CLASSIFIER_OUTPUT_LAYER)
-        self.model = keras.Model(classifier.inputs, [feature_map, dense.input])
+        self.channels = keras.Model(classifier.inputs, classifier.get_layer(SCALED_INPUT_LAYER).output)
+        self.below = keras.Model(backbone.input, explained)
+        self.above = BackboneAbove(backbone, explained)
+        self.head = keras.Model(maps, dense.input)
         self.kernel, self.bias = dense.kernel, dense.bias
         self.chunk_size = chunk_size
 
@@ -53,14 +62,31 @@ class NetworkGradCam:
         return np.stack([to_image(cam, images.shape[1:]) for cam in np.concatenate(chunks)])
 
     def coarse_maps(self, images: np.ndarray, target: str | None) -> np.ndarray:
-        """The rectified, gradient-weighted feature maps at the feature map's own resolution."""
+        """LayerCAM at the explained block's own resolution: each position's activations weighed by their own
+        positive gradients, summed over the channels."""
         with tf.GradientTape() as tape:
-            features, penultimate = self.model(tf.constant(images), training=False)
-            logits = tf.matmul(penultimate, self.kernel) + self.bias
-            scores = target_scores(logits, target)
+            features = self.below(self.channels(tf.constant(images), training=False), training=False)
+            tape.watch(features)
+            penultimate = self.head(self.above(features), training=False)
+            scores = target_scores(tf.matmul(penultimate, self.kernel) + self.bias, target)
         gradients = tape.gradient(scores, features)  # samples are independent: d(sum)/d(features) is per sample
-        channel_weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
-        return tf.nn.relu(tf.reduce_sum(channel_weights * features, axis=-1)).numpy()
+        return tf.nn.relu(tf.reduce_sum(tf.nn.relu(gradients) * features, axis=-1)).numpy()
+
+
+class BackboneAbove:
+    """The backbone from one block's output to its own outputs; an output that is that block's passes through."""
+
+    def __init__(self, backbone: keras.Model, explained: tf.Tensor):
+        outputs = backbone.outputs
+        self.passes = [output is explained for output in outputs]
+        rest = [output for output in outputs if output is not explained]
+        self.model = keras.Model(explained, rest) if rest else None
+
+    def __call__(self, features: tf.Tensor) -> list[tf.Tensor] | tf.Tensor:
+        computed = self.model(features, training=False) if self.model is not None else []
+        remaining = iter(computed if isinstance(computed, (list, tuple)) else [computed])
+        outputs = [features if passes else next(remaining) for passes in self.passes]
+        return outputs if len(outputs) > 1 else outputs[0]
 
 
 class GradCam:
@@ -68,32 +94,48 @@ class GradCam:
     member's own predicted class)."""
 
     def __init__(self, classifier: keras.Model, architecture: ArchitectureConfig | None = None,
-                 chunk_size: int = 16):
+                 chunk_size: int = 16, preprocessing: PreprocessConfig | None = None):
         architecture = architecture or ArchitectureConfig()
         side = classifier.inputs[0].shape[1]
         self.networks = [NetworkGradCam(network, chunk_size)
                          for network in member_networks(classifier, architecture, side)]
+        self.preprocessing = preprocessing or PreprocessConfig()
 
     @classmethod
     def from_model_info(cls, info: ModelInfo, expected_sha256: str | None = None) -> "GradCam":
         """For the verified model ``info`` describes (``expected_sha256`` pins its weights, as scoring does)."""
-        return cls.from_networks(load_networks(info, expected_sha256))
+        return cls.from_networks(load_networks(info, expected_sha256), preprocessing=info.preprocessing)
 
     @classmethod
-    def from_networks(cls, networks: list[keras.Model], chunk_size: int = 16) -> "GradCam":
-        """For single networks already loaded (``model.predict.load_networks``: an ensemble's members)."""
+    def from_networks(cls, networks: list[keras.Model], chunk_size: int = 16,
+                      preprocessing: PreprocessConfig | None = None) -> "GradCam":
+        """For single networks already loaded (``model.predict.load_networks``: an ensemble's members); the head is
+        found with ``preprocessing``'s threshold."""
         explainer = cls.__new__(cls)
         explainer.networks = [NetworkGradCam(network, chunk_size) for network in networks]
+        explainer.preprocessing = preprocessing or PreprocessConfig()
         return explainer
 
     def __call__(self, images: np.ndarray, target: str | None = None) -> np.ndarray:
-        """``(n, S, S)`` uint8 -> ``(n, S, S)`` float32 heat maps in [0, 1] (see ``NetworkGradCam``)."""
+        """``(n, S, S)`` uint8 -> ``(n, S, S)`` float32 heat maps in [0, 1] (see ``NetworkGradCam``), zero outside
+        the head."""
         maps = [network(images, target) for network in self.networks]
-        if len(maps) == 1:
-            return maps[0]
-        mean = np.mean(maps, axis=0)
+        mean = within_head(np.mean(maps, axis=0), images, self.preprocessing)
         top = mean.max(axis=(1, 2), keepdims=True)
         return np.divide(mean, top, out=np.zeros_like(mean), where=top > 0).astype(np.float32)
+
+
+def tumor_heat_maps(images: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """The morning report's heat maps: the tumor score's, by the verified model ``info`` describes."""
+    return GradCam.from_model_info(info, info.weights_sha256)(images, target=TUMOR)
+
+
+def within_head(maps: np.ndarray, images: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """Each map set to zero outside its slice's head (``model.preprocessing.head_region``); a slice without one
+    keeps its map."""
+    heads = np.stack([head_region(image, config) for image in images]) if len(images) else np.zeros(maps.shape, bool)
+    keep = heads | ~heads.any(axis=(1, 2), keepdims=True)
+    return np.where(keep, maps, 0.0).astype(np.float32)
 
 
 def target_scores(logits: tf.Tensor, target: str | None) -> tf.Tensor:

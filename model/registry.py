@@ -28,6 +28,7 @@ ONNX_FILE = "model.onnx"  # the same network exported for ONNX Runtime (CPU infe
 ONNX_INT8_FILE = "model.int8.onnx"  # that export quantized to int8 (tools.quantize_onnx), where the model ships one
 ONNX_EXPORTS = {"onnx": ONNX_FILE, "onnx_int8": ONNX_INT8_FILE}  # model.json key -> default file name
 REGISTRY_FILE = "registry.json"
+HEATMAP_LOCALISATION = "heatmap_localisation"  # model.json key: where its heat maps point (tools.heatmap_study)
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 DEFAULT_MODEL = str(pathlib.Path(__file__).resolve().parents[1] / "models")
 

@@ -60,8 +60,8 @@ def deciding_figures(case: Case, heat_note: str) -> str:
     figures = (f"<figure><img src=\"{png_uri(case.deciding_image)}\" alt=\"deciding slice\">"
                f"<figcaption>Deciding slice, as the model saw it</figcaption></figure>")
     if case.heat_map:
-        return figures + (f"<figure><img src=\"{case.heat_map}\" alt=\"Grad-CAM heat map\"><figcaption>Grad-CAM: "
-                          f"where the model found tumor evidence (red)</figcaption></figure>")
+        return figures + (f"<figure><img src=\"{case.heat_map}\" alt=\"Grad-CAM heat map\"><figcaption>"
+                          f"{esc(case.heat_map_caption)}</figcaption></figure>")
     return figures + f"<p class=\"note\">{esc(heat_note)}</p>"
 
 

@@ -1,12 +1,13 @@
-"""Pictures for the morning report: a flagged case's slices re-read from their source URIs (found again through
-the pseudonym key when their folder names were pseudonymised), decoded and preprocessed as scoring did, drawn as
-PNG data URIs (thumbnails in slice order, the deciding slice enlarged) and, when the model that scored the run is
-still where the run took it from, the deciding slices' Grad-CAM heat maps (``model.gradcam``; TensorFlow loads only
-in ``heat_map_overlays``, which the job runs in a Ray worker, and the model's networks load without the ensemble's
-graph). In: cases built from the committed tables' rows, the model's preprocessing; out: the same cases with their
-pictures, None where a slice can no longer be read, or ``WITHHELD`` where its DICOM file may carry burned-in text
-that identifies the patient (``model.decode.burned_in_text``): those pixels are scored but never drawn, nor explained
-by a heat map. Log lines name a file by its reference, never by its path.
+"""Pictures for the morning report: a flagged case's slices re-read from their source URIs (found again through the
+pseudonym key when their folder names were pseudonymised), decoded and preprocessed as scoring did, drawn as PNG
+data URIs (thumbnails in slice order, the deciding slice enlarged) and, when the model that scored the run is still
+where the run took it from, the deciding slices' heat maps (``model.gradcam``; TensorFlow loads only in
+``heat_map_overlays``, which the job runs in a Ray worker, and the model's networks load without the ensemble's
+graph), captioned with how often the model's heat maps were measured to point at the tumor. In: cases built from the
+committed tables' rows, the model's preprocessing; out: the same cases with their pictures, None where a slice can
+no longer be read, or ``WITHHELD`` where its DICOM file may carry burned-in text that identifies the patient
+(``model.decode.burned_in_text``): those pixels are scored but never drawn, nor explained by a heat map. Log lines
+name a file by its reference, never by its path.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ class Case:
     thumbnails: dict[int, str | None] = dataclasses.field(default_factory=dict)  # index -> data URI, WITHHELD
     set_aside: dict[int, str] = dataclasses.field(default_factory=dict)  # index -> why it took no part
     deciding_image: np.ndarray | None = None
-    heat_map: str | None = None  # data URI of the Grad-CAM overlay
+    heat_map: str | None = None  # data URI of the heat map overlay
+    heat_map_caption: str = ""  # what the heat map shows and how often its peak fell on a tumor (heat_map_caption)
 
     @property
     def withheld(self) -> bool:
@@ -137,12 +139,37 @@ def draw_thumbnails(case: Case, reader: SliceReader) -> None:
 
 
 def heat_map_overlays(images: np.ndarray, info: registry.ModelInfo) -> list[np.ndarray]:
-    """Grad-CAM of the tumor score on each ``(S, S)`` uint8 slice, by the verified model ``info`` describes,
-    blended over the slice (RGB)."""
-    from model.gradcam import TUMOR, GradCam, overlay  # TensorFlow: loaded only where heat maps are drawn
+    """The heat map of the tumor score (``model.gradcam.tumor_heat_maps``) on each ``(S, S)`` uint8 slice, by the
+    verified model ``info`` describes, blended over the slice (RGB)."""
+    from model.gradcam import overlay, tumor_heat_maps  # TensorFlow: loaded only where heat maps are drawn
 
-    maps = GradCam.from_model_info(info, info.weights_sha256)(images, target=TUMOR)
+    maps = tumor_heat_maps(images, info)
     return [overlay(image, heat_map) for image, heat_map in zip(images, maps)]
+
+
+def heat_map_caption(info: registry.ModelInfo) -> str:
+    """What a heat map shows, and how often its peak fell inside the tumor on hand-outlined gliomas, as measured for
+    this model (``tools.heatmap_study``); or that it was not measured."""
+    shown = "Heat map: the area that most raised the tumor probability (red)"
+    measured = info.metadata.get(registry.HEATMAP_LOCALISATION, {})
+    overall = measured.get("overall") or {}
+    if not overall.get("images") or overall.get("peak_in_tumor") is None:
+        return f"{shown}. How often it lies on the tumor has not been measured for this model."
+    tolerance = measured.get("tolerance_pixels", {})
+    return (f"{shown}. On {overall['images']} flagged glioma slices with hand-drawn tumor outlines (TCGA-LGG) its "
+            f"peak fell inside the outlined tumor on {percent(overall['peak_in_tumor'])}{by_chance(overall)}, and "
+            f"within {tolerance.get('pixels', '?')} pixels of it (of {tolerance.get('image_size', '?')}) on "
+            f"{percent(overall['peak_near_tumor'])}: a pointer to look at, not an outline of the tumor.")
+
+
+def percent(share: float) -> str:
+    return f"{100 * share:.0f}%"
+
+
+def by_chance(overall: dict) -> str:
+    """How often a peak placed at random in the head would have fallen inside the tumor, where it was measured."""
+    chance = overall.get("peak_in_tumor_by_chance")
+    return f" (a point at random in the head: {percent(chance)})" if chance is not None else ""
 
 
 HeatMaps = Callable[[np.ndarray, registry.ModelInfo], list[np.ndarray]]
@@ -157,8 +184,9 @@ def draw_heat_maps(cases: list[Case], info: registry.ModelInfo, heat_maps: HeatM
     started = time.monotonic()
     logger.info("report: drawing %d heat map(s) (loads the model %s)", len(shown), info.version)
     overlays = heat_maps(np.stack([case.deciding_image for case in shown]), info)
+    caption = heat_map_caption(info)
     for case, blended in zip(shown, overlays):
-        case.heat_map = png_uri(blended)
+        case.heat_map, case.heat_map_caption = png_uri(blended), caption
     logger.info("report: %d heat map(s) drawn in %.1f s", len(shown), time.monotonic() - started)
 
 

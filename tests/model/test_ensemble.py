@@ -12,7 +12,7 @@ from model import registry
 from model.architecture import (backbone_of, build_classifier, load_members, member_networks, members_of,
                                 with_features)
 from model.config import ArchitectureConfig, RetrainConfig
-from model.gradcam import GradCam, NetworkGradCam
+from model.gradcam import GradCam, NetworkGradCam, within_head
 from model.predict import ProbabilityPredictor, load_classifier
 from model.preprocessing import PreprocessConfig
 from tests.conftest import ROOT
@@ -77,10 +77,11 @@ def test_the_unfamiliarity_features_are_the_first_members_on_the_slice_as_it_is(
     assert len(with_features(model).outputs) == 2
 
 
-def test_grad_cam_of_an_ensemble_is_the_scaled_mean_of_its_members_maps(ensemble):
+def test_grad_cam_of_an_ensemble_is_the_scaled_mean_of_its_members_maps_within_the_head(ensemble):
     networks, model, images = ensemble
     maps = GradCam(model, ENSEMBLE)(images)
-    alone = np.mean([NetworkGradCam(network)(images) for network in networks], axis=0)
+    alone = within_head(np.mean([NetworkGradCam(network)(images) for network in networks], axis=0), images,
+                        PreprocessConfig())
     assert maps.shape == images.shape and maps.min() >= 0 and np.allclose(maps.max(axis=(1, 2)), 1.0)
     assert np.abs(maps - alone / alone.max(axis=(1, 2), keepdims=True)).max() < 1e-4
 
