@@ -2,7 +2,8 @@ r"""Retrain the classifier with Ray Train and promote it if it is not worse than
 --folds K, cross-validate the training recipe on K duplicate-aware folds.
 
     python -m jobs.retrain --data <labelled dir|s3://...> --output <registry dir|s3://...> \
-        [--tumor-data <dir>] [--num-workers N] [--use-gpu] [--epochs N] [--members N] [--no-mirror-views] \
+        [--tumor-data <dir>] [--site-data <dir>] [--leave-out-site SITE] [--init-from MODEL_DIR] \
+        [--num-workers N] [--use-gpu] [--epochs N] [--members N] [--no-mirror-views] \
         [--member-model MODEL_DIR] [--folds K] [--resume-from CHECKPOINT]
 """
 
@@ -18,7 +19,7 @@ from infra import storage
 from jobs.runner import (POSITIVE_INT, POSITIVE_NUMBER, HelpFormatter, add_common_options, bounded,
                          require_lasting_paths, run_job)
 from model.config import HEADS, ArchitectureConfig, RetrainConfig, TrainConfig
-from model.data import LabelledImage, list_labelled_images
+from model.data import DatasetError, LabelledImage, list_training_images
 from model.preprocessing import PreprocessConfig
 
 logger = logging.getLogger("jobs.retrain")
@@ -32,6 +33,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, help="model registry folder (local or s3://)")
     parser.add_argument("--tumor-data", action="append", default=[],
                         help="folder of tumor images of unknown type (repeatable), e.g. Br35H 'yes'")
+    parser.add_argument("--site-data", action="append", default=[], metavar="DIR",
+                        help="labelled slices from other hospitals (repeatable): class folders (some classes only) "
+                             "holding sequence folders of <patient>_<slice> images, and optionally a slices.csv "
+                             "naming each patient's site; split by patient, reported per site and sequence")
+    parser.add_argument("--leave-out-site", metavar="SITE",
+                        help="a study, never promoted: keep one site of the site data out of training and validation "
+                             "and judge the candidate on it (its figures are recorded as left_out_site)")
+    parser.add_argument("--init-from", metavar="MODEL_DIR",
+                        help="start each network from this model's weights (one trained on the same --data and "
+                             "--tumor-data split, so no validation image is one it trained on); the schedule starts "
+                             "afresh")
+    parser.add_argument("--source-margin", type=bounded(float, 0, 1), default=RetrainConfig.source_margin,
+                        help="promotion also needs every source's validation sensitivity and specificity within "
+                             "this margin of the current model's")
+    parser.add_argument("--no-balance-sources", dest="balance_sources", action="store_false",
+                        help="draw training images uniformly instead of each class evenly from its sources")
     parser.add_argument("--epochs", type=POSITIVE_INT, default=TrainConfig.epochs,
                         help="planned epochs: the learning-rate schedule decays over exactly these")
     parser.add_argument("--batch-size", type=POSITIVE_INT, default=TrainConfig.batch_size, help="global batch size")
@@ -105,6 +122,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     require_lasting_paths(parser, args, "--output", "--cache")
+    if args.folds and (args.site_data or args.leave_out_site or args.init_from):
+        parser.error("--folds cross-validates the folder-per-class data alone: leave out --site-data, "
+                     "--leave-out-site and --init-from")
+    if args.leave_out_site and not args.site_data:
+        parser.error("--leave-out-site needs --site-data: the site it keeps out is one of the site data's")
     if len(args.member_model) > args.members:
         parser.error(f"--member-model given {len(args.member_model)} times for --members {args.members}")
     return args
@@ -127,22 +149,32 @@ def build_config(args: argparse.Namespace) -> RetrainConfig:
                            weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, seed=args.seed,
                            num_workers=args.num_workers, use_gpu=args.use_gpu,
                            cpus_per_worker=args.cpus_per_worker, augment=not args.no_augment,
-                           storage_path=args.storage_path, ema_decay=args.ema_decay, resume_from=args.resume_from)
+                           storage_path=args.storage_path, ema_decay=args.ema_decay, resume_from=args.resume_from,
+                           balance_sources=args.balance_sources)
     return RetrainConfig(data=args.data, output=args.output, tumor_data=tuple(args.tumor_data),
                          validation_fraction=args.validation_fraction, min_macro_f1=args.min_macro_f1,
                          architecture=ArchitectureConfig(head=args.head, members=args.members,
                                                          mirror_views=args.mirror_views),
                          member_models=tuple(args.member_model),
                          preprocessing=PreprocessConfig(image_size=args.image_size), training=training,
-                         version=args.version, cache=usable_cache(args), held_out=tuple(args.held_out))
+                         version=args.version, cache=usable_cache(args), held_out=tuple(args.held_out),
+                         site_data=tuple(args.site_data), leave_out_site=args.leave_out_site,
+                         init_from=args.init_from, source_margin=args.source_margin)
 
 
 def check_data(args: argparse.Namespace) -> tuple[RetrainConfig, list[LabelledImage]]:
     """Before Ray starts: the configuration is valid and the labelled folders are usable."""
     config = build_config(args)
-    for location in (config.data, *config.tumor_data, *config.held_out, config.output):
+    for location in (config.data, *config.tumor_data, *config.site_data, *config.held_out, config.output,
+                     *([config.init_from] if config.init_from else [])):
         storage.check_reachable(location)
-    return config, list_labelled_images(config.data, config.tumor_data)
+    images = list_training_images(config.data, config.tumor_data, config.site_data)
+    sites = sorted({image.source for image in images if image.patient})
+    if config.leave_out_site and not any(config.leave_out_site in (source, source.rsplit("/", 1)[-1])
+                                         for source in sites):
+        raise DatasetError(f"--leave-out-site {config.leave_out_site}: the site data's sources are "
+                           f"{', '.join(sites) or 'none'}")
+    return config, images
 
 
 def run_cross_validation(plan: tuple[RetrainConfig, list[LabelledImage]], folds: int) -> dict:

@@ -1,7 +1,9 @@
 """Training-time augmentation of preprocessed uint8 slices (numpy/OpenCV, run inside the training feed).
 
-Geometry (rotation, zoom, flips) teaches orientation invariance; intensity jitter (gamma, contrast, brightness),
-blur, noise and resolution loss teach the model to ignore the look of one scanner or data set. Every transform is
+Geometry (rotation, zoom, flips) teaches orientation invariance; intensity jitter (gamma, contrast, brightness), a
+smooth intensity bias field (a coil's uneven sensitivity), blur or sharpening, noise, resolution loss and JPEG
+re-compression teach the model to ignore the look of one scanner or data set (the stacked transformations that
+published cross-site work found to hold up on unseen scanners). Every transform is
 drawn from the generator passed in, so an epoch's augmentation is reproducible from its seed.
 """
 
@@ -27,6 +29,11 @@ class AugmentConfig:
     noise_sigma: float = 8.0
     downsample_probability: float = 0.25
     downsample_range: tuple[float, float] = (0.35, 0.8)
+    bias_probability: float = 0.4
+    bias_strength: float = 0.35  # the field multiplies intensities by 1 +- up to this much, varying smoothly
+    sharpen_probability: float = 0.15
+    jpeg_probability: float = 0.3
+    jpeg_quality: tuple[int, int] = (30, 95)
 
 
 def random_affine(image: np.ndarray, rng: np.random.Generator, config: AugmentConfig) -> np.ndarray:
@@ -50,16 +57,35 @@ def random_intensity(image: np.ndarray, rng: np.random.Generator, config: Augmen
     return np.clip(values, 0, 255)
 
 
+def bias_field(side: int, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """A smooth multiplicative field around 1: a coarse random grid (3x3 to 5x5) interpolated to the image."""
+    cells = int(rng.integers(3, 6))
+    coarse = rng.uniform(1.0 - strength, 1.0 + strength, (cells, cells)).astype(np.float32)
+    return cv2.resize(coarse, (side, side), interpolation=cv2.INTER_CUBIC)
+
+
+def jpeg_roundtrip(values: np.ndarray, quality: int) -> np.ndarray:
+    encoded = cv2.imencode(".jpg", np.clip(values, 0, 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, quality])[1]
+    return cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE).astype(np.float32)
+
+
 def random_degradation(values: np.ndarray, rng: np.random.Generator, config: AugmentConfig) -> np.ndarray:
     side = values.shape[0]
+    if rng.random() < config.bias_probability:
+        values = values * bias_field(side, rng, config.bias_strength)
     if rng.random() < config.downsample_probability:
         small = max(8, int(side * rng.uniform(*config.downsample_range)))
         values = cv2.resize(cv2.resize(values, (small, small), interpolation=cv2.INTER_AREA),
                             (side, side), interpolation=cv2.INTER_LINEAR)
     if rng.random() < config.blur_probability:
         values = cv2.GaussianBlur(values, (0, 0), rng.uniform(0.5, 1.5))
+    elif rng.random() < config.sharpen_probability:
+        amount = rng.uniform(0.3, 1.0)
+        values = values * (1 + amount) - cv2.GaussianBlur(values, (0, 0), rng.uniform(0.8, 1.5)) * amount
     if rng.random() < config.noise_probability:
         values = values + rng.normal(0.0, rng.uniform(1.0, config.noise_sigma), values.shape)
+    if rng.random() < config.jpeg_probability:
+        values = jpeg_roundtrip(values, int(rng.integers(*config.jpeg_quality, endpoint=True)))
     return values
 
 

@@ -1,6 +1,8 @@
 """The model card: ``MODEL_CARD.md`` written from a model's own ``model.json``, so the two cannot disagree.
 
     python -m model.card --model models/<version> [--ablation-runs <candidate folders> --ablation-summary <text>]
+    python -m model.card --model models/<version> --site-studies <leave-one-site-out candidate folders> \
+        [--site-studies-summary <text>]
 
 With ``--ablation-runs`` the card tabulates a seeded head ablation (each head, each seed: the best epoch's validation
 figures, and each head's mean and spread) and stores it in ``model.json`` too. ``--ablation`` (one run with the other
@@ -168,11 +170,144 @@ def ablation_section(record: dict) -> list[str]:
 
 
 def model_card(record: dict) -> str:
+    """The card in the model-card order: intended use and users, factors, metrics, evaluation data and figures,
+    training data, limits and caveats, in words a clinician can act on; the engineering record after them."""
+    lines = [f"# Model card: {record['version']}", ""]
+    lines += intended_use_lines() + factor_lines(record) + metric_lines(record) + evaluation_lines(record)
+    lines += training_data_lines(record)
+    lines += ["", "## Known limits", ""] + [f"- {limit}" for limit in record.get("known_limits", limits_of(record))]
+    lines += ["", "## Caveats and recommendations", ""] + [f"- {caveat}" for caveat in CAVEATS]
+    return "\n".join(lines + engineering_lines(record)) + "\n"
+
+
+def intended_use_lines() -> list[str]:
+    return ["## Intended use", "",
+            "- **What it does**: reads single 2-D brain MRI slices and gives each a probability of glioma, "
+            "meningioma, pituitary tumor and no tumor; the screening job flags slices and series whose tumor "
+            "probability reaches the operating point, most suspicious first.",
+            "- **Who uses it**: radiologists reading the morning's flagged list and report, to decide which studies "
+            "to read first; hospital imaging and data teams who run the nightly screening.",
+            "- **What it is not**: a diagnosis. It must not clear a study on its own, and a slice it does not flag "
+            "is not a normal slice. Images it marks unfamiliar get no class and no flag: read them as usual."]
+
+
+def factor_lines(record: dict) -> list[str]:
+    """What the figures depend on: the sources, sequences and populations the model was trained and judged on."""
+    training = record["training"]
+    sources = sorted({source for metrics in (record["validation_metrics"],)
+                      for source in metrics.get("by_source", {})})
+    lines = ["", "## Factors", "",
+             "- **Sources**: every figure below is given per source where the model was trained on more than one, "
+             "because a model trained on one source per class learns the source as the class. "
+             + (f"Sources: {', '.join(f'`{source}`' for source in sources)}." if sources else
+                "This model was trained and validated on one public four-class set and one tumor set only.")]
+    if training.get("site_data"):
+        lines.append("- **Sequences**: other hospitals' slices come as FLAIR, T1 and T1 post-contrast (`flair`, "
+                     "`t1pre`, `t1post`); the four-class set is mostly T1 post-contrast and T2 without sequence "
+                     "labels. T2-only series from other hospitals were not part of training or evaluation.")
+    lines.append("- **Population**: adult patients of public research sets; no pediatric scans; tumor-free slices of "
+                 "other hospitals come from glioma patients (tumor-free at the slice level).")
+    return lines
+
+
+def metric_lines(record: dict) -> list[str]:
+    point = record.get("operating_point", {})
+    return ["", "## Metrics", "",
+            "- **Sensitivity**: the share of tumor slices flagged; **specificity**: the share of tumor-free slices "
+            "not flagged; **class recall**: the share of a class's slices given that class. Counted as the "
+            "screening job counts them: calibrated probabilities at the operating point.",
+            f"- **Operating point**: tumor probability >= {number(point.get('threshold'))}, chosen on validation "
+            f"for tumor sensitivity >= {point.get('target_sensitivity', 'n/a')} "
+            f"({point.get('chosen_on', 'on the validation split')})."]
+
+
+def evaluation_lines(record: dict) -> list[str]:
+    metrics = record["validation_metrics"]
+    lines = ["", "## Evaluation", "", "Validation split, all sources pooled:", ""] + summary_lines(metrics)
+    if metrics.get("by_source"):
+        lines += ["", "Per source and sequence (validation; unfamiliar images counted as the screening job counts "
+                      "them only where marked):", ""] + source_table(metrics)
+    lines += site_study_lines(record) + heatmap_lines(record)
+    return lines
+
+
+def source_table(metrics: dict) -> list[str]:
+    lines = ["| source | images | sensitivity | specificity | class recall |", "| --- | --- | --- | --- | --- |"]
+    rows = {**metrics.get("by_source", {}), **metrics.get("by_sequence", {})}
+    for name in sorted(rows):
+        figures = rows[name]
+        recall = ", ".join(f"{label} {number(value)}" for label, value in sorted(figures["class_recall"].items()))
+        lines.append(f"| {name} | {figures['images']} | {number(figures['sensitivity'])} | "
+                     f"{number(figures['specificity'])} | {recall} |")
+    return lines
+
+
+def site_study_lines(record: dict) -> list[str]:
+    """Leave-one-site-out: the same recipe trained without a site and judged on it, each run a row."""
+    studies = record.get("site_studies")
+    if not studies:
+        return ["", "**A hospital it never saw**: not measured for this model (no leave-one-site-out study "
+                    "recorded)."]
+    lines = ["", "**A hospital it never saw** (leave-one-site-out: the same recipe trained without one site, judged "
+                 "on that site's slices at its own operating point, as a night would count them):", "",
+             "| left-out site | run | slices | sensitivity | specificity | unfamiliar | per sequence (sens / spec) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for study in studies:
+        overall = study["overall"]
+        sequences = "; ".join(f"{name.rsplit(' ', 1)[-1]} {number(values['sensitivity'], 2)} / "
+                              f"{number(values['specificity'], 2)}" for name, values in sorted(study["by_sequence"].items()))
+        lines.append(f"| {study['site']} | `{study['run']}` | {study['images']} | {number(overall['sensitivity'])} | "
+                     f"{number(overall['specificity'])} | {percent(overall['marked_unfamiliar'])} | {sequences} |")
+    summary = record.get("site_studies_summary")
+    return lines + ([f"", summary] if summary else [])
+
+
+def heatmap_lines(record: dict) -> list[str]:
+    study = record.get("heatmap_localisation")
+    if not study:
+        return []
+    return ["", f"**Where the heat maps point**: {study['summary']}" if study.get("summary") else
+            f"**Where the heat maps point**: {json.dumps(study)}"]
+
+
+def training_data_lines(record: dict) -> list[str]:
+    training = record["training"]
+    split = training["split"]
+    lines = ["", "## Training data", "",
+             f"- Four-class set: `{training['data']}`; tumor slices of unknown type: "
+             f"{', '.join('`' + t + '`' for t in training['tumor_data']) or 'none'}.",
+             f"- {split['images']} images; near-duplicate groups (cosine similarity >= 0.99 between mean-centred 32x32 "
+             f"thumbnails, transitive): **{split['duplicate_groups']} groups**, {split['groups_with_duplicates']} of "
+             f"them holding more than one image.",
+             f"- Split: whole groups assigned to folds, label-stratified; validation = one fold: "
+             f"{split['validation_images']} images ({json.dumps(split['validation_by_label'])}), training "
+             f"{split['train_images']}. No near-duplicate crosses the split."]
+    sites = split.get("sites")
+    if sites:
+        lines += [f"- Other hospitals' slices: {', '.join('`' + t + '`' for t in training.get('site_data', []))}: "
+                  f"{sites['images']} slices of {sites['patients']} patients, split by patient (a patient's "
+                  f"slices and sequences on one side, near-duplicates joined): {sites['train_images']} for training, "
+                  f"{sites['validation_images']} of {sites['validation_patients']} patients for validation "
+                  f"({json.dumps(sites['validation_by_source'])})."]
+        if sites.get("left_out"):
+            left = sites["left_out"]
+            lines.append(f"- A study run: site {left['site']} ({left['images']} slices of {left['patients']} "
+                         f"patients) was kept out of training and validation and judged on.")
+    if training.get("init_from"):
+        lines.append(f"- Training started from the weights of `{training['init_from']}` (trained here from scratch "
+                     f"on the same four-class split, so no validation image is one it trained on).")
+    if training["config"].get("balance_sources", True) and sites:
+        lines.append("- Each class was drawn evenly from the sources that have it (with replacement, each epoch), "
+                     "so no source stands for a class.")
+    return lines
+
+
+def engineering_lines(record: dict) -> list[str]:
     training, metrics = record["training"], record["validation_metrics"]
-    split, state = training["split"], training["state"]
+    state = training["state"]
     architecture, preprocessing = record["architecture"], record["preprocessing"]
     lines = [
-        f"# Model card: {record['version']}", "",
+        "", "## Engineering record", "",
         f"- Weights: `weights.h5`, sha256 `{record['weights_sha256']}` (checked before every load).",
         *onnx_lines(record),
         f"- Architecture: {ensemble_description(architecture)}MobileNetV3Small backbone trained from scratch (no "
@@ -180,24 +315,11 @@ def model_card(record: dict) -> str:
         f"softmax over {', '.join(CLASS_NAMES)}; input {preprocessing['image_size']}x{preprocessing['image_size']} "
         f"grey; {record.get('parameters', 0):,} parameters{' in all' if record.get('ensemble') else ''}.",
         f"- Preprocessing (shared with scoring): {json.dumps(preprocessing)}.",
-        *ood_lines(record),
-        "", "## Intended use",
-        "Triage support for screening brain MRI slices: it ranks and flags slices and series for a radiologist's "
-        "review. It is not a diagnosis and must not clear a study on its own.",
-        "", "## Data",
-        f"- Four-class set: `{training['data']}`; tumor slices of unknown type: "
-        f"{', '.join('`' + t + '`' for t in training['tumor_data']) or 'none'}.",
-        f"- {split['images']} images; near-duplicate groups (cosine similarity >= 0.99 between mean-centred 32x32 "
-        f"thumbnails, transitive): **{split['duplicate_groups']} groups**, {split['groups_with_duplicates']} of "
-        f"them holding more than one image.",
-        f"- Split: whole groups assigned to folds, label-stratified; validation = one fold: "
-        f"{split['validation_images']} images ({json.dumps(split['validation_by_label'])}), training "
-        f"{split['train_images']}. No near-duplicate crosses the split.",
         "", "## Training",
         f"- {training['hardware']}; {training_time(training)}.",
         f"- Epochs run: {state['next_epoch']} of {training['config']['epochs']} planned (best: epoch "
         f"{state['best_epoch']}, validation loss {number(state['best_val_loss'])}); {recipe(training['config'])}; "
-        f"augmentation: rotation, zoom, flips, gamma/contrast/brightness, blur, noise, down-sampling.",
+        f"augmentation: {augmentation_text(training)}.",
         f"- {loss_text(training['config'])}",
         *throughput_lines(state["history"]),
         *member_lines(training),
@@ -211,8 +333,15 @@ def model_card(record: dict) -> str:
     lines += ensemble_section(record)
     lines += ["", "## Head ablation: LSTM or pooling", ""]
     lines += ablation_runs_section(record) if record.get("ablation_runs") else ablation_section(record)
-    lines += ["", "## Known limits", ""] + [f"- {limit}" for limit in record.get("known_limits", DEFAULT_LIMITS)]
-    return "\n".join(lines) + "\n"
+    lines += ood_lines(record)
+    return lines
+
+
+def augmentation_text(training: dict) -> str:
+    if training.get("site_data"):
+        return ("rotation, zoom, flips, gamma/contrast/brightness, a smooth intensity bias field, blur or sharpening, "
+                "noise, down-sampling, JPEG re-compression")
+    return "rotation, zoom, flips, gamma/contrast/brightness, blur, noise, down-sampling"
 
 
 def recipe(config: dict) -> str:
@@ -292,6 +421,32 @@ DEFAULT_LIMITS = (
     "Validation is a duplicate-aware split of the same sources; accuracy on another hospital's data will be lower.",
     "A series is flagged when two neighbouring slices are both suspicious (docs/series_rule.md); it is not a volumetric model.",
 )
+
+SITE_LIMITS = (
+    "Meningioma and pituitary tumors were seen from one public source only: on another hospital's scanner their "
+    "type, and whether they are flagged, is not measured. Gliomas and tumor-free slices of two other hospitals "
+    "were seen.",
+    "Other hospitals' tumor-free slices lie mostly at the skull base and the top of the head, their glioma slices "
+    "mostly in the middle of the head: the per-source figures above say how far that holds; pituitary tumors at "
+    "the skull base are the case to watch.",
+    "No pediatric scans, no T2-only or diffusion series from other hospitals, no post-operative brains were part "
+    "of training or evaluation.",
+    "Single 2-D slices: a series is flagged when two neighbouring slices are both suspicious (docs/series_rule.md); "
+    "it is not a volumetric model.",
+)
+
+CAVEATS = (
+    "Before relying on the flagged list at a new site, score a few nights and compare with the radiologists' reads: "
+    "the figures above are from research sets, not from your scanners.",
+    "An unfamiliar image (no class, no flag) is one the model was not trained to read; a high tumor probability "
+    "on it means nothing either way.",
+    "Heat maps show where the model's evidence lies, not the tumor's extent; they are for orientation, not "
+    "measurement.",
+)
+
+
+def limits_of(record: dict) -> tuple[str, ...]:
+    return SITE_LIMITS if record["training"].get("site_data") else DEFAULT_LIMITS
 
 
 def onnx_lines(record: dict) -> list[str]:
@@ -439,6 +594,22 @@ def ablation_parameters(record: dict) -> int:
     return int(build_classifier(ArchitectureConfig.from_dict(ablation_architecture(record)), image_size).count_params())
 
 
+def attach_site_studies(model_dir: str, run_dirs: list[str], summary: str) -> None:
+    """Record leave-one-site-out study runs (``jobs.retrain --leave-out-site``, the same recipe as this model) in
+    the model's metadata, each run's figures on the site it never saw, then rewrite its card."""
+    record = json.loads(storage.read_text(storage.join(model_dir, METADATA_FILE)))
+    studies = []
+    for run_dir in run_dirs:
+        run = json.loads(storage.read_text(storage.join(run_dir, METADATA_FILE)))
+        if "left_out_site" not in run:
+            raise ValueError(f"{run_dir} is not a leave-one-site-out run: its model.json has no left_out_site")
+        studies.append({**run["left_out_site"], "run": run["version"],
+                        "epochs": run["training"]["state"]["next_epoch"], "seed": run["training"]["config"]["seed"]})
+    record["site_studies"], record["site_studies_summary"] = studies, summary
+    storage.write_text(storage.join(model_dir, METADATA_FILE), json.dumps(record, indent=2, sort_keys=True))
+    write_model_card(model_dir)
+
+
 def ablation_architecture(record: dict) -> dict:
     """The other arm of a head ablation: pooling for a model with an LSTM head, the column BiLSTM otherwise."""
     other = "pooling" if head_of(record["architecture"]) != "pooling" else "bilstm"
@@ -453,8 +624,13 @@ def main() -> None:
     parser.add_argument("--ablation-runs", nargs="+", help="model folders of a seeded head ablation (each arm, each "
                                                             "seed, same data, split and recipe)")
     parser.add_argument("--ablation-summary", default="", help="one paragraph: what the LSTM adds, or not")
+    parser.add_argument("--site-studies", nargs="+", help="candidate folders of leave-one-site-out runs "
+                                                           "(jobs.retrain --leave-out-site) of this model's recipe")
+    parser.add_argument("--site-studies-summary", default="", help="one paragraph: what the studies show")
     args = parser.parse_args()
-    if args.ablation_runs:
+    if args.site_studies:
+        attach_site_studies(args.model, args.site_studies, args.site_studies_summary)
+    elif args.ablation_runs:
         attach_ablation_runs(args.model, args.ablation_runs, args.ablation_summary)
     elif args.ablation:
         attach_ablation(args.model, args.ablation, args.ablation_summary)

@@ -68,6 +68,7 @@ class TrainConfig:
     ema_decay: float = 0.999  # exponential moving average of the weights (model.averaging); 0 switches it off
     patience: int = 10
     augment: bool = True
+    balance_sources: bool = True  # each epoch draws a class's images evenly from the sources that have it
     seed: int = 0
     num_workers: int = 1
     use_gpu: bool = False
@@ -96,3 +97,7 @@ class RetrainConfig:
     cache: str | None = None  # folder (local or S3) keeping preprocessed training images between runs
     member_models: tuple[str, ...] = ()  # single-network model folders trained on this split, reused as members
     held_out: tuple[str, ...] = ()  # local folders of MRI kept out of training, to judge the int8 graph on
+    site_data: tuple[str, ...] = ()  # other hospitals' labelled slices (model.data.list_site_images)
+    leave_out_site: str | None = None  # a site of the site data kept out of training and judged on (a study)
+    init_from: str | None = None  # a model trained on this run's base split whose weights training starts from
+    source_margin: float = 0.02  # no source's validation sensitivity or specificity may fall more below current's

@@ -12,8 +12,10 @@ any training.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
@@ -40,6 +42,7 @@ TARGET = "target"
 IMAGE = "image"
 THUMBNAIL = "thumbnail"
 ERROR = "error"
+WEIGHT = "weight"  # a training image's draw weight (model.sources.balanced_weights), when sources are balanced
 
 
 class DatasetError(ValueError):
@@ -52,6 +55,14 @@ class LabelledImage:
     label: str
     size: int = 0  # bytes and modification time, when listed: what the preprocessed-image cache is keyed on
     modified: float = 0.0
+    source: str = ""  # the data set (and, for another hospital's slices, the site) the image came from
+    sequence: str = ""  # the MRI sequence, where the data names it (a sequence sub-folder)
+    patient: str = ""  # the patient, where known: a patient's images stay on one side of a split
+
+    @property
+    def file(self) -> tuple[str, str, int, float]:
+        """What the image's preprocessed row depends on (its descriptive fields do not change the pixels)."""
+        return self.uri, self.label, self.size, self.modified
 
 
 def is_image_file(uri: str) -> bool:
@@ -64,7 +75,8 @@ MASK_FOLDER = "mask"  # a sub-folder of segmentation masks beside a class's imag
 def list_class_folder(folder: str, label: str) -> list[LabelledImage]:
     """Every image file under one class folder (sub-folders included, ``mask`` folders left out); raises
     DatasetError when there is none."""
-    images = [LabelledImage(uri, label, size, modified) for uri, size, modified in storage.list_file_versions(folder)
+    images = [LabelledImage(uri, label, size, modified, source=source_name(folder))
+              for uri, size, modified in storage.list_file_versions(folder)
               if is_image_file(uri) and MASK_FOLDER not in (subfolders(folder, uri) or [])]
     if not images:
         raise DatasetError(f"class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
@@ -93,10 +105,59 @@ def list_labelled_images(root: str, tumor_roots: tuple[str, ...] = (),
     missing = [name for name in CLASS_NAMES if name not in present]
     if missing and (every_class or len(missing) == len(CLASS_NAMES)):
         raise DatasetError(f"{root} has no folder for class(es) {', '.join(missing)}")
-    images = [image for name, folder in sorted(present.items()) for image in list_class_folder(folder, name)]
+    images = [dataclasses.replace(image, source=source_name(root))
+              for name, folder in sorted(present.items()) for image in list_class_folder(folder, name)]
     for tumor_root in tumor_roots:
         images.extend(list_class_folder(tumor_root, TUMOR_UNKNOWN_TYPE))
     return images
+
+
+def source_name(folder: str) -> str:
+    """A data set's name in per-source figures: its folder's name, with the parent's for the generic names data sets
+    use inside (``brain-tumor-mri/Training``, ``br35h-tumor/yes``)."""
+    parts = folder.rstrip("/").split("/")
+    return "/".join(parts[-2:]) if len(parts) > 1 else parts[-1]
+
+
+SITE_TABLE = "slices.csv"  # optional, in a site folder: columns patient and site (further columns are ignored)
+
+
+def list_site_images(root: str) -> list[LabelledImage]:
+    """Labelled slices from other hospitals, laid out ``<class>/<sequence>/<patient>_<slice>.<ext>``: some classes
+    only, a sequence folder per sequence (images directly in a class folder have no sequence), ``mask`` folders left
+    out. Each image carries its patient (the file name up to its last ``_``), so a split keeps a patient's slices
+    and sequences together, and its source: ``<root name>/<site>`` where the folder's ``slices.csv`` names the
+    patient's site, else the root's name."""
+    images = list_labelled_images(root, every_class=False)
+    sites = patient_sites(root)
+    name = source_name(root).split("/")[-1]
+    described = []
+    for image in images:
+        below = subfolders(storage.join(root, image.label), image.uri) or []
+        stem = posixpath.splitext(posixpath.basename(image.uri))[0]
+        patient = stem.rsplit("_", 1)[0] if "_" in stem else stem
+        site = sites.get(patient)
+        described.append(dataclasses.replace(image, source=f"{name}/{site}" if site else name,
+                                             sequence="/".join(below), patient=patient))
+    return described
+
+
+def patient_sites(root: str) -> dict[str, str]:
+    """The site of each patient named in the folder's ``slices.csv``, if it has one."""
+    table = storage.join(root, SITE_TABLE)
+    if not storage.exists(table):
+        return {}
+    rows = csv.DictReader(io.StringIO(storage.read_bytes(table).decode("utf-8")))
+    if not {"patient", "site"} <= set(rows.fieldnames or ()):
+        raise DatasetError(f"{table} needs the columns patient and site, it has {rows.fieldnames}")
+    return {row["patient"]: row["site"] for row in rows}
+
+
+def list_training_images(data: str, tumor_data: tuple[str, ...] = (),
+                         site_data: tuple[str, ...] = ()) -> list[LabelledImage]:
+    """Everything one retraining reads: the folder-per-class root, unknown-type tumor folders, other hospitals'
+    slices."""
+    return [*list_labelled_images(data, tumor_data), *(image for root in site_data for image in list_site_images(root))]
 
 
 def frame_uri(uri: str, index: int, frames: int) -> str:
@@ -132,7 +193,7 @@ def cache_key(images: list[LabelledImage], config: PreprocessConfig, limits: Dec
     """A digest of everything the preprocessed images depend on: the files (name, label, size, modification
     time), the preprocessing parameters, the decode limits and the format of a cached row."""
     parts = {"format": CACHE_FORMAT, "preprocessing": config.to_dict(), "limits": dataclasses.asdict(limits),
-             "images": sorted(dataclasses.astuple(image) for image in images)}
+             "images": sorted(image.file for image in images)}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 

@@ -171,6 +171,13 @@ def attach_file(info: ModelInfo, key: str, name: str, data: bytes, details: dict
     return info_from_record(info.uri, record)
 
 
+def update_metadata(info: ModelInfo, **fields) -> ModelInfo:
+    """Record ``fields`` in model.json beside what it holds (figures measured after the model was saved)."""
+    record = {**info.metadata, **fields}
+    storage.write_text(storage.join(info.uri, METADATA_FILE), json.dumps(record, indent=2, sort_keys=True))
+    return info_from_record(info.uri, record)
+
+
 def attach_onnx(info: ModelInfo, data: bytes, details: dict) -> ModelInfo:
     """Write the ONNX export beside the weights and record its sha256 (and ``details``) in model.json."""
     return attach_file(info, "onnx", ONNX_FILE, data, details)

@@ -31,7 +31,7 @@ from model.architecture import build_classifier, compile_classifier
 from model.augment import augment_images
 from model.averaging import WeightAverage
 from model.config import ArchitectureConfig, TrainConfig
-from model.data import IMAGE, TARGET
+from model.data import IMAGE, TARGET, WEIGHT
 from model.metrics import classification_metrics
 from model.predict import ProbabilityPredictor, configure_tensorflow, masked_crossentropy_numpy
 
@@ -58,23 +58,42 @@ class TrainingState:
     average_steps: int = 0  # updates the weight average has taken
 
 
-def shard_arrays(shard) -> tuple[np.ndarray, np.ndarray]:
-    """The worker's whole shard as numpy (images, target masks): read once, reused every epoch."""
-    images, targets = [], []
+def shard_arrays(shard) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The worker's whole shard as numpy (images, target masks, draw weights or None): read once, reused every
+    epoch."""
+    images, targets, weights = [], [], []
     for batch in shard.iter_batches(batch_size=256, batch_format="numpy"):
         images.append(batch[IMAGE])
         targets.append(batch[TARGET])
-    return np.concatenate(images), np.concatenate(targets)
+        weights.append(batch.get(WEIGHT))
+    return (np.concatenate(images), np.concatenate(targets),
+            None if any(weight is None for weight in weights) else np.concatenate(weights))
 
 
-def training_feed(images: np.ndarray, targets: np.ndarray, config: dict):
-    """The worker's tf.data feed: shuffled each epoch, batched, augmented in parallel, prefetched.
+def epoch_order(count: int, weights: np.ndarray | None, seed: int):
+    """A tf.data source of image indices, drawn anew on each pass: a shuffle, or with draw weights ``count`` draws
+    with replacement in proportion to them (``model.sources.balanced_weights``)."""
+    if weights is None:
+        return tf.data.Dataset.range(count).shuffle(count, seed=seed, reshuffle_each_iteration=True)
+    weights = weights.astype(np.float64)  # summed in float64: numpy's choice wants probabilities summing to 1
+    rng, probabilities = np.random.default_rng(seed), weights / weights.sum()
+
+    def draws():
+        yield from rng.choice(count, size=count, p=probabilities).tolist()
+
+    return tf.data.Dataset.from_generator(draws, output_signature=tf.TensorSpec((), tf.int64))
+
+
+def training_feed(images: np.ndarray, targets: np.ndarray, config: dict, weights: np.ndarray | None = None):
+    """The worker's tf.data feed: an epoch's order (a shuffle, or a balanced draw when ``weights`` are given),
+    batched, augmented in parallel, prefetched.
 
     Ray has already split the data between workers, so TensorFlow's own auto-sharding is switched off.
     """
-    dataset = tf.data.Dataset.from_tensor_slices((images, targets))
-    dataset = dataset.shuffle(len(images), seed=config["seed"], reshuffle_each_iteration=True)
-    dataset = dataset.batch(config["worker_batch_size"])
+    images_tensor, targets_tensor = tf.constant(images), tf.constant(targets)
+    dataset = epoch_order(len(images), weights if config.get("balance_sources", True) else None, config["seed"])
+    dataset = dataset.batch(config["worker_batch_size"]).map(
+        lambda indices: (tf.gather(images_tensor, indices), tf.gather(targets_tensor, indices)))
     if config["augment"]:
         def augment(batch_images, batch_targets):
             augmented = tf.numpy_function(augment_images, [batch_images], tf.uint8)
@@ -201,10 +220,13 @@ def train_loop_per_worker(config: dict) -> None:
             config["weight_decay"], config["label_smoothing"])
     eval_model = build_classifier(architecture, config["image_size"])
     predictor = ProbabilityPredictor(eval_model)
+    if config.get("initial_weights") is not None:
+        model.set_weights(config["initial_weights"])  # a warm start; a checkpoint, restored next, takes precedence
     state, best_weights, average = restore(model, eval_model, TrainingState(), strategy, config.get("resume_from"))
     averaging = weight_average(config, model, average, state)
-    val_images, val_targets = shard_arrays(ray.train.get_dataset_shard("val"))
-    feed = training_feed(*shard_arrays(ray.train.get_dataset_shard("train")), config)
+    val_images, val_targets, _ = shard_arrays(ray.train.get_dataset_shard("val"))
+    train_images, train_targets, weights = shard_arrays(ray.train.get_dataset_shard("train"))
+    feed = training_feed(train_images, train_targets, config, weights)
     for epoch in range(state.next_epoch, config["epochs"]):
         fit_started = time.perf_counter()
         fit = model.fit(feed, epochs=1, verbose=0, callbacks=[averaging] if averaging else [])
@@ -237,12 +259,14 @@ def weight_average(config: dict, model, restored: list | None, state: TrainingSt
 
 
 def build_trainer(train_dataset: ray.data.Dataset, val_dataset: ray.data.Dataset,
-                  architecture: ArchitectureConfig, image_size: int, config: TrainConfig) -> TensorflowTrainer:
+                  architecture: ArchitectureConfig, image_size: int, config: TrainConfig,
+                  initial_weights: list | None = None) -> TensorflowTrainer:
     worker_batch_size = max(1, config.batch_size // config.num_workers)
     rows_per_worker = train_dataset.count() // config.num_workers
     loop_config = {**dataclasses.asdict(config), "architecture": architecture.to_dict(), "image_size": image_size,
                    "worker_batch_size": worker_batch_size, "rows_per_worker": rows_per_worker,
-                   "steps_per_epoch": max(1, -(-rows_per_worker // worker_batch_size))}
+                   "steps_per_epoch": max(1, -(-rows_per_worker // worker_batch_size)),
+                   "initial_weights": initial_weights}
     resources = {"CPU": config.cpus_per_worker}
     return TensorflowTrainer(
         train_loop_per_worker,
@@ -259,10 +283,11 @@ def build_trainer(train_dataset: ray.data.Dataset, val_dataset: ray.data.Dataset
 
 
 def train_classifier(train_dataset: ray.data.Dataset, val_dataset: ray.data.Dataset,
-                     architecture: ArchitectureConfig, image_size: int,
-                     config: TrainConfig) -> tuple[pathlib.Path, dict]:
-    """Train; return a local folder with the best weights (``best.weights.h5``) and the final training state."""
-    result = build_trainer(train_dataset, val_dataset, architecture, image_size, config).fit()
+                     architecture: ArchitectureConfig, image_size: int, config: TrainConfig,
+                     initial_weights: list | None = None) -> tuple[pathlib.Path, dict]:
+    """Train (from ``initial_weights``, a network's ``get_weights()``, when given); return a local folder with the
+    best weights (``best.weights.h5``) and the final training state."""
+    result = build_trainer(train_dataset, val_dataset, architecture, image_size, config, initial_weights).fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training reported no checkpoint: {result.error}")
     local = pathlib.Path(tempfile.mkdtemp(prefix="mri-train-"))

@@ -30,20 +30,22 @@ import ray
 
 from infra import storage
 from model import registry
-from model.architecture import build_classifier, load_members
+from model.architecture import build_classifier, load_members, member_networks
 from model.card import write_model_card
 from model.config import RetrainConfig, TrainConfig
-from model.data import (IMAGE, LABEL, TARGET, THUMBNAIL, URI, LabelledImage, list_labelled_images,
-                        load_labelled_dataset)
+from model.data import (IMAGE, LABEL, TARGET, THUMBNAIL, URI, WEIGHT, DatasetError, LabelledImage,
+                        list_training_images, load_labelled_dataset)
 from model.dedup import group_near_duplicates, grouped_split
 from model.calibration import TARGET_SENSITIVITY, apply_temperature, fit_temperature, operating_threshold
-from model.evaluate import (CURVES_FILE, RELIABILITY_FILE, evaluate_predictions, reliability_png, training_curves_png,
-                            write_evaluation)
+from model.evaluate import (CURVES_FILE, RELIABILITY_FILE, evaluate_predictions, reliability_png, screening_figures,
+                            training_curves_png, write_evaluation)
 from model.onnx_export import export_and_attach
 from model.heldout import held_out_sets
 from model.quantize import figures, quantize_and_attach
 from model.ood import OOD_FILE, fit_and_describe
 from model.predict import ProbabilityPredictor, load_classifier
+from model.sources import (FROM_SITE, PATIENT, SEQUENCE, SOURCE, SourceGroups, balanced_weights, figures_by_source,
+                           merged_groups, origins, site_of, site_split, source_regressions)
 from model.train import BEST_WEIGHTS, train_classifier
 from pipeline.errors import RunFailedError, describe_failure
 
@@ -54,12 +56,35 @@ ONNX_CHECK_IMAGES = 64  # validation images the ONNX export must reproduce Tenso
 
 @dataclasses.dataclass(frozen=True)
 class SplitSummary:
+    """The split of the folder-per-class data and tumor folders (near-duplicate groups), and of other hospitals'
+    slices (``sites``: patients joined with near-duplicate groups; the site a study leaves out)."""
+
     images: int
     duplicate_groups: int
     groups_with_duplicates: int
     train_images: int
     validation_images: int
     validation_by_label: dict
+    sites: dict = dataclasses.field(default_factory=dict)
+
+    def matches(self, recorded: dict | None, base_only: bool = False) -> bool:
+        """Whether a model's recorded split is this one; with ``base_only``, whether its split of the base data is
+        (a model trained before site data was added, whose validation images are this run's too)."""
+        mine, recorded = dataclasses.asdict(self), dict(recorded or {"missing": True})
+        if base_only or (not mine["sites"] and "sites" not in recorded):
+            mine.pop("sites")
+            recorded.pop("sites", None)
+        return recorded == mine
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    train: ray.data.Dataset
+    validation: ray.data.Dataset
+    left_out: ray.data.Dataset | None  # the site a leave-one-site-out study judges on, kept out of both sides
+    summary: SplitSummary
+    origins: pd.DataFrame  # per image (URI sorted): source, sequence, patient (model.sources)
+    uris: np.ndarray
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,19 +107,29 @@ def near_duplicate_groups(dataset: ray.data.Dataset, config: RetrainConfig) -> t
     return table.drop(columns=[THUMBNAIL]), groups
 
 
+def select_uris(dataset: ray.data.Dataset, uris: set, weights: dict | None = None) -> ray.data.Dataset:
+    """The images whose URI is in ``uris``, thumbnails dropped, with their draw weight when ``weights`` gives one,
+    materialized."""
+    selected = dataset.filter(lambda row: row[URI] in uris).drop_columns([THUMBNAIL])
+    if weights:
+        selected = selected.map_batches(
+            lambda batch: {**batch, WEIGHT: np.array([weights[str(uri)] for uri in batch[URI]], np.float32)},
+            batch_format="numpy")
+    return selected.materialize()
+
+
 def split_by_uris(dataset: ray.data.Dataset, held_out: set) -> tuple[ray.data.Dataset, ray.data.Dataset]:
     """(the images outside ``held_out``, the images in it), thumbnails dropped, materialized."""
     train = dataset.filter(lambda row: row[URI] not in held_out).drop_columns([THUMBNAIL]).materialize()
-    validation = dataset.filter(lambda row: row[URI] in held_out).drop_columns([THUMBNAIL]).materialize()
-    return train, validation
+    return train, select_uris(dataset, held_out)
 
 
-def split_by_groups(dataset: ray.data.Dataset, config: RetrainConfig):
-    """Train and validation datasets that never share a near-duplicate group, and a summary of the split."""
-    table, groups = near_duplicate_groups(dataset, config)
+def base_split(table: pd.DataFrame, thumbnails: np.ndarray, config: RetrainConfig) -> tuple[np.ndarray, SplitSummary]:
+    """The folder-per-class data and tumor folders split by whole near-duplicate groups (the split every model
+    before site data was trained on: the same images, threshold and seed give the same sides)."""
+    groups = group_near_duplicates(thumbnails, config.duplicate_similarity)
     labels = table[LABEL].to_numpy().astype(str)
     in_validation = grouped_split(groups, labels, config.validation_fraction, config.split_seed)
-    validation_uris = set(table[URI][in_validation])
     sizes = np.bincount(groups)
     summary = SplitSummary(
         images=len(table), duplicate_groups=int(len(sizes)), groups_with_duplicates=int((sizes > 1).sum()),
@@ -102,28 +137,107 @@ def split_by_groups(dataset: ray.data.Dataset, config: RetrainConfig):
         validation_by_label={str(k): int(v) for k, v in zip(*np.unique(labels[in_validation], return_counts=True))})
     logger.info("near-duplicate groups: %d for %d images (%d groups hold more than one image)",
                 summary.duplicate_groups, summary.images, summary.groups_with_duplicates)
-    return (*split_by_uris(dataset, validation_uris), summary)
+    return in_validation, summary
+
+
+def sites_split(table: pd.DataFrame, thumbnails: np.ndarray, config: RetrainConfig) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Other hospitals' slices: (validation mask, left-out mask, summary). Patients joined with near-duplicate groups
+    go whole to one side; the site ``leave_out_site`` names goes to neither."""
+    sources = table[SOURCE].to_numpy().astype(str)
+    left_out = np.array([site_of(source) == config.leave_out_site or source == config.leave_out_site
+                         for source in sources]) if config.leave_out_site else np.zeros(len(table), bool)
+    if config.leave_out_site and not left_out.any():
+        raise DatasetError(f"no site {config.leave_out_site!r} to leave out among the site data's sources "
+                           f"{', '.join(sorted(set(sources)))}")
+    kept = ~left_out
+    groups = merged_groups(group_near_duplicates(thumbnails[kept], config.duplicate_similarity),
+                           table[PATIENT].to_numpy()[kept])
+    in_validation = np.zeros(len(table), bool)
+    in_validation[kept] = site_split(groups, sources[kept], table[LABEL].to_numpy().astype(str)[kept],
+                                     config.validation_fraction, config.split_seed)
+    summary = {"images": len(table), "patients": int(table[PATIENT].nunique()),
+               "train_images": int((kept & ~in_validation).sum()), "validation_images": int(in_validation.sum()),
+               "validation_by_source": count_by(table[in_validation], [SOURCE, LABEL]),
+               "validation_patients": int(table[PATIENT][in_validation].nunique())}
+    if config.leave_out_site:
+        summary["left_out"] = {"site": config.leave_out_site, "images": int(left_out.sum()),
+                               "patients": int(table[PATIENT][left_out].nunique())}
+    logger.info("other hospitals' slices: %d images of %d patients, %d to validation%s", len(table),
+                summary["patients"], summary["validation_images"],
+                f", {int(left_out.sum())} of site {config.leave_out_site} left out" if config.leave_out_site else "")
+    return in_validation, left_out, summary
+
+
+def count_by(table: pd.DataFrame, columns: list[str]) -> dict:
+    return {" ".join(key): int(count) for key, count in table.groupby(columns).size().items()}
+
+
+def source_split(dataset: ray.data.Dataset, config: RetrainConfig, images: list[LabelledImage]) -> Split:
+    """Train, validation and left-out datasets, each image's origin, and a summary of the split: the base data by
+    near-duplicate groups (:func:`base_split`), other hospitals' slices by patient (:func:`sites_split`); with more
+    than one source per class, training draws each class evenly from its sources (``model.sources``)."""
+    table = dataset.select_columns([URI, LABEL, THUMBNAIL]).to_pandas().sort_values(URI, ignore_index=True)
+    table = pd.concat([table, origins(table[URI].to_numpy(), images)], axis=1)
+    thumbnails = np.stack(table[THUMBNAIL].to_numpy())
+    site = table[FROM_SITE].to_numpy()
+    in_validation, left_out = np.zeros(len(table), bool), np.zeros(len(table), bool)
+    in_validation[~site], summary = base_split(table[~site], thumbnails[~site], config)
+    if site.any():
+        in_validation[site], left_out[site], sites = sites_split(table[site].reset_index(drop=True),
+                                                                 thumbnails[site], config)
+        summary = dataclasses.replace(summary, sites=sites)
+    elif config.leave_out_site:
+        raise DatasetError(f"--leave-out-site {config.leave_out_site} needs site data (--site-data)")
+    training = ~in_validation & ~left_out
+    weights = balanced_weights(table[SOURCE].to_numpy().astype(str)[training],
+                               table[LABEL].to_numpy().astype(str)[training])
+    uris = table[URI].to_numpy().astype(str)
+    draw = (dict(zip(uris[training], weights.tolist()))
+            if config.training.balance_sources and not np.allclose(weights, 1.0) else None)
+    return Split(train=select_uris(dataset, set(uris[training]), draw),
+                 validation=select_uris(dataset, set(uris[in_validation])),
+                 left_out=select_uris(dataset, set(uris[left_out])) if left_out.any() else None,
+                 summary=summary, origins=table[[SOURCE, SEQUENCE, PATIENT]], uris=uris)
+
+
+def split_by_groups(dataset: ray.data.Dataset, config: RetrainConfig, images: list[LabelledImage] = ()):
+    """Train and validation datasets that never share a near-duplicate group (nor a patient), and a summary of the
+    split."""
+    split = source_split(dataset, config, list(images))
+    return split.train, split.validation, split.summary
+
+
+def column_arrays(dataset: ray.data.Dataset, columns: list[str]) -> list[np.ndarray]:
+    """Whole columns of a (small, materialized) dataset as numpy, in one order for all of them."""
+    batches = [ray.get(ref) for ref in dataset.select_columns(columns).to_numpy_refs()]
+    return [np.concatenate([batch[column] for batch in batches]) for column in columns]
 
 
 def validation_arrays(validation: ray.data.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    table = validation.select_columns([IMAGE, TARGET, LABEL]).to_numpy_refs()
-    batches = [ray.get(ref) for ref in table]
-    return (np.concatenate([b[IMAGE] for b in batches]), np.concatenate([b[TARGET] for b in batches]),
-            np.concatenate([b[LABEL] for b in batches]).astype(str))
+    images, targets, labels = column_arrays(validation, [IMAGE, TARGET, LABEL])
+    return images, targets, labels.astype(str)
 
 
-def evaluate_current(config: RetrainConfig, validation: ray.data.Dataset, images, targets,
-                     labels) -> dict | None:
-    """Validation metrics of the registry's current model on this run's validation images, if it has one; a model
-    with other preprocessing (another input size, say) reads them through its own."""
+def origin_groups(split: Split, dataset: ray.data.Dataset) -> SourceGroups:
+    """The source and sequence of each image of ``dataset`` (one of the split's), in ``column_arrays`` order."""
+    (uris,) = column_arrays(dataset, [URI])
+    rows = pd.Series(np.arange(len(split.uris)), index=split.uris)[uris.astype(str)].to_numpy()
+    return SourceGroups.of(split.origins.iloc[rows].reset_index(drop=True))
+
+
+def evaluate_current(config: RetrainConfig, validation: ray.data.Dataset, images, targets, labels,
+                     groups: SourceGroups) -> dict | None:
+    """Validation metrics of the registry's current model on this run's validation images, if it has one, with its
+    figures per source; a model with other preprocessing (another input size, say) reads them through its own."""
     if not registry.read_registry(config.output).get("current"):
         return None
     info = registry.load_model_info(config.output)
     if info.preprocessing != config.preprocessing:
         logger.info("current model %s has its own preprocessing: validation images read again with it", info.version)
         images, targets, labels = validation_arrays(reload_validation(validation, info.preprocessing))
-    predictor = ProbabilityPredictor(load_classifier(info), temperature=info.temperature)
-    return evaluate_predictions(predictor(images), targets, labels, info.threshold)
+    probabilities = ProbabilityPredictor(load_classifier(info), temperature=info.temperature)(images)
+    return {**evaluate_predictions(probabilities, targets, labels, info.threshold),
+            **figures_by_source(probabilities, labels, groups, info.threshold), "version": info.version}
 
 
 def reload_validation(validation: ray.data.Dataset, preprocessing) -> ray.data.Dataset:
@@ -133,8 +247,11 @@ def reload_validation(validation: ray.data.Dataset, preprocessing) -> ray.data.D
     return load_labelled_dataset([LabelledImage(uri, label) for uri, label in files], preprocessing)
 
 
-def promotion_decision(candidate: dict, current: dict | None, min_macro_f1: float) -> tuple[bool, str]:
-    """Promote a first model only above the quality floor, a later one only if it is not worse than the current."""
+def promotion_decision(candidate: dict, current: dict | None, min_macro_f1: float,
+                       source_margin: float = 1.0) -> tuple[bool, str]:
+    """Promote a first model only above the quality floor, a later one only if it is not worse than the current on
+    validation macro-F1 and no source's sensitivity or specificity falls more than ``source_margin`` below the
+    current model's."""
     new = candidate["macro_f1"]
     if current is None:
         if new < min_macro_f1:
@@ -142,21 +259,28 @@ def promotion_decision(candidate: dict, current: dict | None, min_macro_f1: floa
                            f"it stays a candidate")
         return True, f"the registry has no current model and validation macro-F1 {new:.4f} meets the floor"
     old = current["macro_f1"]
-    if new >= old:
-        return True, f"validation macro-F1 {new:.4f} is not worse than the current model's {old:.4f}"
-    return False, f"validation macro-F1 {new:.4f} is worse than the current model's {old:.4f}"
+    if new < old:
+        return False, f"validation macro-F1 {new:.4f} is worse than the current model's {old:.4f}"
+    regressions = source_regressions(candidate.get("by_source", {}), current.get("by_source", {}), source_margin)
+    if regressions:
+        return False, (f"validation macro-F1 {new:.4f} is not worse than the current model's {old:.4f}, but on a "
+                       f"source it falls more than {source_margin:g} below it: {'; '.join(regressions)}")
+    return True, (f"validation macro-F1 {new:.4f} is not worse than the current model's {old:.4f}, and no source's "
+                  f"sensitivity or specificity falls more than {source_margin:g} below it")
 
 
 def retrain(config: RetrainConfig, images: list[LabelledImage] | None = None) -> RetrainOutcome:
     """Train a candidate and decide on its promotion; see the module docstring for the stages. ``images`` is the
     listing of stage 1 when the caller has made it already (the job does, before Ray starts)."""
     started = time.time()
-    images = images if images is not None else list_labelled_images(config.data, config.tumor_data)
-    logger.info("labelled images: %d from %s (+%d tumor folders)", len(images), config.data, len(config.tumor_data))
+    images = images if images is not None else list_training_images(config.data, config.tumor_data,
+                                                                     config.site_data)
+    logger.info("labelled images: %d from %s (+%d tumor folders, %d site folders)", len(images), config.data,
+                len(config.tumor_data), len(config.site_data))
     dataset = load_labelled_dataset(images, config.preprocessing, cache=config.cache)
-    train, validation, split = split_by_groups(dataset, config)
+    split = source_split(dataset, config, images)
     try:
-        return train_and_decide(config, train, validation, split, started)
+        return train_and_decide(config, split, started)
     except Exception as error:
         raise RunFailedError(f"retraining failed: {describe_failure(error)}; the registry's current model is "
                              f"unchanged") from error
@@ -204,9 +328,8 @@ def reuse_member(uri: str, config: RetrainConfig, split: SplitSummary) -> tuple[
     problems = [what for what, same in (
         ("architecture", info.architecture == config.architecture.member()),
         ("preprocessing", info.preprocessing == config.preprocessing),
-        ("training data", (training.get("data"), list(training.get("tumor_data", ())))
-         == (config.data, list(config.tumor_data))),
-        ("split", training.get("split") == dataclasses.asdict(split))) if not same]
+        ("training data", data_record(training) == data_record(training_record(config, split, 0))),
+        ("split", split.matches(training.get("split")))) if not same]
     if problems:
         raise ValueError(f"model {info.version} at {uri} cannot be a member of this ensemble: its "
                          f"{', '.join(problems)} differ from this run's")
@@ -220,13 +343,40 @@ def member_record(config: dict, state: dict, seconds: float | None, version: str
             "state": state}
 
 
+def starting_weights(config: RetrainConfig, split: SplitSummary) -> list[list[np.ndarray]]:
+    """The weights each member starts from: those of ``init_from``'s networks (member ``i`` from its network ``i``,
+    cycling), or none (random initialisation). Refused unless that model has the members' architecture and
+    preprocessing and was trained on this run's base data and split, so no validation image of this run is one it
+    trained on."""
+    if not config.init_from:
+        return []
+    info = registry.load_model_info(config.init_from)
+    training = info.metadata.get("training", {})
+    problems = [what for what, same in (
+        ("architecture", info.architecture.member() == config.architecture.member()),
+        ("preprocessing", info.preprocessing == config.preprocessing),
+        ("training data", (training.get("data"), list(training.get("tumor_data", ())))
+         == (config.data, list(config.tumor_data))),
+        ("split", split.matches(training.get("split"), base_only=True))) if not same]
+    if problems:
+        raise ValueError(f"model {info.version} at {config.init_from} cannot start this training: its "
+                         f"{', '.join(problems)} differ from this run's")
+    model = load_classifier(info)
+    networks = (member_networks(model, info.architecture, config.preprocessing.image_size)
+                if info.architecture.is_ensemble else [model])
+    logger.info("training starts from the weights of %s (%d network(s))", info.version, len(networks))
+    return [network.get_weights() for network in networks]
+
+
 def train_members(config: RetrainConfig, train: ray.data.Dataset, validation: ray.data.Dataset,
                   split: SplitSummary, version: str) -> list[tuple[object, dict]]:
     """The model's networks and their records: reused members first, then the rest trained one after another
-    (seed ``training.seed + index``; ``--resume-from`` continues the first one trained here). In an ensemble each
-    trained member is written at once as a model folder ``<version>-member<index>`` beside the candidate."""
+    (seed ``training.seed + index``; ``--resume-from`` continues the first one trained here; ``init_from`` gives
+    their starting weights). In an ensemble each trained member is written at once as a model folder
+    ``<version>-member<index>`` beside the candidate."""
     members = [reuse_member(uri, config, split) for uri in config.member_models]
     network, side = config.architecture.member(), config.preprocessing.image_size
+    starts = starting_weights(config, split)
     for index in range(len(members), config.architecture.members):
         started = time.time()
         training = dataclasses.replace(
@@ -234,7 +384,8 @@ def train_members(config: RetrainConfig, train: ray.data.Dataset, validation: ra
             resume_from=config.training.resume_from if index == len(config.member_models) else None,
             run_name=f"{config.training.run_name}-member{index}"
             if config.training.run_name and config.architecture.members > 1 else config.training.run_name)
-        weights_dir, state = train_classifier(train, validation, network, side, training)
+        weights_dir, state = train_classifier(train, validation, network, side, training,
+                                              starts[index % len(starts)] if starts else None)
         model = build_classifier(network, side)
         model.load_weights(str(weights_dir / BEST_WEIGHTS))
         record = member_record(dataclasses.asdict(training), state, round(time.time() - started, 1), None, False)
@@ -277,25 +428,40 @@ def ensemble_figures(config: RetrainConfig, networks: list, raw: np.ndarray, ima
 
 def training_record(config: RetrainConfig, split: SplitSummary, seconds: float) -> dict:
     return {"seconds": seconds, "hardware": training_hardware(config.training), "split": dataclasses.asdict(split),
-            "data": config.data, "tumor_data": list(config.tumor_data)}
+            **data_record(dataclasses.asdict(config))}
 
 
-def train_and_decide(config: RetrainConfig, train: ray.data.Dataset, validation: ray.data.Dataset,
-                     split: SplitSummary, started: float) -> RetrainOutcome:
+def data_record(record: dict) -> dict:
+    """The data a model was trained on, from its training record or a run's configuration (a site left out by a
+    study is part of it: its images were not trained on)."""
+    names = {"data": None, "tumor_data": [], "site_data": [], "leave_out_site": None, "init_from": None}
+    return {name: list(record.get(name) or []) if isinstance(empty, list) else record.get(name)
+            for name, empty in names.items()}
+
+
+def train_and_decide(config: RetrainConfig, split: Split, started: float) -> RetrainOutcome:
     """Stages 4-6."""
     version = config.version or registry.new_version()
-    members = train_members(config, train, validation, split, version)
+    members = train_members(config, split.train, split.validation, split.summary, version)
     networks, records = [network for network, _ in members], [record for _, record in members]
     model = assemble(config, networks)
-    val_images, val_targets, val_labels = validation_arrays(validation)
+    val_images, val_targets, val_labels = validation_arrays(split.validation)
+    groups = origin_groups(split, split.validation)
     raw = ProbabilityPredictor(model)(val_images)
     candidate_metrics, calibration, calibrated = calibrated_evaluation(raw, val_targets, val_labels)
-    current_metrics = evaluate_current(config, validation, val_images, val_targets, val_labels)
-    promoted, reason = promotion_decision(candidate_metrics, current_metrics, config.min_macro_f1)
+    threshold = calibration["operating_point"]["threshold"]
+    candidate_metrics.update(figures_by_source(calibrated, val_labels, groups, threshold))
+    current_metrics = evaluate_current(config, split.validation, val_images, val_targets, val_labels, groups)
+    promoted, reason = promotion_decision(candidate_metrics, current_metrics, config.min_macro_f1,
+                                          config.source_margin)
+    if config.leave_out_site:
+        promoted, reason = False, (f"a leave-one-site-out study (site {config.leave_out_site} kept out): never "
+                                   f"promoted; {reason}")
+    log_by_source(candidate_metrics, current_metrics)
     candidate_uri = storage.join(config.output, version)
     state = records[0]["state"]  # the first member's training: the card's curves and per-epoch table
-    training = {**training_record(config, split, round(time.time() - started, 1)), "config": records[0]["config"],
-                "state": state}
+    training = {**training_record(config, split.summary, round(time.time() - started, 1)),
+                "config": records[0]["config"], "state": state}
     extra = {}
     if config.architecture.is_ensemble:
         training["members"] = records
@@ -304,27 +470,64 @@ def train_and_decide(config: RetrainConfig, train: ray.data.Dataset, validation:
                                 {"validation_metrics": candidate_metrics, "training": training,
                                  "parameters": int(model.count_params()), **calibration, **extra})
     saved = export_and_attach(model, saved, val_images[:ONNX_CHECK_IMAGES])  # ONNX Runtime's backend, parity-checked
-    train_images = validation_arrays(train)[0]
-    saved = attach_ood(model, saved, train_images, val_images, val_labels)
-    attach_int8(saved, train_images, val_images, val_targets, config.held_out)
+    train_images = validation_arrays(split.train)[0]
+    saved, detector = attach_ood(model, saved, train_images, val_images, val_labels, groups)
+    if split.left_out is not None:
+        saved = registry.update_metadata(saved, left_out_site=judge_left_out(model, saved, detector, split))
+    else:
+        attach_int8(saved, train_images, val_images, val_targets, config.held_out)
     write_candidate_figures(storage.join(candidate_uri, "validation"), version, raw, calibrated, val_targets,
                             candidate_metrics, state["history"])
     write_model_card(candidate_uri)
     registry.record_decision(config.output, version, promoted, reason)
-    return RetrainOutcome(version, candidate_uri, promoted, reason, candidate_metrics, current_metrics, split, state)
+    return RetrainOutcome(version, candidate_uri, promoted, reason, candidate_metrics, current_metrics,
+                          split.summary, state)
+
+
+def log_by_source(candidate: dict, current: dict | None) -> None:
+    for source, figures in candidate["by_source"].items():
+        old = (current or {}).get("by_source", {}).get(source, {})
+        logger.info("validation on %s: sensitivity %s, specificity %s (current model: %s, %s)", source,
+                    figures["sensitivity"], figures["specificity"], old.get("sensitivity"), old.get("specificity"))
+
+
+def judge_left_out(model, info: registry.ModelInfo, detector, split: Split) -> dict:
+    """What the candidate does on the site it never saw, as a night would show it (calibrated, at its operating
+    point, unfamiliar images unflagged): per sequence and overall."""
+    images, labels = column_arrays(split.left_out, [IMAGE, LABEL])
+    labels = labels.astype(str)
+    probabilities, features = ProbabilityPredictor(model, temperature=info.temperature, features=True
+                                                   ).with_features(images)
+    unfamiliar = detector.marks(detector.scores(features))
+    groups = origin_groups(split, split.left_out)
+    figures = figures_by_source(probabilities, labels, groups, info.threshold, unfamiliar)
+    record = {"site": split.summary.sites["left_out"]["site"], "images": int(len(labels)),
+              "patients": split.summary.sites["left_out"]["patients"], "threshold": info.threshold,
+              "overall": screening_figures(probabilities, unfamiliar, labels, info.threshold), **figures}
+    logger.info("on the left-out site %s: sensitivity %s, specificity %s, %s marked unfamiliar", record["site"],
+                record["overall"]["sensitivity"], record["overall"]["specificity"],
+                record["overall"]["marked_unfamiliar"])
+    return record
 
 
 def attach_ood(model, info: registry.ModelInfo, train_images: np.ndarray, val_images: np.ndarray,
-               val_labels: np.ndarray) -> registry.ModelInfo:
+               val_labels: np.ndarray, groups: SourceGroups | None = None) -> tuple[registry.ModelInfo, object]:
     """Fit the candidate's out-of-distribution detector (``model.ood``) on its training images, with the threshold
-    on validation, and store it beside the weights; ``tools.fit_ood`` measures it on images that are not brain MRI."""
+    on validation, and store it beside the weights, with the share of each source's validation images it marks
+    (another hospital's slices must not be unfamiliar to a model trained on them); ``tools.fit_ood`` measures it
+    on images that are not brain MRI."""
     predictor = ProbabilityPredictor(model, features=True)
     _, features = predictor.with_features(train_images)
     _, validation = predictor.with_features(val_images)
     detector, record = fit_and_describe(features, validation, val_labels)
+    if groups is not None:
+        marked = detector.marks(detector.scores(validation))
+        record["validation_marked_by_source"] = {
+            str(name): round(float(marked[groups.sequences == name].mean()), 4)
+            for name in sorted(set(groups.sequences))}
     logger.info("out-of-distribution threshold %.2f marks %.1f%% of the validation images", detector.threshold,
                 100 * record["validation_marked"])
-    return registry.attach_file(info, "ood", OOD_FILE, detector.to_bytes(), record)
+    return registry.attach_file(info, "ood", OOD_FILE, detector.to_bytes(), record), detector
 
 
 def attach_int8(info: registry.ModelInfo, train_images: np.ndarray, val_images: np.ndarray,

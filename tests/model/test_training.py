@@ -16,6 +16,7 @@ from model.preprocessing import PreprocessConfig
 from model.train import (AVERAGE_WEIGHTS, BEST_WEIGHTS, LATEST_WEIGHTS, OPTIMIZER_STATE, STATE_FILE,
                          train_classifier)
 from pipeline.retrain import retrain, validation_arrays
+from tests.conftest import SAMPLES
 from tests.support.training import ARCHITECTURE, SIZE
 from tests.support.training import small_retraining as config
 
@@ -168,3 +169,28 @@ def test_an_ensemble_candidate_reuses_a_trained_member_trains_the_next_and_avera
     assert metadata["onnx"]["parity_max_abs_difference"] <= 1e-4 and OodDetector.for_model(info) is not None
     card = (folder / "MODEL_CARD.md").read_text()
     assert "## Ensemble: what each part adds" in card and "`ensemble-1-member1`, trained in this run" in card
+
+
+def test_another_hospitals_slices_train_from_the_current_weights_and_a_left_out_site_is_judged(first_run):
+    """``--site-data samples/other-site --leave-out-site HT --init-from candidate-1``: the site's slices join
+    training from the first run's weights (its base split is this run's, so no validation image is one it trained
+    on), site HT's patients stay out of both sides and are judged per sequence, validation is reported per source,
+    and the study is never promoted."""
+    output, _ = first_run
+    study = dataclasses.replace(config(output, epochs=1, version="site-study"),
+                                site_data=(str(SAMPLES / "other-site"),), leave_out_site="HT",
+                                init_from=str(output / "registry" / "candidate-1"))
+    outcome = retrain(study)
+    assert not outcome.promoted and "leave-one-site-out" in outcome.reason
+    metadata = json.loads((output / "registry" / "site-study" / registry.METADATA_FILE).read_text())
+    left_out = metadata["left_out_site"]
+    assert left_out["site"] == "HT" and left_out["images"] == 10 and left_out["patients"] == 2
+    assert set(left_out["by_sequence"]) == {"other-site/HT flair", "other-site/HT t1pre"}
+    assert 0 <= left_out["overall"]["specificity"] <= 1 and left_out["overall"]["no_tumor_images"] == 4
+    sites = metadata["training"]["split"]["sites"]
+    assert sites["left_out"] == {"site": "HT", "images": 10, "patients": 2}
+    assert sites["train_images"] + sites["validation_images"] == 10  # site DU's ten slices, by whole patients
+    assert sites["validation_images"] in (0, 5, 10)
+    assert metadata["training"]["init_from"].endswith("candidate-1")
+    assert "samples/labelled" in metadata["validation_metrics"]["by_source"]
+    assert registry.read_registry(str(output / "registry"))["current"] != "site-study"

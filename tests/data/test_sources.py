@@ -1,0 +1,87 @@
+"""Where labelled images come from: other hospitals' slices listed with site, sequence and patient; splits that
+keep a patient whole; a training draw that gives each source of a class the same share; a gate per source."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from model.config import RetrainConfig
+from model.data import DatasetError, list_site_images, list_training_images
+from model.sources import balanced_weights, merged_groups, source_regressions
+from tests.conftest import SAMPLES
+
+SITE = SAMPLES / "other-site"
+
+
+def test_site_slices_carry_their_site_sequence_and_patient_and_masks_are_left_out(tmp_path):
+    copy = tmp_path / "lgg"
+    shutil.copytree(SITE, copy)
+    (copy / "glioma" / "mask").mkdir()
+    shutil.copy(next((copy / "glioma" / "flair").iterdir()), copy / "glioma" / "mask" / "TCGA_DU_5849_19950405_25.jpg")
+    images = list_site_images(str(copy))
+    assert len(images) == 20 and not any("/mask/" in image.uri for image in images)
+    assert {image.source for image in images} == {"lgg/DU", "lgg/HT"}
+    assert {image.sequence for image in images} == {"flair", "t1pre"}
+    first = next(image for image in images if image.uri.endswith("TCGA_HT_7473_19970826_17.jpg"))
+    assert first.patient == "TCGA_HT_7473_19970826" and first.source == "lgg/HT"
+    (copy / "slices.csv").write_text("patient\nTCGA_DU_5849_19950405\n")
+    with pytest.raises(DatasetError, match="patient and site"):
+        list_site_images(str(copy))
+    (copy / "slices.csv").unlink()
+    assert {image.source for image in list_site_images(str(copy))} == {"lgg"}
+
+
+def test_training_images_name_each_source(tmp_path):
+    images = list_training_images(str(SAMPLES / "labelled"), (str(SAMPLES / "labelled" / "tumor"),), (str(SITE),))
+    sources = {image.source for image in images}
+    assert {"samples/labelled", "labelled/tumor", "other-site/DU", "other-site/HT"} == sources
+    assert all(not image.patient for image in images if not image.source.startswith("other-site"))
+
+
+def test_groups_join_a_patients_slices_and_near_duplicates_of_them():
+    near_duplicates = np.array([0, 1, 2, 2, 3, 4])
+    patients = np.array(["a", "b", "", "a", "", "b"])
+    groups = merged_groups(near_duplicates, patients)
+    assert groups[0] == groups[3] == groups[2]  # patient a, and a near-copy of one of its slices
+    assert groups[1] == groups[5] and groups[4] not in (groups[0], groups[1])
+    assert len(set(groups.tolist())) == 3
+
+
+def test_the_site_split_keeps_each_patient_on_one_side(ray_local):
+    from model.data import load_labelled_dataset
+    from model.preprocessing import PreprocessConfig
+    from pipeline.retrain import source_split
+
+    images = list_training_images(str(SAMPLES / "labelled"), (), (str(SITE),))
+    config = RetrainConfig(data=str(SAMPLES / "labelled"), output="", validation_fraction=0.5)
+    split = source_split(load_labelled_dataset(images, PreprocessConfig(image_size=64)), config, images)
+    patient = dict(zip(split.uris, split.origins["patient"]))
+    sides = [{patient[uri] for uri in dataset.to_pandas()["uri"] if patient[uri]}
+             for dataset in (split.train, split.validation)]
+    assert sides[0] and sides[1] and not sides[0] & sides[1]
+    assert split.summary.sites["validation_images"] + split.summary.sites["train_images"] == 20
+    assert "weight" in split.train.columns()  # two sources share notumor and glioma: the draw is balanced
+
+
+def test_each_source_of_a_class_gets_the_same_share_of_the_draw():
+    sources = np.array(["a"] * 6 + ["b"] * 2 + ["a"] * 4)
+    labels = np.array(["notumor"] * 8 + ["glioma"] * 4)
+    weights = balanced_weights(sources, labels)
+    assert weights[:6].sum() == pytest.approx(weights[6:8].sum()) == pytest.approx(4.0)
+    assert weights[labels == "notumor"].sum() == pytest.approx(8.0)  # the class keeps its share
+    assert np.allclose(weights[8:], 1.0)  # one source: drawn as it is
+
+
+def test_a_candidate_that_gives_up_a_source_is_not_promoted():
+    from pipeline.retrain import promotion_decision
+
+    current = {"macro_f1": 0.90, "by_source": {"four-class": {"sensitivity": 0.98, "specificity": 0.97},
+                                                "lgg/DU": {"sensitivity": 0.80, "specificity": 0.20}}}
+    better_overall = {"macro_f1": 0.95, "by_source": {"four-class": {"sensitivity": 0.94, "specificity": 0.99},
+                                                       "lgg/DU": {"sensitivity": 0.95, "specificity": 0.93}}}
+    promoted, reason = promotion_decision(better_overall, current, 0.8, source_margin=0.02)
+    assert not promoted and "sensitivity on four-class 0.940" in reason
+    assert source_regressions(better_overall["by_source"], current["by_source"], 0.05) == []
+    assert promotion_decision(better_overall, current, 0.8, source_margin=0.05)[0]
