@@ -135,7 +135,7 @@ def slice_figures(heat_maps: np.ndarray, tumors: np.ndarray, heads: np.ndarray,
 def summary(per_slice: dict[str, np.ndarray], selected: np.ndarray) -> dict:
     """The mean of each per-slice figure over the ``selected`` slices, and how many there were."""
     return {"images": int(selected.sum()),
-            **{name: round(float(values[selected].mean()), 4) if selected.any() else None
+            **{name: round(float(values[selected].mean()), 6) if selected.any() else None
                for name, values in per_slice.items()}}
 
 
@@ -175,7 +175,31 @@ def study(model: str, data: str, images: int = DEFAULT_IMAGES, seed: int = SEED)
                "heat_map_seconds": round(seconds, 1),  # the networks loaded once, then every flagged slice
                **localisation_figures(heat_maps, inputs.tumors[flagged], inputs.heads[flagged],
                                       [item.sequence for item in shown])}
+    figures["summary"] = summary_sentence(figures)
     return figures, slice_records(shown, slice_figures(heat_maps, inputs.tumors[flagged], inputs.heads[flagged]))
+
+
+SEQUENCE_NAMES = {"flair": "FLAIR", "t1pre": "T1", "t1post": "T1 post-contrast"}
+
+
+def summary_sentence(figures: dict) -> str:
+    """The figures in words, for the model card."""
+    overall, tolerance = figures["overall"], figures["tolerance_pixels"]
+    if not overall["images"]:
+        return f"the model flagged none of {figures['sampled']} sampled glioma slices, so nothing was measured."
+    by_sequence = ", ".join(f"{SEQUENCE_NAMES[name]} {share(figures['per_sequence'][name]['peak_in_tumor'])}"
+                            for name in SEQUENCES if figures["per_sequence"][name]["images"])
+    return (f"on the {overall['images']} of {figures['sampled']} seeded glioma slices with hand-drawn tumor masks "
+            f"(TCGA-LGG) that the model flags, the heat map's peak falls inside the tumor on "
+            f"{share(overall['peak_in_tumor'])} ({by_sequence}; a point at random in the head: "
+            f"{share(overall['peak_in_tumor_by_chance'])}) and within {tolerance['pixels']} of "
+            f"{tolerance['image_size']} pixels of it on {share(overall['peak_near_tumor'])}; "
+            f"{share(overall['heat_in_head'])} of the heat lies inside the head and {share(overall['heat_in_tumor'])} "
+            f"inside the tumor, which covers {share(overall['tumor_area'])} of the image. Method: {figures['method']}.")
+
+
+def share(value: float) -> str:
+    return f"{100 * value:.1f}%"
 
 
 def tolerance_note(config: PreprocessConfig) -> dict:

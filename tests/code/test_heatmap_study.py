@@ -61,16 +61,20 @@ def test_the_figures_count_peaks_in_near_and_outside_the_tumor_and_the_heat_shar
     figures = heatmap_study.localisation_figures(maps, tumors, heads, ["flair", "t1pre", "flair"], tolerance=5)
     near_area = (heatmap_study.within(tumors[:1], 5) & heads[:1]).sum()
     assert 100 + 4 * 10 * 5 < near_area < 20 * 20  # the tumor square grown by 5 pixels, its corners rounded
-    assert figures["overall"] == {"images": 3, "peak_in_tumor": round(1 / 3, 4), "peak_near_tumor": round(2 / 3, 4),
-                                  "heat_in_head": round(2 / 3, 4), "heat_in_tumor": round(1 / 3, 4),
-                                  "tumor_area": round(100 / 1600, 4), "peak_in_tumor_by_chance": round(100 / 900, 4),
-                                  "peak_near_tumor_by_chance": round(float(near_area) / 900, 4)}
+    assert figures["overall"] == {"images": 3, "peak_in_tumor": round(1 / 3, 6), "peak_near_tumor": round(2 / 3, 6),
+                                  "heat_in_head": round(2 / 3, 6), "heat_in_tumor": round(1 / 3, 6),
+                                  "tumor_area": round(100 / 1600, 6), "peak_in_tumor_by_chance": round(100 / 900, 6),
+                                  "peak_near_tumor_by_chance": round(float(near_area) / 900, 6)}
     assert figures["per_sequence"]["flair"]["images"] == 2 and figures["per_sequence"]["flair"]["peak_in_tumor"] == 0.5
     assert figures["per_sequence"]["t1post"] == {"images": 0, "peak_in_tumor": None, "peak_near_tumor": None,
                                                  "heat_in_head": None, "heat_in_tumor": None, "tumor_area": None,
                                                  "peak_in_tumor_by_chance": None, "peak_near_tumor_by_chance": None}
+    sentence = heatmap_study.summary_sentence({**figures, "sampled": 4, "method": "LayerCAM",
+                                               "tolerance_pixels": {"pixels": 5, "image_size": 40}})
+    assert sentence.startswith("on the 3 of 4 seeded glioma slices")
+    assert "inside the tumor on 33.3% (FLAIR 50.0%, T1 0.0%;" in sentence
     assert heatmap_study.localisation_figures(maps, tumors, heads, ["t1pre"] * 3, tolerance=3)[
-        "overall"]["peak_near_tumor"] == round(1 / 3, 4)
+        "overall"]["peak_near_tumor"] == round(1 / 3, 6)
 
 
 def test_the_caption_says_what_was_measured_for_the_model_or_that_nothing_was():
