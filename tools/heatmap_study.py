@@ -114,17 +114,16 @@ def model_inputs(slices: list[GliomaSlice], config: PreprocessConfig) -> ModelIn
 def within(masks: np.ndarray, pixels: int) -> np.ndarray:
     """Each mask dilated by ``pixels`` (a disc)."""
     disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * pixels + 1, 2 * pixels + 1))
-    return np.stack([cv2.dilate(mask.astype(np.uint8), disc) > 0 for mask in masks])
+    return np.array([cv2.dilate(mask.astype(np.uint8), disc) > 0 for mask in masks], dtype=bool).reshape(masks.shape)
 
 
 def slice_figures(heat_maps: np.ndarray, tumors: np.ndarray, heads: np.ndarray,
                   tolerance: int = TOLERANCE_PIXELS) -> dict[str, np.ndarray]:
     """Per heat map: whether its peak is in the tumor, near it, and the shares of its heat in the head, the tumor."""
-    count = len(heat_maps)
-    peaks = heat_maps.reshape(count, -1).argmax(axis=1)
-    heat = heat_maps.reshape(count, -1).astype(np.float64)
-    total = np.maximum(heat.sum(axis=1), 1e-12)
-    tumors, near, heads = (masks.reshape(count, -1) for masks in (tumors, within(tumors, tolerance), heads))
+    count, pixels = len(heat_maps), int(np.prod(heat_maps.shape[1:]))
+    heat = heat_maps.reshape(count, pixels).astype(np.float64)
+    peaks, total = heat.argmax(axis=1), np.maximum(heat.sum(axis=1), 1e-12)
+    tumors, near, heads = (masks.reshape(count, pixels) for masks in (tumors, within(tumors, tolerance), heads))
     head_area = np.maximum(heads.sum(axis=1), 1)
     return {"peak_in_tumor": tumors[np.arange(count), peaks], "peak_near_tumor": near[np.arange(count), peaks],
             "heat_in_head": (heat * heads).sum(axis=1) / total, "heat_in_tumor": (heat * tumors).sum(axis=1) / total,

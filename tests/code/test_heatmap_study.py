@@ -69,6 +69,8 @@ def test_the_figures_count_peaks_in_near_and_outside_the_tumor_and_the_heat_shar
     assert figures["per_sequence"]["t1post"] == {"images": 0, "peak_in_tumor": None, "peak_near_tumor": None,
                                                  "heat_in_head": None, "heat_in_tumor": None, "tumor_area": None,
                                                  "peak_in_tumor_by_chance": None, "peak_near_tumor_by_chance": None}
+    nothing = heatmap_study.localisation_figures(maps[:0], tumors[:0], heads[:0], [])
+    assert nothing["overall"]["images"] == 0 and nothing["overall"]["peak_in_tumor"] is None
     sentence = heatmap_study.summary_sentence({**figures, "sampled": 4, "method": "LayerCAM",
                                                "tolerance_pixels": {"pixels": 5, "image_size": 40}})
     assert sentence.startswith("on the 3 of 4 seeded glioma slices")
