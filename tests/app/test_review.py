@@ -31,11 +31,9 @@ from pipeline import views
 from pipeline.review import access
 from pipeline.review.verdicts import CONFIRMED, DISMISSED, REOPENED, UNSURE, Verdict, VerdictLog, corrected
 from tests.conftest import ROOT, SAMPLES, TEST_KEY, job_summary
+from tests.pipeline.test_report import CHROMIUM, CHROMIUM_ARGS
 
 RUN_DATE = "2026-11-06"
-CHROMIUM = pathlib.Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TOKEN = "review-token-0123456789abcdef"
 REVIEWER = "dr-review-test"
 UPLOAD_LIMIT_MB = 2
