@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="promotion also needs every source's validation sensitivity and specificity within "
                              "this margin of the current model's")
     parser.add_argument("--no-balance-sources", dest="balance_sources", action="store_false",
-                        help="draw training images uniformly instead of each class evenly from its sources")
+                        help="draw training images uniformly instead of each class evenly from its sources at the "
+                             "--data folder's class balance")
     parser.add_argument("--epochs", type=POSITIVE_INT, default=TrainConfig.epochs,
                         help="planned epochs: the learning-rate schedule decays over exactly these")
     parser.add_argument("--batch-size", type=POSITIVE_INT, default=TrainConfig.batch_size, help="global batch size")

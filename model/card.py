@@ -298,7 +298,8 @@ def training_data_lines(record: dict) -> list[str]:
                      f"on the same four-class split, so no validation image is one it trained on).")
     if training["config"].get("balance_sources", True) and sites:
         lines.append("- Each class was drawn evenly from the sources that have it (with replacement, each epoch), "
-                     "so no source stands for a class.")
+                     "so no source stands for a class" + (", at the four-class set's class balance."
+                                                          if training.get("class_balance") else "."))
     return lines
 
 

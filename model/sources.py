@@ -6,7 +6,8 @@ data set, and the site for other hospitals' slices), its sequence where known an
 
 - the split keeps a patient's slices (all sequences) and each near-duplicate group on one side, and spreads every
   source's classes over both sides (:func:`site_split`);
-- training draws each class evenly from the sources that have it (:func:`balanced_weights`);
+- training draws each class evenly from the sources that have it, at the folder-per-class data's class balance
+  (:func:`balanced_weights`);
 - validation is reported per source and per sequence, and a candidate is held to the current model on every
   source, not only on the pooled figures (:func:`figures_by_source`, :func:`source_regressions`).
 """
@@ -74,16 +75,18 @@ def site_split(groups: np.ndarray, sources: np.ndarray, labels: np.ndarray, vali
     return grouped_split(groups, strata, validation_fraction, seed)
 
 
-def balanced_weights(sources: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Draw weights under which every class keeps its share of the training draw and, within a class, each source
-    that has it gives the same share: a class is never mostly one scanner's look."""
+def balanced_weights(sources: np.ndarray, labels: np.ndarray, class_mass: dict | None = None) -> np.ndarray:
+    """Draw weights under which, within a class, each source that has it gives the same share (a class is never
+    mostly one scanner's look), and each class's share of the draw is ``class_mass``'s (by default its share of
+    the images). Giving the folder-per-class data's class counts keeps its class balance: adding another
+    hospital's gliomas and tumor-free slices then adds looks, not a prior that drifts toward those classes."""
     weights = np.zeros(len(labels), np.float64)
     for label in np.unique(labels):
         in_class = labels == label
+        mass = in_class.sum() if class_mass is None else class_mass.get(str(label), in_class.sum())
         class_sources, counts = np.unique(sources[in_class], return_counts=True)
         for source, count in zip(class_sources, counts):
-            cell = in_class & (sources == source)
-            weights[cell] = in_class.sum() / (len(class_sources) * count)
+            weights[in_class & (sources == source)] = mass / (len(class_sources) * count)
     return weights
 
 

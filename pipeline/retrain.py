@@ -175,7 +175,8 @@ def count_by(table: pd.DataFrame, columns: list[str]) -> dict:
 def source_split(dataset: ray.data.Dataset, config: RetrainConfig, images: list[LabelledImage]) -> Split:
     """Train, validation and left-out datasets, each image's origin, and a summary of the split: the base data by
     near-duplicate groups (:func:`base_split`), other hospitals' slices by patient (:func:`sites_split`); with more
-    than one source per class, training draws each class evenly from its sources (``model.sources``)."""
+    than one source per class, training draws each class evenly from its sources, at the base data's class balance
+    (``model.sources``)."""
     table = dataset.select_columns([URI, LABEL, THUMBNAIL]).to_pandas().sort_values(URI, ignore_index=True)
     table = pd.concat([table, origins(table[URI].to_numpy(), images)], axis=1)
     thumbnails = np.stack(table[THUMBNAIL].to_numpy())
@@ -189,8 +190,10 @@ def source_split(dataset: ray.data.Dataset, config: RetrainConfig, images: list[
     elif config.leave_out_site:
         raise DatasetError(f"--leave-out-site {config.leave_out_site} needs site data (--site-data)")
     training = ~in_validation & ~left_out
-    weights = balanced_weights(table[SOURCE].to_numpy().astype(str)[training],
-                               table[LABEL].to_numpy().astype(str)[training])
+    labels = table[LABEL].to_numpy().astype(str)
+    base_classes = dict(zip(*np.unique(labels[training & ~site], return_counts=True)))
+    weights = balanced_weights(table[SOURCE].to_numpy().astype(str)[training], labels[training],
+                               {str(label): int(count) for label, count in base_classes.items()})
     uris = table[URI].to_numpy().astype(str)
     draw = (dict(zip(uris[training], weights.tolist()))
             if config.training.balance_sources and not np.allclose(weights, 1.0) else None)
@@ -218,9 +221,9 @@ def validation_arrays(validation: ray.data.Dataset) -> tuple[np.ndarray, np.ndar
     return images, targets, labels.astype(str)
 
 
-def origin_groups(split: Split, dataset: ray.data.Dataset) -> SourceGroups:
-    """The source and sequence of each image of ``dataset`` (one of the split's), in ``column_arrays`` order."""
-    (uris,) = column_arrays(dataset, [URI])
+def origin_groups(split: Split, uris: np.ndarray) -> SourceGroups:
+    """The source and sequence of each image named in ``uris`` (read with the images, in one ``column_arrays``
+    call, so the two stay in step)."""
     rows = pd.Series(np.arange(len(split.uris)), index=split.uris)[uris.astype(str)].to_numpy()
     return SourceGroups.of(split.origins.iloc[rows].reset_index(drop=True))
 
@@ -428,6 +431,7 @@ def ensemble_figures(config: RetrainConfig, networks: list, raw: np.ndarray, ima
 
 def training_record(config: RetrainConfig, split: SplitSummary, seconds: float) -> dict:
     return {"seconds": seconds, "hardware": training_hardware(config.training), "split": dataclasses.asdict(split),
+            "class_balance": bool(config.site_data and config.training.balance_sources),
             **data_record(dataclasses.asdict(config))}
 
 
@@ -445,8 +449,8 @@ def train_and_decide(config: RetrainConfig, split: Split, started: float) -> Ret
     members = train_members(config, split.train, split.validation, split.summary, version)
     networks, records = [network for network, _ in members], [record for _, record in members]
     model = assemble(config, networks)
-    val_images, val_targets, val_labels = validation_arrays(split.validation)
-    groups = origin_groups(split, split.validation)
+    val_images, val_targets, val_labels, val_uris = column_arrays(split.validation, [IMAGE, TARGET, LABEL, URI])
+    val_labels, groups = val_labels.astype(str), origin_groups(split, val_uris)
     raw = ProbabilityPredictor(model)(val_images)
     candidate_metrics, calibration, calibrated = calibrated_evaluation(raw, val_targets, val_labels)
     threshold = calibration["operating_point"]["threshold"]
@@ -494,12 +498,12 @@ def log_by_source(candidate: dict, current: dict | None) -> None:
 def judge_left_out(model, info: registry.ModelInfo, detector, split: Split) -> dict:
     """What the candidate does on the site it never saw, as a night would show it (calibrated, at its operating
     point, unfamiliar images unflagged): per sequence and overall."""
-    images, labels = column_arrays(split.left_out, [IMAGE, LABEL])
+    images, labels, uris = column_arrays(split.left_out, [IMAGE, LABEL, URI])
     labels = labels.astype(str)
     probabilities, features = ProbabilityPredictor(model, temperature=info.temperature, features=True
                                                    ).with_features(images)
     unfamiliar = detector.marks(detector.scores(features))
-    groups = origin_groups(split, split.left_out)
+    groups = origin_groups(split, uris)
     figures = figures_by_source(probabilities, labels, groups, info.threshold, unfamiliar)
     record = {"site": split.summary.sites["left_out"]["site"], "images": int(len(labels)),
               "patients": split.summary.sites["left_out"]["patients"], "threshold": info.threshold,

@@ -72,6 +72,9 @@ def test_each_source_of_a_class_gets_the_same_share_of_the_draw():
     assert weights[:6].sum() == pytest.approx(weights[6:8].sum()) == pytest.approx(4.0)
     assert weights[labels == "notumor"].sum() == pytest.approx(8.0)  # the class keeps its share
     assert np.allclose(weights[8:], 1.0)  # one source: drawn as it is
+    kept_balance = balanced_weights(sources, labels, {"notumor": 6, "glioma": 4})  # the first source's classes
+    assert kept_balance[labels == "notumor"].sum() == pytest.approx(6.0)
+    assert kept_balance[:6].sum() == pytest.approx(kept_balance[6:8].sum()) == pytest.approx(3.0)
 
 
 def test_a_candidate_that_gives_up_a_source_is_not_promoted():
