@@ -156,7 +156,8 @@ def heat_map_caption(info: registry.ModelInfo) -> str:
     if not overall.get("images") or overall.get("peak_in_tumor") is None:
         return f"{shown}. How often it lies on the tumor has not been measured for this model."
     tolerance = measured.get("tolerance_pixels", {})
-    return (f"{shown}. On {overall['images']} flagged glioma slices with hand-drawn tumor outlines (TCGA-LGG) its "
+    source = "TCGA-LGG, a hospital left out of the model's training" if measured.get("site") else "TCGA-LGG"
+    return (f"{shown}. On {overall['images']} flagged glioma slices with hand-drawn tumor outlines ({source}) its "
             f"peak fell inside the outlined tumor on {percent(overall['peak_in_tumor'])}{by_chance(overall)}, and "
             f"within {tolerance.get('pixels', '?')} pixels of it (of {tolerance.get('image_size', '?')}) on "
             f"{percent(overall['peak_near_tumor'])}: a pointer to look at, not an outline of the tumor.")

@@ -67,11 +67,13 @@ class GliomaSlice:
         return f"{self.patient}_{self.slice_number}"
 
 
-def glioma_slices(data: str) -> list[GliomaSlice]:
-    """Every glioma image the set's ``slices.csv`` lists, with its mask, in the file's order."""
+def glioma_slices(data: str, site: str | None = None) -> list[GliomaSlice]:
+    """Every glioma image the set's ``slices.csv`` lists (of one ``site``'s patients, when given), with its mask, in
+    the file's order."""
     root = pathlib.Path(data)
     with open(root / "slices.csv", newline="") as listing:
-        rows = [row for row in csv.DictReader(listing) if row["label"] == "glioma"]
+        rows = [row for row in csv.DictReader(listing)
+                if row["label"] == "glioma" and (site is None or row.get("site") == site)]
     return [GliomaSlice(row["patient"], int(row["slice"]), row["sequence"],
                         str(root / "glioma" / row["sequence"] / f"{row['patient']}_{row['slice']}.jpg"),
                         str(root / "glioma" / "mask" / f"{row['patient']}_{row['slice']}.png")) for row in rows]
@@ -156,19 +158,25 @@ def tumor_probabilities(images: np.ndarray, info: registry.ModelInfo) -> np.ndar
     return 1.0 - predictor(images)[:, NO_TUMOR_INDEX]
 
 
-def study(model: str, data: str, images: int = DEFAULT_IMAGES, seed: int = SEED) -> tuple[dict, list[dict]]:
-    """(the figures, the per-slice results) for the model at ``model`` on ``images`` glioma slices of ``data``."""
+def study(model: str, data: str, images: int = DEFAULT_IMAGES, seed: int = SEED,
+          site: str | None = None) -> tuple[dict, list[dict]]:
+    """(the figures, the per-slice results) for the model at ``model`` on ``images`` glioma slices of ``data`` (of
+    one ``site``'s patients, when given: for a model trained on the set, the site it was trained without)."""
     from model.gradcam import HEAT_MAP_METHOD, tumor_heat_maps  # TensorFlow
 
     info = registry.load_model_info(model)
-    slices = sample_slices(glioma_slices(data), images, seed)
+    left_out = info.metadata.get("left_out_site", {}).get("site")
+    if info.metadata.get("training", {}).get("site_data") and (site is None or site != left_out):
+        raise SystemExit(f"{info.version} was trained on other hospitals' slices: measure it on a site it never saw "
+                         f"(a leave-one-site-out run with --site <its left-out site>), not on its training patients")
+    slices = sample_slices(glioma_slices(data, site), images, seed)
     inputs = model_inputs(slices, info.preprocessing)
     flagged = tumor_probabilities(inputs.images, info) >= info.threshold
     shown = [item for item, keep in zip(slices, flagged) if keep]
     started = time.monotonic()
     heat_maps = tumor_heat_maps(inputs.images[flagged], info)
     seconds = time.monotonic() - started
-    figures = {"model": info.version, "method": HEAT_MAP_METHOD, "data": pathlib.Path(data).name,
+    figures = {"model": info.version, "site": site, "method": HEAT_MAP_METHOD, "data": pathlib.Path(data).name,
                "sampled": len(slices), "flagged": int(flagged.sum()), "threshold": round(info.threshold, 4),
                "seed": seed, "tolerance_pixels": tolerance_note(info.preprocessing),
                "heat_map_seconds": round(seconds, 1),  # the networks loaded once, then every flagged slice
@@ -188,8 +196,10 @@ def summary_sentence(figures: dict) -> str:
         return f"the model flagged none of {figures['sampled']} sampled glioma slices, so nothing was measured."
     by_sequence = ", ".join(f"{SEQUENCE_NAMES[name]} {share(figures['per_sequence'][name]['peak_in_tumor'])}"
                             for name in SEQUENCES if figures["per_sequence"][name]["images"])
-    return (f"on the {overall['images']} of {figures['sampled']} seeded glioma slices with hand-drawn tumor masks "
-            f"(TCGA-LGG) that the model flags, the heat map's peak falls inside the tumor on "
+    where = (f"measured with {figures['model']}, the same recipe trained without site {figures['site']}, on that "
+             f"site's slices: " if figures.get("site") else "")
+    return (f"{where}on the {overall['images']} of {figures['sampled']} seeded glioma slices with hand-drawn tumor "
+            f"masks (TCGA-LGG) that the model flags, the heat map's peak falls inside the tumor on "
             f"{share(overall['peak_in_tumor'])} ({by_sequence}; a point at random in the head: "
             f"{share(overall['peak_in_tumor_by_chance'])}) and within {tolerance['pixels']} of "
             f"{tolerance['image_size']} pixels of it on {share(overall['peak_near_tumor'])}; "
@@ -214,7 +224,7 @@ def slice_records(shown: list[GliomaSlice], per_slice: dict[str, np.ndarray]) ->
 
 def write_figures(model: str, figures: dict, slices: list[dict]) -> registry.ModelInfo:
     """The figures into the model's model.json under ``registry.HEATMAP_LOCALISATION``, the per-slice results
-    beside it."""
+    beside it (``model``: the measured one, or the model whose recipe a leave-one-site-out run measured)."""
     info = registry.load_model_info(model)
     data = json.dumps(slices, indent=1).encode()
     return registry.attach_file(info, registry.HEATMAP_LOCALISATION, SLICES_FILE, data, figures)
@@ -227,14 +237,19 @@ def main() -> None:
     parser.add_argument("--data", default=DEFAULT_DATA, help="the LGG glioma set (its DATASET.md describes it)")
     parser.add_argument("--images", type=int, default=DEFAULT_IMAGES, help="slices drawn, a third per sequence")
     parser.add_argument("--seed", type=int, default=SEED, help="seed of the draw")
+    parser.add_argument("--site", help="only this site's patients: for a model trained on the set, a leave-one-site-out "
+                                       "run of its recipe measured on the site it never saw")
     parser.add_argument("--write", action="store_true", help="record the figures in the model's model.json")
+    parser.add_argument("--write-to", metavar="MODEL_DIR",
+                        help="record them in this model's model.json instead (the model whose recipe --model's "
+                             "leave-one-site-out run shares)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     started = time.monotonic()
-    figures, slices = study(args.model, args.data, args.images, args.seed)
+    figures, slices = study(args.model, args.data, args.images, args.seed, args.site)
     figures["seconds"] = round(time.monotonic() - started, 1)
-    if args.write:
-        info = write_figures(args.model, figures, slices)
+    if args.write or args.write_to:
+        info = write_figures(args.write_to or args.model, figures, slices)
         logger.info("heat-map localisation of %s recorded in %s", info.version, info.uri)
     print(json.dumps(figures, indent=2))
 

@@ -74,6 +74,9 @@ def test_the_figures_count_peaks_in_near_and_outside_the_tumor_and_the_heat_shar
     sentence = heatmap_study.summary_sentence({**figures, "sampled": 4, "method": "LayerCAM",
                                                "tolerance_pixels": {"pixels": 5, "image_size": 40}})
     assert sentence.startswith("on the 3 of 4 seeded glioma slices")
+    assert heatmap_study.summary_sentence({**figures, "sampled": 4, "method": "LayerCAM", "model": "run-b",
+                                           "site": "HT", "tolerance_pixels": {"pixels": 5, "image_size": 40}}
+                                          ).startswith("measured with run-b, the same recipe trained without site HT")
     assert "inside the tumor on 33.3% (FLAIR 50.0%, T1 0.0%;" in sentence
     assert heatmap_study.localisation_figures(maps, tumors, heads, ["t1pre"] * 3, tolerance=3)[
         "overall"]["peak_near_tumor"] == round(1 / 3, 6)
@@ -90,6 +93,10 @@ def test_the_caption_says_what_was_measured_for_the_model_or_that_nothing_was():
     assert "On 275 flagged glioma slices" in caption and "on 27%" in caption and "within 5 pixels" in caption
     assert "on 39%" in caption and "at random in the head: 8%" in caption
     assert "not been measured" in heat_map_caption(dataclasses.replace(current, metadata={}))
+    on_a_left_out_site = dataclasses.replace(current, metadata={registry.HEATMAP_LOCALISATION: {**figures,
+                                                                                                "site": "HT"}})
+    assert "a hospital left out of the model's training" in heat_map_caption(on_a_left_out_site)
+    assert "left out" not in caption
     slice_image = np.zeros((8, 8), np.uint8)
     case = Case({}, [("a.dcm", 0)], [0.9], 0, thumbnails={0: png_uri(slice_image)}, deciding_image=slice_image,
                 heat_map=png_uri(slice_image), heat_map_caption=caption)
