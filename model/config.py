@@ -69,6 +69,7 @@ class TrainConfig:
     patience: int = 10
     augment: bool = True
     balance_sources: bool = True  # each epoch draws a class's images evenly from the sources that have it
+    class_balance: bool = False  # ... and each class at the folder-per-class data's share, not the pooled one
     seed: int = 0
     num_workers: int = 1
     use_gpu: bool = False

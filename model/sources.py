@@ -6,8 +6,8 @@ data set, and the site for other hospitals' slices), its sequence where known an
 
 - the split keeps a patient's slices (all sequences) and each near-duplicate group on one side, and spreads every
   source's classes over both sides (:func:`site_split`);
-- training draws each class evenly from the sources that have it, at the folder-per-class data's class balance
-  (:func:`balanced_weights`);
+- training draws each class evenly from the sources that have it, optionally at the folder-per-class data's class
+  balance (:func:`balanced_weights`);
 - validation is reported per source and per sequence, and a candidate is held to the current model on every
   source, not only on the pooled figures (:func:`figures_by_source`, :func:`source_regressions`).
 """

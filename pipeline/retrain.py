@@ -175,8 +175,8 @@ def count_by(table: pd.DataFrame, columns: list[str]) -> dict:
 def source_split(dataset: ray.data.Dataset, config: RetrainConfig, images: list[LabelledImage]) -> Split:
     """Train, validation and left-out datasets, each image's origin, and a summary of the split: the base data by
     near-duplicate groups (:func:`base_split`), other hospitals' slices by patient (:func:`sites_split`); with more
-    than one source per class, training draws each class evenly from its sources, at the base data's class balance
-    (``model.sources``)."""
+    than one source per class, training draws each class evenly from its sources (at the base data's class balance
+    with ``class_balance``; ``model.sources``)."""
     table = dataset.select_columns([URI, LABEL, THUMBNAIL]).to_pandas().sort_values(URI, ignore_index=True)
     table = pd.concat([table, origins(table[URI].to_numpy(), images)], axis=1)
     thumbnails = np.stack(table[THUMBNAIL].to_numpy())
@@ -193,7 +193,8 @@ def source_split(dataset: ray.data.Dataset, config: RetrainConfig, images: list[
     labels = table[LABEL].to_numpy().astype(str)
     base_classes = dict(zip(*np.unique(labels[training & ~site], return_counts=True)))
     weights = balanced_weights(table[SOURCE].to_numpy().astype(str)[training], labels[training],
-                               {str(label): int(count) for label, count in base_classes.items()})
+                               {str(label): int(count) for label, count in base_classes.items()}
+                               if config.training.class_balance else None)
     uris = table[URI].to_numpy().astype(str)
     draw = (dict(zip(uris[training], weights.tolist()))
             if config.training.balance_sources and not np.allclose(weights, 1.0) else None)
@@ -431,7 +432,7 @@ def ensemble_figures(config: RetrainConfig, networks: list, raw: np.ndarray, ima
 
 def training_record(config: RetrainConfig, split: SplitSummary, seconds: float) -> dict:
     return {"seconds": seconds, "hardware": training_hardware(config.training), "split": dataclasses.asdict(split),
-            "class_balance": bool(config.site_data and config.training.balance_sources),
+            "class_balance": bool(config.site_data and config.training.balance_sources and config.training.class_balance),
             **data_record(dataclasses.asdict(config))}
 
 
