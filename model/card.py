@@ -50,7 +50,7 @@ def summary_lines(metrics: dict) -> list[str]:
         f"- Accuracy (four classes): **{percent(metrics['accuracy'])}** on {metrics['known_class_images']} images; "
         f"macro-F1 {number(metrics['macro_f1'])}; macro ROC AUC {number(metrics['roc_auc_macro'])}; "
         f"expected calibration error {number(metrics['expected_calibration_error'])}.",
-        f"- Tumor vs no tumor at threshold {tumor['threshold']}: sensitivity **{number(tumor['sensitivity'])}** "
+        f"- Tumor vs no tumor at threshold {number(tumor['threshold'])}: sensitivity **{number(tumor['sensitivity'])}** "
         f"({tumor['tumor_images']} tumor images), specificity {number(tumor['specificity'])} "
         f"({tumor['no_tumor_images']} no-tumor images), ROC AUC {number(tumor['roc_auc'])}.",
         f"- Held-out Br35H tumor slices (tumor of unknown type, another source): sensitivity "
@@ -225,8 +225,12 @@ def evaluation_lines(record: dict) -> list[str]:
     metrics = record["validation_metrics"]
     lines = ["", "## Evaluation", "", "Validation split, all sources pooled:", ""] + summary_lines(metrics)
     if metrics.get("by_source"):
-        lines += ["", "Per source and sequence (validation; unfamiliar images counted as the screening job counts "
-                      "them only where marked):", ""] + source_table(metrics)
+        lines += ["", "Per source and sequence (validation, at the operating point, before the unfamiliarity check):",
+                  ""] + source_table(metrics)
+    marked = record.get("ood", {}).get("validation_marked_by_source")
+    if marked:
+        lines += ["", "Marked unfamiliar (no class, no flag) on validation, by source: "
+                  + ", ".join(f"{name} {percent(share)}" for name, share in sorted(marked.items())) + "."]
     lines += site_study_lines(record) + heatmap_lines(record)
     return lines
 
