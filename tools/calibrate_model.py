@@ -18,23 +18,25 @@ from infra.ray_runtime import configure_logging, ensure_ray
 from model import registry
 from model.card import write_model_card
 from model.config import RetrainConfig
-from model.data import list_labelled_images, load_labelled_dataset
+from model.data import list_training_images, load_labelled_dataset
 from model.predict import ProbabilityPredictor, load_classifier
 from pipeline.retrain import calibrated_evaluation, split_by_groups, validation_arrays, write_candidate_figures
 
 
 def recorded_split(info: registry.ModelInfo, cache: str | None = None):
-    """(train, validation) datasets of the model's own split, rebuilt from the data and split settings its
-    model.json records; raises when the rebuilt split is not the recorded one."""
+    """(train, validation) datasets of the model's own split, rebuilt from the data (other hospitals' slices
+    included) and split settings its model.json records; raises when the rebuilt split is not the recorded one."""
     training = info.metadata["training"]
     config = RetrainConfig(data=training["data"], output="", tumor_data=tuple(training["tumor_data"]),
-                           preprocessing=info.preprocessing, cache=cache)
-    images = list_labelled_images(config.data, config.tumor_data)
+                           site_data=tuple(training.get("site_data") or ()),
+                           leave_out_site=training.get("leave_out_site"), preprocessing=info.preprocessing,
+                           cache=cache)
+    images = list_training_images(config.data, config.tumor_data, config.site_data)
     train, validation, split = split_by_groups(load_labelled_dataset(images, config.preprocessing, cache=cache),
-                                               config)
-    if split.validation_images != training["split"]["validation_images"]:
-        raise RuntimeError(f"rebuilt split has {split.validation_images} validation images, the model recorded "
-                           f"{training['split']['validation_images']}: the data or the split code changed")
+                                               config, images)
+    if not split.matches(training["split"]):
+        raise RuntimeError(f"the rebuilt split ({split.validation_images} + {split.sites.get('validation_images', 0)} "
+                           f"validation images) is not the one the model recorded: the data or the split code changed")
     return train, validation
 
 
