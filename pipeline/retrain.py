@@ -332,7 +332,7 @@ def reuse_member(uri: str, config: RetrainConfig, split: SplitSummary) -> tuple[
     problems = [what for what, same in (
         ("architecture", info.architecture == config.architecture.member()),
         ("preprocessing", info.preprocessing == config.preprocessing),
-        ("training data", data_record(training) == data_record(training_record(config, split, 0))),
+        ("training data", data_record(training) == data_record(dataclasses.asdict(config))),
         ("split", split.matches(training.get("split")))) if not same]
     if problems:
         raise ValueError(f"model {info.version} at {uri} cannot be a member of this ensemble: its "
