@@ -19,7 +19,7 @@ from infra import storage
 from jobs.runner import (POSITIVE_INT, POSITIVE_NUMBER, HelpFormatter, add_common_options, bounded,
                          require_lasting_paths, run_job)
 from model.config import HEADS, ArchitectureConfig, RetrainConfig, TrainConfig
-from model.data import DatasetError, LabelledImage, list_training_images
+from model.data import DatasetError, LabelledImage, list_training_images, names_site
 from model.preprocessing import PreprocessConfig
 
 logger = logging.getLogger("jobs.retrain")
@@ -174,8 +174,7 @@ def check_data(args: argparse.Namespace) -> tuple[RetrainConfig, list[LabelledIm
         storage.check_reachable(location)
     images = list_training_images(config.data, config.tumor_data, config.site_data)
     sites = sorted({image.source for image in images if image.patient})
-    if config.leave_out_site and not any(config.leave_out_site in (source, source.rsplit("/", 1)[-1])
-                                         for source in sites):
+    if config.leave_out_site and not any(names_site(source, config.leave_out_site) for source in sites):
         raise DatasetError(f"--leave-out-site {config.leave_out_site}: the site data's sources are "
                            f"{', '.join(sites) or 'none'}")
     return config, images

@@ -194,8 +194,7 @@ def intended_use_lines() -> list[str]:
 def factor_lines(record: dict) -> list[str]:
     """What the figures depend on: the sources, sequences and populations the model was trained and judged on."""
     training = record["training"]
-    sources = sorted({source for metrics in (record["validation_metrics"],)
-                      for source in metrics.get("by_source", {})})
+    sources = sorted(record["validation_metrics"].get("by_source", {}))
     lines = ["", "## Factors", "",
              "- **Sources**: every figure below is given per source where the model was trained on more than one, "
              "because a model trained on one source per class learns the source as the class. "

@@ -142,6 +142,12 @@ def list_site_images(root: str) -> list[LabelledImage]:
     return described
 
 
+def names_site(source: str, site: str) -> bool:
+    """Whether ``site`` names the source of site slices ``source``: the whole name (``lgg-glioma/HT``) or its site
+    part (``HT``)."""
+    return site in (source, source.rsplit("/", 1)[-1])
+
+
 def patient_sites(root: str) -> dict[str, str]:
     """The site of each patient named in the folder's ``slices.csv``, if it has one."""
     table = storage.join(root, SITE_TABLE)

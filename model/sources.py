@@ -38,11 +38,6 @@ def origins(uris: np.ndarray, images: list[LabelledImage]) -> pd.DataFrame:
     return table
 
 
-def site_of(source: str) -> str:
-    """The site part of a site source name (``lgg-glioma/HT``: ``HT``)."""
-    return source.rsplit("/", 1)[-1]
-
-
 def merged_groups(near_duplicates: np.ndarray, patients: np.ndarray) -> np.ndarray:
     """One group id per image joining near-duplicate groups and patients: two images share a group when a chain of
     same-patient or near-duplicate pairs links them (an image without a patient links by near-duplicates only)."""

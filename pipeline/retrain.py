@@ -34,7 +34,7 @@ from model.architecture import build_classifier, load_members, member_networks
 from model.card import write_model_card
 from model.config import RetrainConfig, TrainConfig
 from model.data import (IMAGE, LABEL, TARGET, THUMBNAIL, URI, WEIGHT, DatasetError, LabelledImage,
-                        list_training_images, load_labelled_dataset)
+                        list_training_images, load_labelled_dataset, names_site)
 from model.dedup import group_near_duplicates, grouped_split
 from model.calibration import TARGET_SENSITIVITY, apply_temperature, fit_temperature, operating_threshold
 from model.evaluate import (CURVES_FILE, RELIABILITY_FILE, evaluate_predictions, reliability_png, screening_figures,
@@ -45,7 +45,7 @@ from model.quantize import figures, quantize_and_attach
 from model.ood import OOD_FILE, fit_and_describe
 from model.predict import ProbabilityPredictor, load_classifier
 from model.sources import (FROM_SITE, PATIENT, SEQUENCE, SOURCE, SourceGroups, balanced_weights, figures_by_source,
-                           merged_groups, origins, site_of, site_split, source_regressions)
+                           merged_groups, origins, site_split, source_regressions)
 from model.train import BEST_WEIGHTS, train_classifier
 from pipeline.errors import RunFailedError, describe_failure
 
@@ -144,7 +144,7 @@ def sites_split(table: pd.DataFrame, thumbnails: np.ndarray, config: RetrainConf
     """Other hospitals' slices: (validation mask, left-out mask, summary). Patients joined with near-duplicate groups
     go whole to one side; the site ``leave_out_site`` names goes to neither."""
     sources = table[SOURCE].to_numpy().astype(str)
-    left_out = np.array([site_of(source) == config.leave_out_site or source == config.leave_out_site
+    left_out = np.array([names_site(source, config.leave_out_site)
                          for source in sources]) if config.leave_out_site else np.zeros(len(table), bool)
     if config.leave_out_site and not left_out.any():
         raise DatasetError(f"no site {config.leave_out_site!r} to leave out among the site data's sources "
