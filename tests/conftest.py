@@ -1,4 +1,5 @@
-"""Shared fixtures: paths to committed samples and the shared data sets, a local Ray, an S3 endpoint on localhost."""
+"""Shared fixtures: paths to committed samples and the shared data sets, a local Ray, an S3 endpoint on localhost,
+a PACS (Orthanc with DICOMweb) on localhost."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pathlib
 
 import pytest
 
+from tests.support.orthanc import join_reapers, orthanc_missing, orthanc_server
 from tools.local_s3 import s3_server
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -60,3 +62,33 @@ def s3_endpoint():
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def orthanc_reaper():
+    """At the session's end, waits for every Orthanc still stopping (all at once, each killed after a bound)."""
+    yield
+    join_reapers()
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory, orthanc_reaper):
+    """A real PACS on localhost shared by the session's tests: Orthanc with DICOMweb at ``dicomweb_url``, HTTP basic
+    auth (``auth``) and OverwriteInstances. Tests must not stop it: fault tests take ``fresh_orthanc``."""
+    skip_without_orthanc()
+    with orthanc_server(tmp_path_factory.mktemp("orthanc")) as server:
+        yield server
+
+
+@pytest.fixture
+def fresh_orthanc(tmp_path, orthanc_reaper):
+    """An Orthanc of the test's own, empty, for fault tests: ``kill()``, ``stop()``, ``start()``, ``restart()``."""
+    skip_without_orthanc()
+    with orthanc_server(tmp_path / "orthanc") as server:
+        yield server
+
+
+def skip_without_orthanc() -> None:
+    missing = orthanc_missing()
+    if missing:
+        pytest.skip(missing)
