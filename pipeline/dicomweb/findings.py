@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import importlib.metadata
+import logging
 from collections.abc import Mapping
 
 from pydicom.uid import generate_uid
@@ -27,6 +28,13 @@ MODEL_NAME = "mri-screen brain tumor classifier"  # the algorithm's name; its ve
 DISCLAIMER = "AI-generated screening result, not a diagnosis"
 CLASS_MEANINGS = {"glioma": "Glioma", "meningioma": "Meningioma", "notumor": "No tumor",
                   "pituitary": "Pituitary tumor"}
+
+
+def keep_identifiers_out_of_logs() -> None:
+    """Quiet the DICOM libraries' INFO and DEBUG lines: highdicom's name the source image's SOP Instance UID,
+    dicomweb-client's the studies searched and retrieved."""
+    for library in ("highdicom", "dicomweb_client"):
+        logging.getLogger(library).setLevel(logging.WARNING)
 
 
 def software_version() -> str:

@@ -33,7 +33,8 @@ from pydicom.sr.coding import Code
 from model.decode import float_list, header_value
 from model.labels import CLASS_NAMES
 from pipeline.dicomweb.findings import (CLASS_MEANINGS, DISCLAIMER, SOFTWARE, SOFTWARE_MODEL_NAME, ScreeningModel,
-                                        SeriesFinding, derived_uid, object_uids, software_version)
+                                        SeriesFinding, derived_uid, keep_identifiers_out_of_logs, object_uids,
+                                        software_version)
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +100,9 @@ def report_datasets(finding: SeriesFinding, model: ScreeningModel, header: pydic
 
 def evidence_header(header: pydicom.Dataset) -> pydicom.Dataset:
     """A copy of the header with every patient and study attribute highdicom reads (empty where absent); refuses a
-    header that does not name its study, series and image, in a sentence that names no value."""
+    header that does not name its study, series and image, in a sentence that names no value. From here on the
+    DICOM libraries log no identifier (``keep_identifiers_out_of_logs``)."""
+    keep_identifiers_out_of_logs()
     missing = [keyword for keyword in REQUIRED_KEYWORDS if not header.get(keyword)]
     if missing:
         raise ValueError(f"the deciding image's header lacks {', '.join(missing)}: a report must name the study, "

@@ -6,8 +6,9 @@ stored instance with a known SOP Instance UID replaces the one there, as the scr
 ``stop`` (SIGTERM; Orthanc takes over 4 s to stop, so by default it is left to finish in a reaper thread, killed if
 it outlives ``STOP_BOUND_S``), ``restart`` (same ports, same storage). ``join_reapers`` waits for every stopping
 server at once, so a session with several servers waits about 5 s in all, not 5 s each. The tests' fixtures
-(``tests/conftest.py``) share one server per session and give fault tests a fresh one of their own. ``orthanc_missing`` says why Orthanc
-cannot run here (the Debian packages ``orthanc`` and ``orthanc-dicomweb`` provide it), else None.
+(``tests/conftest.py``) share one server per session and give fault tests a fresh one of their own.
+``orthanc_missing`` says why Orthanc cannot run here (the Debian packages ``orthanc`` and ``orthanc-dicomweb``
+provide it), else None.
 """
 
 from __future__ import annotations
