@@ -13,7 +13,7 @@ into large ones and deletes files no version younger than --retain-days needs: t
 reaches back that far. ``verify`` checks every table: its log parses, every data file it names exists with its
 recorded size, and predictions and series agree with runs; it prints each problem as one sentence naming the
 table, the cause and the way back (usually the ``restore`` command with the last good version). ``restore`` brings
-one table back to that version (``pipeline.maintenance``). ``optimize`` and ``recover`` refuse a damaged table.
+one table back to that version (``pipeline.results.maintenance``). ``optimize`` and ``recover`` refuse a damaged table.
 Exit status 0 when done (``verify`` and ``restore``: the output is whole), 1 when ``verify`` finds a problem
 (after ``restore`` too: the table is back, but e.g. ``runs`` still records a night the restored table no longer
 holds), 2 when the output is busy, missing, damaged or not a results output, with one line saying why.
@@ -29,7 +29,7 @@ import uuid
 
 from infra import storage
 from jobs.runner import POSITIVE_NUMBER, HelpFormatter, bounded, require_lasting_paths
-from pipeline import maintenance, results, run_lock
+from pipeline.results import maintenance, run_lock, tables
 
 logger = logging.getLogger("jobs.maintain")
 
@@ -53,18 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="check every table: its log parses, its data files exist, it agrees with runs")
     restore = commands.add_parser("restore", parents=[common], formatter_class=HelpFormatter,
                                   help="bring one table back to an earlier version (the one verify names)")
-    restore.add_argument("--table", required=True, choices=results.TABLES, help="the table to restore")
+    restore.add_argument("--table", required=True, choices=tables.TABLES, help="the table to restore")
     restore.add_argument("--version", required=True, type=bounded(int, 0), help="the table version to go back to")
     return parser
 
 
 def run(args: argparse.Namespace) -> dict:
     if args.command == "migrate":
-        if not storage.is_dir(storage.join(args.results, results.RUNS)):
-            raise results.ResultsError(f"{args.results} holds no runs table: nothing to migrate")
-    elif not results.is_delta(args.results, results.RUNS):
-        results.check_layout(args.results)
-        raise results.ResultsError(f"{args.results} holds no screening results (no runs table)")
+        if not storage.is_dir(storage.join(args.results, tables.RUNS)):
+            raise tables.ResultsError(f"{args.results} holds no runs table: nothing to migrate")
+    elif not tables.is_delta(args.results, tables.RUNS):
+        tables.check_layout(args.results)
+        raise tables.ResultsError(f"{args.results} holds no screening results (no runs table)")
     with run_lock.RunLock(args.results, f"maintenance-{uuid.uuid4().hex[:8]}"):
         if args.command == "migrate":
             return {"migrated_rows": maintenance.migrate(args.results)}
@@ -75,17 +75,17 @@ def run(args: argparse.Namespace) -> dict:
                     "problems": maintenance.verify(args.results)}
         refuse_damaged(args.results)
         if args.command == "recover":
-            return {"recovered_runs": results.recover(args.results)}
+            return {"recovered_runs": tables.recover(args.results)}
         # a run left between its commits is finished first: compaction must not settle its partial commit
-        return {"recovered_runs": results.recover(args.results), "compacted": maintenance.compact(args.results),
+        return {"recovered_runs": tables.recover(args.results), "compacted": maintenance.compact(args.results),
                 "vacuumed_files": maintenance.vacuum(args.results, args.retain_days)}
 
 
 def refuse_damaged(output: str) -> None:
     """ResultsError with the first problem of a damaged table: compaction, vacuum and commits must not build on it."""
-    problems = [problem for table in results.TABLES for problem in maintenance.table_problems(output, table)]
+    problems = [problem for table in tables.TABLES for problem in maintenance.table_problems(output, table)]
     if problems:
-        raise results.ResultsError(f"{problems[0]} (`python -m jobs.maintain verify --results {output}` lists every "
+        raise tables.ResultsError(f"{problems[0]} (`python -m jobs.maintain verify --results {output}` lists every "
                                    f"problem)")
 
 
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         summary = run(args)
-    except (storage.StorageError, results.CommitError) as error:
+    except (storage.StorageError, tables.CommitError) as error:
         logger.error("%s not done: %s", args.command, error)
         return 2
     for problem in summary.get("problems", []):

@@ -15,14 +15,14 @@ or S3 prefix) with DuckDB; starts no Ray, and runs the same under ``ray job subm
 Views for SQL: predictions, series, runs (complete runs only), current_predictions and current_series (each file or
 series as last scored), predictions_all and series_all (every committed row). The SQL reads these and nothing else:
 statements that write, attach, install or load are refused, and DuckDB may open no file (``read_csv``,
-``read_text``, ``COPY``) and load no extension (``pipeline.views.connect_read_only``). --as-of reads every table as
+``read_text``, ``COPY``) and load no extension (``pipeline.results.views.connect_read_only``). --as-of reads every table as
 it was at a moment (what was reported that morning). Output: an aligned table on a terminal, or --format csv, json
 or parquet, to stdout or --output FILE. In the terminal table, control characters (escape sequences, line breaks)
 are shown escaped, as \\x1b; in CSV, a text cell starting with =, +, -, @, a tab or a carriage return is prefixed
 with a single quote, so no spreadsheet takes it for a formula. ``patient --patient-id`` turns a patient ID into its
 pseudonym here, with the pseudonym key the screening runs used (PSEUDONYM_KEY or --pseudonym-key-file); the ID
 itself is never printed, logged or written (``-`` reads it from stdin, out of the shell history). ``report``
-rebuilds a committed run's morning report (``pipeline.report``; default: the latest run) where the run wrote it, or
+rebuilds a committed run's morning report (``pipeline.report.morning``; default: the latest run) where the run wrote it, or
 to --output, and prints where. ``reviews`` tells how far the radiologists' verdicts in the review app
 (``python -m jobs.review``) agree with the model: flags confirmed, dismissed or left unsure, the share confirmed
 and the classes kept or corrected, each case counted once by its latest verdict. Exit status 0 (an empty answer
@@ -49,7 +49,8 @@ import pyarrow.parquet as pq
 from infra import storage
 from jobs.runner import POSITIVE_INT, PROBABILITY, HelpFormatter, iso_date, require_lasting_paths
 from model.labels import CLASS_NAMES
-from pipeline import queries, report, results, views
+from pipeline.report import morning
+from pipeline.results import queries, tables, views
 from pipeline.pseudonym import PseudonymKeyError, load_key
 from pipeline.review import verdicts
 
@@ -132,7 +133,7 @@ def date_range(args: argparse.Namespace) -> queries.DateRange:
 
 def answer(args: argparse.Namespace) -> pa.Table:
     if args.command == "history":
-        return pa.Table.from_pylist(results.history(args.results))
+        return pa.Table.from_pylist(tables.history(args.results))
     connection = views.connect_read_only(args.results, args.as_of)
     if args.command == "flagged":
         return queries.flagged(connection, queries.FlaggedFilter(
@@ -228,12 +229,12 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 
 def require_results(output: str, as_of: datetime.datetime | None = None) -> None:
     """A results output, which held results already at ``as_of`` when one is given."""
-    if not results.is_delta(output, results.RUNS):
-        results.check_layout(output)
+    if not tables.is_delta(output, tables.RUNS):
+        tables.check_layout(output)
         raise queries.QueryError(f"{output} holds no screening results (no runs table): give the --output folder "
                                  f"of jobs.screen")
-    if as_of is not None and results.open_table(output, results.RUNS, as_of) is None:
-        first = results.committed_at(output, results.RUNS, 0)
+    if as_of is not None and tables.open_table(output, tables.RUNS, as_of) is None:
+        first = tables.committed_at(output, tables.RUNS, 0)
         since = f": its first run was committed at {first:%Y-%m-%d %H:%M:%S} UTC" if first else ""
         raise queries.QueryError(f"{output} held no screening results at {as_of.astimezone(datetime.timezone.utc):%Y-%m-%d %H:%M:%S} UTC, before "
                                  f"its first run{since}; nothing was there to read then")
@@ -249,10 +250,10 @@ def main(argv: list[str] | None = None) -> int:
         require_results(args.results, getattr(args, "as_of", None))
         if args.command == "report":
             os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if args.verbose else "3")  # TensorFlow's notices
-            sys.stdout.write(report.write_report(args.results, args.run_id, args.output) + "\n")
+            sys.stdout.write(morning.write_report(args.results, args.run_id, args.output) + "\n")
             return 0
         data = render(answer(args), args.format)
-    except (queries.QueryError, report.ReportError, storage.StorageError, PseudonymKeyError) as error:
+    except (queries.QueryError, morning.ReportError, storage.StorageError, PseudonymKeyError) as error:
         print(f"jobs.query {args.command}: {printable(str(error))}", file=sys.stderr)
         return 2
     if args.output:

@@ -28,7 +28,7 @@ import threading
 from jobs.runner import POSITIVE_INT, POSITIVE_NUMBER, HelpFormatter, add_common_options, bounded, run_job
 from model import registry
 from model.registry import DEFAULT_MODEL
-from pipeline import results
+from pipeline.results import tables
 from pipeline.errors import RunNotStartedError
 from pipeline.review.access import is_loopback, read_token
 
@@ -72,10 +72,10 @@ def prepare(args: argparse.Namespace):
     from pipeline.pseudonym import load_key
     from pipeline.review.serving import ReviewSettings
 
-    if not results.is_delta(args.results, results.RUNS):
+    if not tables.is_delta(args.results, tables.RUNS):
         raise RunNotStartedError(f"{args.results} holds no screening results (no runs table): give the --output "
                                  f"folder of jobs.screen")
-    results.check_layout(args.results)
+    tables.check_layout(args.results)
     registry.load_model_info(args.model)
     load_key(args.pseudonym_key_file)
     if args.token_file:

@@ -9,7 +9,7 @@ Embedded, this starts a local Ray; under ``ray job submit`` (or with --address /
 Exit status: 0 when the run completed and committed (bad input files become error rows), 2 when it could not
 start (nothing written), 3 when it failed part-way (not committed: every date reads as it did before).
 After the commit, the night's HTML report is written to ``<output>/reports/<run_date>/<run_id>.html``
-(``pipeline.report``; --no-report skips it); a report that fails leaves the run committed, with a warning.
+(``pipeline.report.morning``; --no-report skips it); a report that fails leaves the run committed, with a warning.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from jobs.runner import (POSITIVE_INT, POSITIVE_NUMBER, PROBABILITY, HelpFormatt
                          require_lasting_paths, run_job)
 from model.decode import DecodeLimits
 from model.registry import DEFAULT_MODEL
-from pipeline.report import publish_run_report
-from pipeline.screen import ScreenConfig, ScreeningPlan, prepare, score_and_commit
+from pipeline.report.morning import publish_run_report
+from pipeline.screening import ScreenConfig, ScreeningPlan, prepare, score_and_commit
 from model.backends import BACKENDS
 
 logger = logging.getLogger("jobs.screen")
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also rescore unchanged files whose results come from another model than this run's")
     parser.add_argument("--selection-rules", metavar="FILE|all",
                         help="YAML rules choosing which DICOM objects are brain MRI and scored; the others are "
-                             "recorded as skipped with the reason (default: pipeline/selection_rules.yaml; 'all' "
+                             "recorded as skipped with the reason (default: pipeline/sources/selection_rules.yaml; 'all' "
                              "scores every image object)")
     parser.add_argument("--allow-empty", action="store_true",
                         help="record a run even when the input holds no files (it replaces the date's results); "

@@ -5,7 +5,7 @@ deflated, big-endian, implicit VR), with the modality LUT (rescale slope/interce
 MONOCHROME1 inversion applied; multi-frame objects give one frame per row. JPEG and PNG go through OpenCV after
 their header size is checked. Limits on bytes, pixels and frames keep one hostile file from exhausting a worker.
 Failures raise :class:`DecodeError` carrying an :class:`model.errors.ErrorCode`. The scoring stages
-(``pipeline.stages``) and the training data loader (``model.data``) both read files through :func:`decode_file`.
+(``pipeline.scoring.stages``) and the training data loader (``model.data``) both read files through :func:`decode_file`.
 """
 
 from __future__ import annotations

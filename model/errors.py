@@ -2,7 +2,7 @@
 
 Each code is a member of :class:`ErrorCode` (a ``str``, so it is written to Parquet as its value) and carries the
 one-line description the README's table repeats. The decoder (``model.decode``) raises them, the scoring stages
-(``pipeline.stages``) write them, and the summary of every run counts them.
+(``pipeline.scoring.stages``) write them, and the summary of every run counts them.
 """
 
 from __future__ import annotations

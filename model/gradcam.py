@@ -11,7 +11,7 @@ are in ``docs/benchmarks.md`` and each model's ``model.json``). The score is a l
 probabilities saturate near 1 and would leave almost no gradient): a class's own logit, or for ``TUMOR`` the
 log-odds of any tumor class against no tumor. For an ensemble (``ArchitectureConfig.members``) each member network
 explains the slice as it is; their maps, each scaled to [0, 1], are averaged before the head is cut out. Imports
-TensorFlow: the morning report (``pipeline.report``) imports this module lazily, in a worker.
+TensorFlow: the morning report (``pipeline.report.morning``) imports this module lazily, in a worker.
 """
 
 from __future__ import annotations

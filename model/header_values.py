@@ -7,7 +7,7 @@ its element declares: a date is a real calendar date, stored YYYYMMDD (else noth
 Modality, BodyPartExamined, each value of ImageType) is at most 16 upper-case letters, digits, spaces and
 underscores (else :data:`INVALID_CODE_STRING` stands in its place); numbers and UIDs are kept when they are numbers
 and UIDs. Free text (descriptions, names, comments: every other VR) is never quoted; a selection rule quotes only
-the part a regular expression of its own matched (``pipeline.selection``).
+the part a regular expression of its own matched (``pipeline.sources.selection``).
 """
 
 from __future__ import annotations

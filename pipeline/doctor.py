@@ -31,11 +31,11 @@ from infra.ray_runtime import ensure_ray
 from model import registry
 from model.backends import cpu_instruction_sets, int8_report
 from model.decode import DecodeLimits
-from pipeline import results
+from pipeline.results import tables
 from pipeline import schema as col
-from pipeline.listing import iter_input_files
+from pipeline.sources.listing import iter_input_files
 from pipeline.pseudonym import PseudonymKeyError, load_key
-from pipeline.stages import InferenceActor, StageContext, file_rows, rows_to_table
+from pipeline.scoring.stages import InferenceActor, StageContext, file_rows, rows_to_table
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEMO_KEY_FILE = ROOT / "out" / "demo-pseudonym.key"
@@ -143,7 +143,8 @@ class InferenceProbe:
 
 
 def check_inference(config: DoctorConfig) -> Check:
-    from pipeline.screen import ScreenConfig, inference_backend, inference_resources
+    from pipeline.screening import ScreenConfig
+    from pipeline.screening.scoring import inference_backend, inference_resources
 
     info = registry.load_model_info(config.model)
     screen = ScreenConfig(inputs=("-",), output="-", inference_actors=config.inference_actors,
@@ -185,8 +186,8 @@ def check_output(config: DoctorConfig) -> Check:
     if not config.output:
         return Check("output", None, "no --output given")
     storage.check_reachable(config.output)
-    results.check_writable(config.output)
-    results.check_layout(config.output)
+    tables.check_writable(config.output)
+    tables.check_layout(config.output)
     return Check("output", True, f"{config.output} is writable")
 
 

@@ -121,7 +121,7 @@ def validate_key(text: str, where: str = "the pseudonym key") -> bytes:
 
 def keyed_digest(key: bytes, kind: str, value: str, digits: int) -> str:
     """The first ``digits`` hex digits of HMAC-SHA256 of ``kind:value`` under ``key``: every keyed name the project
-    makes (identifiers here, file references and folder pseudonyms in ``pipeline.paths``)."""
+    makes (identifiers here, file references and folder pseudonyms in ``pipeline.sources.paths``)."""
     return hmac.new(key, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()[:digits]
 
 

@@ -38,9 +38,9 @@ INSTANCE_NUMBER = "instance_number"
 SLICE_POSITION = "slice_position"
 MODEL_VERSION = "model_version"
 MODEL_SHA256 = "model_sha256"
-SELECTION_RULE = "selection_rule"  # the rule of the selection rules (pipeline.selection) that decided the row
+SELECTION_RULE = "selection_rule"  # the rule of the selection rules (pipeline.sources.selection) that decided the row
 SKIP_REASON = "skip_reason"  # why a skipped row was not classified (the rule's reason, with the header values)
-OOD_SCORE = "ood_score"  # how unlike the training images the input is (pipeline.stages, model.ood)
+OOD_SCORE = "ood_score"  # how unlike the training images the input is (pipeline.scoring.stages, model.ood)
 OOD = "ood"  # ood_score above the model's out-of-distribution threshold: not counted as tumor or no tumor
 PROBABILITY_COLUMNS = tuple(f"prob_{name}" for name in CLASS_NAMES)
 

@@ -30,7 +30,7 @@ from model.predict import ProbabilityPredictor, load_classifier
 from model.decode import DecodeLimits
 from model.quantize import median_rate
 from model.registry import DEFAULT_MODEL
-from pipeline.screen import ScreenConfig, run_screening
+from pipeline.screening import ScreenConfig, run_screening
 from model.backends import BACKENDS, ONNX_EXPORT_OF
 
 
@@ -94,7 +94,7 @@ def loop_files(source: pathlib.Path, count: int) -> list[pathlib.Path]:
 
 
 def loop_context(info: registry.ModelInfo):
-    from pipeline.stages import StageContext
+    from pipeline.scoring.stages import StageContext
 
     return StageContext("loop", "1970-01-01", info.preprocessing, DecodeLimits(), None, 0.5, info.version,
                         info.weights_sha256)
@@ -104,7 +104,7 @@ def plain_loop_rate(source: pathlib.Path, count: int, model_uri: str, backend: s
     """The reference the pipeline must beat: one process, no Ray, each file read, decoded, preprocessed (the
     pipeline's own stage functions) and scored in batches of 64, on 2 inference threads."""
     from model.onnx_runtime import OnnxPredictor
-    from pipeline.stages import file_rows
+    from pipeline.scoring.stages import file_rows
 
     info = registry.load_model_info(model_uri)
     predictor = (OnnxPredictor.for_model(info, cpu_threads=2, export=ONNX_EXPORT_OF[backend])
@@ -127,7 +127,7 @@ def stage_costs(source: pathlib.Path, count: int, model_uri: str, batch: int = 6
     from model.decode import decode_file
     from model.preprocessing import preprocess_image
     from model.backends import ONNX
-    from pipeline.stages import InferenceActor, bound_threads, file_rows, rows_to_table, to_predictions_table
+    from pipeline.scoring.stages import InferenceActor, bound_threads, file_rows, rows_to_table, to_predictions_table
 
     bound_threads(1)
     info = registry.load_model_info(model_uri)

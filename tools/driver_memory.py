@@ -28,9 +28,9 @@ import pyarrow as pa
 import psutil
 
 from infra.ray_runtime import ensure_ray
-from pipeline import results
+from pipeline.results import tables
 from pipeline import schema as col
-from pipeline import screen as screening
+from pipeline.screening import run as screening
 
 
 class PeakSampler(threading.Thread):
@@ -106,7 +106,7 @@ def synthetic_rows(run_id: str, start: int, count: int, rng: np.random.Generator
 def after_scoring(output: str, rows: int, probe: Probe) -> None:
     """Stage ``rows`` synthetic rows as a run would, then run its series, counts and commits."""
     run_id, rng = "synthetic-run", np.random.default_rng(0)
-    parts = results.ParquetParts(results.work_uri(output, run_id, results.PREDICTIONS), col.PREDICTIONS_SCHEMA)
+    parts = tables.ParquetParts(tables.work_uri(output, run_id, tables.PREDICTIONS), col.PREDICTIONS_SCHEMA)
     for start in range(0, rows, 10_000):
         parts.write(synthetic_rows(run_id, start, min(10_000, rows - start), rng))
     parts.close()
@@ -117,8 +117,8 @@ def after_scoring(output: str, rows: int, probe: Probe) -> None:
         connection.close()
     probe.report("series and counts", series=series, rows_counted=outcomes.rows)
     finished = datetime.datetime.now(datetime.timezone.utc)
-    results.stage_run_row(output, {col.RUN_ID: run_id, col.RUN_DATE: "2026-11-30", col.FINISHED_AT: finished})
-    results.commit_run(output, run_id)
+    tables.stage_run_row(output, {col.RUN_ID: run_id, col.RUN_DATE: "2026-11-30", col.FINISHED_AT: finished})
+    tables.commit_run(output, run_id)
     probe.report("committed")
 
 
@@ -156,7 +156,7 @@ def main() -> None:
     else:
         for name in ("select_files", "predictions_dataset", "stage_predictions", "write_series", "count_outcomes"):
             probe.wrap(screening, name)
-        probe.wrap(results, "commit_run")
+        probe.wrap(tables, "commit_run")
         record = screening.score_and_commit(plan)
         probe.report("end", rows=record.rows_written, series=record.series)
     sampler.running = False

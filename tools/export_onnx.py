@@ -18,7 +18,7 @@ from model.decode import DecodeLimits
 from model.onnx_export import export_and_attach
 from model.predict import load_classifier
 from pipeline import schema as col
-from pipeline.stages import StageContext, file_rows
+from pipeline.scoring.stages import StageContext, file_rows
 
 SAMPLES = pathlib.Path(__file__).resolve().parents[1] / "samples" / "archive"
 

@@ -7,7 +7,7 @@ milliseconds, S3 from a data centre in about 10-30).
     python -m tools.s3_benchmark --files 2000 --decode-files 480 --latency-ms 20 --lookups 1 8 32 --read-ahead 1 4 8 16
 
 The listing is measured on ``--files`` one-byte objects named by a manifest, once for each ``--lookups``; the
-decoding stage (``pipeline.stages.decode_and_preprocess``, in this process, batches of 64) on ``--decode-files``
+decoding stage (``pipeline.scoring.stages.decode_and_preprocess``, in this process, batches of 64) on ``--decode-files``
 copies of the sample archive's files, once for each ``--read-ahead``, and once from local disk for reference.
 Each line printed is JSON. The figures are in docs/benchmarks.md ("Reading from S3").
 """
@@ -127,7 +127,7 @@ def decoding_sources(client, files: int, folder: pathlib.Path) -> list[tuple[str
 
 
 def listing_rate(manifest: str, files: int, lookups: int) -> dict:
-    from pipeline.listing import iter_manifest
+    from pipeline.sources.listing import iter_manifest
 
     started = time.perf_counter()
     listed = list(iter_manifest(manifest, lookups=lookups))
@@ -143,7 +143,7 @@ def decode_rate(sources: list[tuple[str, str, int]], which: int, read_ahead: int
     from model.decode import DecodeLimits
     from model.preprocessing import PreprocessConfig
     from pipeline import schema as col
-    from pipeline import stages
+    from pipeline.scoring import stages
 
     stages.READ_AHEAD_FILES = read_ahead
     context = stages.StageContext("benchmark", "2026-11-30", PreprocessConfig(), DecodeLimits(), b"k" * 32, 0.5,

@@ -1,4 +1,4 @@
-"""Series rule study: how each series rule of ``pipeline.series.SERIES_RULES`` trades sensitivity for false flags.
+"""Series rule study: how each series rule of ``pipeline.scoring.series.SERIES_RULES`` trades sensitivity for false flags.
 
     python -m tools.series_rule_study --model models/mri-bilstm-v2 --results /tmp/series-study-out > report.md
 
@@ -9,7 +9,7 @@ calibration applied), and synthetic series are drawn from them with a fixed seed
 no-tumor slices, tumor series of the same lengths where a run of k adjacent slices (k = 1..6) are tumor slices,
 and no-tumor series where one slice is replaced by one of the most suspicious no-tumor slices (a noisy frame).
 Every rule scores every series at the model's threshold. (b) The sample archive: the series of a results folder
-(``jobs.screen`` over ``samples/archive``), read back through ``pipeline.views``, as each rule decides them.
+(``jobs.screen`` over ``samples/archive``), read back through ``pipeline.results.views``, as each rule decides them.
 
 Prints a markdown report on stdout (docs/series_rule.md holds one). Part (a) is skipped with a message when the
 training data the model recorded (under ``../shared``) is not there; part (b) when no results folder is given.
@@ -34,8 +34,8 @@ from model.labels import NO_TUMOR, NO_TUMOR_INDEX
 from model.onnx_runtime import OnnxPredictor
 from model.preprocessing import preprocess_image
 from pipeline import schema as col
-from pipeline import views
-from pipeline.series import SERIES_INPUT_COLUMNS, SERIES_RULE, SERIES_RULES, order_slices, rule_input
+from pipeline.results import views
+from pipeline.scoring.series import SERIES_INPUT_COLUMNS, SERIES_RULE, SERIES_RULES, order_slices, rule_input
 
 logger = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ def study(config: StudyConfig) -> str:
     info = registry.load_model_info(config.model)
     training = info.metadata.get("training", {})
     folders = [training.get("data"), *training.get("tumor_data", [])]
-    parts = [f"# Series rule study\n\nChosen rule: `{SERIES_RULE}` (`pipeline.series.SERIES_RULE`)."]
+    parts = [f"# Series rule study\n\nChosen rule: `{SERIES_RULE}` (`pipeline.scoring.series.SERIES_RULE`)."]
     if all(folder and storage.is_dir(folder) for folder in folders):
         parts.append(validation_report(info, config))
     else:

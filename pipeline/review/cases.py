@@ -2,8 +2,8 @@
 slice framed, the unfamiliar, skipped and unread slices dashed and named), the deciding slice large beside its
 heat map, the class probabilities, why the series was decided where it was, and the model with its operating point.
 
-In: the committed tables (``pipeline.report``'s queries of one run), the case key; out: a ``CaseView`` whose
-pictures are drawn (``pipeline.report_images``) and whose heat map the caller adds (``add_heat_map``: the heat map
+In: the committed tables (``pipeline.report.morning``'s queries of one run), the case key; out: a ``CaseView`` whose
+pictures are drawn (``pipeline.report.images``) and whose heat map the caller adds (``add_heat_map``: the heat map
 model runs elsewhere, TensorFlow never loads where pages are built). Files are named by reference, never by path.
 """
 
@@ -16,11 +16,11 @@ import numpy as np
 
 from model import registry
 from model.preprocessing import PreprocessConfig
-from pipeline import report
+from pipeline.report import morning
 from pipeline import schema as col
-from pipeline.report_cases import case_card
-from pipeline.report_html import model_text
-from pipeline.report_images import Case, SliceReader, draw_thumbnails, png_uri
+from pipeline.report.cases import case_card
+from pipeline.report.html import model_text
+from pipeline.report.images import Case, SliceReader, draw_thumbnails, png_uri
 from pipeline.review.worklist import IMAGE_KIND, SERIES_KIND, image_key
 
 
@@ -52,31 +52,31 @@ class CaseView:
 
 
 def find_case(connection: duckdb.DuckDBPyConnection, run: dict, kind: str, case_key: str,
-              names: report.FileNames) -> Case:
+              names: morning.FileNames) -> Case:
     """The flagged series or image of ``run`` known by ``case_key``, as the report builds it."""
     if kind == SERIES_KIND:
-        for row in report.flagged_series(connection, run):
+        for row in morning.flagged_series(connection, run):
             if row[col.SERIES_KEY] == case_key:
-                case = report.series_case(row)
-                case.set_aside = report.set_aside_slices(connection, run).get(case_key, {})
+                case = morning.series_case(row)
+                case.set_aside = morning.set_aside_slices(connection, run).get(case_key, {})
                 return case
     else:
-        for row in names.label(report.flagged_images(connection, run)):
+        for row in names.label(morning.flagged_images(connection, run)):
             if image_key(row[col.SOURCE_URI], row[col.FRAME_INDEX] or 0, names.key, run[col.RUN_ID]) == case_key:
-                return report.image_case(row)
+                return morning.image_case(row)
     raise CaseNotFound(f"no flagged {kind} {case_key} in run {run[col.RUN_ID]}")
 
 
 def load_case(connection: duckdb.DuckDBPyConnection, run_id: str, case_key: str, key: bytes | None) -> CaseView:
     """The case with its thumbnails drawn (slices re-read from their files as scoring read them)."""
     try:
-        run = report.run_row(connection, run_id)
-    except report.ReportError as error:
+        run = morning.run_row(connection, run_id)
+    except morning.ReportError as error:
         raise CaseNotFound(str(error)) from None
     kind = IMAGE_KIND if case_key.startswith(("f-", "r-")) else SERIES_KIND
-    names = report.FileNames(key, run_id)
+    names = morning.FileNames(key, run_id)
     case = find_case(connection, run, kind, case_key, names)
-    info, heat_note = report.run_model(run)
+    info, heat_note = morning.run_model(run)
     preprocessing = info.preprocessing if info else PreprocessConfig()
     draw_thumbnails(case, SliceReader(preprocessing, locate=names.locate, name=names.reference))
     return CaseView(kind, run, case, info, heat_note)

@@ -12,7 +12,7 @@ import urllib.parse
 
 from model.labels import CLASS_NAMES
 from pipeline import schema as col
-from pipeline.report_html import STYLE, esc, number, page, study_date
+from pipeline.report.html import STYLE, esc, number, page, study_date
 from pipeline.review.cases import CaseView
 from pipeline.review.verdicts import CONFIRMED, DISMISSED, REOPENED, STATES, UNSURE
 from pipeline.review.worklist import Item, WorklistFilter

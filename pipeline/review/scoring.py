@@ -3,10 +3,10 @@ it, and stored nowhere.
 
 The upload is unpacked within bounds (``UploadLimits``: its size, the zip's members and their unpacked bytes, no
 member read past its declared size), each file decoded, selected and preprocessed by the nightly stage
-(``pipeline.stages.file_rows``: the same decoding limits, selection rules and preprocessing), then scored by the
-nightly inference (``pipeline.stages.InferenceActor``: the backend ``model.backends`` chooses, the calibration, the
+(``pipeline.scoring.stages.file_rows``: the same decoding limits, selection rules and preprocessing), then scored by the
+nightly inference (``pipeline.scoring.stages.InferenceActor``: the backend ``model.backends`` chooses, the calibration, the
 unfamiliarity check, the model's flag threshold), and a series summarised by the nightly series rule
-(``pipeline.series``). DICOM keys are computed under a key drawn at random for this process and never shown: the
+(``pipeline.scoring.series``). DICOM keys are computed under a key drawn at random for this process and never shown: the
 answer names files by their file names alone and carries no patient, study or series key.
 """
 
@@ -26,9 +26,9 @@ from model import registry
 from model.decode import DecodeLimits
 from model.labels import CLASS_NAMES
 from pipeline import schema as col
-from pipeline.selection import SelectionRules, load_rules
-from pipeline.series import SERIES_INPUT_COLUMNS, summarize_series
-from pipeline.stages import StageContext, file_rows, rows_to_table
+from pipeline.sources.selection import SelectionRules, load_rules
+from pipeline.scoring.series import SERIES_INPUT_COLUMNS, summarize_series
+from pipeline.scoring.stages import StageContext, file_rows, rows_to_table
 
 ON_DEMAND_RUN = "on-demand"  # the run id on-demand rows carry in flight; never written anywhere
 ZIP_MAGIC = b"PK\x03\x04"

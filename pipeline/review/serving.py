@@ -3,7 +3,7 @@
 - ``ReviewApp`` (ingress, FastAPI): the worklist, the case pages, the verdicts (appended to the ``reviews`` table)
   and on-demand scoring; it reads the committed tables and decodes uploads, and asks the deployments below for
   what needs a network.
-- ``ScoringModel``: the nightly inference (``pipeline.stages.InferenceActor``, its backend chosen by
+- ``ScoringModel``: the nightly inference (``pipeline.scoring.stages.InferenceActor``, its backend chosen by
   ``model.backends``) behind ``@serve.batch``, so concurrent uploads share one pass; autoscaled between
   ``min_replicas`` and ``max_replicas``.
 - ``HeatMapModel``: the deciding slice's Grad-CAM (``model.gradcam``), loaded on the first case page; TensorFlow
@@ -31,7 +31,7 @@ from ray import serve
 from model import registry
 from model.backends import auto_backend
 from model.labels import CLASS_NAMES
-from pipeline import queries, views
+from pipeline.results import queries, views
 from pipeline import schema as col
 from pipeline.pseudonym import load_key
 from pipeline.review import access, cases, pages, scoring, verdicts, worklist
@@ -72,7 +72,7 @@ class ScoringModel:
     """The nightly inference behind ``@serve.batch``: the tables of concurrent requests are scored in one pass."""
 
     def __init__(self, model: str, threads: int):
-        from pipeline.stages import InferenceActor  # ONNX Runtime loads in the replica, not where the app is built
+        from pipeline.scoring.stages import InferenceActor  # ONNX Runtime loads in the replica, not where the app is built
 
         info = registry.load_model_info(model)
         self.backend = auto_backend(info, use_gpu=False)

@@ -19,11 +19,11 @@ from deltalake import write_deltalake
 
 from infra import storage
 from model.labels import CLASS_NAMES, NO_TUMOR
-from pipeline import results
+from pipeline.results import tables
 from pipeline import schema as col
 
 REVIEWS = "reviews"
-CASE_KEY = "case_key"  # a series key, or an image's file reference (pipeline.paths)
+CASE_KEY = "case_key"  # a series key, or an image's file reference (pipeline.sources.paths)
 CASE_KIND = "case_kind"  # "series" or "image"
 VERDICT = "verdict"
 CORRECTED_CLASS = "corrected_class"
@@ -90,11 +90,11 @@ class VerdictLog:
     this process; Delta's optimistic concurrency keeps appends from several processes whole) and read back."""
 
     def __init__(self, output: str):
-        self.output, self.uri = output, results.table_uri(output, REVIEWS)
+        self.output, self.uri = output, tables.table_uri(output, REVIEWS)
         self.lock = threading.Lock()
 
     def append(self, verdict: Verdict) -> dict:
-        row = {**dataclasses.asdict(verdict), REVIEWED_AT: results.utc_now()}
+        row = {**dataclasses.asdict(verdict), REVIEWED_AT: tables.utc_now()}
         with self.lock:
             write_deltalake(self.uri, pa.Table.from_pylist([row], schema=REVIEWS_SCHEMA), mode="append",
                             storage_options=storage.delta_options(self.uri))
@@ -102,7 +102,7 @@ class VerdictLog:
 
     def rows(self) -> pa.Table:
         """Every verdict ever recorded, oldest first (an output without verdicts: none)."""
-        delta = results.open_table(self.output, REVIEWS)
+        delta = tables.open_table(self.output, REVIEWS)
         if delta is None:
             return REVIEWS_SCHEMA.empty_table()
         return delta.to_pyarrow_dataset().to_table().select(REVIEWS_SCHEMA.names).sort_by(REVIEWED_AT)
@@ -115,7 +115,7 @@ class VerdictLog:
 def dataset(output: str, as_of: datetime.datetime | None = None) -> pads.Dataset:
     """The ``reviews`` table (as it was at ``as_of``, if given) as a pyarrow dataset, for SQL; empty when no verdict
     was recorded (by then)."""
-    delta = results.open_table(output, REVIEWS, as_of)
+    delta = tables.open_table(output, REVIEWS, as_of)
     if delta is None:
         return pads.dataset(REVIEWS_SCHEMA.empty_table())
     return delta.to_pyarrow_dataset()

@@ -1,9 +1,9 @@
 """The worklist: a night's (or a date range's) flagged series and images, most suspicious first, each with its review
 state, and the unfamiliar inputs of those nights in a list of their own.
 
-In: the committed results tables (``pipeline.views``, the flagged query of ``jobs.query flagged``) and the verdicts
+In: the committed results tables (``pipeline.results.views``, the flagged query of ``jobs.query flagged``) and the verdicts
 (``pipeline.review.verdicts``); out: ``Item`` rows. A series is known by its series key; an image outside any series
-by its file reference (``pipeline.paths``: keyed with the pseudonym key, else derived from its run), never by its
+by its file reference (``pipeline.sources.paths``: keyed with the pseudonym key, else derived from its run), never by its
 path.
 """
 
@@ -13,7 +13,9 @@ import dataclasses
 
 import duckdb
 
-from pipeline import paths, queries, report
+from pipeline.report import morning
+from pipeline.results import queries
+from pipeline.sources import paths
 from pipeline import schema as col
 from pipeline.review.verdicts import CASE_KINDS, NOT_REVIEWED, STATES, state_of
 
@@ -89,7 +91,7 @@ def flagged_items(connection: duckdb.DuckDBPyConnection, chosen: WorklistFilter,
 def runs_in(connection: duckdb.DuckDBPyConnection, dates: queries.DateRange) -> list[dict]:
     """The complete runs of the chosen nights, latest first."""
     where, parameters = dates.where(connection)
-    return report.records(connection, f"SELECT * FROM runs WHERE {where} ORDER BY {col.FINISHED_AT} DESC",
+    return morning.records(connection, f"SELECT * FROM runs WHERE {where} ORDER BY {col.FINISHED_AT} DESC",
                           parameters)
 
 
@@ -99,7 +101,7 @@ def unfamiliar_items(connection: duckdb.DuckDBPyConnection, dates: queries.DateR
     reference and name, with its run's flag threshold."""
     rows = []
     for run in runs_in(connection, dates):
-        labelled = report.FileNames(key, run[col.RUN_ID]).label(report.unfamiliar_inputs(connection, run))
+        labelled = morning.FileNames(key, run[col.RUN_ID]).label(morning.unfamiliar_inputs(connection, run))
         rows += [{**row, col.THRESHOLD: run[col.THRESHOLD]} for row in labelled]
     return sorted(rows, key=lambda row: -(row[col.TUMOR_PROBABILITY] or 0.0))
 

@@ -27,7 +27,7 @@ import zipfile
 import pydicom
 import pytest
 
-from pipeline import views
+from pipeline.results import views
 from pipeline.review import access
 from pipeline.review.verdicts import CONFIRMED, DISMISSED, REOPENED, UNSURE, Verdict, VerdictLog, corrected
 from tests.conftest import ROOT, SAMPLES, TEST_KEY, job_summary

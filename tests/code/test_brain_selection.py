@@ -9,7 +9,7 @@ import pytest
 from pydicom.data import get_testdata_files
 
 from model.decode import dicom_attributes
-from pipeline.selection import ALL, DEFAULT_RULES_URI, SelectionRulesError, load_rules
+from pipeline.sources.selection import ALL, DEFAULT_RULES_URI, SelectionRulesError, load_rules
 from tests.conftest import SAMPLES
 from tests.support.corpus import edit_dataset
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from pipeline.geometry import slice_order, slice_position
+from pipeline.scoring.geometry import slice_order, slice_position
 
 AXIAL = [1, 0, 0, 0, 1, 0]
 

@@ -11,8 +11,8 @@ from model.decode import DecodeLimits
 from model.header_values import INVALID_CODE_STRING, FREE_TEXT, code_string, dicom_date, quotable
 from model.preprocessing import PreprocessConfig
 from pipeline import schema as col
-from pipeline.selection import load_rules
-from pipeline.stages import StageContext, file_rows
+from pipeline.sources.selection import load_rules
+from pipeline.scoring.stages import StageContext, file_rows
 from tests.conftest import SAMPLES
 
 NAME = "Quxleyvant^Zorbinella"  # a patient's name as PN writes it: family^given

@@ -10,8 +10,8 @@ import numpy as np
 
 from model import registry
 from model.preprocessing import PreprocessConfig
-from pipeline.report_cases import deciding_figures
-from pipeline.report_images import Case, heat_map_caption, png_uri
+from pipeline.report.cases import deciding_figures
+from pipeline.report.images import Case, heat_map_caption, png_uri
 from tools import heatmap_study
 from tests.conftest import ROOT
 

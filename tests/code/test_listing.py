@@ -13,7 +13,7 @@ import time
 import pytest
 
 from infra import storage
-from pipeline.listing import list_inputs
+from pipeline.sources.listing import list_inputs
 from tests.conftest import ROOT
 
 
@@ -33,7 +33,7 @@ def test_folders_are_walked_without_dicomdir_or_followed_links(tmp_path):
 def test_a_manifest_lists_files_and_skips_comments(tmp_path, s3_endpoint):
     import boto3
 
-    from pipeline.listing import list_input_files
+    from pipeline.sources.listing import list_input_files
 
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="manifest-lines")
     boto3.client("s3", endpoint_url=s3_endpoint).put_object(Bucket="manifest-lines", Key="b.dcm", Body=b"abc")
@@ -49,7 +49,7 @@ def test_a_manifest_lists_files_and_skips_comments(tmp_path, s3_endpoint):
 def test_a_manifests_s3_files_are_looked_up_at_once_and_listed_in_its_order(tmp_path, s3_endpoint, monkeypatch):
     import boto3
 
-    from pipeline import listing
+    from pipeline.sources import listing
 
     client = boto3.client("s3", endpoint_url=s3_endpoint)
     client.create_bucket(Bucket="manifest-order")
@@ -97,7 +97,7 @@ def test_manifest_lines_naming_folders_are_walked_and_dicomdir_is_skipped_in_any
 def test_a_run_stages_its_listing_a_batch_at_a_time_and_counts_what_it_found(tmp_path):
     import pyarrow.parquet as pq
 
-    from pipeline.listing import stage_listing
+    from pipeline.sources.listing import stage_listing
 
     archive = tmp_path / "archive"
     (archive / "a" / "b").mkdir(parents=True)
@@ -121,7 +121,7 @@ def test_a_run_stages_its_listing_a_batch_at_a_time_and_counts_what_it_found(tmp
 def test_an_s3_prefix_is_walked_level_by_level_with_sizes_and_times(s3_endpoint):
     import boto3
 
-    from pipeline.listing import list_input_files
+    from pipeline.sources.listing import list_input_files
 
     client = boto3.client("s3", endpoint_url=s3_endpoint)
     client.create_bucket(Bucket="listing-walk")
@@ -158,7 +158,7 @@ def release(fifo) -> None:
 
 def error_rows(uris: list[str]) -> dict[str, tuple[str, str, str]]:
     """Each URI's rows as the decoding stage makes them: (status, error code, message) of its first row."""
-    from pipeline.stages import file_rows
+    from pipeline.scoring.stages import file_rows
     from tests.pipeline.test_stages import context
 
     rows = {uri: file_rows(uri, context(160))[0] for uri in uris}
@@ -203,7 +203,7 @@ def test_a_read_that_stalls_is_bounded_in_time(tmp_path):
 
 
 def test_a_folder_removed_during_the_walk_is_listed_and_becomes_an_error_row(tmp_path):
-    from pipeline.listing import iter_input_files
+    from pipeline.sources.listing import iter_input_files
 
     archive = tmp_path / "in"
     for name in ("a/1.jpg", "b/2.jpg"):
@@ -220,7 +220,7 @@ def test_a_folder_removed_during_the_walk_is_listed_and_becomes_an_error_row(tmp
 
 LOCKED_LISTING = """
 import json, sys
-from pipeline.listing import list_inputs
+from pipeline.sources.listing import list_inputs
 from tests.code.test_listing import error_rows
 uris = list_inputs([sys.argv[1]])
 print(json.dumps({"uris": uris, "rows": error_rows(uris)}))
@@ -306,7 +306,7 @@ def test_one_file_spelt_two_ways_is_listed_once_by_its_absolute_normalised_path(
 
 
 def test_an_output_inside_an_input_is_refused_naming_both(tmp_path):
-    from pipeline.listing import refuse_output_inside_inputs
+    from pipeline.sources.listing import refuse_output_inside_inputs
 
     archive = tmp_path / "in"
     (archive / "x").mkdir(parents=True)

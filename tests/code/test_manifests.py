@@ -464,7 +464,7 @@ def advertised(group: dict) -> dict:
 def test_only_the_cpu_group_advertises_the_decode_resource():
     """Decode tasks ask for the pipeline's decode resource when the cluster has it, so that they stay off the GPU
     pods; the CPU group advertises it (one per CPU) and keeps a pod up so that it is there when a job starts."""
-    decode = getattr(importlib.import_module("pipeline.screen"), "DECODE_RESOURCE", None)
+    decode = getattr(importlib.import_module("pipeline.screening.scoring"), "DECODE_RESOURCE", None)
     if decode is None:
         pytest.skip("the screening pipeline asks for no decode resource")
     clusters = [(source, c) for source, c in cluster_specs() if c.get("workerGroupSpecs")]

@@ -3,7 +3,7 @@ kept), found again by listing with the key, and the report's file references (ke
 
 import re
 
-from pipeline import paths
+from pipeline.sources import paths
 
 KEY = b"test-pseudonym-key-0123456789abcdef"
 

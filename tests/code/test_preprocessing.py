@@ -4,10 +4,10 @@ import cv2
 import numpy as np
 
 import model.data
-import pipeline.stages
+import pipeline.scoring.stages
 from model.preprocessing import PreprocessConfig, head_bounding_box, preprocess_image
 from model.decode import DecodeLimits
-from pipeline.stages import StageContext, file_rows
+from pipeline.scoring.stages import StageContext, file_rows
 from tests.conftest import SAMPLES
 
 CONFIG = PreprocessConfig(image_size=96)
@@ -15,7 +15,7 @@ CONFIG = PreprocessConfig(image_size=96)
 
 def test_training_and_scoring_call_the_same_function():
     assert model.data.preprocess_image is preprocess_image
-    assert pipeline.stages.preprocess_image is preprocess_image
+    assert pipeline.scoring.stages.preprocess_image is preprocess_image
 
 
 def test_training_loader_and_scoring_stage_give_identical_model_inputs():

@@ -10,8 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet
 import pytest
 
-from pipeline.listing import ListedFile, listing_batch, micros
-from pipeline.screen import ScreenConfig, select_files
+from pipeline.sources.listing import ListedFile, listing_batch, micros
+from pipeline.screening import ScreenConfig
+from pipeline.screening.choice import select_files
 
 WHEN = datetime.datetime(2026, 11, 3, 2, 0, 0, 123456, tzinfo=datetime.timezone.utc)
 MODEL, OTHER = "a" * 64, "b" * 64
@@ -74,7 +75,7 @@ def test_full_scores_everything_once(choose):
 
 def test_chosen_files_keep_their_listed_size_and_time_in_blocks_of_the_asked_size(choose, tmp_path):
     choose()
-    from pipeline.screen import Selection
+    from pipeline.screening.choice import Selection
 
     selection = Selection(str(tmp_path / "verdicts.parquet"), ("new_or_changed",), "incremental", 7, 5)
     blocks = list(selection.blocks(2))

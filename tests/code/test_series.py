@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import schema as col
-from pipeline.series import SERIES_RULE, SERIES_RULES, adjacent_pair, series_table, summarize_series
+from pipeline.scoring.series import SERIES_RULE, SERIES_RULES, adjacent_pair, series_table, summarize_series
 
 
 def rows(*slices, ood=None) -> pd.DataFrame:

@@ -8,7 +8,7 @@ import pytest
 from model import registry
 from model.backends import BACKENDS
 from pipeline import schema as col
-from pipeline.stages import InferenceActor
+from pipeline.scoring.stages import InferenceActor
 from tests.conftest import ROOT
 from tests.model.test_onnx import sample_batch
 

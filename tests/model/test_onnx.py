@@ -20,9 +20,9 @@ from model.onnx_runtime import OnnxPredictor
 from model.preprocessing import PreprocessConfig
 from pipeline import schema as col
 from pipeline.errors import RunNotStartedError
-from pipeline.screen import ScreenConfig, prepare
+from pipeline.screening import ScreenConfig, prepare
 from model.backends import ONNX, ONNX_INT8, TENSORFLOW
-from pipeline.stages import InferenceActor, StageContext, file_rows, rows_to_table
+from pipeline.scoring.stages import InferenceActor, StageContext, file_rows, rows_to_table
 from tests.conftest import ROOT, SAMPLES, TEST_KEY
 
 SHIPPED = ("mri-bilstm-ensemble-v3", "mri-bilstm-v2", "mri-pool-v1")
@@ -194,7 +194,7 @@ def test_on_cpu_auto_runs_int8_only_where_it_earned_the_default_on_held_out_data
     import dataclasses
 
     from model.ood import OodDetector
-    from pipeline.screen import inference_backend
+    from pipeline.screening.scoring import inference_backend
 
     info = registry.load_model_info(str(ROOT / "models" / "mri-bilstm-v2"))
     auto = ScreenConfig(inputs=("-",), output="-")

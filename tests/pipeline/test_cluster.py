@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from pipeline import results
+from pipeline.results import tables
 from tests.conftest import ROOT, SAMPLES, TEST_KEY, job_summary
 from tests.support.corpus import padded_sample_archive
 from tests.support.processes import RayNode, descendants, processes_titled, wait_for_nodes
@@ -76,7 +76,7 @@ def node_of(pid: int, nodes: dict) -> str | None:
 
 
 def scores(output) -> dict:
-    rows = results.read_table(str(output), results.PREDICTIONS).to_pylist()
+    rows = tables.read_table(str(output), tables.PREDICTIONS).to_pylist()
     return {(row["source_uri"], row["frame_index"]): (row["status"], row["predicted_class"],
                                                       row["tumor_probability"]) for row in rows}
 

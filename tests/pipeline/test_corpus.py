@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from pipeline import results
+from pipeline.results import tables
 from pipeline.schema import ERROR_CODES
 from tests.conftest import ROOT, TEST_KEY, job_summary
 from tests.support.corpus import MAX_FILE_MB, Expected, build_corpus
@@ -39,11 +39,11 @@ def test_the_job_exits_0_and_reports_its_errors_by_code(corpus_run):
     expected, output, done = corpus_run
     assert done.returncode == 0, done.stderr[-3000:]
     summary = job_summary(done.stdout)
-    rows = results.read_table(str(output), results.PREDICTIONS).to_pylist()
+    rows = tables.read_table(str(output), tables.PREDICTIONS).to_pylist()
     counted = collections.Counter(row["error_code"] for row in rows if row["error_code"])
     assert summary["errors_by_code"] == dict(counted) and summary["rows_error"] == sum(counted.values())
     assert summary["files_listed"] == len(expected)
-    run = results.read_table(str(output), results.RUNS).to_pylist()[-1]
+    run = tables.read_table(str(output), tables.RUNS).to_pylist()[-1]
     assert json.loads(run["errors_by_code"]) == summary["errors_by_code"]
 
 
@@ -51,7 +51,7 @@ def test_every_file_yields_one_row_per_frame_with_the_right_status_and_code(corp
     expected, output, done = corpus_run
     assert done.returncode == 0, done.stderr[-3000:]
     by_file = collections.defaultdict(list)
-    for row in results.read_table(str(output), results.PREDICTIONS).to_pylist():
+    for row in tables.read_table(str(output), tables.PREDICTIONS).to_pylist():
         by_file[row["source_uri"]].append(row)
     assert set(by_file) == set(expected)
     wrong = {}
@@ -69,7 +69,7 @@ def test_every_file_yields_one_row_per_frame_with_the_right_status_and_code(corp
 
 def test_every_error_code_is_a_declared_specific_one(corpus_run):
     _, output, _ = corpus_run
-    codes = {row["error_code"] for row in results.read_table(str(output), results.PREDICTIONS).to_pylist()}
+    codes = {row["error_code"] for row in tables.read_table(str(output), tables.PREDICTIONS).to_pylist()}
     codes.discard(None)
     assert codes <= set(ERROR_CODES) and "internal_error" not in codes
     assert len(codes) >= 12  # the corpus reaches most of the declared codes, not one catch-all

@@ -14,7 +14,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from pipeline import results
+from pipeline.results import tables
 from tests.conftest import ROOT, SAMPLES, TEST_KEY
 from tests.code.test_header_values import NAME, NAME_PARTS
 
@@ -69,7 +69,7 @@ def test_a_name_in_a_stored_header_element_reaches_no_output_file(tmp_path, mode
         cwd=ROOT, env={**os.environ, "PSEUDONYM_KEY": TEST_KEY}, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = {pathlib.Path(row["source_uri"]).name: row
-            for row in results.read_table(str(output), results.PREDICTIONS).to_pylist()}
+            for row in tables.read_table(str(output), tables.PREDICTIONS).to_pylist()}
     for name, (_, rule) in EDITS.items():
         assert (rows[name]["status"], rows[name]["selection_rule"]) == ("skipped", rule), name
         assert "(invalid code string)" in rows[name]["skip_reason"], name

@@ -20,7 +20,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from pipeline import results
+from pipeline.results import tables
 from tests.conftest import ROOT, SAMPLES, TEST_KEY, job_summary
 
 pytestmark = pytest.mark.slow
@@ -73,7 +73,7 @@ def hospital_run(tmp_path_factory, model_uri):
          "--model", model_uri, "--run-date", "2026-11-29", "--no-report"],
         cwd=ROOT, env={**os.environ, "PSEUDONYM_KEY": TEST_KEY}, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = results.read_table(str(output), results.PREDICTIONS).to_pylist()
+    rows = tables.read_table(str(output), tables.PREDICTIONS).to_pylist()
     return job_summary(done.stdout), {pathlib.Path(row["source_uri"]).name: row for row in rows}, rows, output
 
 
@@ -105,7 +105,7 @@ def test_the_run_counts_skips_by_rule(hospital_run):
     summary, _, _, output = hospital_run
     counted = dict(collections.Counter(expected_skips().values()))
     assert summary["skipped_by_reason"] == counted and summary["rows_skipped"] == len(expected_skips())
-    run = results.read_table(str(output), results.RUNS).to_pylist()[-1]
+    run = tables.read_table(str(output), tables.RUNS).to_pylist()[-1]
     assert json.loads(run["skipped_by_reason"]) == counted and run["rows_skipped"] == len(expected_skips())
 
 

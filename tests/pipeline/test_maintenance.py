@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import maintenance, results
+from pipeline.results import maintenance, tables
 from tests.conftest import ROOT, SAMPLES
 from tests.pipeline.test_results import read, run_ids, stage
 
@@ -24,12 +24,12 @@ def legacy_output(root) -> str:
     """Two committed runs of one date and a third that never committed, as the Parquet layout wrote them."""
     for run_id, minute, uris, committed in (("run-a", 1, ["x.dcm"], True), ("run-b", 2, ["x.dcm", "y.dcm"], True),
                                             ("run-c", 3, ["z.dcm"], False)):
-        for table, key in ((results.PREDICTIONS, "source_uri"), (results.SERIES, "series_key")):
+        for table, key in ((tables.PREDICTIONS, "source_uri"), (tables.SERIES, "series_key")):
             folder = root / table / f"run_date={DATE}"
             folder.mkdir(parents=True, exist_ok=True)
             pq.write_table(pa.table({"run_id": [run_id] * len(uris), key: uris}), folder / f"{run_id}-part-0.parquet")
         if committed:
-            folder = root / results.RUNS / f"run_date={DATE}"
+            folder = root / tables.RUNS / f"run_date={DATE}"
             folder.mkdir(parents=True, exist_ok=True)
             finished = datetime.datetime(2026, 11, 3, 2, minute, tzinfo=datetime.timezone.utc)
             pq.write_table(pa.table({"run_id": [run_id], "finished_at": [finished]}), folder / f"{run_id}.parquet")
@@ -42,7 +42,7 @@ def test_an_old_output_is_migrated_once_with_each_date_read_as_its_latest_commit
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert read(output) == [("run-b", "x.dcm"), ("run-b", "y.dcm")]
-    assert read(output, results.SERIES) == [("run-b", "x.dcm"), ("run-b", "y.dcm")]
+    assert read(output, tables.SERIES) == [("run-b", "x.dcm"), ("run-b", "y.dcm")]
     assert run_ids(output) == ["run-a", "run-b"]
     assert (tmp_path / "old" / maintenance.LEGACY / "runs" / f"run_date={DATE}" / "run-a.parquet").is_file()
     again = subprocess.run([sys.executable, "-m", "jobs.maintain", "migrate", "--results", output], cwd=ROOT,
@@ -54,13 +54,13 @@ def test_compaction_and_vacuum_keep_every_row(tmp_path):
     output = str(tmp_path / "results")
     for index, run_date in enumerate(["2026-11-01", "2026-11-01", "2026-11-02", "2026-11-03"]):
         stage(output, f"run-{index}", [f"{index}-a.dcm", f"{index}-b.dcm"], run_date=run_date, minute=index)
-        results.commit_run(output, f"run-{index}")
-    before = read(output), read(output, results.SERIES), run_ids(output)
+        tables.commit_run(output, f"run-{index}")
+    before = read(output), read(output, tables.SERIES), run_ids(output)
     report = maintenance.compact(output)
-    assert report[results.RUNS]["files_removed"] == 4 and report[results.RUNS]["files_added"] == 1
+    assert report[tables.RUNS]["files_removed"] == 4 and report[tables.RUNS]["files_added"] == 1
     removed = maintenance.vacuum(output, retain_days=0)
-    assert removed[results.PREDICTIONS] == 1  # the first run's rows, replaced by the re-run of its date
-    assert (read(output), read(output, results.SERIES), run_ids(output)) == before
+    assert removed[tables.PREDICTIONS] == 1  # the first run's rows, replaced by the re-run of its date
+    assert (read(output), read(output, tables.SERIES), run_ids(output)) == before
 
 
 def test_an_old_output_on_s3_is_migrated_with_its_files_kept_aside(tmp_path, s3_endpoint):
@@ -74,8 +74,8 @@ def test_an_old_output_on_s3_is_migrated_with_its_files_kept_aside(tmp_path, s3_
     for path in local.rglob("*.parquet"):
         client.upload_file(str(path), "legacy", f"results/{path.relative_to(local)}")
     output = "s3://legacy/results"
-    with pytest.raises(results.ResultsError, match="jobs.maintain migrate"):
-        results.check_layout(output)
+    with pytest.raises(tables.ResultsError, match="jobs.maintain migrate"):
+        tables.check_layout(output)
     maintenance.migrate(output)
     assert read(output) == [("run-b", "x.dcm"), ("run-b", "y.dcm")] and run_ids(output) == ["run-a", "run-b"]
     keys = {item["Key"] for item in client.list_objects_v2(Bucket="legacy", Prefix="results/")["Contents"]}
@@ -88,10 +88,10 @@ def nights(output: str, count: int = 3) -> list[str]:
     dates = [f"2026-11-0{day}" for day in range(1, count + 1)]
     for index, run_date in enumerate(dates):
         stage(output, f"run-{index}", [f"{index}.dcm"], run_date=run_date, minute=index)
-        results.stage_run_row(output, {"run_id": f"run-{index}", "run_date": run_date, "rows_written": 1,
+        tables.stage_run_row(output, {"run_id": f"run-{index}", "run_date": run_date, "rows_written": 1,
                                        "series": 1, "finished_at": datetime.datetime(
                                            2026, 11, 3, 2, index, tzinfo=datetime.timezone.utc)})
-        results.commit_run(output, f"run-{index}")
+        tables.commit_run(output, f"run-{index}")
     return dates
 
 
@@ -151,11 +151,11 @@ def test_verify_names_a_commit_left_half_done_and_rows_runs_does_not_account_for
     output = str(tmp_path / "results")
     dates = nights(output, 2)
     stage(output, "run-late", ["late.dcm"], run_date=dates[0], minute=9)
-    staged = results.staged_batches(results.work_uri(output, "run-late", results.PREDICTIONS),
-                                    results.TABLE_SCHEMAS[results.PREDICTIONS])
-    results.commit_table(output, results.PREDICTIONS, staged, "run-late", dates[0])  # then the driver died
+    staged = tables.staged_batches(tables.work_uri(output, "run-late", tables.PREDICTIONS),
+                                    tables.TABLE_SCHEMAS[tables.PREDICTIONS])
+    tables.commit_table(output, tables.PREDICTIONS, staged, "run-late", dates[0])  # then the driver died
     assert maintenance.verify(output) == [
-        f"Run run-late died while committing (its complete work waits in {results.work_uri(output, 'run-late')}); "
+        f"Run run-late died while committing (its complete work waits in {tables.work_uri(output, 'run-late')}); "
         f"`python -m jobs.maintain recover --results {output}` commits it.",
         f"The predictions table holds 1 row(s) of run run-late for {dates[0]}, a run the runs table does not record "
         f"(an unfinished commit); screening {dates[0]} again (`python -m jobs.screen ... --output {output} "
@@ -163,5 +163,5 @@ def test_verify_names_a_commit_left_half_done_and_rows_runs_does_not_account_for
         f"The predictions table holds 0 row(s) of run run-0 for {dates[0]} where the runs table records 1; "
         f"screening {dates[0]} again (`python -m jobs.screen ... --output {output} --run-date {dates[0]}`) replaces "
         f"its rows."]
-    results.recover(output)
+    tables.recover(output)
     assert maintenance.verify(output) == []

@@ -15,8 +15,8 @@ import deltalake
 import duckdb
 import pytest
 
-from pipeline import results, views
-from pipeline.screen import ScreenConfig, run_screening
+from pipeline.results import tables, views
+from pipeline.screening import ScreenConfig, run_screening
 from tests.conftest import ROOT, SAMPLES, TEST_KEY, job_summary
 from tests.support.nights import sample_archive_copy
 
@@ -64,7 +64,7 @@ def test_a_night_scores_only_new_and_changed_files(nights):
     output, archive, (first, second, rerun, _), added, changed, _ = nights
     files = [path for path in archive.rglob("*") if path.is_file()]
     assert first.files_unchanged == 0 and first.rows_written == len(files) - 2 + 3  # multi-frame: 4 rows
-    rows = [row for row in results.read_table(str(output), results.PREDICTIONS).to_pylist()
+    rows = [row for row in tables.read_table(str(output), tables.PREDICTIONS).to_pylist()
             if row["run_date"] == NIGHTS[1]]
     assert {row["run_id"] for row in rows} == {rerun.run_id}  # the re-run replaced the night's rows
     assert {row["source_uri"] for row in rows} == added | {changed}
@@ -88,15 +88,15 @@ def test_a_rerun_of_a_night_and_an_empty_night_change_no_counts(nights):
     assert (rerun.rows_written, rerun.files_unchanged) == (second.rows_written, second.files_unchanged)
     assert (rerun.files_carried_over, rerun.rows_carried_over) == (3, second.rows_written)  # nothing rescored
     assert quiet.rows_written == 0 and quiet.files_unchanged == quiet.files_listed
-    predictions = results.read_table(str(output), results.PREDICTIONS)
+    predictions = tables.read_table(str(output), tables.PREDICTIONS)
     assert predictions.num_rows == first.rows_written + second.rows_written
-    runs = results.read_table(str(output), results.RUNS).to_pylist()
+    runs = tables.read_table(str(output), tables.RUNS).to_pylist()
     assert [run["run_date"] for run in runs].count(NIGHTS[1]) == 2 and len(runs) == 4
 
 
 def test_a_series_that_gains_a_slice_is_summarised_whole(nights):
     output, _, (first, _, rerun, _), _, _, series = nights
-    rows = [row for row in results.read_table(str(output), results.SERIES).to_pylist()
+    rows = [row for row in tables.read_table(str(output), tables.SERIES).to_pylist()
             if row["ordered_source_uris"][0].startswith(series)]
     latest = max(rows, key=lambda row: row["run_date"])
     assert latest["run_id"] == rerun.run_id and latest["slices"] == 6  # five slices from night 1, one new
@@ -111,7 +111,7 @@ def test_a_new_model_is_reported_and_rescores_only_when_asked(nights, ray_local,
     config = dict(inputs=(str(archive),), output=str(output), model=other, run_date="2026-11-13")
     noticed = run_screening(ScreenConfig(**config))
     assert noticed.files_other_model == quiet.files_listed and noticed.rows_written == 0
-    runs = {run["run_id"]: run for run in results.read_table(str(output), results.RUNS).to_pylist()}
+    runs = {run["run_id"]: run for run in tables.read_table(str(output), tables.RUNS).to_pylist()}
     assert runs[noticed.run_id]["files_other_model"] == quiet.files_listed
     rescored = run_screening(ScreenConfig(**config, rescore_on_model_change=True))
     assert rescored.rows_written == quiet.files_listed + 3 and rescored.files_unchanged == 0
@@ -168,5 +168,5 @@ def test_a_second_run_of_the_same_output_is_refused_while_the_first_writes(model
     assert second.returncode == 2 and "is being written by run" in second.stderr, second.stderr[-2000:]
     assert first.returncode == 0, stderr[-2000:]
     summary = job_summary(stdout)
-    assert [run["run_id"] for run in results.read_table(str(output), results.RUNS).to_pylist()] == [
+    assert [run["run_id"] for run in tables.read_table(str(output), tables.RUNS).to_pylist()] == [
         summary["run_id"]]

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from infra import storage
-from pipeline import results, run_lock
+from pipeline.results import run_lock, tables
 from tests.conftest import ROOT, TEST_KEY, job_summary
 from tests.support.corpus import padded_sample_archive
 from tests.support.processes import descendants, processes_titled
@@ -55,7 +55,7 @@ def kill_first(job: subprocess.Popen, title: str, timeout: float = 300) -> int:
 
 
 def rows_per_frame(output) -> collections.Counter:
-    rows = results.read_table(str(output), results.PREDICTIONS).to_pylist()
+    rows = tables.read_table(str(output), tables.PREDICTIONS).to_pylist()
     return collections.Counter((row["source_uri"], row["frame_index"]) for row in rows)
 
 
@@ -93,12 +93,12 @@ def test_killed_driver_commits_nothing_and_a_rerun_leaves_each_frame_once(archiv
         except ProcessLookupError:
             pass
     job.wait(timeout=60)
-    assert not storage.exists(str(output / results.RUNS)), "the killed run must not have committed"
+    assert not storage.exists(str(output / tables.RUNS)), "the killed run must not have committed"
     assert storage.exists(run_lock.lock_uri(str(output)))  # left by the dead driver, and taken over below
     rerun = start_job(root, output)
     stdout, stderr = rerun.communicate(timeout=900)
     assert rerun.returncode == 0, stderr[-3000:]
     summary = job_summary(stdout)
     assert rows_per_frame(output) == expected_frames(frames)
-    assert [run["run_id"] for run in results.read_table(str(output), results.RUNS).to_pylist()] == [summary["run_id"]]
-    assert not storage.exists(str(output / results.WORK))  # the killed run's work cleared, the lock released
+    assert [run["run_id"] for run in tables.read_table(str(output), tables.RUNS).to_pylist()] == [summary["run_id"]]
+    assert not storage.exists(str(output / tables.WORK))  # the killed run's work cleared, the lock released

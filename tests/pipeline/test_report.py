@@ -23,7 +23,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from pipeline import report, views
+from pipeline.report import morning
+from pipeline.results import views
 from pipeline import schema as col
 from pipeline.pseudonym import pseudonymize
 from tests.conftest import ROOT, SAMPLES, TEST_KEY, job_summary
@@ -194,8 +195,8 @@ def test_jobs_query_report_rebuilds_the_runs_report(screened, tmp_path):
 
 @pytest.mark.slow
 def test_a_report_that_fails_leaves_the_run_committed_with_a_warning(screened, caplog):
-    with caplog.at_level(logging.WARNING, logger="pipeline.report"):
-        assert report.publish_run_report(str(screened.output), "20260101T000000Z-00000000", False) is None
+    with caplog.at_level(logging.WARNING, logger="pipeline.report.morning"):
+        assert morning.publish_run_report(str(screened.output), "20260101T000000Z-00000000", False) is None
     assert "jobs.query report --results" in caplog.text and "is committed" in caplog.text
 
 
@@ -230,10 +231,10 @@ def image_row(index: int, probability: float) -> dict:
 
 
 def test_cases_beyond_the_cap_are_listed_without_pictures(monkeypatch):
-    monkeypatch.setattr(report, "MAX_CASES_WITH_IMAGES", 2)
-    names = report.FileNames(TEST_KEY.encode(), "run")
+    monkeypatch.setattr(morning, "MAX_CASES_WITH_IMAGES", 2)
+    names = morning.FileNames(TEST_KEY.encode(), "run")
     rows = names.label([image_row(index, 0.99 - index / 100) for index in range(5)])
-    section = report.cases_section("Flagged images", [report.image_case(row) for row in rows], "no heat maps", "none")
+    section = morning.cases_section("Flagged images", [morning.image_case(row) for row in rows], "no heat maps", "none")
     assert section.count('<article class="case">') == 2 and "3 more, without pictures" in section
     assert "the first 2" in section and all(f" · {index}.jpg" in section for index in range(5))
     assert "s3://archive" not in section and len(set(re.findall(r"f-[0-9a-f]{12}", section))) == 5
@@ -241,7 +242,7 @@ def test_cases_beyond_the_cap_are_listed_without_pictures(monkeypatch):
 
 def test_unfamiliar_inputs_are_listed_with_their_scores():
     rows = [image_row(index, 0.5) for index in range(3)]
-    section = report.unfamiliar_section(rows, ["data:image/png;base64,AAAA", None])
+    section = morning.unfamiliar_section(rows, ["data:image/png;base64,AAAA", None])
     assert "Unfamiliar inputs" in section and "(3)" in section and "42.00" in section
     assert section.count("<img") == 1 and "Pictures for the first 2" in section
 
@@ -264,7 +265,7 @@ def test_pixels_that_may_carry_burned_in_text_are_never_drawn(tmp_path):
     scored but withheld from the report: no thumbnail, no deciding slice, no heat map, and a note saying why."""
     from model.decode import decode_file
     from model.preprocessing import PreprocessConfig
-    from pipeline.report_images import WITHHELD, draw_pictures, unfamiliar_thumbnails
+    from pipeline.report.images import WITHHELD, draw_pictures, unfamiliar_thumbnails
 
     declared = dicom_copy(tmp_path / "declared.dcm", "YES")
     capture = dicom_copy(tmp_path / "capture.dcm", None, secondary_capture=True)
@@ -273,12 +274,12 @@ def test_pixels_that_may_carry_burned_in_text_are_never_drawn(tmp_path):
     assert [decode_file(pathlib.Path(uri).read_bytes(), uri).header["BurnedInText"]
             for uri in (declared, capture, says_none, plain)] == [True, True, False, False]
     row = image_row(0, 0.9)
-    series = report.Case(row, [(declared, 0), (plain, 0), (capture, 0)], [0.9, 0.4, 0.2], 0)
-    deciding_shown = report.Case(row, [(says_none, 0), (capture, 0)], [0.9, 0.2], 0)
+    series = morning.Case(row, [(declared, 0), (plain, 0), (capture, 0)], [0.9, 0.4, 0.2], 0)
+    deciding_shown = morning.Case(row, [(says_none, 0), (capture, 0)], [0.9, 0.2], 0)
     draw_pictures([series, deciding_shown], PreprocessConfig(image_size=96), None)
     assert [series.thumbnails[index] == WITHHELD for index in range(3)] == [True, False, True]
     assert series.withheld and series.deciding_image is None
-    card = report.cases_section("Flagged series", [series, deciding_shown], "no heat maps", "none")
+    card = morning.cases_section("Flagged series", [series, deciding_shown], "no heat maps", "none")
     first, second = card.split('<article class="case">')[1:]
     assert "Pictures withheld" in first and first.count("data:image/png") == 1 and first.count(">withheld<") == 2
     assert deciding_shown.deciding_image is not None and second.count("data:image/png") == 2  # slice and thumbnail
@@ -286,19 +287,19 @@ def test_pixels_that_may_carry_burned_in_text_are_never_drawn(tmp_path):
     thumbnails = unfamiliar_thumbnails([{**row, col.SOURCE_URI: capture}, {**row, col.SOURCE_URI: plain}],
                                        PreprocessConfig(image_size=96))
     assert thumbnails[0] == WITHHELD and thumbnails[1].startswith("data:image/png")
-    section = report.unfamiliar_section([row, row], thumbnails)
+    section = morning.unfamiliar_section([row, row], thumbnails)
     assert section.count("<img") == 1 and "withheld: burned-in text" in section
 
 
 def test_a_run_whose_model_is_gone_gets_no_heat_maps_and_says_why(tmp_path):
     run = {col.OPTIONS: json.dumps({"model": str(tmp_path / "gone")}), col.MODEL_VERSION: "mri-gone-v9",
            col.MODEL_SHA256: "0" * 64}
-    info, note = report.run_model(run)
+    info, note = morning.run_model(run)
     assert info is None and "no heat maps" in note and "mri-gone-v9" in note
 
 
 def test_the_charts_are_well_formed_svg():
-    charts = report.charts_section({"glioma": 3, "meningioma": 0, "notumor": 9, "pituitary": 1},
+    charts = morning.charts_section({"glioma": 3, "meningioma": 0, "notumor": 9, "pituitary": 1},
                                    [9, 0, 1] + [0] * 16 + [4], {col.ROWS_OOD: 2, col.THRESHOLD: 0.35})
     for svg in re.findall(r"<svg.*?</svg>", charts):
         xml.etree.ElementTree.fromstring(svg)
@@ -341,23 +342,23 @@ def test_unfamiliar_inputs_come_highest_tumor_probability_first():
     connection = duckdb.connect()
     connection.register("rows", pa.Table.from_pylist(rows))
     connection.execute("CREATE TABLE predictions AS SELECT * FROM rows")
-    ordered = report.unfamiliar_inputs(connection, {col.RUN_DATE: RUN_DATE, col.RUN_ID: "run"})
+    ordered = morning.unfamiliar_inputs(connection, {col.RUN_DATE: RUN_DATE, col.RUN_ID: "run"})
     assert [row[col.TUMOR_PROBABILITY] for row in ordered] == [0.999, 0.40, 0.01]
 
 
-def set_aside_case() -> "report.Case":
+def set_aside_case() -> "morning.Case":
     """A series of four slices: slice 3 scored 0.88 but was unfamiliar, so the pair 1-2 decided at 0.72."""
     row = {**image_row(0, 0.72), col.ORDERED_SOURCE_URIS: ["a", "b", "c", "d"], col.SERIES_KEY: "series-key",
            col.PATIENT_KEY: "patient-key", col.STUDY_KEY: "study-key", col.MODALITY: "MR", col.SLICES: 4,
            col.SLICES_SCORED: 4, col.SLICES_OOD: 1, col.SLICES_SKIPPED: 0, col.SLICE_ORDER: "position"}
-    case = report.Case(row, [("a", 0), ("b", 0), ("c", 0), ("d", 0)], [0.72, 0.75, 0.88, 0.10], 1)
+    case = morning.Case(row, [("a", 0), ("b", 0), ("c", 0), ("d", 0)], [0.72, 0.75, 0.88, 0.10], 1)
     case.set_aside = {2: "unfamiliar"}
     case.thumbnails = {index: "data:image/png;base64,iVBORw0KGgo=" for index in range(4)}
     return case
 
 
 def test_a_series_says_in_words_why_it_was_decided_where_it_was():
-    from pipeline.report_cases import decision_words
+    from pipeline.report.cases import decision_words
 
     words = html.unescape(decision_words(set_aside_case()))
     assert "Decided on slice 2 (0.75) with its neighbour, slice 1 (0.72)" in words and "here 0.72" in words
@@ -365,13 +366,13 @@ def test_a_series_says_in_words_why_it_was_decided_where_it_was():
 
 
 def test_the_page_shows_tumor_probabilities_of_unfamiliar_inputs_and_marks_set_aside_slices(tmp_path):
-    from pipeline.report_html import page
+    from pipeline.report.html import page
 
     rows = [unfamiliar_row(1, 0.999, 20.0), unfamiliar_row(0, 0.01, 90.0)]
     for row in rows:
         row["file_label"] = f"f-00000000000{row[col.OOD_SCORE] > 50:d} · scan.jpg"
-    sections = [report.cases_section("Flagged series", [set_aside_case()], "no heat maps", "none"),
-                report.unfamiliar_section(rows, [None, None], 0.35)]
+    sections = [morning.cases_section("Flagged series", [set_aside_case()], "no heat maps", "none"),
+                morning.unfamiliar_section(rows, [None, None], 0.35)]
     found = in_chromium(page("test", "", sections), tmp_path, """(() => {
         const table = [...document.querySelectorAll('table')].find(t => t.textContent.includes('unfamiliarity'));
         const column = [...table.rows[0].cells].findIndex(c => c.textContent === 'tumor probability');

@@ -16,38 +16,38 @@ import pyarrow as pa
 import pytest
 
 from infra import storage
-from pipeline import maintenance, queries, results, run_lock, views
+from pipeline.results import maintenance, queries, run_lock, tables, views
 from tests.conftest import ROOT
 
 DATE, OTHER_DATE = "2026-11-03", "2026-11-04"
-KEY = {results.PREDICTIONS: "source_uri", results.SERIES: "series_key"}  # a column that names each row
+KEY = {tables.PREDICTIONS: "source_uri", tables.SERIES: "series_key"}  # a column that names each row
 
 
 def stage(output: str, run_id: str, uris: list[str], run_date: str = DATE, minute: int = 0,
           series_values: dict[str, dict] | None = None) -> None:
     """A run's complete work folder, READY to commit; ``series_values``: more columns of a series row, by key."""
-    for table in results.PARTITIONED_TABLES:
-        values = (series_values or {}) if table == results.SERIES else {}
+    for table in tables.PARTITIONED_TABLES:
+        values = (series_values or {}) if table == tables.SERIES else {}
         rows = pa.Table.from_pylist([{"run_id": run_id, "run_date": run_date, KEY[table]: uri, **values.get(uri, {})}
-                                     for uri in uris], schema=results.TABLE_SCHEMAS[table])
-        results.write_parquet(rows, storage.join(results.work_uri(output, run_id, table), "part-0.parquet"))
+                                     for uri in uris], schema=tables.TABLE_SCHEMAS[table])
+        tables.write_parquet(rows, storage.join(tables.work_uri(output, run_id, table), "part-0.parquet"))
     finished = datetime.datetime(2026, 11, 3, 2, minute, tzinfo=datetime.timezone.utc)
-    results.stage_run_row(output, {"run_id": run_id, "run_date": run_date, "finished_at": finished})
+    tables.stage_run_row(output, {"run_id": run_id, "run_date": run_date, "finished_at": finished})
 
 
-def read(output: str, table: str = results.PREDICTIONS) -> list[tuple[str, str]]:
-    return sorted((row["run_id"], row[KEY[table]]) for row in results.read_table(output, table).to_pylist())
+def read(output: str, table: str = tables.PREDICTIONS) -> list[tuple[str, str]]:
+    return sorted((row["run_id"], row[KEY[table]]) for row in tables.read_table(output, table).to_pylist())
 
 
 def run_ids(output: str) -> list[str]:
-    return sorted(row["run_id"] for row in results.read_table(output, results.RUNS).to_pylist())
+    return sorted(row["run_id"] for row in tables.read_table(output, tables.RUNS).to_pylist())
 
 
 @pytest.fixture
 def output(tmp_path) -> str:
     output = str(tmp_path / "results")
     stage(output, "run-a", ["x.dcm", "y.dcm"], minute=1)
-    results.commit_run(output, "run-a")
+    tables.commit_run(output, "run-a")
     return output
 
 
@@ -55,52 +55,52 @@ def test_an_output_named_by_a_relative_path_is_whole_to_every_check(tmp_path, mo
     """`make demo` writes to `out/demo`: a relative output must not read as a table whose files are missing."""
     monkeypatch.chdir(tmp_path)
     stage("results", "run-a", ["x.dcm"], minute=1)
-    results.commit_run("results", "run-a")
-    results.check_layout("results")
+    tables.commit_run("results", "run-a")
+    tables.check_layout("results")
     assert maintenance.verify("results") == []
     assert read("results") == [("run-a", "x.dcm")]
 
 
 def test_a_run_killed_before_it_was_ready_is_invisible_and_its_work_is_cleared(output):
     stage(output, "run-b", ["x.dcm", "z.dcm"], minute=2)
-    storage.delete_file(results.work_uri(output, "run-b", results.READY))  # killed while staging
+    storage.delete_file(tables.work_uri(output, "run-b", tables.READY))  # killed while staging
     assert read(output) == [("run-a", "x.dcm"), ("run-a", "y.dcm")]
-    assert results.recover(output) == []
-    assert not storage.exists(results.work_uri(output, "run-b"))
+    assert tables.recover(output) == []
+    assert not storage.exists(tables.work_uri(output, "run-b"))
     assert run_ids(output) == ["run-a"]
 
 
 @pytest.mark.parametrize("committed", [1, 2])
 def test_a_commit_cut_short_is_finished_once_by_the_next_run(output, committed):
     stage(output, "run-b", ["x.dcm", "z.dcm"], minute=2)
-    for table in results.TABLES[:committed]:  # killed after this many of the three table commits
-        staged = results.work_uri(output, "run-b", table)
-        rows = results.staged_batches(staged, results.TABLE_SCHEMAS[table]).read_all()
-        results.commit_table(output, table, rows, "run-b", DATE)
+    for table in tables.TABLES[:committed]:  # killed after this many of the three table commits
+        staged = tables.work_uri(output, "run-b", table)
+        rows = tables.staged_batches(staged, tables.TABLE_SCHEMAS[table]).read_all()
+        tables.commit_table(output, table, rows, "run-b", DATE)
     assert run_ids(output) == ["run-a"]
     assert read(output) == [("run-a", "x.dcm"), ("run-a", "y.dcm")]  # the earlier night, until run-b is complete
-    assert results.recover(output, keep="run-c") == ["run-b"]
+    assert tables.recover(output, keep="run-c") == ["run-b"]
     assert read(output) == [("run-b", "x.dcm"), ("run-b", "z.dcm")]
-    assert read(output, results.SERIES) == [("run-b", "x.dcm"), ("run-b", "z.dcm")]
+    assert read(output, tables.SERIES) == [("run-b", "x.dcm"), ("run-b", "z.dcm")]
     assert run_ids(output) == ["run-a", "run-b"]
-    commits = [entry for entry in results.history(output) if entry["run_id"] == "run-b"]
-    assert sorted(entry["table"] for entry in commits) == sorted(results.TABLES)  # each table once
-    assert not storage.exists(results.work_uri(output, "run-b"))
+    commits = [entry for entry in tables.history(output) if entry["run_id"] == "run-b"]
+    assert sorted(entry["table"] for entry in commits) == sorted(tables.TABLES)  # each table once
+    assert not storage.exists(tables.work_uri(output, "run-b"))
 
 
 # The driver's commit as a process of its own, SIGKILLed the moment it logs its predictions commit.
 KILLED_AFTER_PREDICTIONS = """
 import logging, os, signal, sys
-from pipeline import results
+from pipeline.results import tables
 
 class KillAfterPredictions(logging.Handler):
     def emit(self, record):
         if "predictions row(s) committed" in record.getMessage():
             os.kill(os.getpid(), signal.SIGKILL)
 
-logging.getLogger("pipeline.results").addHandler(KillAfterPredictions())
-logging.getLogger("pipeline.results").setLevel(logging.INFO)
-results.commit_run(sys.argv[1], sys.argv[2])
+logging.getLogger("pipeline.results.tables").addHandler(KillAfterPredictions())
+logging.getLogger("pipeline.results.tables").setLevel(logging.INFO)
+tables.commit_run(sys.argv[1], sys.argv[2])
 """
 
 
@@ -108,21 +108,21 @@ def stage_night(output: str, run_id: str, image: str, series: str, probability: 
     """A READY run of ``DATE``: one image outside any series and one series, both of ``probability``."""
     flag = {"status": "ok", "tumor_probability": probability, "flagged": probability >= 0.5,
             "predicted_class": "glioma" if probability >= 0.5 else "notumor"}
-    for table, row in ((results.PREDICTIONS, {"source_uri": image}), (results.SERIES, {"series_key": series})):
+    for table, row in ((tables.PREDICTIONS, {"source_uri": image}), (tables.SERIES, {"series_key": series})):
         rows = pa.Table.from_pylist([{"run_id": run_id, "run_date": DATE, **row, **flag}],
-                                    schema=results.TABLE_SCHEMAS[table])
-        results.write_parquet(rows, storage.join(results.work_uri(output, run_id, table), "part-0.parquet"))
+                                    schema=tables.TABLE_SCHEMAS[table])
+        tables.write_parquet(rows, storage.join(tables.work_uri(output, run_id, table), "part-0.parquet"))
     finished = datetime.datetime(2026, 11, 3, 2, minute, tzinfo=datetime.timezone.utc)
-    results.stage_run_row(output, {"run_id": run_id, "run_date": DATE, "finished_at": finished})
+    tables.stage_run_row(output, {"run_id": run_id, "run_date": DATE, "finished_at": finished})
 
 
 def night_as_read(output: str, as_of: datetime.datetime | None = None) -> dict:
     """What readers show of the output: each view's (run, row) pairs and the flagged list jobs.query prints."""
     with views.connect_read_only(output, as_of) as connection:
         shown = {view: sorted(connection.sql(f"SELECT run_id, {KEY[table]} FROM {view}").fetchall())
-                 for view, table in (("predictions", results.PREDICTIONS), ("series", results.SERIES),
-                                     ("current_predictions", results.PREDICTIONS),
-                                     ("current_series", results.SERIES))}
+                 for view, table in (("predictions", tables.PREDICTIONS), ("series", tables.SERIES),
+                                     ("current_predictions", tables.PREDICTIONS),
+                                     ("current_series", tables.SERIES))}
         flagged = queries.flagged(connection, queries.FlaggedFilter()).to_pylist()
     shown["flagged"] = sorted((row["run_id"], row["series_key"] or row["deciding_source_uri"]) for row in flagged)
     return shown
@@ -134,31 +134,31 @@ def test_a_driver_killed_after_its_predictions_commit_leaves_the_earlier_night_r
     killed run is finished, then the new night, whole."""
     output = str(tmp_path / "results")
     stage_night(output, "run-a", "a.jpg", "series-a", 0.9, minute=1)
-    results.commit_run(output, "run-a")
+    tables.commit_run(output, "run-a")
     earlier = night_as_read(output)
     assert earlier["flagged"] == [("run-a", "a.jpg"), ("run-a", "series-a")]
     stage_night(output, "run-b", "b.jpg", "series-b", 0.95, minute=2)
     killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_PREDICTIONS, output, "run-b"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    latest = deltalake.DeltaTable(results.table_uri(output, results.PREDICTIONS)).to_pyarrow_table()
+    latest = deltalake.DeltaTable(tables.table_uri(output, tables.PREDICTIONS)).to_pyarrow_table()
     assert set(latest["run_id"].to_pylist()) == {"run-b"}  # the date's rows were replaced by the killed run
-    assert [entry["run_id"] for entry in results.history(output)][:1] == ["run-b"]
+    assert [entry["run_id"] for entry in tables.history(output)][:1] == ["run-b"]
     window = datetime.datetime.now(datetime.timezone.utc)
     time.sleep(0.05)
     assert night_as_read(output) == earlier
-    assert read(output) == [("run-a", "a.jpg")] and read(output, results.SERIES) == [("run-a", "series-a")]
+    assert read(output) == [("run-a", "a.jpg")] and read(output, tables.SERIES) == [("run-a", "series-a")]
     assert any("run-b" in problem for problem in maintenance.verify(output))  # an audit still sees the partial
-    assert results.recover(output) == ["run-b"]
+    assert tables.recover(output) == ["run-b"]
     assert night_as_read(output)["flagged"] == [("run-b", "b.jpg"), ("run-b", "series-b")]
     assert night_as_read(output, as_of=window) == earlier  # as reported during the window
 
 
 def test_a_rerun_of_a_date_replaces_its_rows_and_leaves_other_dates(output):
     stage(output, "run-b", ["q.dcm"], run_date=OTHER_DATE, minute=2)
-    results.commit_run(output, "run-b")
+    tables.commit_run(output, "run-b")
     stage(output, "run-c", ["x.dcm", "y.dcm", "z.dcm"], minute=3)
-    results.commit_run(output, "run-c")
+    tables.commit_run(output, "run-c")
     assert read(output) == [("run-b", "q.dcm"), ("run-c", "x.dcm"), ("run-c", "y.dcm"), ("run-c", "z.dcm")]
     assert run_ids(output) == ["run-a", "run-b", "run-c"]
 
@@ -167,19 +167,19 @@ def test_time_travel_and_every_reader_agree(output):
     before = datetime.datetime.now(datetime.timezone.utc)
     time.sleep(0.05)
     stage(output, "run-b", ["z.dcm"], minute=2)
-    results.commit_run(output, "run-b")
+    tables.commit_run(output, "run-b")
     with views.connect(output, as_of=before) as then:
         assert then.sql("SELECT run_id, source_uri FROM predictions ORDER BY 2").fetchall() == [
             ("run-a", "x.dcm"), ("run-a", "y.dcm")]
     with views.connect(output) as now:
         duck = sorted(now.sql("SELECT run_id, source_uri FROM predictions").fetchall())
-    delta = deltalake.DeltaTable(results.table_uri(output, results.PREDICTIONS)).to_pyarrow_table()
+    delta = deltalake.DeltaTable(tables.table_uri(output, tables.PREDICTIONS)).to_pyarrow_table()
     assert duck == sorted(zip(delta["run_id"].to_pylist(), delta["source_uri"].to_pylist())) == read(output)
 
 
 def test_current_views_take_each_file_from_the_latest_run_that_scored_it(output):
     stage(output, "run-b", ["y.dcm", "z.dcm"], run_date=OTHER_DATE, minute=2)
-    results.commit_run(output, "run-b")
+    tables.commit_run(output, "run-b")
     with views.connect(output) as connection:
         current = sorted(connection.sql("SELECT source_uri, run_id FROM current_predictions").fetchall())
         series = sorted(connection.sql("SELECT series_key, run_id FROM current_series").fetchall())
@@ -195,9 +195,9 @@ def test_a_study_takes_its_most_suspicious_current_series_and_is_flagged_when_an
     stage(output, "run-b", ["s1", "s2", "s3", "s4", "s5"], run_date=OTHER_DATE, minute=2, series_values={
         "s1": series_row("one", 0.2, "notumor"), "s2": series_row("one", 0.8, "glioma"), "s3": series_row("one", None),
         "s4": series_row("two", 0.1, "notumor"), "s5": series_row("three", None)})
-    results.commit_run(output, "run-b")
+    tables.commit_run(output, "run-b")
     stage(output, "run-c", ["s4"], run_date="2026-11-05", minute=3, series_values={"s4": series_row("two", 0.3)})
-    results.commit_run(output, "run-c")  # a later night summarised s4 again: the study reads its current row
+    tables.commit_run(output, "run-c")  # a later night summarised s4 again: the study reads its current row
     with views.connect(output) as connection:
         studies = connection.sql("""
             SELECT study_key, patient_key, series, series_flagged, round(tumor_probability::DOUBLE, 4), flagged,
@@ -210,11 +210,11 @@ def test_a_study_takes_its_most_suspicious_current_series_and_is_flagged_when_an
 def test_every_state_an_output_can_be_in_reads_without_error(tmp_path):
     """A new output, and a committed run that wrote no rows, read as tables with their declared columns."""
     output = str(tmp_path / "results")
-    for table in results.TABLES:
-        assert results.read_table(output, table).schema.names == results.TABLE_SCHEMAS[table].names
+    for table in tables.TABLES:
+        assert tables.read_table(output, table).schema.names == tables.TABLE_SCHEMAS[table].names
     stage(output, "run-empty", [], minute=5)
-    results.commit_run(output, "run-empty")
-    assert results.read_table(output, results.PREDICTIONS).num_rows == 0
+    tables.commit_run(output, "run-empty")
+    assert tables.read_table(output, tables.PREDICTIONS).num_rows == 0
     assert run_ids(output) == ["run-empty"]
 
 
@@ -222,8 +222,8 @@ def test_an_output_in_the_earlier_parquet_layout_is_refused_with_what_to_do(tmp_
     legacy = tmp_path / "old" / "runs" / "run_date=2026-11-01"
     legacy.mkdir(parents=True)
     (legacy / "run.parquet").write_bytes(b"PAR1")
-    with pytest.raises(results.ResultsError, match="jobs.maintain migrate"):
-        results.check_layout(str(tmp_path / "old"))
+    with pytest.raises(tables.ResultsError, match="jobs.maintain migrate"):
+        tables.check_layout(str(tmp_path / "old"))
 
 
 def test_a_live_lock_refuses_a_second_writer_and_a_dead_one_is_taken_over(tmp_path):
@@ -253,12 +253,12 @@ def test_on_s3_a_second_writer_is_refused_by_the_lock_and_a_racing_commit_by_del
         with pytest.raises(run_lock.OutputBusyError, match="run-a"):
             run_lock.check_free(output)
         stage(output, "run-a", ["x.dcm"], minute=1)
-        results.commit_run(output, "run-a")
-    uri = results.table_uri(output, results.PREDICTIONS)
+        tables.commit_run(output, "run-a")
+    uri = tables.table_uri(output, tables.PREDICTIONS)
     options = storage.delta_options(uri)
     first, second = (deltalake.DeltaTable(uri, storage_options=options) for _ in range(2))
     rows = pa.Table.from_pylist([{"run_id": "run-b", "run_date": DATE, "source_uri": "y.dcm"}],
-                                schema=results.TABLE_SCHEMAS[results.PREDICTIONS])
+                                schema=tables.TABLE_SCHEMAS[tables.PREDICTIONS])
     predicate = f"run_date = '{DATE}'"
     deltalake.write_deltalake(first, rows, mode="overwrite", predicate=predicate, storage_options=options)
     with pytest.raises(CommitFailedError):
@@ -271,7 +271,7 @@ def test_streamed_rows_land_in_whole_parquet_files_in_order(tmp_path):
 
     schema = pa.schema([("source_uri", pa.string()), ("frame_index", pa.int32())])
     rows = [{"source_uri": f"s3://archive/{index:05d}.dcm", "frame_index": index % 3} for index in range(2_500)]
-    parts = results.ParquetParts(str(tmp_path / "staged"), schema, rows_per_file=1_000, rows_per_group=300)
+    parts = tables.ParquetParts(str(tmp_path / "staged"), schema, rows_per_file=1_000, rows_per_group=300)
     for start in range(0, len(rows), 64):
         parts.write(pa.Table.from_pylist(rows[start:start + 64], schema=schema))
     parts.close()
@@ -281,8 +281,8 @@ def test_streamed_rows_land_in_whole_parquet_files_in_order(tmp_path):
     assert [pq.ParquetFile(file).metadata.num_rows for file in files] == [1_280, 1_220]
     assert [pq.ParquetFile(files[0]).metadata.row_group(group).num_rows for group in range(4)] == [320] * 4
     assert pa.concat_tables(pq.read_table(file) for file in files).to_pylist() == rows
-    assert results.staged_batches(str(tmp_path / "staged"), schema).read_all().num_rows == len(rows)
-    empty = results.ParquetParts(str(tmp_path / "nothing"), schema)
+    assert tables.staged_batches(str(tmp_path / "staged"), schema).read_all().num_rows == len(rows)
+    empty = tables.ParquetParts(str(tmp_path / "nothing"), schema)
     empty.close()
     assert not (tmp_path / "nothing").exists()
 
@@ -290,12 +290,12 @@ def test_streamed_rows_land_in_whole_parquet_files_in_order(tmp_path):
 def test_a_commit_writes_row_groups_of_bounded_size_so_the_writer_memory_stays_flat(tmp_path, monkeypatch):
     import pyarrow.parquet as pq
 
-    monkeypatch.setattr(results, "ROWS_PER_GROUP", 5)
+    monkeypatch.setattr(tables, "ROWS_PER_GROUP", 5)
     output = str(tmp_path / "results")
     uris = [f"{index:02d}.dcm" for index in range(12)]
     stage(output, "run-a", uris)
-    results.commit_run(output, "run-a")
-    table = results.table_uri(output, results.PREDICTIONS)
+    tables.commit_run(output, "run-a")
+    table = tables.table_uri(output, tables.PREDICTIONS)
     files = [uri for uri in storage.list_files(table) if uri.endswith(".parquet")]
     groups = [group.num_rows for file in files for group in
               (pq.ParquetFile(file).metadata.row_group(index) for index in range(pq.ParquetFile(file).num_row_groups))]

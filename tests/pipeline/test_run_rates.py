@@ -10,16 +10,19 @@ import sys
 import pyarrow as pa
 from deltalake import write_deltalake
 
-from pipeline import results
+from pipeline.results import tables
 from pipeline import schema as col
-from pipeline.screen import Outcomes, ScreenConfig, Selection, run_record
+from pipeline.screening import ScreenConfig
+from pipeline.screening.choice import Selection
+from pipeline.screening.record import run_record
+from pipeline.screening.summary import Outcomes
 from model.registry import load_model_info
 from tests.conftest import ROOT
 from tests.pipeline.test_query_answers import commit_night
 
 
 def test_the_run_record_keeps_the_scoring_rate_apart_from_the_wall_time(tmp_path):
-    started = results.utc_now() - datetime.timedelta(seconds=60)
+    started = tables.utc_now() - datetime.timedelta(seconds=60)
     selection = Selection(str(tmp_path / "verdicts.parquet"), ("new_or_changed",), "incremental", 120, 120)
     outcomes = Outcomes(rows=120, scored=120, errors=0, skipped=0, flagged=3, ood=0, errors_by_code={},
                         skipped_by_reason={})
@@ -55,10 +58,10 @@ def test_a_runs_table_written_before_the_scoring_columns_still_reads(tmp_path):
                        if field.name not in (col.SCORING_SECONDS, col.SCORING_IMAGES_PER_SECOND)])
     row = {col.RUN_ID: "run-old", col.RUN_DATE: "2026-11-01", col.IMAGES_PER_SECOND: 0.4, col.DURATION_SECONDS: 90.0,
            col.FINISHED_AT: datetime.datetime(2026, 11, 1, 2, tzinfo=datetime.timezone.utc)}
-    runs = str(tmp_path / "older" / results.RUNS)
+    runs = str(tmp_path / "older" / tables.RUNS)
     write_deltalake(runs, pa.Table.from_pylist([row], schema=older))
-    assert results.dataset(str(tmp_path / "older"), results.RUNS).to_table()[col.SCORING_SECONDS].to_pylist() == [None]
-    write_deltalake(results.table_uri(output, results.RUNS), pa.Table.from_pylist([row], schema=older),
+    assert tables.dataset(str(tmp_path / "older"), tables.RUNS).to_table()[col.SCORING_SECONDS].to_pylist() == [None]
+    write_deltalake(tables.table_uri(output, tables.RUNS), pa.Table.from_pylist([row], schema=older),
                     mode="append", schema_mode="merge")
     nights = {night[col.RUN_ID]: night for night in summary(output)}
     assert nights["run-old"][col.SCORING_IMAGES_PER_SECOND] is None and nights["run-old"][col.IMAGES_PER_SECOND] == 0.4

@@ -12,7 +12,7 @@ import boto3
 import pytest
 
 from infra import storage
-from pipeline import results
+from pipeline.results import tables
 from tests.conftest import ROOT, SAMPLES, TEST_KEY, job_summary
 from tests.support.s3_faults import Fault, FaultyS3Proxy
 
@@ -55,8 +55,8 @@ def screen(proxy: FaultyS3Proxy, output: str, run_date: str, *options: str
     return done, summary
 
 
-def read(output: str, table: str = results.PREDICTIONS) -> list[dict]:
-    return results.read_table(output, table).to_pylist()  # straight to the S3 endpoint, not through the proxy
+def read(output: str, table: str = tables.PREDICTIONS) -> list[dict]:
+    return tables.read_table(output, table).to_pylist()  # straight to the S3 endpoint, not through the proxy
 
 
 def test_transient_errors_and_throttling_are_retried_on_reads_and_writes(s3, proxy):
@@ -111,21 +111,21 @@ def test_losing_the_output_bucket_fails_the_run_and_nothing_is_lost_or_doubled(s
     proxy.clear()
     assert lost_after.injected > 0, "the bucket was never lost"
     assert failed.returncode == 3, failed.stderr[-3000:]
-    assert len(read(output, results.RUNS)) == 1
+    assert len(read(output, tables.RUNS)) == 1
     if moment == "while-writing":
         assert "was not committed" in failed.stderr and read(output) == before
     else:  # its predictions are committed, not counted until the next run finishes its commit from the work folder:
         # readers see the earlier complete night meanwhile
         assert "failed while committing" in failed.stderr and "jobs.maintain recover" in failed.stderr
         failed_id = re.search(r"run (\S+) failed while committing", failed.stderr).group(1)
-        raw = results.dataset(output, results.PREDICTIONS).to_table()
+        raw = tables.dataset(output, tables.PREDICTIONS).to_table()
         assert set(raw["run_id"].to_pylist()) == {failed_id} and read(output) == before
     again, summary = screen(proxy, output, "2026-11-06", "--full")
     assert again.returncode == 0, again.stderr[-3000:]
     assert summary["recovered_runs"] == ([] if moment == "while-writing" else [failed_id])
     rows = read(output)
     assert {row["run_id"] for row in rows} == {summary["run_id"]} and len(rows) == len(before)
-    assert len(read(output, results.RUNS)) == (2 if moment == "while-writing" else 3)
-    commits = [entry["run_id"] for entry in results.history(output)]
+    assert len(read(output, tables.RUNS)) == (2 if moment == "while-writing" else 3)
+    commits = [entry["run_id"] for entry in tables.history(output)]
     assert all(commits.count(run_id) == 3 for run_id in set(commits) - {None})  # each table once per run
-    assert not storage.list_files(storage.join(output, results.WORK))
+    assert not storage.list_files(storage.join(output, tables.WORK))

@@ -5,8 +5,8 @@ run stands for the date, and a re-run with another model carries nothing over.""
 import deltalake
 import pytest
 
-from pipeline import queries, results, views
-from pipeline.screen import ScreenConfig, run_screening
+from pipeline.results import queries, tables, views
+from pipeline.screening import ScreenConfig, run_screening
 from tests.conftest import ROOT
 from tests.support.nights import sample_archive_copy
 
@@ -65,7 +65,7 @@ def test_the_summary_marks_the_run_that_stands_for_the_date(reruns):
     output, _, (first, again, _), _, summary = reruns
     assert [(row["run_id"], row["standing"]) for row in summary] == [(first.run_id, False), (again.run_id, True)]
     assert [row["files_carried_over"] for row in summary] == [0, first.files_listed - 1]
-    runs = {row["run_id"]: row for row in results.read_table(str(output), results.RUNS).to_pylist()}
+    runs = {row["run_id"]: row for row in tables.read_table(str(output), tables.RUNS).to_pylist()}
     assert runs[again.run_id]["rows_carried_over"] == again.rows_carried_over > 0
 
 

@@ -10,9 +10,9 @@ import pydicom
 import pytest
 
 from model import registry
-from pipeline import results
+from pipeline.results import tables
 from pipeline.errors import RunNotStartedError
-from pipeline.screen import ScreenConfig, run_screening
+from pipeline.screening import ScreenConfig, run_screening
 from tests.conftest import SAMPLES, TEST_KEY
 
 pytestmark = pytest.mark.slow
@@ -37,7 +37,7 @@ def monkeypatch_module():
 
 
 def predictions(output: pathlib.Path):
-    return results.read_table(str(output), results.PREDICTIONS).to_pylist()
+    return tables.read_table(str(output), tables.PREDICTIONS).to_pylist()
 
 
 def test_every_file_yields_its_rows_exactly_once(screened, mixed_archive):
@@ -90,7 +90,7 @@ def test_series_slices_are_ordered_along_the_normal_whatever_the_file_names(scre
     instances = dicom_instances(archive / "dicom" / series)
     expected = sorted(instances, key=instances.get, reverse=descending)
     assert sorted(expected) != expected or descending, "file names must not already give the order"
-    table = results.read_table(str(output), results.SERIES).to_pylist()
+    table = tables.read_table(str(output), tables.SERIES).to_pylist()
     row = next(r for r in table if r["ordered_source_uris"][0] in instances)
     assert row["ordered_source_uris"] == expected and row["slice_order"] == "slice_position"
     assert row["slices"] == len(instances) and 0 <= row["most_suspicious_slice_index"] < len(instances)
@@ -98,7 +98,7 @@ def test_series_slices_are_ordered_along_the_normal_whatever_the_file_names(scre
 
 def test_run_row_counts_match_the_tables(screened):
     _, output, _, summary = screened
-    runs = results.read_table(str(output), results.RUNS).to_pylist()
+    runs = tables.read_table(str(output), tables.RUNS).to_pylist()
     run = next(r for r in runs if r["run_id"] == summary.run_id)
     assert run["rows_written"] == summary.rows_written and run["run_date"] == RUN_DATE
     assert json.loads(run["errors_by_code"]) == summary.errors_by_code
@@ -111,7 +111,7 @@ def test_a_rerun_of_the_same_date_replaces_its_partition(screened):
     rows = predictions(output)
     assert len(rows) == first.rows_written
     assert {row["run_id"] for row in rows} == {second.run_id}
-    assert len(results.read_table(str(output), results.RUNS)) == 2
+    assert len(tables.read_table(str(output), tables.RUNS)) == 2
 
 
 def test_a_corrupt_model_stops_the_run_before_anything_is_written(model_uri, tmp_path, monkeypatch, ray_local):
@@ -151,7 +151,7 @@ def test_a_promotion_during_a_run_cannot_mix_models(model_uri, ray_local, tmp_pa
     from model.labels import NO_TUMOR_INDEX
     from model.predict import ProbabilityPredictor, load_classifier
     from model.preprocessing import preprocess_image
-    from pipeline.screen import prepare, score_and_commit
+    from pipeline.screening import prepare, score_and_commit
 
     shipped = pathlib.Path(registry.resolve_model_dir(registry.DEFAULT_MODEL)).parent
     models = tmp_path / "registry"
@@ -185,7 +185,7 @@ def test_the_multiframe_series_is_ordered_by_its_per_frame_positions(screened):
     bottom up, by the positions in its Per-frame Functional Groups."""
     archive, output, _, _ = screened
     frames = str(archive / "dicom" / "axial-notumor-multiframe" / "frames.dcm")
-    row = next(r for r in results.read_table(str(output), results.SERIES).to_pylist()
+    row = next(r for r in tables.read_table(str(output), tables.SERIES).to_pylist()
                if r["ordered_source_uris"][0] == frames)
     assert row["slice_order"] == "slice_position" and row["ordered_frame_indices"] == [3, 2, 1, 0]
 
@@ -197,7 +197,7 @@ def test_the_sample_archive_is_a_fair_demo_of_the_shipped_model(screened, model_
     if model_uri != registry.DEFAULT_MODEL:
         pytest.skip("a statement about the shipped model")
     archive, output, _, _ = screened
-    for row in results.read_table(str(output), results.SERIES).to_pylist():
+    for row in tables.read_table(str(output), tables.SERIES).to_pylist():
         series = pathlib.Path(row["ordered_source_uris"][0]).parent.name
         expected = next(name for name in ("glioma", "meningioma", "pituitary", "notumor") if name in series)
         assert row["predicted_class"] == expected, series
@@ -208,7 +208,7 @@ def test_the_sample_archive_is_a_fair_demo_of_the_shipped_model(screened, model_
 
 
 def test_a_cpu_only_cluster_scores_on_one_decoding_actor_per_cpu(ray_local):
-    from pipeline.screen import inference_resources
+    from pipeline.screening.scoring import inference_resources
 
     config = ScreenConfig(inputs=("-",), output="-")
     assert inference_resources(config) == (2, 1.0, 0, False)  # the test Ray has 2 CPUs and no GPU
@@ -220,11 +220,11 @@ def test_series_summarised_from_small_batches_equal_those_from_one(screened, tmp
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from pipeline.screen import write_series
-    from pipeline.series import SERIES_INPUT_COLUMNS
+    from pipeline.screening.summary import write_series
+    from pipeline.scoring.series import SERIES_INPUT_COLUMNS
 
     _, output, _, summary = screened
-    staged = results.read_table(str(output), results.PREDICTIONS)
+    staged = tables.read_table(str(output), tables.PREDICTIONS)
     frames = staged.select(SERIES_INPUT_COLUMNS).filter(pc.is_valid(staged["series_key"])).sort_by("series_key")
     written = {}
     for rows in (frames.num_rows, 5, 1):  # a series' frames split over batches wait for the rest of the series

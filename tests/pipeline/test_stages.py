@@ -12,7 +12,7 @@ from model import registry
 from model.preprocessing import PreprocessConfig
 from pipeline import schema as col
 from model.decode import DecodeLimits
-from pipeline.stages import (IN_FLIGHT_SCHEMA, InferenceActor, StageContext, file_rows, rows_to_table,
+from pipeline.scoring.stages import (IN_FLIGHT_SCHEMA, InferenceActor, StageContext, file_rows, rows_to_table,
                              to_predictions_table)
 from tests.conftest import ROOT, SAMPLES
 
@@ -95,7 +95,7 @@ def concurrent_reads(monkeypatch) -> list[int]:
 
 
 def test_a_batch_reads_ahead_in_order_within_its_file_and_byte_bounds(tmp_path, monkeypatch):
-    from pipeline import stages
+    from pipeline.scoring import stages
 
     paths = [tmp_path / f"{index}.bin" for index in range(9)]
     for index, path in enumerate(paths):
@@ -115,7 +115,7 @@ def test_a_batch_reads_ahead_in_order_within_its_file_and_byte_bounds(tmp_path, 
 
 
 def test_a_manifest_line_naming_a_folder_is_walked(tmp_path):
-    from pipeline.listing import list_inputs
+    from pipeline.sources.listing import list_inputs
 
     folder = tmp_path / "series"
     (folder / "deeper").mkdir(parents=True)

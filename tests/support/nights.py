@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from infra import storage
-from pipeline import results
+from pipeline.results import tables
 from pipeline import schema as col
 from tests.conftest import SAMPLES, TEST_KEY
 
@@ -19,12 +19,12 @@ from tests.conftest import SAMPLES, TEST_KEY
 def commit_night(output: str, run_id: str, run_date: str, predictions: list[dict], series: list[dict],
                  finished_at: datetime.datetime) -> None:
     """Stage ``predictions`` and ``series`` rows (each completed with the run's id and date) and commit the run."""
-    for table, rows in ((results.PREDICTIONS, predictions), (results.SERIES, series)):
+    for table, rows in ((tables.PREDICTIONS, predictions), (tables.SERIES, series)):
         rows = [{col.RUN_ID: run_id, col.RUN_DATE: run_date, **row} for row in rows]
-        staged = pa.Table.from_pylist(rows, schema=results.TABLE_SCHEMAS[table])
-        results.write_parquet(staged, storage.join(results.work_uri(output, run_id, table), "part-0.parquet"))
-    results.stage_run_row(output, {col.RUN_ID: run_id, col.RUN_DATE: run_date, col.FINISHED_AT: finished_at})
-    results.commit_run(output, run_id)
+        staged = pa.Table.from_pylist(rows, schema=tables.TABLE_SCHEMAS[table])
+        tables.write_parquet(staged, storage.join(tables.work_uri(output, run_id, table), "part-0.parquet"))
+    tables.stage_run_row(output, {col.RUN_ID: run_id, col.RUN_DATE: run_date, col.FINISHED_AT: finished_at})
+    tables.commit_run(output, run_id)
 
 
 @contextlib.contextmanager

@@ -33,9 +33,9 @@ from model.labels import CLASS_NAMES, NO_TUMOR_INDEX
 from model.backends import TENSORFLOW, make_predictor
 from model.preprocessing import PreprocessConfig, preprocess_image
 from pipeline import schema as col
-from pipeline.geometry import slice_position
+from pipeline.scoring.geometry import slice_position
 from pipeline.pseudonym import pseudonymize
-from pipeline.selection import NO_HEADER, Decision, SelectionRules
+from pipeline.sources.selection import NO_HEADER, Decision, SelectionRules
 
 logger = logging.getLogger(__name__)
 READ_AHEAD_FILES = 16  # files of a batch read ahead of the one being decoded
@@ -54,7 +54,7 @@ class StageContext:
     threshold: float
     model_version: str
     model_sha256: str
-    selection: SelectionRules = SelectionRules(())  # which DICOM objects are brain MRI (pipeline.selection)
+    selection: SelectionRules = SelectionRules(())  # which DICOM objects are brain MRI (pipeline.sources.selection)
 
 
 def base_row(uri: str, sha256: str | None, context: StageContext) -> dict:

@@ -3,16 +3,16 @@ the deciding slice beside its Grad-CAM heat map, its pseudonymous keys and study
 bars, why the series was decided where it was in words, thumbnails of its slices in order with the deciding slice
 framed and the slices set aside dashed and named), the cases beyond those given pictures as one line each, and the
 table of unfamiliar inputs with each one's tumor probability. Files appear as their reference and file name. In:
-cases with their pictures drawn (``pipeline.report_images``); out: HTML sections.
+cases with their pictures drawn (``pipeline.report.images``); out: HTML sections.
 """
 
 from __future__ import annotations
 
 from model.labels import CLASS_NAMES
 from pipeline import schema as col
-from pipeline.report_html import esc, number, study_date
-from pipeline.report_images import FILE_LABEL, WITHHELD, WITHHELD_NOTE, Case, png_uri, shown_slices
-from pipeline.series import SERIES_RULE
+from pipeline.report.html import esc, number, study_date
+from pipeline.report.images import FILE_LABEL, WITHHELD, WITHHELD_NOTE, Case, png_uri, shown_slices
+from pipeline.scoring.series import SERIES_RULE
 
 
 def probability_bars(row: dict) -> str:
@@ -105,7 +105,7 @@ def slices_named(case: Case, indices: list[int]) -> str:
 
 
 def deciding_pair_words(case: Case, taking_part: list[int]) -> str:
-    """Which slices decided the series, by the neighbouring-slices rule (``pipeline.series``)."""
+    """Which slices decided the series, by the neighbouring-slices rule (``pipeline.scoring.series``)."""
     deciding, series_probability = case.deciding, case.row[col.TUMOR_PROBABILITY]
     own = number(slice_probability(case, deciding), 2)
     if len(taking_part) < 2 or deciding not in taking_part:

@@ -10,16 +10,16 @@ and the run's ``runs`` row follow, and a ``READY`` marker says the work is compl
 transaction per table, in the order **predictions -> series -> runs**; predictions and series replace the rows of
 the run's date (an overwrite with a ``run_date`` predicate), runs appends. Each commit carries the run id in its
 commit metadata, so a commit is never made twice. The ``runs`` table is the record of complete runs: a reader that
-must be exact joins with it (``pipeline.views`` and ``jobs.query`` do).
+must be exact joins with it (``pipeline.results.views`` and ``jobs.query`` do).
 
 What a run killed at any moment leaves:
 - before ``READY``: nothing any table shows. The next run of the output deletes the work folder.
 - between two commits: the next run of the output (or ``python -m jobs.maintain recover``) finishes the commits
   from the work folder before its own work: the run's results land whole, once. Until then the tables show the
-  partial commit. Readers (``read_table``, ``pipeline.views``, so ``jobs.query`` and the report) read each table as
+  partial commit. Readers (``read_table``, ``pipeline.results.views``, so ``jobs.query`` and the report) read each table as
   of its last commit not made by such a run (``settled_version``): until the run's ``runs`` row lands they see
   the earlier complete night of that date, whose rows the partial commit has replaced in the latest version.
-A lock (``pipeline.run_lock``) keeps two runs from writing one output at once; Delta's optimistic concurrency
+A lock (``pipeline.results.run_lock``) keeps two runs from writing one output at once; Delta's optimistic concurrency
 rejects a conflicting commit should two ever race past it.
 """
 

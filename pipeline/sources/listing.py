@@ -20,7 +20,7 @@ incremental run compares them with what the results tables hold to find new and 
 
 The listing streams: folders are walked one folder at a time (an S3 prefix one delimiter listing a level), and a run
 writes what it finds to Parquet (``stage_listing``) as it goes, so the driver never holds an archive's list; the
-comparison with the results tables is a query over those files (``pipeline.screen.select_files``).
+comparison with the results tables is a query over those files (``pipeline.screening.choice.select_files``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import pyarrow.fs as pafs
 from infra import storage
 from model.decode import DICOM_EXTENSIONS
 from pipeline import schema as col
-from pipeline.results import ParquetParts, staged_batches
+from pipeline.results.tables import ParquetParts, staged_batches
 
 logger = logging.getLogger(__name__)
 

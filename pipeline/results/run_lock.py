@@ -18,7 +18,7 @@ import threading
 import time
 
 from infra import storage
-from pipeline.results import WORK
+from pipeline.results.tables import WORK
 
 logger = logging.getLogger(__name__)
 

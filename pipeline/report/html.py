@@ -11,7 +11,7 @@ import html
 import json
 
 from model import registry
-from pipeline import results
+from pipeline.results import tables
 from pipeline import schema as col
 
 esc = html.escape
@@ -150,7 +150,7 @@ def title(run: dict) -> str:
 
 
 def footer(output: str, run: dict) -> str:
-    return (f"<footer><p>Built {esc(moment(results.utc_now()))} from the committed tables of "
+    return (f"<footer><p>Built {esc(moment(tables.utc_now()))} from the committed tables of "
             f"<code>{esc(output)}</code>; rebuild with <code>python -m jobs.query report --results {esc(output)} "
             f"--run-id {esc(run[col.RUN_ID])}</code>. Patients, studies and series appear only as pseudonymous keys; "
             f"a site holding the pseudonym key finds a patient with <code>python -m jobs.query patient "

@@ -4,7 +4,7 @@ A hospital archive holds CT, radiographs, spine and knee MRI, localizers, second
 brain MRI; only brain MRI may reach the model. The rules are data (``selection_rules.yaml`` beside this module, or a
 site's own file): an ordered list of rules, each a set of conditions on DICOM keywords (values, regular expressions,
 ranges), an action (``skip`` or ``score``) and a reason. The first rule that holds decides; an object no rule
-decides is scored. The decoding stage (``pipeline.stages``) asks before it decodes any pixels, records the rule's
+decides is scored. The decoding stage (``pipeline.scoring.stages``) asks before it decodes any pixels, records the rule's
 name on every row and, for a skip, the reason with ``status = skipped``. Plain JPEG/PNG files have no header: they
 are scored under :data:`NO_HEADER` and the out-of-distribution check judges them.
 

@@ -1,12 +1,12 @@
 """The morning report: one committed run in, one self-contained HTML file out (images embedded as data URIs, inline
 SVG charts, no script, no font or request from anywhere), for the radiologist who reads the night's results. This
-module decides what it shows: the run's rows from the committed tables (``pipeline.views``), the flagged series and
+module decides what it shows: the run's rows from the committed tables (``pipeline.results.views``), the flagged series and
 the flagged images outside any series, most suspicious first, each series with the slices that took no part in its
 decision (unfamiliar, skipped, not read), and the unfamiliar (out-of-distribution) inputs, highest tumor probability
-first; the first ``MAX_CASES_WITH_IMAGES`` of each list get pictures (``pipeline.report_images``), the rest a line
-each. The page is written by ``pipeline.report_html`` (skeleton, summary), ``pipeline.report_charts`` and
-``pipeline.report_cases``; only the tables' pseudonymous keys, study dates and modalities describe a patient, a file
-is named by its reference and file name, never its folders (``FileNames``, ``pipeline.paths``), and every text is
+first; the first ``MAX_CASES_WITH_IMAGES`` of each list get pictures (``pipeline.report.images``), the rest a line
+each. The page is written by ``pipeline.report.html`` (skeleton, summary), ``pipeline.report.charts`` and
+``pipeline.report.cases``; only the tables' pseudonymous keys, study dates and modalities describe a patient, a file
+is named by its reference and file name, never its folders (``FileNames``, ``pipeline.sources.paths``), and every text is
 escaped. After a run commits, ``publish_run_report`` writes ``<output>/reports/<run_date>/<run_id>.html``, logging
 each step; the heat maps are drawn in a Ray task (TensorFlow then loads in a worker, never in the driver), the rest
 in the driver. ``python -m jobs.query report`` rebuilds any committed run's report.
@@ -23,13 +23,14 @@ from infra import storage
 from infra.ray_runtime import ensure_ray
 from model.labels import CLASS_NAMES
 from model.preprocessing import PreprocessConfig
-from pipeline import paths, report_cases, views
+from pipeline.results import views
+from pipeline.sources import paths
 from pipeline import schema as col
 from pipeline.pseudonym import load_key
-from pipeline.report_cases import unfamiliar_section
-from pipeline.report_charts import BINS, charts_section
-from pipeline.report_html import banner, footer, page, summary_section, title
-from pipeline.report_images import (FILE_LABEL, Case, HeatMaps, SliceReader, draw_pictures, heat_map_overlays,
+from pipeline.report.cases import cases_section as card_list, unfamiliar_section
+from pipeline.report.charts import BINS, charts_section
+from pipeline.report.html import banner, footer, page, summary_section, title
+from pipeline.report.images import (FILE_LABEL, Case, HeatMaps, SliceReader, draw_pictures, heat_map_overlays,
                                    run_model, unfamiliar_thumbnails)
 
 logger = logging.getLogger(__name__)
@@ -177,7 +178,7 @@ def image_case(row: dict) -> Case:
 
 def cases_section(heading: str, cases: list[Case], heat_note: str, nothing: str) -> str:
     """A list of flagged cases, the first ``MAX_CASES_WITH_IMAGES`` with pictures."""
-    return report_cases.cases_section(heading, cases, MAX_CASES_WITH_IMAGES, heat_note, nothing)
+    return card_list(heading, cases, MAX_CASES_WITH_IMAGES, heat_note, nothing)
 
 
 # --- building and writing ------------------------------------------------------------------------------------------
@@ -185,7 +186,7 @@ def cases_section(heading: str, cases: list[Case], heat_note: str, nothing: str)
 
 class FileNames:
     """How the report names a stored ``source_uri``: its reference and file name, never its folders
-    (``pipeline.paths``); and where to read it again (its real path, when its folder names were pseudonymised)."""
+    (``pipeline.sources.paths``); and where to read it again (its real path, when its folder names were pseudonymised)."""
 
     def __init__(self, key: bytes | None, run_id: str):
         self.key, self.run_id = key, run_id

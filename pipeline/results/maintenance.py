@@ -31,7 +31,7 @@ from deltalake import CommitProperties, DeltaTable
 from deltalake.exceptions import DeltaError
 
 from infra import storage
-from pipeline import results
+from pipeline.results import tables
 from pipeline import schema as col
 
 logger = logging.getLogger(__name__)
@@ -45,11 +45,11 @@ LOG_FILE = re.compile(r"(\d{20})\.(json|crc|checkpoint\.parquet|checkpoint\.\d+\
 def compact(output: str) -> dict[str, dict]:
     """Bin-pack each table's files; returns the metrics delta-rs reports per table."""
     report = {}
-    for table in results.TABLES:
-        delta = results.open_table(output, table)
+    for table in tables.TABLES:
+        delta = tables.open_table(output, table)
         if delta is not None:
             metrics = delta.optimize.compact(commit_properties=CommitProperties(
-                custom_metadata={results.COMMIT_RUN_ID: results.MAINTENANCE_COMMIT}))
+                custom_metadata={tables.COMMIT_RUN_ID: tables.MAINTENANCE_COMMIT}))
             report[table] = {"files_removed": metrics.get("numFilesRemoved"),
                              "files_added": metrics.get("numFilesAdded")}
     return report
@@ -58,8 +58,8 @@ def compact(output: str) -> dict[str, dict]:
 def vacuum(output: str, retain_days: float) -> dict[str, int]:
     """Delete files unreferenced for ``retain_days``; returns how many per table."""
     report = {}
-    for table in results.TABLES:
-        delta = results.open_table(output, table)
+    for table in tables.TABLES:
+        delta = tables.open_table(output, table)
         if delta is not None:
             removed = delta.vacuum(retention_hours=int(retain_days * 24), dry_run=False,
                                    enforce_retention_duration=False)
@@ -75,36 +75,36 @@ def legacy_table(root: str, table: str) -> pa.Table:
     files = [file for file in storage.list_files(uri) if file.endswith(".parquet") and "/_" not in
              "/" + storage.relative_to(uri, file)]
     if not files:
-        return results.TABLE_SCHEMAS[table].empty_table()
+        return tables.TABLE_SCHEMAS[table].empty_table()
     filesystem, base = storage.resolve(uri)
     partitioning = pads.partitioning(pa.schema([(col.RUN_DATE, pa.string())]), flavor="hive")
-    return pads.dataset([storage.resolve(file)[1] for file in files], schema=results.TABLE_SCHEMAS[table],
+    return pads.dataset([storage.resolve(file)[1] for file in files], schema=tables.TABLE_SCHEMAS[table],
                         format="parquet", filesystem=filesystem, partitioning=partitioning,
                         partition_base_dir=base).to_table()  # columns an old file lacks read as nulls
 
 
 def migrate(output: str) -> dict[str, int]:
     """Convert the old layout: for each date, the rows of its latest committed run become that date's rows."""
-    if results.is_delta(output, results.RUNS):
-        raise results.ResultsError(f"{output} already holds Delta tables; nothing to migrate")
+    if tables.is_delta(output, tables.RUNS):
+        raise tables.ResultsError(f"{output} already holds Delta tables; nothing to migrate")
     legacy = storage.join(output, LEGACY)
-    for table in results.TABLES:
+    for table in tables.TABLES:
         if storage.is_dir(storage.join(output, table)):
             storage.move_tree(storage.join(output, table), storage.join(legacy, table))
-    runs = legacy_table(legacy, results.RUNS)
+    runs = legacy_table(legacy, tables.RUNS)
     latest = {}
     for run in sorted(runs.to_pylist(), key=lambda run: (run[col.FINISHED_AT], run[col.RUN_ID])):
         latest[run[col.RUN_DATE]] = run[col.RUN_ID]
-    counts = {results.RUNS: runs.num_rows}
-    for table in results.PARTITIONED_TABLES:
+    counts = {tables.RUNS: runs.num_rows}
+    for table in tables.PARTITIONED_TABLES:
         rows = legacy_table(legacy, table)
         rows = rows.filter(pc.is_in(rows[col.RUN_ID], value_set=pa.array(list(latest.values()), pa.string())))
         for run_date, run_id in sorted(latest.items()):
             chosen = rows.filter(pc.equal(rows[col.RUN_ID], run_id))
-            results.commit_table(output, table, chosen, f"{results.MIGRATED_PREFIX}{run_id}", run_date)
+            tables.commit_table(output, table, chosen, f"{tables.MIGRATED_PREFIX}{run_id}", run_date)
         counts[table] = rows.num_rows
     if runs.num_rows:
-        results.commit_table(output, results.RUNS, runs, "migrated", "")
+        tables.commit_table(output, tables.RUNS, runs, "migrated", "")
     logger.info("migrated %s: %s; the old files are in %s", output, counts, legacy)
     return counts
 
@@ -113,7 +113,7 @@ def migrate(output: str) -> dict[str, int]:
 def log_files(output: str, table: str) -> dict[int, list[str]]:
     """A table's ``_delta_log`` files (commits, checksums, checkpoints) by the version they belong to."""
     versions: dict[int, list[str]] = {}
-    for uri in storage.list_files(storage.join(results.table_uri(output, table), "_delta_log"), recursive=False):
+    for uri in storage.list_files(storage.join(tables.table_uri(output, table), "_delta_log"), recursive=False):
         match = LOG_FILE.search(uri.rsplit("/", 1)[-1])
         if match:
             versions.setdefault(int(match.group(1)), []).append(uri)
@@ -133,16 +133,16 @@ def unparsable_entries(output: str, table: str) -> list[tuple[int, str]]:
                 if not any(line.strip() for line in lines):
                     raise ValueError("it is empty")
             except (ValueError, UnicodeDecodeError, storage.StorageError) as error:
-                damaged.append((version, results.first_line(error)))
+                damaged.append((version, tables.first_line(error)))
     return damaged
 
 
 def files_problem(output: str, table: str, delta: DeltaTable) -> str | None:
     """What is wrong with the data files the table's loaded version names: missing, or not the size its log
     records; None when every one is there whole."""
-    uri = results.table_uri(output, table)
-    sizes = results.held_files(uri)  # one listing for both checks
-    missing = results.missing_files(delta, uri, sizes)
+    uri = tables.table_uri(output, table)
+    sizes = tables.held_files(uri)  # one listing for both checks
+    missing = tables.missing_files(delta, uri, sizes)
     if missing:
         return f"version {delta.version()} names {len(missing)} data file(s) that do not exist (first: {missing[0]})"
     actions = pa.table(delta.get_add_actions(flatten=False)).select(["path", "size_bytes"]).to_pylist()
@@ -159,7 +159,7 @@ def last_good_version(output: str, table: str, below: int) -> int | None:
     ``GOOD_VERSION_SEARCH`` before it), or None."""
     for version in range(below - 1, max(-1, below - 1 - GOOD_VERSION_SEARCH), -1):
         try:
-            delta = results.open_table(output, table, version)
+            delta = tables.open_table(output, table, version)
         except storage.StorageError:
             continue
         if delta is not None and files_problem(output, table, delta) is None:
@@ -177,7 +177,7 @@ def restore_hint(output: str, table: str, below: int) -> str:
 
 def table_problems(output: str, table: str) -> list[str]:
     """One sentence for each way the table is damaged: its log, its data files."""
-    if not results.is_delta(output, table):
+    if not tables.is_delta(output, table):
         return []
     damaged = unparsable_entries(output, table)
     if damaged:
@@ -185,7 +185,7 @@ def table_problems(output: str, table: str) -> list[str]:
         return [f"The {table} table's log entry for version {version} cannot be parsed ({cause}), so the table "
                 f"cannot be read; {restore_hint(output, table, version)}."]
     try:
-        delta = results.open_table(output, table)
+        delta = tables.open_table(output, table)
     except storage.StorageError as error:
         return [f"The {table} table cannot be read ({error})."]
     problem = files_problem(output, table, delta)
@@ -200,16 +200,16 @@ def agreement_problems(output: str) -> list[str]:
     than its run recorded. Needs readable tables."""
     problems = [f"Run {folder.rstrip('/').rsplit('/', 1)[-1]} died while committing (its complete work waits in "
                 f"{folder}); `python -m jobs.maintain recover --results {output}` commits it."
-                for folder in storage.list_dirs(storage.join(output, results.WORK))
-                if storage.exists(storage.join(folder, results.READY))]
-    runs = results.dataset(output, results.RUNS).to_table().to_pylist()
+                for folder in storage.list_dirs(storage.join(output, tables.WORK))
+                if storage.exists(storage.join(folder, tables.READY))]
+    runs = tables.dataset(output, tables.RUNS).to_table().to_pylist()
     latest: dict[str, dict] = {}
     for run in sorted(runs, key=lambda run: (run[col.FINISHED_AT] or datetime.datetime.min.replace(
             tzinfo=datetime.timezone.utc), run[col.RUN_ID])):
         latest[run[col.RUN_DATE]] = run
     recorded = {run[col.RUN_ID] for run in runs}
-    for table, count_column in ((results.PREDICTIONS, col.ROWS_WRITTEN), (results.SERIES, col.SERIES)):
-        rows = results.dataset(output, table).to_table(columns=[col.RUN_DATE, col.RUN_ID])
+    for table, count_column in ((tables.PREDICTIONS, col.ROWS_WRITTEN), (tables.SERIES, col.SERIES)):
+        rows = tables.dataset(output, table).to_table(columns=[col.RUN_DATE, col.RUN_ID])
         counts = rows.group_by([col.RUN_DATE, col.RUN_ID]).aggregate([([], "count_all")]).to_pylist()
         held = {(row[col.RUN_DATE], row[col.RUN_ID]): row["count_all"] for row in counts}
         for (run_date, run_id), count in sorted(held.items()):
@@ -236,35 +236,35 @@ def rerun_hint(output: str, run_date: str) -> str:
 def verify(output: str) -> list[str]:
     """Every problem of the output's tables, one sentence each (table and cause, and the way back); none when the
     output is whole. The tables' agreement is checked only when every table reads."""
-    problems = [problem for table in results.TABLES for problem in table_problems(output, table)]
+    problems = [problem for table in tables.TABLES for problem in table_problems(output, table)]
     return problems or agreement_problems(output)
 
 
 def restore(output: str, table: str, version: int) -> dict:
     """Bring ``table`` back to ``version`` (see the module docstring); returns what was done."""
-    if not results.is_delta(output, table):
-        raise results.ResultsError(f"{output} has no {table} table to restore")
+    if not tables.is_delta(output, table):
+        raise tables.ResultsError(f"{output} has no {table} table to restore")
     entries = log_files(output, table)
     if version not in entries:
-        raise results.ResultsError(f"the {table} table has no version {version} (its log holds "
+        raise tables.ResultsError(f"the {table} table has no version {version} (its log holds "
                                    f"{min(entries, default=0)} to {max(entries, default=0)})")
     if [damaged for damaged, _ in unparsable_entries(output, table) if damaged <= version]:
-        raise results.ResultsError(f"the {table} table's log is damaged at or before version {version}: restore an "
+        raise tables.ResultsError(f"the {table} table's log is damaged at or before version {version}: restore an "
                                    f"earlier version")
     newer = [uri for number, uris in sorted(entries.items()) if number > version for uri in uris]
     try:
-        latest = results.open_table(output, table)
+        latest = tables.open_table(output, table)
     except storage.StorageError:
         latest = None
     if latest is None or unparsable_entries(output, table):
         return {"table": table, "version": version, "moved_aside": move_aside(output, table, newer)}
     try:
         latest.restore(version, commit_properties=CommitProperties(
-            custom_metadata={results.COMMIT_RUN_ID: results.MAINTENANCE_COMMIT}))
+            custom_metadata={tables.COMMIT_RUN_ID: tables.MAINTENANCE_COMMIT}))
     except (DeltaError, OSError) as error:
-        raise results.ResultsError(f"the {table} table could not be restored to version {version} "
-                                   f"({results.first_line(error)})") from error
-    restored = results.open_table(output, table)
+        raise tables.ResultsError(f"the {table} table could not be restored to version {version} "
+                                   f"({tables.first_line(error)})") from error
+    restored = tables.open_table(output, table)
     logger.info("the %s table restored to version %d as version %d", table, version, restored.version())
     return {"table": table, "version": version, "new_version": restored.version()}
 
@@ -272,8 +272,8 @@ def restore(output: str, table: str, version: int) -> dict:
 def move_aside(output: str, table: str, uris: list[str]) -> list[str]:
     """Move log files into ``<table>/_delta_log_damaged/<time>/``, and ``_last_checkpoint`` with them when it names
     a checkpoint among them (readers then find the latest checkpoint left by listing); their new URIs."""
-    log = storage.join(results.table_uri(output, table), "_delta_log")
-    aside = storage.join(results.table_uri(output, table), DAMAGED_LOG, f"{results.utc_now():%Y%m%dT%H%M%S%fZ}")
+    log = storage.join(tables.table_uri(output, table), "_delta_log")
+    aside = storage.join(tables.table_uri(output, table), DAMAGED_LOG, f"{tables.utc_now():%Y%m%dT%H%M%S%fZ}")
     pointer = storage.join(log, "_last_checkpoint")
     if storage.exists(pointer):
         checkpoint = json.loads(storage.read_text(pointer)).get("version")

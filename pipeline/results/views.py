@@ -1,15 +1,15 @@
 """SQL over the results tables: a DuckDB connection with the tables and the views users and the nightly run need.
 
-Views, all restricted to complete runs (runs recorded in ``runs``, see ``pipeline.results``):
+Views, all restricted to complete runs (runs recorded in ``runs``, see ``pipeline.results.tables``):
 - ``predictions``, ``series``, ``runs``: the tables' rows. ``predictions`` and ``series`` are read as of each
-  table's last commit not made by a run still between its commits (``results.table_datasets``): a run killed after
+  table's last commit not made by a run still between its commits (``tables.table_datasets``): a run killed after
   its predictions commit has replaced its date's rows in the table's latest version, and until its ``runs`` row
   lands the views show the earlier complete night of that date, predictions, series and flags alike.
 - ``current_predictions``: for each file, the rows of the latest run that scored it, whatever night that was.
 - ``current_series``: for each series, the row of the latest run that summarised it.
 - ``current_studies``: one row per study, from its current series (``current_series_by_study``). A study's tumor
   probability is the highest of its series', and it is flagged when any of its series is (a tumor in one series is a
-  tumor in the study; each series' own rule, in ``pipeline.series``, already keeps one noisy slice from flagging).
+  tumor in the study; each series' own rule, in ``pipeline.scoring.series``, already keeps one noisy slice from flagging).
   The deciding series is the flagged series with the highest tumor probability, or, when none is flagged, the
   series with the highest (the first series key on ties); the study's class is that series' class. A study whose
   series have no probability (every slice skipped, failed or unfamiliar) has none and no flag.
@@ -31,7 +31,7 @@ import re
 
 import duckdb
 
-from pipeline import results
+from pipeline.results import tables
 from pipeline import schema as col
 
 def latest_per_file(condition: str = "TRUE") -> str:
@@ -57,9 +57,9 @@ def current_series_by_study() -> str:
 
 
 VIEWS = {
-    results.RUNS: "SELECT * FROM runs_all",
-    results.PREDICTIONS: f"SELECT * FROM predictions_settled WHERE {col.RUN_ID} IN (SELECT {col.RUN_ID} FROM runs_all)",
-    results.SERIES: f"SELECT * FROM series_settled WHERE {col.RUN_ID} IN (SELECT {col.RUN_ID} FROM runs_all)",
+    tables.RUNS: "SELECT * FROM runs_all",
+    tables.PREDICTIONS: f"SELECT * FROM predictions_settled WHERE {col.RUN_ID} IN (SELECT {col.RUN_ID} FROM runs_all)",
+    tables.SERIES: f"SELECT * FROM series_settled WHERE {col.RUN_ID} IN (SELECT {col.RUN_ID} FROM runs_all)",
     "current_predictions": latest_per_file(),
     "current_series": f"""
         SELECT s.* FROM series s JOIN runs_all r ON s.{col.RUN_ID} = r.{col.RUN_ID}
@@ -81,14 +81,14 @@ def connect(output: str, as_of: datetime.datetime | None = None,
             iso_dates: bool = False) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection over the output's tables (as they were at ``as_of``, if given); with
     ``iso_dates`` every view shows ``study_date`` as YYYY-MM-DD (``iso_study_date``), as the report does."""
-    results.check_layout(output)
+    tables.check_layout(output)
     connection = duckdb.connect()
     connection.execute("SET TimeZone = 'UTC'")
-    runs = results.dataset(output, results.RUNS, as_of)
-    connection.register(f"{results.RUNS}_all", runs)
-    complete = results.complete_runs(runs)
-    for table in results.PARTITIONED_TABLES:
-        latest, settled = results.table_datasets(output, table, complete, as_of)
+    runs = tables.dataset(output, tables.RUNS, as_of)
+    connection.register(f"{tables.RUNS}_all", runs)
+    complete = tables.complete_runs(runs)
+    for table in tables.PARTITIONED_TABLES:
+        latest, settled = tables.table_datasets(output, table, complete, as_of)
         for name, data in ((f"{table}_all", latest), (f"{table}_settled", settled)):
             connection.register(f"{name}_stored" if iso_dates else name, data)
             if iso_dates:
@@ -179,4 +179,4 @@ def scored_files(excluding_date: str) -> str:
 def standing_files(run_date: str) -> str:
     """SQL: ``file_facts`` of every file whose rows ``run_date`` holds: the rows of the date's standing run (its
     latest complete run, read as of the settled versions like every view)."""
-    return file_facts(f"SELECT * FROM {results.PREDICTIONS} WHERE {col.RUN_DATE} = '{checked_date(run_date)}'")
+    return file_facts(f"SELECT * FROM {tables.PREDICTIONS} WHERE {col.RUN_DATE} = '{checked_date(run_date)}'")

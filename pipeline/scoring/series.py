@@ -1,6 +1,6 @@
 """Series stage: prediction rows of DICOM frames in, one row per series out.
 
-Slices are ordered along the slice normal (``pipeline.geometry.slice_order``). Only slices the model classified
+Slices are ordered along the slice normal (``pipeline.scoring.geometry.slice_order``). Only slices the model classified
 (status ``ok``) and found familiar (``ood`` not true) take part in the series' decision; skipped, failed and
 unfamiliar slices keep their place in the ordered lists and are counted (``slices_skipped``, ``slices_ood``), but
 never raise or lower the score. ``slices_scored`` counts every ``ok`` slice, unfamiliar ones included.
@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from model.labels import NO_TUMOR
 from pipeline import schema as col
-from pipeline.geometry import slice_order
+from pipeline.scoring.geometry import slice_order
 
 SERIES_INPUT_COLUMNS = [col.RUN_ID, col.SERIES_KEY, col.PATIENT_KEY, col.STUDY_KEY, col.STUDY_DATE,
                         col.MODALITY, col.SOURCE_URI, col.FRAME_INDEX, col.INSTANCE_NUMBER, col.SLICE_POSITION,

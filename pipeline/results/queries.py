@@ -1,4 +1,4 @@
-"""The questions asked of the results every morning, as SQL over ``pipeline.views``; each returns an Arrow table.
+"""The questions asked of the results every morning, as SQL over ``pipeline.results.views``; each returns an Arrow table.
 
 Every query filters on ``run_date`` first, so over a year of nightly results it reads the dates it needs.
 """
@@ -10,9 +10,9 @@ import dataclasses
 import duckdb
 import pyarrow as pa
 
-from pipeline import paths
+from pipeline.sources import paths
 from pipeline import schema as col
-from pipeline import views
+from pipeline.results import views
 from pipeline.pseudonym import pseudonymize
 
 
@@ -109,7 +109,7 @@ def patient_by_id(connection: duckdb.DuckDBPyConnection, patient_id: str, key: b
 
 
 def file_by_reference(connection: duckdb.DuckDBPyConnection, reference: str, key: bytes | None) -> pa.Table:
-    """The stored ``source_uri`` of a file the morning report names by ``reference`` (``pipeline.paths``), with
+    """The stored ``source_uri`` of a file the morning report names by ``reference`` (``pipeline.sources.paths``), with
     its real path (``path``: the same, unless its folder names were pseudonymised, then found by listing them)."""
     if not paths.REFERENCE.fullmatch(reference or ""):
         raise QueryError("a file reference is f- or r- and 12 hex digits, as the report shows it")

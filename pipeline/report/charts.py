@@ -6,7 +6,7 @@ from the committed tables and the run's row; out: an HTML section.
 from __future__ import annotations
 
 from pipeline import schema as col
-from pipeline.report_html import esc
+from pipeline.report.html import esc
 
 BINS = 20  # of the tumor-probability histogram
 

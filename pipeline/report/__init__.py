@@ -1,0 +1,1 @@
+"""The morning report: its queries, case pictures, charts and HTML."""

@@ -1,0 +1,1 @@
+"""The results store: Delta tables, the views and queries over them, upkeep and the run lock."""

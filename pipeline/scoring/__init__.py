@@ -1,0 +1,1 @@
+"""The scoring stages: decoding and preprocessing, inference actors, slices into series."""
