@@ -125,6 +125,8 @@ def summary_section(run: dict, info: registry.ModelInfo | None, skip_reasons: di
     flagged = (run[col.ROWS_FLAGGED] or 0) + (run[col.SERIES_FLAGGED] or 0) > 0
     stats = "".join([
         stat("files listed", run[col.FILES_LISTED]), stat("files unchanged (not rescored)", run[col.FILES_UNCHANGED]),
+        stat("files carried over from the date's earlier run", run[col.FILES_CARRIED_OVER])
+        if run.get(col.FILES_CARRIED_OVER) else "",
         stat("images scored", run[col.ROWS_SCORED]), stat("flagged images", run[col.ROWS_FLAGGED], flagged),
         stat("series", run[col.SERIES]), stat("flagged series", run[col.SERIES_FLAGGED], flagged),
         stat("unfamiliar inputs", run[col.ROWS_OOD] or 0), stat("skipped (not brain MRI)", run[col.ROWS_SKIPPED] or 0),
