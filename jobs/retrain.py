@@ -2,7 +2,8 @@ r"""Retrain the classifier with Ray Train and promote it if it is not worse than
 --folds K, cross-validate the training recipe on K duplicate-aware folds.
 
     python -m jobs.retrain --data <labelled dir|s3://...> --output <registry dir|s3://...> \
-        [--tumor-data <dir>] [--site-data <dir>] [--leave-out-site SITE] [--init-from MODEL_DIR] \
+        [--tumor-data <dir>] [--site-data <dir>] [--reviews <results dir>] [--leave-out-site SITE] \
+        [--init-from MODEL_DIR] \
         [--num-workers N] [--use-gpu] [--epochs N] [--members N] [--no-mirror-views] \
         [--member-model MODEL_DIR] [--folds K] [--resume-from CHECKPOINT]
 """
@@ -37,6 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="labelled slices from other hospitals (repeatable): class folders (some classes only) "
                              "holding sequence folders of <patient>_<slice> images, and optionally a slices.csv "
                              "naming each patient's site; split by patient, reported per site and sequence")
+    parser.add_argument("--reviews", action="append", default=[], metavar="RESULTS_DIR",
+                        help="a results folder (local or s3://) whose radiologists' verdicts in the review app become "
+                             "training examples (repeatable): each case by its latest verdict; a confirmed flag is "
+                             "its class (the reviewer's correction, else the model's), a dismissed flag no tumor, "
+                             "unsure and reopened cases are skipped; a confirmed series labels its deciding slice, a "
+                             "dismissed series every slice scored. Read from their source files as scoring reads "
+                             "them, as source reviews/<folder name>, for training only: a near-duplicate of a "
+                             "validation image, and a file that can no longer be read, are left out and counted "
+                             "(model.json training.reviews, the model card)")
+    parser.add_argument("--pseudonym-key-file",
+                        help="with --reviews: the pseudonym key the screening runs used (else PSEUDONYM_KEY), "
+                             "needed for verdicts on images outside a series and for pseudonymised folders")
     parser.add_argument("--leave-out-site", metavar="SITE",
                         help="a study, never promoted: keep one site of the site data out of training and validation "
                              "and judge the candidate on it (its figures are recorded as left_out_site)")
@@ -125,9 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
-    require_lasting_paths(parser, args, "--output", "--cache")
-    if args.folds and (args.site_data or args.leave_out_site or args.init_from):
-        parser.error("--folds cross-validates the folder-per-class data alone: leave out --site-data, "
+    require_lasting_paths(parser, args, "--output", "--cache", "--pseudonym-key-file")
+    if args.folds and (args.site_data or args.reviews or args.leave_out_site or args.init_from):
+        parser.error("--folds cross-validates the folder-per-class data alone: leave out --site-data, --reviews, "
                      "--leave-out-site and --init-from")
     if args.leave_out_site and not args.site_data:
         parser.error("--leave-out-site needs --site-data: the site it keeps out is one of the site data's")
@@ -162,22 +175,30 @@ def build_config(args: argparse.Namespace) -> RetrainConfig:
                          member_models=tuple(args.member_model),
                          preprocessing=PreprocessConfig(image_size=args.image_size), training=training,
                          version=args.version, cache=usable_cache(args), held_out=tuple(args.held_out),
-                         site_data=tuple(args.site_data), leave_out_site=args.leave_out_site,
+                         site_data=tuple(args.site_data), reviews=tuple(args.reviews),
+                         leave_out_site=args.leave_out_site,
                          init_from=args.init_from, source_margin=args.source_margin)
 
 
-def check_data(args: argparse.Namespace) -> tuple[RetrainConfig, list[LabelledImage]]:
-    """Before Ray starts: the configuration is valid and the labelled folders are usable."""
+def check_data(args: argparse.Namespace) -> tuple:
+    """Before Ray starts: the configuration is valid, the labelled folders are usable, and the verdicts of the
+    ``--reviews`` folders are read (the plan: configuration, labelled images and, with ``--reviews``, the reviewed
+    slices)."""
     config = build_config(args)
-    for location in (config.data, *config.tumor_data, *config.site_data, *config.held_out, config.output,
-                     *([config.init_from] if config.init_from else [])):
+    for location in (config.data, *config.tumor_data, *config.site_data, *config.reviews, *config.held_out,
+                     config.output, *([config.init_from] if config.init_from else [])):
         storage.check_reachable(location)
     images = list_training_images(config.data, config.tumor_data, config.site_data)
     sites = sorted({image.source for image in images if image.patient})
     if config.leave_out_site and not any(names_site(source, config.leave_out_site) for source in sites):
         raise DatasetError(f"--leave-out-site {config.leave_out_site}: the site data's sources are "
                            f"{', '.join(sites) or 'none'}")
-    return config, images
+    if not config.reviews:
+        return config, images
+    from pipeline.pseudonym import load_key
+    from pipeline.review.examples import read_all_reviews
+
+    return config, images, read_all_reviews(config.reviews, load_key(args.pseudonym_key_file))
 
 
 def run_cross_validation(plan: tuple[RetrainConfig, list[LabelledImage]], folds: int) -> dict:
@@ -190,7 +211,7 @@ def run_cross_validation(plan: tuple[RetrainConfig, list[LabelledImage]], folds:
     return {"folds": folds, "report": report["uri"], "summary": report["summary"]}
 
 
-def run_retraining(plan: tuple[RetrainConfig, list[LabelledImage]]) -> dict:
+def run_retraining(plan: tuple) -> dict:
     from pipeline.retrain import retrain  # TensorFlow loads here, after the arguments are known to be good
 
     outcome = retrain(*plan)
@@ -199,8 +220,12 @@ def run_retraining(plan: tuple[RetrainConfig, list[LabelledImage]]) -> dict:
                 outcome.version, outcome.candidate_uri, metrics["accuracy"], metrics["macro_f1"],
                 metrics["tumor_vs_no_tumor"]["sensitivity"], "PROMOTED" if outcome.promoted else "NOT promoted",
                 outcome.reason)
-    return {"version": outcome.version, "promoted": outcome.promoted, "reason": outcome.reason,
-            "candidate": outcome.candidate_uri, "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
+    summary = {"version": outcome.version, "promoted": outcome.promoted, "reason": outcome.reason,
+               "candidate": outcome.candidate_uri, "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
+    reviews = outcome.reviews
+    if reviews is not None:
+        summary["reviewed_examples"], summary["reviewed_left_out"] = reviews["examples"], reviews["dropped"]
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:

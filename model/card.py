@@ -296,6 +296,7 @@ def training_data_lines(record: dict) -> list[str]:
             left = sites["left_out"]
             lines.append(f"- A study run: site {left['site']} ({left['images']} slices of {left['patients']} "
                          f"patients) was kept out of training and validation and judged on.")
+    lines += reviewed_lines(training.get("reviews"))
     if training.get("init_from"):
         lines.append(f"- Training started from the weights of `{training['init_from']}` (trained here from scratch "
                      f"on the same four-class split, so no validation image is one it trained on).")
@@ -304,6 +305,22 @@ def training_data_lines(record: dict) -> list[str]:
                      "so no source stands for a class" + (", at the four-class set's class balance."
                                                           if training.get("class_balance") else "."))
     return lines
+
+
+def reviewed_lines(reviews: dict | None) -> list[str]:
+    """How many slices radiologists' verdicts added to training (``jobs.retrain --reviews``), and which were left
+    out and why."""
+    if reviews is None:
+        return []
+    labels = ", ".join(f"{label} {count}" for label, count in reviews["by_label"].items())
+    cases = ", ".join(f"{count} {state}" for state, count in reviews["cases"].items()) or "none"
+    dropped = "; ".join(f"{count} {why}" for why, count in reviews["dropped"].items()) or "none"
+    return [f"- Radiologists' verdicts in the review app "
+            f"({', '.join('`' + results + '`' for results in reviews['results'])}; cases by their latest verdict: "
+            f"{cases}): **{reviews['examples']} reviewed slices** trained on{f' ({labels})' if labels else ''}, "
+            f"for training only, never validated on. A confirmed flag gave its class, a dismissed flag no tumor; a "
+            f"confirmed series labelled its deciding slice, a dismissed series every slice scored. Left out: "
+            f"{dropped}."]
 
 
 def engineering_lines(record: dict) -> list[str]:

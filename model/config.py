@@ -99,6 +99,7 @@ class RetrainConfig:
     member_models: tuple[str, ...] = ()  # single-network model folders trained on this split, reused as members
     held_out: tuple[str, ...] = ()  # local folders of MRI kept out of training, to judge the int8 graph on
     site_data: tuple[str, ...] = ()  # other hospitals' labelled slices (model.data.list_site_images)
+    reviews: tuple[str, ...] = ()  # results folders whose radiologists' verdicts label slices (training only)
     leave_out_site: str | None = None  # a site of the site data kept out of training and judged on (a study)
     init_from: str | None = None  # a model trained on this run's base split whose weights training starts from
     source_margin: float = 0.02  # no source's validation sensitivity or specificity may fall more below current's

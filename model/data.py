@@ -26,6 +26,7 @@ import ray
 
 from infra import storage
 from model.decode import DICOM_EXTENSIONS, DecodeError, DecodeLimits, decode_file
+from model.errors import ErrorCode
 from model.dedup import THUMBNAIL_SIDE, thumbnail
 from model.labels import CLASS_NAMES, TRAINING_LABELS, TUMOR_UNKNOWN_TYPE, target_mask
 from model.preprocessing import PreprocessConfig, preprocess_image
@@ -225,13 +226,44 @@ def load_labelled_dataset(images: list[LabelledImage], config: PreprocessConfig,
     return dataset
 
 
+def decoded_rows(images: list[LabelledImage], config: PreprocessConfig, batch_size: int) -> ray.data.Dataset:
+    """Every labelled file read and preprocessed, a row per frame, errors recorded in ``ERROR``; materialized."""
+    items = [{URI: image.uri, LABEL: image.label} for image in images]
+    blocks = max(1, min(64, len(items) // batch_size))
+    return ray.data.from_items(items, override_num_blocks=blocks).map_batches(
+        load_labelled_batch, fn_kwargs={"config": config}, batch_size=batch_size, num_cpus=0.5).materialize()
+
+
+def frame_of(uri: str) -> tuple[str, int]:
+    """(file URI, frame index) of a row's URI (``frame_uri``)."""
+    file, _, frame = str(uri).partition("#frame=")
+    return file, int(frame or 0)
+
+
+def error_code(uri: str, error: str) -> str:
+    """The error code of a row's ``ERROR`` (``<uri>: <code>: <message>`` from the decoder), else
+    ``unreadable_file``: a code names the problem without the file's path."""
+    code = error[len(uri) + 2:].split(":", 1)[0]
+    return code if code in {member.value for member in ErrorCode} else ErrorCode.UNREADABLE_FILE.value
+
+
+def load_frames(images: list[tuple[LabelledImage, int]], config: PreprocessConfig,
+                batch_size: int = 64) -> tuple[ray.data.Dataset, dict[str, str]]:
+    """Chosen frames of labelled files (each image with the frame to keep), read and preprocessed as
+    :func:`decode_labelled_dataset` reads them, and the files that could not be read (URI -> error code): those are
+    left out, not a reason to stop."""
+    wanted = {(image.uri, frame, image.label) for image, frame in images}
+    dataset = decoded_rows(list(dict.fromkeys(image for image, _ in images)), config, batch_size)
+    failed = {str(row[URI]): error_code(str(row[URI]), str(row[ERROR]))
+              for row in dataset.filter(lambda row: row[ERROR] != "").select_columns([URI, ERROR]).take_all()}
+    kept = dataset.filter(lambda row: row[ERROR] == "" and (*frame_of(row[URI]), str(row[LABEL])) in wanted)
+    return kept.drop_columns([ERROR]).materialize(), failed
+
+
 def decode_labelled_dataset(images: list[LabelledImage], config: PreprocessConfig,
                             batch_size: int = 64) -> ray.data.Dataset:
     """A materialized Ray Dataset of preprocessed labelled images; raises DatasetError naming unreadable files."""
-    items = [{URI: image.uri, LABEL: image.label} for image in images]
-    blocks = max(1, min(64, len(items) // batch_size))
-    dataset = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
-        load_labelled_batch, fn_kwargs={"config": config}, batch_size=batch_size, num_cpus=0.5).materialize()
+    dataset = decoded_rows(images, config, batch_size)
     errors = [row[ERROR] for row in dataset.filter(lambda row: row[ERROR] != "").select_columns([ERROR]).take(20)]
     if errors:
         raise DatasetError("unreadable image(s) in the labelled data:\n  " + "\n  ".join(errors))

@@ -23,18 +23,26 @@ from model.data import LabelledImage
 from model.dedup import grouped_split
 from model.evaluate import figures_by_group
 
-SOURCE, SEQUENCE, PATIENT, FROM_SITE = "source", "sequence", "patient", "from_site"
+SOURCE, SEQUENCE, PATIENT, FROM_SITE, FROM_REVIEWS = "source", "sequence", "patient", "from_site", "from_reviews"
+REVIEWS_SOURCE = "reviews"  # radiologists' verdicts as examples (pipeline.review.examples): reviews/<results folder>
+
+
+def reviews_source(results: str) -> str:
+    """The source of the examples a results folder's verdicts give: ``reviews/<results folder name>``."""
+    return f"{REVIEWS_SOURCE}/{results.rstrip('/').rsplit('/', 1)[-1]}"
 
 
 def origins(uris: np.ndarray, images: list[LabelledImage]) -> pd.DataFrame:
-    """Source, sequence and patient of each image (a frame URI ``...#frame=N`` is its file's), and whether it is one
-    of other hospitals' slices (those, listed by ``model.data.list_site_images``, name their patient)."""
+    """Source, sequence and patient of each image (a frame URI ``...#frame=N`` is its file's), whether it is one of
+    other hospitals' slices (those, listed by ``model.data.list_site_images``, name their patient), and whether a
+    radiologist's verdict labelled it (source ``reviews/...``)."""
     by_file = {image.uri: image for image in images}
     known = [by_file.get(str(uri).split("#frame=")[0]) for uri in uris]
     table = pd.DataFrame({SOURCE: [image.source if image else "" for image in known],
                           SEQUENCE: [image.sequence if image else "" for image in known],
                           PATIENT: [image.patient if image else "" for image in known]})
     table[FROM_SITE] = table[PATIENT] != ""
+    table[FROM_REVIEWS] = table[SOURCE].str.startswith(REVIEWS_SOURCE + "/") & ~table[FROM_SITE]
     return table
 
 

@@ -1,8 +1,11 @@
 """Retraining a classifier: the whole run, stage by stage.
 
-1. List the labelled images (``model.data``); unusable data stops the run before anything is written.
-2. Read and preprocess them into a Ray Dataset, through the decoder scoring uses (``model.decode``).
-3. Group near-duplicates and split train/validation by whole groups (``model.dedup``).
+1. List the labelled images (``model.data``), and the slices radiologists' verdicts label (``--reviews``,
+   ``pipeline.review.examples``); unusable data stops the run before anything is written.
+2. Read and preprocess them into a Ray Dataset, through the decoder scoring uses (``model.decode``); a reviewed
+   slice whose file can no longer be read is left out, counted and named by its file reference.
+3. Group near-duplicates and split train/validation by whole groups (``model.dedup``). Reviewed slices go to
+   training only, and none that is a near-duplicate of an image the candidate is judged on.
 4. Train with Ray Train (``model.train``): one network, or for an ensemble (``ArchitectureConfig.members``) each
    member in turn with its own seed (members already trained on this split may be reused instead, and each member
    trained here is kept as a model folder beside the candidate, so a run that stops between members loses none).
@@ -18,7 +21,9 @@ A failure after step 3 raises ``RunFailedError``: the registry's ``current`` mod
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import json
 import logging
 import pathlib
 import platform
@@ -33,7 +38,7 @@ from model import registry
 from model.architecture import build_classifier, load_members, member_networks
 from model.card import write_model_card
 from model.config import RetrainConfig, TrainConfig
-from model.data import (IMAGE, LABEL, TARGET, THUMBNAIL, URI, WEIGHT, DatasetError, LabelledImage,
+from model.data import (IMAGE, LABEL, TARGET, THUMBNAIL, URI, WEIGHT, DatasetError, LabelledImage, load_frames,
                         list_training_images, load_labelled_dataset, names_site)
 from model.dedup import group_near_duplicates, grouped_split
 from model.calibration import TARGET_SENSITIVITY, apply_temperature, fit_temperature, operating_threshold
@@ -44,14 +49,19 @@ from model.heldout import held_out_sets
 from model.quantize import figures, quantize_and_attach
 from model.ood import OOD_FILE, fit_and_describe
 from model.predict import ProbabilityPredictor, load_classifier
-from model.sources import (FROM_SITE, PATIENT, SEQUENCE, SOURCE, SourceGroups, balanced_weights, figures_by_source,
-                           merged_groups, origins, site_split, source_regressions)
+from model.sources import (FROM_REVIEWS, FROM_SITE, PATIENT, SEQUENCE, SOURCE, SourceGroups, balanced_weights,
+                           figures_by_source, merged_groups, origins, site_split, source_regressions)
 from model.train import BEST_WEIGHTS, train_classifier
 from pipeline.errors import RunFailedError, describe_failure
+from pipeline.pseudonym import load_key
+from pipeline.review.examples import ReviewedExamples, read_all_reviews
 
 logger = logging.getLogger(__name__)
 
 ONNX_CHECK_IMAGES = 64  # validation images the ONNX export must reproduce TensorFlow's probabilities on
+NEAR_DUPLICATE = "near-duplicate of a validation image"  # why a reviewed slice was not trained on
+UNREADABLE = "source file unreadable"
+ALREADY_LABELLED = "file already in the labelled data"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +95,7 @@ class Split:
     summary: SplitSummary
     origins: pd.DataFrame  # per image (URI sorted): source, sequence, patient (model.sources)
     uris: np.ndarray
+    reviews: dict = dataclasses.field(default_factory=dict)  # reviewed slices trained on, and those left out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +108,7 @@ class RetrainOutcome:
     current_metrics: dict | None
     split: SplitSummary
     training_state: dict
+    reviews: dict | None = None  # what radiologists' verdicts gave the candidate (``reviews_record``)
 
 
 def near_duplicate_groups(dataset: ray.data.Dataset, config: RetrainConfig) -> tuple[pd.DataFrame, np.ndarray]:
@@ -168,6 +180,10 @@ def sites_split(table: pd.DataFrame, thumbnails: np.ndarray, config: RetrainConf
     return in_validation, left_out, summary
 
 
+def counts(values: pd.Series) -> dict:
+    return {str(value): int(count) for value, count in sorted(values.value_counts().items())}
+
+
 def count_by(table: pd.DataFrame, columns: list[str]) -> dict:
     return {" ".join(key): int(count) for key, count in table.groupby(columns).size().items()}
 
@@ -180,16 +196,18 @@ def source_split(dataset: ray.data.Dataset, config: RetrainConfig, images: list[
     table = dataset.select_columns([URI, LABEL, THUMBNAIL]).to_pandas().sort_values(URI, ignore_index=True)
     table = pd.concat([table, origins(table[URI].to_numpy(), images)], axis=1)
     thumbnails = np.stack(table[THUMBNAIL].to_numpy())
-    site = table[FROM_SITE].to_numpy()
+    site, reviewed = table[FROM_SITE].to_numpy(), table[FROM_REVIEWS].to_numpy()
     in_validation, left_out = np.zeros(len(table), bool), np.zeros(len(table), bool)
-    in_validation[~site], summary = base_split(table[~site], thumbnails[~site], config)
+    base = ~site & ~reviewed
+    in_validation[base], summary = base_split(table[base], thumbnails[base], config)
     if site.any():
         in_validation[site], left_out[site], sites = sites_split(table[site].reset_index(drop=True),
                                                                  thumbnails[site], config)
         summary = dataclasses.replace(summary, sites=sites)
     elif config.leave_out_site:
         raise DatasetError(f"--leave-out-site {config.leave_out_site} needs site data (--site-data)")
-    training = ~in_validation & ~left_out
+    unseen = reviewed_apart(thumbnails, reviewed, in_validation | left_out, config)
+    training = ~in_validation & ~left_out & ~(reviewed & ~unseen)
     labels = table[LABEL].to_numpy().astype(str)
     base_classes = dict(zip(*np.unique(labels[training & ~site], return_counts=True)))
     weights = balanced_weights(table[SOURCE].to_numpy().astype(str)[training], labels[training],
@@ -201,7 +219,30 @@ def source_split(dataset: ray.data.Dataset, config: RetrainConfig, images: list[
     return Split(train=select_uris(dataset, set(uris[training]), draw),
                  validation=select_uris(dataset, set(uris[in_validation])),
                  left_out=select_uris(dataset, set(uris[left_out])) if left_out.any() else None,
-                 summary=summary, origins=table[[SOURCE, SEQUENCE, PATIENT]], uris=uris)
+                 summary=summary, origins=table[[SOURCE, SEQUENCE, PATIENT]], uris=uris,
+                 reviews=reviewed_summary(table[reviewed & unseen], int((reviewed & ~unseen).sum()))
+                 if reviewed.any() else {})
+
+
+def reviewed_apart(thumbnails: np.ndarray, reviewed: np.ndarray, judged: np.ndarray,
+                   config: RetrainConfig) -> np.ndarray:
+    """The reviewed slices in no near-duplicate group with an image the candidate is judged on (validation, a
+    left-out site): only those may be trained on, so no figure counts an image the candidate learnt."""
+    apart, among = np.zeros(len(reviewed), bool), reviewed | judged
+    if not reviewed.any():
+        return apart
+    groups = group_near_duplicates(thumbnails[among], config.duplicate_similarity)
+    apart[among] = reviewed[among] & ~np.isin(groups, groups[judged[among]])
+    return apart
+
+
+def reviewed_summary(kept: pd.DataFrame, near_duplicates: int) -> dict:
+    """The reviewed slices trained on, by label and by source, and how many were left out as near-duplicates."""
+    summary = {"examples": len(kept), "by_label": counts(kept[LABEL]), "by_source": counts(kept[SOURCE]),
+               "dropped": {NEAR_DUPLICATE: near_duplicates} if near_duplicates else {}}
+    logger.info("reviewed slices: %d to training (%s)%s", len(kept), json.dumps(summary["by_label"]),
+                f", {near_duplicates} left out as near-duplicates of validation images" if near_duplicates else "")
+    return summary
 
 
 def split_by_groups(dataset: ray.data.Dataset, config: RetrainConfig, images: list[LabelledImage] = ()):
@@ -214,6 +255,7 @@ def split_by_groups(dataset: ray.data.Dataset, config: RetrainConfig, images: li
 def column_arrays(dataset: ray.data.Dataset, columns: list[str]) -> list[np.ndarray]:
     """Whole columns of a (small, materialized) dataset as numpy, in one order for all of them."""
     batches = [ray.get(ref) for ref in dataset.select_columns(columns).to_numpy_refs()]
+    batches = [batch for batch in batches if columns[0] in batch]  # a block filtered to nothing may have no columns
     return [np.concatenate([batch[column] for batch in batches]) for column in columns]
 
 
@@ -273,21 +315,56 @@ def promotion_decision(candidate: dict, current: dict | None, min_macro_f1: floa
                   f"sensitivity or specificity falls more than {source_margin:g} below it")
 
 
-def retrain(config: RetrainConfig, images: list[LabelledImage] | None = None) -> RetrainOutcome:
-    """Train a candidate and decide on its promotion; see the module docstring for the stages. ``images`` is the
-    listing of stage 1 when the caller has made it already (the job does, before Ray starts)."""
+def retrain(config: RetrainConfig, images: list[LabelledImage] | None = None,
+            reviewed: ReviewedExamples | None = None) -> RetrainOutcome:
+    """Train a candidate and decide on its promotion; see the module docstring for the stages. ``images`` and
+    ``reviewed`` are the listings of stage 1 when the caller has made them already (the job does, before Ray
+    starts; else the reviews are read with the pseudonym key in ``PSEUDONYM_KEY``)."""
     started = time.time()
     images = images if images is not None else list_training_images(config.data, config.tumor_data,
                                                                      config.site_data)
+    if reviewed is None and config.reviews:
+        reviewed = read_all_reviews(config.reviews, load_key())
     logger.info("labelled images: %d from %s (+%d tumor folders, %d site folders)", len(images), config.data,
                 len(config.tumor_data), len(config.site_data))
     dataset = load_labelled_dataset(images, config.preprocessing, cache=config.cache)
+    read = None
+    if reviewed is not None:
+        dataset, images, read = with_reviewed(dataset, images, reviewed, config)
     split = source_split(dataset, config, images)
     try:
-        return train_and_decide(config, split, started)
+        return train_and_decide(config, split, started,
+                                reviews_record(read, split.reviews) if read is not None else None)
     except Exception as error:
         raise RunFailedError(f"retraining failed: {describe_failure(error)}; the registry's current model is "
                              f"unchanged") from error
+
+
+def with_reviewed(dataset: ray.data.Dataset, images: list[LabelledImage], reviewed: ReviewedExamples,
+                  config: RetrainConfig) -> tuple[ray.data.Dataset, list[LabelledImage], dict]:
+    """The labelled images joined by the reviewed slices, read through the decoder and preprocessing scoring uses,
+    and what reading them left out: a slice of a file already in the labelled data, and one whose file cannot be
+    read (each such file logged by its reference, never its path)."""
+    labelled = {image.uri for image in images}
+    fresh = [image for image in reviewed.images if image.uri not in labelled]
+    dropped = collections.Counter({ALREADY_LABELLED: len(reviewed.images) - len(fresh)})
+    if fresh:
+        frames, failed = load_frames([(image.labelled(), image.frame) for image in fresh], config.preprocessing)
+        dropped[UNREADABLE] = sum(image.uri in failed for image in fresh)
+        for uri, code in sorted(failed.items()):
+            reference = next(image.reference for image in fresh if image.uri == uri)
+            logger.warning("reviewed slice(s) of %s left out: the file cannot be read (%s)", reference, code)
+        dataset = dataset.union(frames).materialize()
+    record = {**reviewed.record,
+              "dropped": {**reviewed.record["dropped"], **{why: count for why, count in dropped.items() if count}}}
+    return dataset, images + [image.labelled() for image in fresh], record
+
+
+def reviews_record(read: dict, split: dict) -> dict:
+    """What the verdicts gave this candidate, as ``model.json`` keeps it: the results folders, their cases by state,
+    the slices labelled, the examples trained on by label and source, and the slices left out and why."""
+    return {"examples": 0, "by_label": {}, "by_source": {}, **read, **split,
+            "dropped": {**read["dropped"], **split.get("dropped", {})}}
 
 
 def calibrated_evaluation(raw: np.ndarray, targets: np.ndarray, labels: np.ndarray) -> tuple[dict, dict, np.ndarray]:
@@ -439,13 +516,15 @@ def training_record(config: RetrainConfig, split: SplitSummary, seconds: float) 
 def data_record(record: dict) -> dict:
     """The data a model was trained on, from its training record or a run's configuration (a site left out by a
     study is part of it: its images were not trained on)."""
-    names = {"data": None, "tumor_data": [], "site_data": [], "leave_out_site": None, "init_from": None}
+    names = {"data": None, "tumor_data": [], "site_data": [], "reviews": [], "leave_out_site": None,
+             "init_from": None}
     return {name: list(record.get(name) or []) if isinstance(empty, list) else record.get(name)
             for name, empty in names.items()}
 
 
-def train_and_decide(config: RetrainConfig, split: Split, started: float) -> RetrainOutcome:
-    """Stages 4-6."""
+def train_and_decide(config: RetrainConfig, split: Split, started: float,
+                     reviews: dict | None = None) -> RetrainOutcome:
+    """Stages 4-6 (``reviews``: what radiologists' verdicts gave the candidate, kept in its training record)."""
     version = config.version or registry.new_version()
     members = train_members(config, split.train, split.validation, split.summary, version)
     networks, records = [network for network, _ in members], [record for _, record in members]
@@ -466,7 +545,7 @@ def train_and_decide(config: RetrainConfig, split: Split, started: float) -> Ret
     candidate_uri = storage.join(config.output, version)
     state = records[0]["state"]  # the first member's training: the card's curves and per-epoch table
     training = {**training_record(config, split.summary, round(time.time() - started, 1)),
-                "config": records[0]["config"], "state": state}
+                "config": records[0]["config"], "state": state, **({"reviews": reviews} if reviews else {})}
     extra = {}
     if config.architecture.is_ensemble:
         training["members"] = records
@@ -486,7 +565,7 @@ def train_and_decide(config: RetrainConfig, split: Split, started: float) -> Ret
     write_model_card(candidate_uri)
     registry.record_decision(config.output, version, promoted, reason)
     return RetrainOutcome(version, candidate_uri, promoted, reason, candidate_metrics, current_metrics,
-                          split.summary, state)
+                          split.summary, state, reviews)
 
 
 def log_by_source(candidate: dict, current: dict | None) -> None:

@@ -51,6 +51,15 @@ def test_more_reused_members_than_members_are_refused(tmp_path):
     assert not (tmp_path / "reg").exists()
 
 
+def test_reviews_that_cannot_be_read_are_refused_before_training(tmp_path):
+    labelled = ("retrain", "--data", str(SAMPLES / "labelled"), "--output", str(tmp_path / "reg"))
+    result = job(*labelled, "--reviews", str(tmp_path), "--folds", "3")
+    assert result.returncode == 2 and "leave out --site-data, --reviews" in result.stderr
+    result = job(*labelled, "--reviews", str(tmp_path))
+    assert result.returncode == 2 and f"--reviews {tmp_path}: no results tables there" in result.stderr
+    assert not (tmp_path / "reg").exists()
+
+
 def test_an_empty_input_never_replaces_a_dates_results(tmp_path):
     empty = tmp_path / "export"
     empty.mkdir()
