@@ -1,9 +1,17 @@
-"""Screen an MRI archive (DICOM, JPEG, PNG; local folder or S3 prefix) into Delta Lake results tables.
+"""Screen an MRI archive (DICOM, JPEG, PNG; local folder, S3 prefix, or a PACS over DICOMweb) into Delta Lake
+results tables.
 
 By default a run scores only the files that are new or changed since the output's last runs (nightly use);
 --full rescores everything, e.g. after a new model is promoted.
 
     python -m jobs.screen --input <dir|s3://bucket/prefix> --output <dir|s3://bucket/prefix> [options]
+    python -m jobs.screen --input dicomweb+https://pacs.example.org/dicom-web --output ... [--study-date-from ...]
+
+A PACS input is written dicomweb+http:// or dicomweb+https:// and the server's DICOMweb root: its studies of the
+study dates (default: the run date) holding a --study-modality (default MR) are searched (QIDO-RS), and each of
+their instances is retrieved (WADO-RS) while it is scored, unless the selection rules skip its series on what the
+search tells (a CT series is never downloaded). Credentials: --dicomweb-credentials-file, else the environment
+variables DICOMWEB_USERNAME and DICOMWEB_PASSWORD, or DICOMWEB_TOKEN; never on the command line.
 
 Embedded, this starts a local Ray; under ``ray job submit`` (or with --address / RAY_ADDRESS) it joins the cluster.
 Exit status: 0 when the run completed and committed (bad input files become error rows), 2 when it could not
@@ -17,6 +25,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import re
 import sys
 
 from jobs.runner import (POSITIVE_INT, POSITIVE_NUMBER, PROBABILITY, HelpFormatter, add_common_options, iso_date,
@@ -33,7 +42,10 @@ logger = logging.getLogger("jobs.screen")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m jobs.screen", description=__doc__,
                                      formatter_class=HelpFormatter)
-    parser.add_argument("--input", action="append", default=[], help="folder, S3 prefix or file (repeatable)")
+    parser.add_argument("--input", action="append", default=[],
+                        help="folder, S3 prefix or file, or a PACS's DICOMweb root written "
+                             "dicomweb+https://host/dicom-web (or dicomweb+http://; a study, series or instance "
+                             "under it: .../studies/<uid>/series/<uid>/instances/<uid>) (repeatable)")
     parser.add_argument("--manifest", action="append", default=[], help="text file listing one input a line")
     parser.add_argument("--output", required=True, help="results folder or S3 prefix")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model or registry folder (default: the shipped model, %(default)s)")
@@ -91,8 +103,42 @@ def build_parser() -> argparse.ArgumentParser:
                              "folders named after patients; jobs.query path finds the real path with the key")
     parser.add_argument("--no-report", dest="report", action="store_false",
                         help="write no HTML report after the commit (rebuild one later with jobs.query report)")
+    add_pacs_options(parser)
     add_common_options(parser)
     return parser
+
+
+def add_pacs_options(parser: argparse.ArgumentParser) -> None:
+    pacs = parser.add_argument_group("PACS inputs (dicomweb+http:// or dicomweb+https://)")
+    pacs.add_argument("--study-date-from", type=iso_date, metavar="YYYY-MM-DD",
+                      help="search the PACS for studies of this date or later (default: the run date)")
+    pacs.add_argument("--study-date-to", type=iso_date, metavar="YYYY-MM-DD",
+                      help="and of this date or earlier (default: the run date, or --study-date-from when later)")
+    pacs.add_argument("--study-modality", action="append", type=modality_code, metavar="CODE",
+                      help="search for studies holding this modality (repeatable; default: MR); their series of "
+                           "other modalities are listed, and skipped by the selection rules without being retrieved")
+    pacs.add_argument("--dicomweb-credentials-file", metavar="FILE",
+                      help='JSON {"username": ..., "password": ...} or {"token": ...} for the PACS (default: the '
+                           "environment variables DICOMWEB_USERNAME and DICOMWEB_PASSWORD, or DICOMWEB_TOKEN; none "
+                           "when unset)")
+    pacs.add_argument("--dicomweb-ca-bundle", metavar="FILE",
+                      help="verify the PACS's TLS certificate against this CA bundle (default: the system's CAs; "
+                           "verification is never off)")
+    pacs.add_argument("--dicomweb-max-connections", type=POSITIVE_INT, metavar="N",
+                      default=ScreenConfig.dicomweb_max_connections,
+                      help="requests to the PACS at once, per process (a scoring actor, a decoding task, the "
+                           "driver's search): a cluster of n actors sends at most n times this")
+    pacs.add_argument("--dicomweb-requests-per-second", type=POSITIVE_NUMBER, metavar="RATE",
+                      help="at most this many requests a second to the PACS, per process (default: no limit but "
+                           "--dicomweb-max-connections)")
+
+
+def modality_code(text: str) -> str:
+    """An argparse type: a DICOM modality code such as MR."""
+    code = text.strip().upper()
+    if not re.fullmatch(r"[A-Z0-9_ ]{1,16}", code):
+        raise argparse.ArgumentTypeError(f"must be a DICOM modality code such as MR or CT, got {text!r}")
+    return code
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -100,6 +146,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.input and not args.manifest:
         parser.error("give at least one --input or --manifest")
+    if args.study_date_from and args.study_date_to and args.study_date_from > args.study_date_to:
+        parser.error(f"--study-date-from {args.study_date_from} is after --study-date-to {args.study_date_to}")
     require_lasting_paths(parser, args, "--output", "--pseudonym-key-file")
     return args
 
@@ -116,7 +164,13 @@ def build_config(args: argparse.Namespace) -> ScreenConfig:
                         allow_empty=args.allow_empty, full=args.full, backend=args.backend,
                         rescore_on_model_change=args.rescore_on_model_change,
                         selection_rules=args.selection_rules, mirror_average=args.mirror_average,
-                        pseudonymize_paths=args.pseudonymize_paths)
+                        pseudonymize_paths=args.pseudonymize_paths,
+                        dicomweb_credentials_file=args.dicomweb_credentials_file,
+                        dicomweb_ca_bundle=args.dicomweb_ca_bundle,
+                        dicomweb_max_connections=args.dicomweb_max_connections,
+                        dicomweb_requests_per_second=args.dicomweb_requests_per_second,
+                        study_date_from=args.study_date_from, study_date_to=args.study_date_to,
+                        study_modalities=tuple(args.study_modality or ScreenConfig.study_modalities))
 
 
 def screen(plan: ScreeningPlan, report: bool = True) -> dict:

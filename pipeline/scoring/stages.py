@@ -35,6 +35,7 @@ from model.preprocessing import PreprocessConfig, preprocess_image
 from pipeline import schema as col
 from pipeline.scoring.geometry import slice_position
 from pipeline.pseudonym import pseudonymize
+from pipeline.sources.pacs import PacsAddress, PacsOptions, is_dicomweb, pacs_for
 from pipeline.sources.selection import NO_HEADER, Decision, SelectionRules
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class StageContext:
     model_version: str
     model_sha256: str
     selection: SelectionRules = SelectionRules(())  # which DICOM objects are brain MRI (pipeline.sources.selection)
+    pacs: PacsOptions | None = None  # how instances listed from a PACS are retrieved (pipeline.sources.pacs)
 
 
 def base_row(uri: str, sha256: str | None, context: StageContext) -> dict:
@@ -107,13 +109,33 @@ def frame_rows(uri: str, sha256: str, decoded: DecodedFile, context: StageContex
 
 
 def read_source(uri: str, context: StageContext) -> bytes | dict:
-    """A file's bytes, or the error row of a file that cannot be read or is over the size limit."""
+    """A file's bytes, or the error row of a file that cannot be read or is over the size limit; for a PACS
+    instance, the skipped row of one the selection rules skip by its series' search attributes."""
     try:
+        if is_dicomweb(uri):
+            return storage.within(storage.READ_TIMEOUT, f"retrieving {uri}", pacs_instance, uri, context)
         return storage.read_bytes(uri, max_bytes=context.limits.max_file_bytes)
     except storage.FileTooLargeError as error:
         return error_row(uri, None, ErrorCode.FILE_TOO_LARGE, str(error), context)
     except storage.StorageError as error:
         return error_row(uri, None, ErrorCode.UNREADABLE_FILE, str(error), context)
+
+
+def pacs_instance(uri: str, context: StageContext) -> bytes | dict:
+    """A PACS instance's bytes (WADO-RS), unless the selection rules skip it on its study's and series' search
+    attributes: then its skipped row, with the keys and the rule, and the instance is never retrieved (no sha256)."""
+    address = PacsAddress.of_instance(uri)
+    pacs = pacs_for(address.server, context.pacs or PacsOptions())
+    searched = pacs.series_attributes(address, context.selection.keywords)
+    decision = context.selection.decide_before_retrieval(dicom_attributes(searched.dataset, context.selection.keywords),
+                                                         searched.known)
+    if decision is None:
+        return pacs.retrieve(address, context.limits.max_file_bytes)
+    if context.pseudonym_key is None:
+        return error_row(uri, None, ErrorCode.PSEUDONYM_KEY_MISSING, "DICOM instance met but no pseudonym key was "
+                         "given", context, "dicom")
+    header = {**dicom_header(searched.dataset), "InstanceNumber": pacs.instance_number(address)}
+    return skipped_row(uri, None, header, decision, context)
 
 
 def read_ahead(uris: Sequence[str], sizes: Sequence[int], context: StageContext) -> Iterator[bytes | dict]:

@@ -1,10 +1,12 @@
 """Screening an MRI archive: the whole scoring run, stage by stage.
 
-1. Resolve the model once (registry -> model folder, sha256 checked), check that S3 endpoints answer, the output
-   is a results output this version writes, outside every input folder, no other run holds it, it is writable and
-   the pseudonym key is there: ``prepare``, before Ray starts and before any work.
-2. List the inputs with size and modification time (``pipeline.sources.listing``), streamed to Parquet in a local
-   workspace; an empty input is refused unless the run asks for an empty run. Take the output's lock
+1. Resolve the model once (registry -> model folder, sha256 checked), check that S3 endpoints and PACS answer (a
+   PACS that refuses the credentials stops the run here), the output is a results output this version writes,
+   outside every input folder, no other run holds it, it is writable and the pseudonym key is there: ``prepare``,
+   before Ray starts and before any work.
+2. List the inputs with size and modification time (``pipeline.sources.listing``; a PACS's instances by its searches),
+   streamed to Parquet in a local workspace; an empty input is refused unless the run asks for an empty run. Take the
+   output's lock
    (``pipeline.results.run_lock``), finish any earlier run's interrupted commit, and choose the files to score: by default
    only those new or changed since a complete run of another date scored them (``choice.select_files``, a query joining
    the listing with the results tables); ``full`` scores all. A re-run of a date carries over the rows of the
@@ -45,13 +47,15 @@ from infra.ray_runtime import ensure_ray
 from model import registry
 from pipeline.results import run_lock, tables, views
 from pipeline.errors import RunFailedError, RunNotStartedError, describe_failure
-from pipeline.sources.listing import Listing, refuse_output_inside_inputs, stage_listing
+from pipeline.dicomweb.client import DicomwebConfigError
+from pipeline.sources.listing import Listing, check_reachable, refuse_output_inside_inputs, stage_listing
+from pipeline.sources.pacs import PacsOptions
 from pipeline.pseudonym import PseudonymKeyError
 from pipeline.sources.selection import SelectionRules, SelectionRulesError, load_rules
 from model.backends import ONNX_EXPORT_OF
 from pipeline.scoring.stages import StageContext
 from pipeline.screening.choice import Selection, carry_over, select_files
-from pipeline.screening.config import ScreenConfig, path_pseudonymizer, resolve_key
+from pipeline.screening.config import ScreenConfig, pacs_options, path_pseudonymizer, resolve_key
 from pipeline.screening.record import RunRecord, run_record
 from pipeline.screening.scoring import predictions_dataset, stage_predictions
 from pipeline.screening.summary import run_connection, summarise
@@ -86,6 +90,7 @@ class ScreeningPlan:
     pseudonym_key: bytes | None = dataclasses.field(repr=False)
     selection: SelectionRules
     workspace: tempfile.TemporaryDirectory = dataclasses.field(repr=False, compare=False)
+    pacs: PacsOptions | None = dataclasses.field(default=None, repr=False)  # how PACS inputs are searched and read
 
 
 def prepare(config: ScreenConfig) -> ScreeningPlan:
@@ -93,8 +98,9 @@ def prepare(config: ScreenConfig) -> ScreeningPlan:
     the output (the listing goes to a local temporary folder)."""
     workspace = tempfile.TemporaryDirectory(prefix="mri-screen-")
     try:
+        pacs = pacs_options(config, config.run_date or tables.utc_now().date().isoformat())
         for location in (*config.inputs, *config.manifests, config.output, config.model):
-            storage.check_reachable(location)
+            check_reachable(location, pacs)
         refuse_output_inside_inputs(config.output, config.inputs)
         info = registry.load_model_info(config.model)
         export = ONNX_EXPORT_OF.get(config.backend)
@@ -104,20 +110,21 @@ def prepare(config: ScreenConfig) -> ScreeningPlan:
             raise registry.ModelError(f"--backend {config.backend}, but model {info.version} has no "
                                       f"{registry.ONNX_EXPORTS[export]}: make one with `{how}`, or use --backend "
                                       f"auto or tensorflow")
-        listing = stage_listing(config.inputs, config.manifests, os.path.join(workspace.name, "listing"))
+        listing = stage_listing(config.inputs, config.manifests, os.path.join(workspace.name, "listing"), pacs=pacs)
         refuse_empty_input(config, listing.entries)
         key = resolve_key(config, listing.may_hold_dicom)
         selection = load_rules(config.selection_rules)
         tables.check_layout(config.output)
         run_lock.check_free(config.output)
         tables.check_writable(config.output)
-    except (registry.ModelError, storage.StorageError, PseudonymKeyError, SelectionRulesError) as error:
+    except (registry.ModelError, storage.StorageError, PseudonymKeyError, SelectionRulesError,
+            DicomwebConfigError) as error:
         workspace.cleanup()
         raise RunNotStartedError(str(error)) from error
     except BaseException:
         workspace.cleanup()
         raise
-    return ScreeningPlan(config, info, listing, key, selection, workspace)
+    return ScreeningPlan(config, info, listing, key, selection, workspace, pacs)
 
 
 def refuse_empty_input(config: ScreenConfig, files: int) -> None:
@@ -169,7 +176,7 @@ def score(plan: ScreeningPlan, run_id: str, started: datetime.datetime, recovere
     run_date = config.run_date or started.date().isoformat()
     threshold = info.threshold if config.threshold is None else config.threshold
     context = StageContext(run_id, run_date, info.preprocessing, config.limits, plan.pseudonym_key, threshold,
-                           info.version, info.weights_sha256, plan.selection)
+                           info.version, info.weights_sha256, plan.selection, plan.pacs)
     try:
         connection = run_connection(output, plan.workspace.name)
         selection = choose_files(plan, connection, run_date)

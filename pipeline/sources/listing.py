@@ -18,6 +18,10 @@ error row naming what it is.
 Each file is listed with its size and modification time (from the same listing on S3, a ``stat`` on disk): an
 incremental run compares them with what the results tables hold to find new and changed files.
 
+A PACS input (``dicomweb+https://host/dicom-web``) is searched with QIDO-RS, study by study (``pipeline.sources.pacs``):
+each instance is listed with its address, a size its search attributes give and a fixed modification time, so an
+instance scored before is unchanged.
+
 The listing streams: folders are walked one folder at a time (an S3 prefix one delimiter listing a level), and a run
 writes what it finds to Parquet (``stage_listing``) as it goes, so the driver never holds an archive's list; the
 comparison with the results tables is a query over those files (``pipeline.screening.choice.select_files``).
@@ -40,6 +44,7 @@ from infra import storage
 from model.decode import DICOM_EXTENSIONS
 from pipeline import schema as col
 from pipeline.results.tables import ParquetParts, staged_batches
+from pipeline.sources.pacs import LISTED_MODIFIED, PacsOptions, check_pacs, is_dicomweb, iter_instances
 
 logger = logging.getLogger(__name__)
 
@@ -80,9 +85,10 @@ def is_skipped(uri: str) -> bool:
 
 
 def may_be_dicom(uri: str) -> bool:
-    """Whether a file's name allows DICOM: a DICOM extension, or none (PACS exports often name files by UID)."""
+    """Whether a file's name allows DICOM: a DICOM extension, or none (PACS exports often name files by UID); an
+    instance from a PACS always is."""
     name = uri.rsplit("/", 1)[-1].lower()
-    return name.endswith(DICOM_EXTENSIONS) or "." not in name
+    return name.endswith(DICOM_EXTENSIONS) or "." not in name or is_dicomweb(uri)
 
 
 def local_file(path: str) -> ListedFile:
@@ -147,9 +153,13 @@ def walk_s3(prefix: str) -> Iterator[ListedFile]:
                                if entry.type == pafs.FileType.Directory), reverse=True))
 
 
-def iter_location(location: str) -> Iterator[ListedFile]:
-    """Files under a folder/prefix, or the location itself when it is a file; StorageError when unreachable (raised
-    before the first file)."""
+def iter_location(location: str, pacs: PacsOptions | None = None) -> Iterator[ListedFile]:
+    """Files under a folder/prefix, or the location itself when it is a file, or the instances a PACS's searches
+    find (``pacs``: how it is searched); StorageError when unreachable (raised before the first file)."""
+    if is_dicomweb(location):
+        for uri, size in iter_instances(location, pacs or PacsOptions()):
+            yield ListedFile(uri, size, LISTED_MODIFIED)
+        return
     if storage.is_s3(location):
         info = storage.file_info(location)
         if info.is_file:
@@ -171,6 +181,15 @@ def iter_location(location: str) -> Iterator[ListedFile]:
     if not os.path.isdir(location):
         raise storage.StorageError(f"input {location} does not exist or cannot be read")
     yield from walk_local(location)
+
+
+def check_reachable(location: str, pacs: PacsOptions | None = None) -> None:
+    """StorageError naming ``location`` within seconds when it is on an S3 endpoint or a PACS that does not answer
+    (or refuses the credentials); nothing for a local path."""
+    if is_dicomweb(location):
+        check_pacs(location, pacs or PacsOptions())
+    else:
+        storage.check_reachable(location)
 
 
 def iter_manifest(manifest: str, lookups: int = MANIFEST_LOOKUPS) -> Iterator[ListedFile]:
@@ -226,11 +245,12 @@ def manifest_entry(entry: str) -> Iterator[ListedFile]:
         yield local_file(local_path(entry))
 
 
-def iter_input_files(locations: Iterable[str], manifests: Iterable[str] = ()) -> Iterator[ListedFile]:
+def iter_input_files(locations: Iterable[str], manifests: Iterable[str] = (),
+                     pacs: PacsOptions | None = None) -> Iterator[ListedFile]:
     """Every file under ``locations`` and named by ``manifests``, as found: unordered, and a file named twice comes
     twice (``stage_listing`` and ``list_input_files`` keep one)."""
     for location in locations:
-        for file in iter_location(location):
+        for file in iter_location(location, pacs):
             if not is_skipped(file.uri):
                 yield file
     for manifest in manifests:
@@ -239,10 +259,11 @@ def iter_input_files(locations: Iterable[str], manifests: Iterable[str] = ()) ->
                 yield file
 
 
-def list_input_files(locations: list[str], manifests: list[str] = ()) -> list[ListedFile]:
+def list_input_files(locations: list[str], manifests: list[str] = (),
+                     pacs: PacsOptions | None = None) -> list[ListedFile]:
     """Every file to score, each once, sorted by URI: the whole list, for small inputs (a run stages its listing
     with ``stage_listing`` instead)."""
-    unique = {file.uri: file for file in iter_input_files(locations, manifests)}
+    unique = {file.uri: file for file in iter_input_files(locations, manifests, pacs)}
     return [unique[uri] for uri in sorted(unique)]
 
 
@@ -264,7 +285,7 @@ def refuse_output_inside_inputs(output: str, inputs: Iterable[str]) -> None:
 
 def inside(path: str, folder: str) -> bool:
     """Whether ``path`` is ``folder`` or lies under it (both local, or both on S3)."""
-    if storage.is_s3(path) != storage.is_s3(folder):
+    if storage.is_s3(path) != storage.is_s3(folder) or is_dicomweb(path) or is_dicomweb(folder):
         return False
     if storage.is_s3(path):
         return f"{path.rstrip('/')}/".startswith(f"{folder.rstrip('/')}/")
@@ -293,12 +314,12 @@ class Listing:
 
 
 def stage_listing(locations: Iterable[str], manifests: Iterable[str], folder: str,
-                  batch_files: int = LISTING_BATCH) -> Listing:
+                  batch_files: int = LISTING_BATCH, pacs: PacsOptions | None = None) -> Listing:
     """Walk the inputs and write what is found to Parquet under ``folder`` a batch at a time: the driver holds at
     most ``batch_files`` listed files, however large the archive."""
     parts = ParquetParts(folder, LISTING_SCHEMA, rows_per_group=batch_files)
     entries, dicom = 0, False
-    found = iter_input_files(locations, manifests)
+    found = iter_input_files(locations, manifests, pacs)
     while batch := list(itertools.islice(found, batch_files)):
         entries += len(batch)
         dicom = dicom or any(may_be_dicom(file.uri) for file in batch)

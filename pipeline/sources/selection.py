@@ -113,13 +113,29 @@ class Rule:
 
     def decide(self, attributes: Mapping[str, Any]) -> Decision | None:
         """This rule's decision when it holds for ``attributes``, else None."""
+        holds, decision = self.assess(attributes)
+        return decision if holds else None
+
+    def assess(self, attributes: Mapping[str, Any], known: frozenset[str] | None = None
+               ) -> tuple[bool | None, Decision | None]:
+        """(whether the rule holds, its decision when it does), judged on the ``known`` keywords alone (all when
+        None): None when it turns on a keyword not known (a condition on it may go either way)."""
         quoted: dict[str, str] = {}
-        for condition in self.all_of:
-            if not self.holds(condition, attributes, quoted):
+
+        def state(condition: Condition) -> bool | None:
+            if known is not None and condition.keyword not in known:
                 return None
-        if self.any_of and not any(self.holds(condition, attributes, quoted) for condition in self.any_of):
-            return None
-        return Decision(self.name, self.action, self.reason.format_map(
+            return self.holds(condition, attributes, quoted)
+
+        every = [state(condition) for condition in self.all_of]
+        if False in every:
+            return False, None
+        some = [state(condition) for condition in self.any_of]
+        if some and all(outcome is False for outcome in some):
+            return False, None
+        if None in every or (some and True not in some):
+            return None, None
+        return True, Decision(self.name, self.action, self.reason.format_map(
             {"value": quoted.get("value", "missing"), "matched": quoted.get("matched", "")}))
 
     @staticmethod
@@ -146,6 +162,21 @@ class SelectionRules:
             if decision is not None:
                 return decision
         return Decision(SCORE_EVERYTHING, SCORE, "no selection rule decided")
+
+    def decide_before_retrieval(self, attributes: Mapping[str, Any], known: frozenset[str]) -> Decision | None:
+        """A skip the rules reach on the ``known`` attributes alone (a PACS search's, before the object is
+        retrieved), else None: the header decides. Rules are taken in order: one that holds and skips decides; one
+        that holds and scores, or that may score but turns on an unknown keyword, leaves it to the header. A skip
+        rule that turns on an unknown keyword is passed over: whether or not it holds, the object is skipped when a
+        later rule skips it, though its row may then name that later rule (a knee localizer: ``not_head_series``
+        from a search, ``localizer`` from its header)."""
+        for rule in self.rules:
+            holds, decision = rule.assess(attributes, known)
+            if holds:
+                return decision if decision.skips else None
+            if holds is None and rule.action == SCORE:
+                return None
+        return None
 
     @property
     def keywords(self) -> tuple[str, ...]:
