@@ -1,9 +1,10 @@
 """The morning report's lists of cases: each flagged series or image as a card (its class and tumor probability,
-the deciding slice beside its Grad-CAM heat map, its pseudonymous keys and study date, the class probabilities as
-bars, why the series was decided where it was in words, thumbnails of its slices in order with the deciding slice
-framed and the slices set aside dashed and named), the cases beyond those given pictures as one line each, and the
-table of unfamiliar inputs with each one's tumor probability. Files appear as their reference and file name. In:
-cases with their pictures drawn (``pipeline.report.images``); out: HTML sections.
+the deciding slice beside its heat map (LayerCAM, captioned with how often its peak was measured on the tumor), its
+pseudonymous keys and study date, the class probabilities as bars, why the series was decided where it was in
+words, thumbnails of its slices in order with the deciding slice framed and the slices set aside dashed and named),
+the cases beyond those given pictures as one line each, and the table of unfamiliar inputs with each one's tumor
+probability. Files appear as their reference and file name. In: cases with their pictures drawn
+(``pipeline.report.images``); out: HTML sections.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def deciding_figures(case: Case, heat_note: str) -> str:
     figures = (f"<figure><img src=\"{png_uri(case.deciding_image)}\" alt=\"deciding slice\">"
                f"<figcaption>Deciding slice, as the model saw it</figcaption></figure>")
     if case.heat_map:
-        return figures + (f"<figure><img src=\"{case.heat_map}\" alt=\"Grad-CAM heat map\"><figcaption>"
+        return figures + (f"<figure><img src=\"{case.heat_map}\" alt=\"LayerCAM heat map\"><figcaption>"
                           f"{esc(case.heat_map_caption)}</figcaption></figure>")
     return figures + f"<p class=\"note\">{esc(heat_note)}</p>"
 

@@ -1,6 +1,8 @@
 """One case of the worklist, drawn as the morning report draws it: a flagged series' slices in order (the deciding
 slice framed, the unfamiliar, skipped and unread slices dashed and named), the deciding slice large beside its
-heat map, the class probabilities, why the series was decided where it was, and the model with its operating point.
+heat map (LayerCAM) and, under it, the report's caption of what the heat map is worth (how often its peak was
+measured to fall on the tumor), the class probabilities, why the series was decided where it was, and the model with
+its operating point.
 
 In: the committed tables (``pipeline.report.morning``'s queries of one run), the case key; out: a ``CaseView`` whose
 pictures are drawn (``pipeline.report.images``) and whose heat map the caller adds (``add_heat_map``: the heat map
@@ -20,7 +22,7 @@ from pipeline.report import morning
 from pipeline import schema as col
 from pipeline.report.cases import case_card
 from pipeline.report.html import model_text
-from pipeline.report.images import Case, SliceReader, draw_thumbnails, png_uri
+from pipeline.report.images import Case, SliceReader, draw_thumbnails, heat_map_caption, png_uri
 from pipeline.review.worklist import IMAGE_KIND, SERIES_KIND, image_key
 
 
@@ -83,5 +85,7 @@ def load_case(connection: duckdb.DuckDBPyConnection, run_id: str, case_key: str,
 
 
 def add_heat_map(view: CaseView, overlay: np.ndarray | None) -> None:
-    """The deciding slice's heat map blended over it (None: none could be drawn)."""
+    """The deciding slice's heat map blended over it (None: none could be drawn), captioned as the report captions
+    it: what the map shows and how often its peak fell on the tumor, as measured for the run's model."""
     view.case.heat_map = None if overlay is None else png_uri(overlay)
+    view.case.heat_map_caption = heat_map_caption(view.info) if overlay is not None and view.info else ""

@@ -25,8 +25,8 @@ POLICY = f"{REPORT_POLICY}; script-src 'self'; connect-src 'self'; form-action '
 HEADER_POLICY = f"{POLICY}; frame-ancestors 'none'"  # frame-ancestors holds in a header only, not in a page's meta
 
 REVIEW_STYLE = """
-nav.bar{display:flex;gap:14px;align-items:center;flex-wrap:wrap;margin:14px 0}
-nav.bar a{color:#1f2a44}
+nav.toolbar{display:flex;gap:14px;align-items:center;flex-wrap:wrap;margin:14px 0}
+nav.toolbar a{color:#1f2a44}
 form.filters{display:flex;gap:10px;flex-wrap:wrap;align-items:end}
 form.filters label{display:flex;flex-direction:column;font-size:12px;color:#5b6475}
 table.list{width:100%} table.list tr.item:hover,table.list tr.item.current{background:#eef2fb}
@@ -37,7 +37,7 @@ table.list{width:100%} table.list tr.item:hover,table.list tr.item.current{backg
 .verdicts form{margin:0} .verdicts button{padding:5px 10px;font-size:13px;cursor:pointer}
 kbd{border:1px solid #c4c9d4;border-radius:3px;padding:0 4px;font-size:11px;background:#fff}
 #upload-result table{margin-top:8px}
-.body img{width:384px;height:384px}
+.body img{width:384px;height:384px} .body figure{width:384px}
 """
 
 
@@ -142,7 +142,7 @@ WORKLIST_KEYS = ("<p class=\"note\"><kbd>j</kbd>/<kbd>k</kbd> or <kbd>&darr;</kb
 
 def worklist_page(items: list[Item], unfamiliar: list[dict], chosen: WorklistFilter, reviewer: str,
                   nights: str, upload_limit_mb: float) -> str:
-    body = (f"<nav class=\"bar\">{filters_form(chosen)}</nav>{WORKLIST_KEYS}{cases_table(items, chosen)}"
+    body = (f"<nav class=\"toolbar\">{filters_form(chosen)}</nav>{WORKLIST_KEYS}{cases_table(items, chosen)}"
             f"{unfamiliar_table(unfamiliar)}{UPLOAD_PANEL.format(limit=f'{upload_limit_mb:g}')}")
     return document("Review worklist", f"{nights}. Reviewer: {reviewer}. Most suspicious first.", body)
 
@@ -173,7 +173,7 @@ def case_page(view: CaseView, current: Item, previous: Item | None, following: I
     action = case_url(current, chosen, "/verdict")
     state = state_badge(current.state, current.corrected_class)
     by = f" by {esc(current.reviewer)}" if current.reviewer else ""
-    nav = (f"<nav class=\"bar\"><a id=\"worklist\" href=\"/{esc(filter_query(chosen))}\">&larr; Worklist</a>"
+    nav = (f"<nav class=\"toolbar\"><a id=\"worklist\" href=\"/{esc(filter_query(chosen))}\">&larr; Worklist</a>"
            f"{link(previous, chosen, 'prev', '‹ previous (k)')}{link(following, chosen, 'next', 'next (j) ›')}"
            f"<span>State: <span id=\"state\">{state}</span>{by}</span></nav>")
     keys = ("<p class=\"note\"><kbd>j</kbd>/<kbd>k</kbd> or <kbd>&rarr;</kbd>/<kbd>&larr;</kbd> next and previous "

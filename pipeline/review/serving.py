@@ -6,8 +6,8 @@
 - ``ScoringModel``: the nightly inference (``pipeline.scoring.stages.InferenceActor``, its backend chosen by
   ``model.backends``) behind ``@serve.batch``, so concurrent uploads share one pass; autoscaled between
   ``min_replicas`` and ``max_replicas``.
-- ``HeatMapModel``: the deciding slice's Grad-CAM (``model.gradcam``), loaded on the first case page; TensorFlow
-  loads only there.
+- ``HeatMapModel``: the deciding slice's heat map, LayerCAM of the tumor score (``model.gradcam``), the model
+  loaded as its replica starts; TensorFlow loads only there.
 
 Every response carries the page policy (``pages.POLICY``) and headers that keep it out of caches, frames and
 referrers; who is answered at all is ``pipeline.review.access``'s rule (a bearer token, or loopback only).
@@ -95,7 +95,7 @@ class ScoringModel:
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.5})
 class HeatMapModel:
-    """Grad-CAM of the tumor score by a run's model, its networks loaded once per model: the app's own model as the
+    """LayerCAM of the tumor score by a run's model, its networks loaded once per model: the app's own model as the
     replica starts (the first case page does not wait for TensorFlow), another run's model on first use."""
 
     def __init__(self, model: str):

@@ -1,10 +1,11 @@
 """The review app, end to end: the real screening job scores the sample archive once, ``python -m jobs.review``
 serves its results on Ray Serve (localhost, a bearer token required), and headless Chromium works through the
-worklist as a radiologist would: it opens a case, confirms it with the keyboard, dismisses the next, reloads and
-finds both states kept, and scores an uploaded file; the ``reviews`` Delta table is read back. Every page loads
-without a console error and without a request leaving its origin, and no page names a patient. On-demand scoring
-gives the nightly answer for an image and for a zipped series; uploads are bounded; a request without the token is
-refused. ``jobs.query reviews`` counts agreement by each case's latest verdict."""
+worklist as a radiologist would: it opens a case, finds its heat map captioned with what it was measured to be worth,
+confirms it with the keyboard, dismisses the next, reloads and finds both states kept, and scores an uploaded file;
+the ``reviews`` Delta table is read back. Every page loads without a console error and without a request leaving its
+origin, and no page names a patient. On-demand scoring gives the nightly answer for an image and for a zipped
+series; uploads are bounded; a request without the token is refused. ``jobs.query reviews`` counts agreement by each
+case's latest verdict."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ import zipfile
 import pydicom
 import pytest
 
+from model.registry import load_model_info
+from pipeline.report.images import heat_map_caption
 from pipeline.results import views
 from pipeline.review import access
 from pipeline.review.verdicts import CONFIRMED, DISMISSED, REOPENED, UNSURE, Verdict, VerdictLog, corrected
@@ -155,7 +158,11 @@ def test_a_radiologist_works_through_the_worklist_in_chromium(app, tmp_path):
 
         series_links.first.click()  # open a case
         page.wait_for_selector("#state")
-        assert page.locator("img[alt='Grad-CAM heat map']").count() == 1
+        assert page.locator("img[alt='LayerCAM heat map']").count() == 1
+        caption = page.locator("figure:has(img[alt='LayerCAM heat map']) figcaption").inner_text()
+        assert caption == heat_map_caption(load_model_info()) and "peak fell inside the outlined tumor" in caption
+        nav, link = (page.locator(selector).bounding_box() for selector in ("nav.toolbar", "a#worklist"))
+        assert nav["height"] >= link["height"] and nav["width"] > 600  # the report's .bar style does not squeeze it
         assert page.locator("img[alt='deciding slice']").count() == 1
         first_case = page.url
         documents.append(page.content())

@@ -340,7 +340,7 @@ def test_each_run_writes_a_report_and_it_names_no_patient(archive, local_runs, s
         report = run.outputs[name].decode("utf-8")
         flagged = {row["series_key"] for row in run.table("series") if row["flagged"]}
         assert flagged and all(key in report for key in flagged)  # the real report, its flagged series shown
-        assert report.count('alt="Grad-CAM heat map"') >= len(flagged)
+        assert report.count('alt="LayerCAM heat map"') >= len(flagged)
         found = leaks({name: report.lower()}, needles(archive.planted))
         assert not found, found
 

@@ -144,7 +144,7 @@ def test_every_flagged_case_shows_its_deciding_slice_heat_map_and_thumbnails(scr
     document = screened.report.read_text()
     flagged_images = views.connect(str(screened.output)).sql(
         "SELECT count(*) FROM predictions WHERE flagged AND series_key IS NULL").fetchall()[0][0]
-    assert document.count('alt="Grad-CAM heat map"') == len(flagged_series_keys) + flagged_images
+    assert document.count('alt="LayerCAM heat map"') == len(flagged_series_keys) + flagged_images
     assert document.count('alt="deciding slice"') == len(flagged_series_keys) + flagged_images
     assert document.count('<figure class="deciding"><img') == len(flagged_series_keys)  # marked in the strip
 
@@ -456,7 +456,7 @@ def test_pseudonymize_paths_stores_no_folder_name_below_the_input(pseudonymized,
     assert PATIENT_FOLDER not in logs and "/loose/" not in logs and str(archive) in logs  # the statistics too
     assert (second.summary["files_unchanged"], second.summary["rows_written"]) == (first.summary["files_listed"], 0)
     document = without_pictures(first.report.read_text())
-    assert PATIENT_FOLDER not in document and document.count('alt="Grad-CAM heat map"') >= 1
+    assert PATIENT_FOLDER not in document and document.count('alt="LayerCAM heat map"') >= 1
     assert ">n/a<" not in document  # the report found every slice again through the key
     reference = re.search(r"(f-[0-9a-f]{12}) · scan\.jpg", document)[1]
     found = query("path", "--results", str(first.output), "--format", "json", reference,
