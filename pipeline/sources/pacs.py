@@ -3,8 +3,8 @@ retrieved (WADO-RS) by the scoring stage's reader, as a file is read from disk o
 
 An input is the server's DICOMweb root written ``dicomweb+http://host:port/dicom-web`` (or ``dicomweb+https://``);
 it may name one study, series or instance under it (``.../studies/<uid>[/series/<uid>[/instances/<uid>]]``). A root
-is searched for studies of the run's study dates and modalities (``PacsOptions``), then their series, then their
-instances, each search paged (``limit``/``offset``) until the server answers an empty page. Each instance is listed
+is searched for studies of the run's study dates holding one of its modalities (``PacsOptions``), then their series,
+then their instances, each search paged (``limit``/``offset``) until the server answers an empty page. Each instance is listed
 as ``<root>/studies/<study>/series/<series>/instances/<sop>``: UIDs only, and the address that finds it again.
 
 An instance is listed with a size estimated from its search attributes (Rows x Columns x BitsAllocated/8 x frames:
@@ -54,7 +54,7 @@ ADDRESS = re.compile(rf"(?P<root>dicomweb\+https?://(?:(?!/studies(?:/|$)).)+?)"
                      rf"(?:/instances/(?P<instance>{UID}))?)?)?/?")
 JSON = "application/dicom+json, application/json"
 INSTANCE = 'multipart/related; type="application/dicom"; transfer-syntax=*'  # as stored: the archive's own bytes
-PAGE_SIZE = int(os.environ.get("MRI_SCREEN_DICOMWEB_PAGE_SIZE", "500"))
+PAGE_SIZE_VARIABLE = "MRI_SCREEN_DICOMWEB_PAGE_SIZE"  # results a search asks for at a time (default 500)
 MAX_CONNECTIONS = 4  # requests at once, a process and server (a CPU cluster of n actors: 4n at most)
 PROBE_TIMEOUT_S = 3.0
 SERIES_CACHED = 4096  # series whose search attributes a process keeps
@@ -134,7 +134,7 @@ class PacsOptions:
     ca_bundle: str | None = None
     study_dates: tuple[str, str] | None = None
     modalities: tuple[str, ...] = ("MR",)
-    page_size: int = PAGE_SIZE
+    page_size: int = dataclasses.field(default_factory=lambda: int(os.environ.get(PAGE_SIZE_VARIABLE, "500")))
     retries: int = 4
 
     def __post_init__(self):
@@ -394,15 +394,17 @@ def iter_instances(location: str, options: PacsOptions) -> Iterator[tuple[str, i
 
 
 def studies_of(pacs: Pacs, root: PacsAddress, options: PacsOptions) -> Iterator[PacsAddress]:
-    """The studies of the options' dates holding one of their modalities, each once."""
+    """The studies of the options' dates that hold one of their modalities. The modalities are matched here, on the
+    ModalitiesInStudy each answer carries, not sent to the server: Orthanc 1.10 pages a ModalitiesInStudy search
+    wrongly (two to a page, it lost half of the sample studies). A study whose answer does not say is listed; the
+    selection rules judge its series."""
     dates = {"StudyDate": "-".join(dict.fromkeys(options.study_dates))} if options.study_dates else {}
-    seen = set()
-    for modality in options.modalities or (None,):
-        for answer in pacs.search("/studies", {**dates, **({"ModalitiesInStudy": modality} if modality else {})}):
-            uid = uid_of(answer, "0020000D")
-            if uid and uid not in seen:
-                seen.add(uid)
-                yield root.below(study=uid)
+    wanted = set(options.modalities)
+    for answer in pacs.search("/studies", dates):
+        uid = uid_of(answer, "0020000D")
+        held = {str(value).strip().upper() for value in (answer.get("00080061") or {}).get("Value") or []}
+        if uid and (not wanted or not held or held & wanted):
+            yield root.below(study=uid)
 
 
 def check_pacs(location: str, options: PacsOptions) -> None:

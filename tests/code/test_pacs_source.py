@@ -3,6 +3,8 @@ what a multipart answer holds, how big a listed instance is said to be, and what
 search's study and series attributes alone (the default rules, on real sample headers cut down to those
 attributes)."""
 
+import time
+
 import pydicom
 import pytest
 
@@ -116,3 +118,16 @@ def test_a_rule_that_may_score_on_what_is_unknown_leaves_the_decision_to_the_hea
                      "  - {name: not_mr, action: skip, all: [{keyword: Modality, not_in: [MR]}]}\n")
     site = load_rules(str(rules))
     assert site.decide_before_retrieval(*searched(edit_dataset(sample_header(), {"Modality": "CT"}))) is None
+
+
+def test_a_paced_process_spaces_its_requests_evenly():
+    pace = pacs.Pace(20.0)
+    started = time.monotonic()
+    for _ in range(6):
+        pace.wait()
+    assert time.monotonic() - started >= 5 / 20 - 0.01
+    unpaced = pacs.Pace(None)
+    started = time.monotonic()
+    for _ in range(1000):
+        unpaced.wait()
+    assert time.monotonic() - started < 0.1

@@ -14,7 +14,7 @@ import pytest
 from infra import storage
 from pipeline.results import tables
 from tests.conftest import ROOT, SAMPLES, TEST_KEY, job_summary
-from tests.support.s3_faults import Fault, FaultyS3Proxy
+from tests.support.http_faults import Fault, FaultyProxy
 
 pytestmark = pytest.mark.slow
 
@@ -38,12 +38,12 @@ def s3(s3_endpoint):
 
 @pytest.fixture(scope="module")
 def proxy(s3_endpoint):
-    proxy = FaultyS3Proxy(s3_endpoint)
+    proxy = FaultyProxy(s3_endpoint)
     yield proxy
     proxy.close()
 
 
-def screen(proxy: FaultyS3Proxy, output: str, run_date: str, *options: str
+def screen(proxy: FaultyProxy, output: str, run_date: str, *options: str
            ) -> tuple[subprocess.CompletedProcess, dict | None]:
     env = {**os.environ, "AWS_ENDPOINT_URL": proxy.endpoint, "AWS_SECRET_ACCESS_KEY": SECRET,
            "PSEUDONYM_KEY": TEST_KEY, "MRI_SCREEN_S3_MAX_ATTEMPTS": "6"}

@@ -1,6 +1,14 @@
-"""A fault-injecting HTTP proxy in front of the S3 endpoint on localhost: requests pass through to the real
-(moto) server unless a :class:`Fault` matches, in which case the proxy answers with an S3 error instead, as an
-overloaded or failing S3 would. Clients reach it through ``AWS_ENDPOINT_URL``; it records what it injected."""
+"""A fault-injecting HTTP proxy in front of a real server on localhost (the S3 endpoint, the test PACS): requests
+pass through to the server unless a :class:`Fault` matches, in which case the proxy answers with an error instead
+(an S3 error body, and headers such as Retry-After), as an overloaded or failing server would, or holds the request
+for a while first (a slow answer). A :class:`Trigger` runs an action on the real server when a request arrives (kill
+it, delete what is about to be read). A server that no longer answers is passed on as one: the client's connection
+is closed without an answer. Clients reach it through its ``endpoint`` (``AWS_ENDPOINT_URL``, a PACS's URL); it
+records every request and what it injected.
+
+It is not a mock: every answer it does not replace is the real server's, and the faults are what an HTTP client meets
+in front of any real server (a status, a delay, a dropped connection), so the client code under test runs its real
+retries, back-off and error paths against a real protocol implementation."""
 
 from __future__ import annotations
 
@@ -9,7 +17,9 @@ import http.client
 import http.server
 import re
 import threading
+import time
 import urllib.parse
+from typing import Callable
 
 ERROR_BODY = ('<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>injected by the test '
               'proxy</Message><RequestId>fault-injection</RequestId></Error>')
@@ -21,16 +31,19 @@ class Fault:
     ``copies``) fail with ``status``/``code``: the first ``times`` requests of each path, or every one when
     ``times`` is None. With ``after``, the first ``after`` matching requests pass and the fault arms at the next
     one; once armed, ``scope`` (when given) widens what fails to every request matching it (a bucket that
-    disappears mid-run)."""
+    disappears mid-run). ``delay``: seconds the request is held before it fails, or, with ``status`` None, before
+    it is passed on; ``headers``: added to the error answer."""
 
     path: str
-    status: int
-    code: str
+    status: int | None
+    code: str = ""
     method: str | None = None
     times: int | None = 1
     after: int = 0
     copies: bool = False
     scope: str | None = None
+    delay: float = 0.0
+    headers: tuple[tuple[str, str], ...] = ()
     passed: int = 0
     armed: bool = False
     injected: int = 0
@@ -57,11 +70,31 @@ class Fault:
         return True
 
 
-class FaultyS3Proxy:
+@dataclasses.dataclass
+class Trigger:
+    """``action()`` runs once, before the ``after + 1``-th request whose path matches ``path`` (and ``method``) is
+    passed on."""
+
+    path: str
+    action: Callable[[], None]
+    method: str | None = "GET"
+    after: int = 0
+    seen: int = 0
+
+    def due(self, method: str, path: str) -> bool:
+        if (self.method is not None and method != self.method) or re.search(self.path, path) is None:
+            return False
+        self.seen += 1
+        return self.seen == self.after + 1
+
+
+class FaultyProxy:
     def __init__(self, upstream: str):
         self.upstream = urllib.parse.urlsplit(upstream)
         self.faults: list[Fault] = []
+        self.triggers: list[Trigger] = []
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status) of every request answered
+        self.in_flight = self.most_in_flight = 0  # requests being answered now, and the most there were at once
         self.lock = threading.Lock()
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self.handler_class())
         self.server.daemon_threads = True
@@ -77,6 +110,27 @@ class FaultyS3Proxy:
 
     def clear(self) -> None:
         self.inject()
+        self.triggers = []
+
+    def on(self, *triggers: Trigger) -> None:
+        with self.lock:
+            self.triggers = list(triggers)
+
+    def run_triggers(self, method: str, path: str) -> None:
+        with self.lock:
+            due = [trigger for trigger in self.triggers if trigger.due(method, path)]
+        for trigger in due:
+            trigger.action()
+
+    def count_in_flight(self, change: int) -> None:
+        with self.lock:
+            self.in_flight += change
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+
+    def requested(self, pattern: str, method: str = "GET") -> list[str]:
+        """The paths of the requests answered so far that match ``pattern``."""
+        with self.lock:
+            return [path for verb, path, _ in self.requests if verb == method and re.search(pattern, path)]
 
     def close(self) -> None:
         self.server.shutdown()
@@ -125,20 +179,37 @@ class FaultyS3Proxy:
                 proxy.record(self.command, self.path, status)
 
             def forward(self) -> None:
+                proxy.count_in_flight(+1)
+                try:
+                    self.pass_on()
+                finally:
+                    proxy.count_in_flight(-1)
+
+            def pass_on(self) -> None:
                 body = self.body()
+                proxy.run_triggers(self.command, self.path)
                 fault = proxy.failing(self.command, self.path, self.headers)
                 if fault is not None:
+                    time.sleep(fault.delay)
+                if fault is not None and fault.status is not None:
                     error = ERROR_BODY.format(code=fault.code).encode()
-                    self.answer(fault.status, [("Content-Type", "application/xml")], error)
+                    self.answer(fault.status, [("Content-Type", "application/xml"), *fault.headers], error)
                     return
                 upstream = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=60)
                 headers = {name: value for name, value in self.headers.items()
                            if name.lower() not in ("transfer-encoding", "connection")}
                 headers["Content-Length"] = str(len(body))
-                upstream.request(self.command, self.path, body=body, headers=headers)
-                response = upstream.getresponse()
-                self.answer(response.status, response.getheaders(), response.read())
-                upstream.close()
+                try:
+                    upstream.request(self.command, self.path, body=body, headers=headers)
+                    response = upstream.getresponse()
+                    answer = response.status, response.getheaders(), response.read()
+                except OSError:  # the server is gone: so is the answer, as the client would meet it
+                    self.close_connection = True
+                    proxy.record(self.command, self.path, 0)
+                    return
+                finally:
+                    upstream.close()
+                self.answer(*answer)
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = forward
 
