@@ -54,12 +54,13 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run_job(name: str, args: argparse.Namespace, prepare: Callable[[argparse.Namespace], Any],
-            execute: Callable[[Any], dict], dashboard: bool = False, lazy_ray: bool = False) -> int:
+            execute: Callable[[Any], dict], dashboard: bool = False, lazy_ray: bool = False,
+            exit_status: Callable[[dict], int] = lambda summary: 0) -> int:
     """``prepare(args)`` checks everything it can without Ray (inputs, model, key, output) and returns a plan;
     then Ray starts (or is joined; ``dashboard`` for jobs that run Ray Train) and ``execute(plan)`` runs it. With
     ``lazy_ray`` Ray starts only when ``execute`` first needs it (``infra.ray_runtime.ensure_ray()``): a nightly run
     with nothing new costs no Ray start. The summary dict is printed as one JSON line; the exit status is
-    returned."""
+    returned: ``exit_status(summary)`` when the run finished (0 unless the job says otherwise)."""
     configure_logging(args.verbose)
     logger = logging.getLogger(f"jobs.{name}")
     try:
@@ -78,7 +79,7 @@ def run_job(name: str, args: argparse.Namespace, prepare: Callable[[argparse.Nam
         logger.error("%s failed: %s", name, describe_failure(error), exc_info=error)
         return 3
     print(json.dumps(summary, default=str))
-    return 0
+    return exit_status(summary)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

@@ -18,20 +18,27 @@ Exit status: 0 when the run completed and committed (bad input files become erro
 start (nothing written), 3 when it failed part-way (not committed: every date reads as it did before).
 After the commit, the night's HTML report is written to ``<output>/reports/<run_date>/<run_id>.html``
 (``pipeline.report.morning``; --no-report skips it); a report that fails leaves the run committed, with a warning.
+With --findings-to, each flagged series' finding (or every series', --findings-for all) then goes to a PACS over
+DICOMweb, or to a folder, as a DICOM Structured Report of its image's patient and study (``jobs.findings``, which
+resends a run's findings); the summary line counts them under ``findings``, and when some were not stored the job
+exits with status 4: the run is committed and reported, and only the findings need sending again.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import re
 import sys
 
+from jobs.findings import (add_findings_options, check_findings_arguments, exit_status, findings_after_commit,
+                          findings_options, open_findings)
 from jobs.runner import (POSITIVE_INT, POSITIVE_NUMBER, PROBABILITY, HelpFormatter, add_common_options, iso_date,
                          require_lasting_paths, run_job)
 from model.decode import DecodeLimits
 from model.registry import DEFAULT_MODEL
+from pipeline.dicomweb.delivery import FindingsOptions
+from pipeline.dicomweb.destination import Destination
 from pipeline.report.morning import publish_run_report
 from pipeline.screening import ScreenConfig, ScreeningPlan, prepare, score_and_commit
 from model.backends import BACKENDS
@@ -104,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-report", dest="report", action="store_false",
                         help="write no HTML report after the commit (rebuild one later with jobs.query report)")
     add_pacs_options(parser)
+    add_findings_options(parser)
     add_common_options(parser)
     return parser
 
@@ -149,6 +157,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.study_date_from and args.study_date_to and args.study_date_from > args.study_date_to:
         parser.error(f"--study-date-from {args.study_date_from} is after --study-date-to {args.study_date_to}")
     require_lasting_paths(parser, args, "--output", "--pseudonym-key-file")
+    check_findings_arguments(parser, args)
     return args
 
 
@@ -173,7 +182,16 @@ def build_config(args: argparse.Namespace) -> ScreenConfig:
                         study_modalities=tuple(args.study_modality or ScreenConfig.study_modalities))
 
 
-def screen(plan: ScreeningPlan, report: bool = True) -> dict:
+def prepare_night(args: argparse.Namespace) -> tuple[ScreeningPlan, FindingsOptions | None, Destination | None]:
+    """The findings' destination checked first (a PACS refusing the credentials stops the job within seconds), then
+    the run's plan."""
+    findings = findings_options(args)
+    destination = open_findings(findings, tuple(args.input))
+    return prepare(build_config(args)), findings, destination
+
+
+def screen(plan: ScreeningPlan, report: bool = True, findings: FindingsOptions | None = None,
+           destination: Destination | None = None) -> dict:
     record = score_and_commit(plan)
     logger.info("run %s done: %d files listed, %d unchanged, %d rows (%d scored, %d unfamiliar, %d errors %s, "
                 "%d skipped %s), %d flagged images, %d series (%d flagged); scored at %.1f images/s in %.0f s, "
@@ -184,13 +202,15 @@ def screen(plan: ScreeningPlan, report: bool = True) -> dict:
                 record.scoring_images_per_second, record.scoring_seconds, record.duration_seconds, record.output)
     report_uri = (publish_run_report(record.output, record.run_id, record.rows_flagged > 0, plan.pseudonym_key)
                   if report else None)
-    return {**record.summary(), "report": report_uri}
+    return {**record.summary(), "report": report_uri,
+            "findings": findings_after_commit(record.output, record.run_id, findings, destination,
+                                              plan.pseudonym_key, plan.pacs)}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return run_job("screen", args, lambda args: prepare(build_config(args)),
-                   functools.partial(screen, report=args.report), lazy_ray=True)
+    return run_job("screen", args, prepare_night, lambda prepared: screen(prepared[0], args.report, *prepared[1:]),
+                   lazy_ray=True, exit_status=exit_status)
 
 
 if __name__ == "__main__":

@@ -135,14 +135,15 @@ def grey_frame(image: np.ndarray) -> np.ndarray:
     return frame
 
 
-def read_dicom(data: bytes) -> pydicom.Dataset:
-    """Parse a DICOM file, with pydicom's reading validation off: it would log an invalid value (a UID with letters,
-    a name in a date) as it stands, and header values are checked by ``model.header_values`` instead."""
+def read_dicom(data: bytes, stop_before_pixels: bool = False) -> pydicom.Dataset:
+    """Parse a DICOM file (its header alone with ``stop_before_pixels``), with pydicom's reading validation off: it
+    would log an invalid value (a UID with letters, a name in a date) as it stands, and header values are checked by
+    ``model.header_values`` instead."""
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return pydicom.dcmread(io.BytesIO(data), force=True)
+            return pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=stop_before_pixels)
     except Exception as error:  # pydicom raises many types on malformed input
         raise DecodeError(ErrorCode.DICOM_INVALID, f"not a parseable DICOM file: {type(error).__name__}") from error
 

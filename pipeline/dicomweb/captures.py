@@ -5,7 +5,7 @@ Secondary Capture of the image's patient and study, the picture enlarged above a
 "AI-generated screening result, not a diagnosis", the model and the finding.
 
 The caption names no patient, so the capture says ``BurnedInAnnotation`` NO; its ImageComments and series
-description carry the same words. Its UIDs derive from the run id and the source series, as the report's do. Its
+description carry the same words. Its UIDs derive from the run date and the source series, as the report's do. Its
 orientation is the deciding image's (the model's preprocessing crops and resizes but never turns a slice), so a
 header that states none gives no capture.
 """
@@ -37,7 +37,7 @@ def heat_map_capture(finding: SeriesFinding, model: ScreeningModel, header: pydi
                      picture: np.ndarray) -> hd.sc.SCImage:
     """The Secondary Capture of ``picture`` (RGB uint8, the deciding slice with its heat map)."""
     evidence = evidence_header(header)
-    uids = object_uids("heat-map", finding.run_id, evidence.SeriesInstanceUID)
+    uids = object_uids("heat-map", finding.run_date, evidence.SeriesInstanceUID)
     capture = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=evidence, pixel_array=captioned(picture, caption(finding, model)),
         photometric_interpretation="RGB", bits_allocated=8, coordinate_system="PATIENT",

@@ -4,9 +4,11 @@ from the committed ``series`` row and its deciding slice's ``predictions`` row) 
 deterministic UIDs of the objects written for a series.
 
 The patient, study and image attributes a report needs come from the deciding image's DICOM header at write time
-(``pipeline.dicomweb.reports``); nothing here holds them. A report's UIDs derive from the run id and the source
-series' SeriesInstanceUID alone, so writing the same run again gives the same UIDs: a PACS that overwrites instances
-replaces the report, and never holds two of one run.
+(``pipeline.dicomweb.reports``); nothing here holds them. A report's UIDs derive from the run date and the source
+series' SeriesInstanceUID alone, as a date's rows in the tables belong to its standing run: writing a run again, or
+a re-run of its date (which replaced the date's rows), gives the same UIDs, so a PACS that overwrites instances
+replaces the report and never holds two of one night. A series scored again on another night (it gained a slice,
+say) gets that night's report beside the earlier one. The run id is written in the report, to find its rows again.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class SeriesFinding:
     the deciding slice was scored."""
 
     run_id: str
+    run_date: str  # the night whose result it is: the report's UIDs derive from it (``object_uids``)
     flagged: bool
     tumor_probability: float
     predicted_class: str
@@ -103,7 +106,7 @@ class SeriesFinding:
                              "to report")
         if (deciding[col.SOURCE_URI], deciding[col.FRAME_INDEX] or 0) != deciding_slice(series):
             raise ValueError("the prediction row given is not the series' deciding slice")
-        return cls(run_id=series[col.RUN_ID], flagged=bool(series[col.FLAGGED]),
+        return cls(run_id=series[col.RUN_ID], run_date=series[col.RUN_DATE], flagged=bool(series[col.FLAGGED]),
                    tumor_probability=float(series[col.TUMOR_PROBABILITY]),
                    predicted_class=series[col.PREDICTED_CLASS],
                    class_probabilities=tuple(float(deciding[name]) for name in col.PROBABILITY_COLUMNS),
@@ -126,10 +129,10 @@ class ObjectUIDs:
     instance: str
 
 
-def object_uids(kind: str, run_id: str, source_series_uid: str) -> ObjectUIDs:
-    """Deterministic UIDs of the ``kind`` of object (``report``, ``heat-map``) written for a source series in a
-    run: the same run and series give the same UIDs, another run or series others."""
-    return ObjectUIDs(*(generate_uid(entropy_srcs=[SOFTWARE, kind, role, run_id, source_series_uid])
+def object_uids(kind: str, run_date: str, source_series_uid: str) -> ObjectUIDs:
+    """Deterministic UIDs of the ``kind`` of object (``report``, ``heat-map``) written for a source series on a
+    run date: every run of that date gives the same UIDs, another date or series others."""
+    return ObjectUIDs(*(generate_uid(entropy_srcs=[SOFTWARE, kind, role, run_date, source_series_uid])
                         for role in ("series", "instance")))
 
 

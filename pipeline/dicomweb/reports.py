@@ -13,8 +13,9 @@ SR series' description too. Concepts DICOM has no code for (the classes, the pro
 software's private coding scheme ``99MRISCREEN``, declared in the Coding Scheme Identification.
 
 The report is of the image's patient and study: highdicom copies the patient and study attributes from the header,
-and nothing else gives or keeps them. Its SeriesInstanceUID and SOPInstanceUID derive from the run id and the
-source series (``findings.object_uids``), so a rerun of a run replaces its reports. It is marked complete,
+and nothing else gives or keeps them. Its SeriesInstanceUID and SOPInstanceUID derive from the run date and the
+source series (``findings.object_uids``), so writing a run again, or a re-run of its date, replaces its reports; the
+run id is one of the algorithm's parameters, to find the run's rows again. It is marked complete,
 unverified and preliminary: a radiologist has not read it.
 """
 
@@ -46,6 +47,10 @@ PATIENT_STUDY_KEYWORDS = ("PatientID", "PatientName", "PatientBirthDate", "Patie
                           "StudyDate", "StudyTime", "ReferringPhysicianName")
 
 
+class HeaderError(ValueError):
+    """The deciding image's header cannot make a report; the message names what it lacks, never a value."""
+
+
 def local_code(value: str, meaning: str) -> Code:
     return Code(value, LOCAL_SCHEME, meaning)
 
@@ -69,7 +74,7 @@ def class_probability_code(name: str) -> Code:
 def screening_report(finding: SeriesFinding, model: ScreeningModel, header: pydicom.Dataset) -> hd.sr.ComprehensiveSR:
     """The Comprehensive SR of ``finding``, of the patient and study of ``header`` (the deciding image's)."""
     evidence = evidence_header(header)
-    uids = object_uids("report", finding.run_id, evidence.SeriesInstanceUID)
+    uids = object_uids("report", finding.run_date, evidence.SeriesInstanceUID)
     report = hd.sr.ComprehensiveSR(
         evidence=[evidence], content=measurement_report(finding, model, evidence),
         series_instance_uid=uids.series, series_number=REPORT_SERIES_NUMBER, sop_instance_uid=uids.instance,
@@ -105,7 +110,7 @@ def evidence_header(header: pydicom.Dataset) -> pydicom.Dataset:
     keep_identifiers_out_of_logs()
     missing = [keyword for keyword in REQUIRED_KEYWORDS if not header.get(keyword)]
     if missing:
-        raise ValueError(f"the deciding image's header lacks {', '.join(missing)}: a report must name the study, "
+        raise HeaderError(f"the deciding image's header lacks {', '.join(missing)}: a report must name the study, "
                          f"series and image it is about")
     evidence = copy.deepcopy(header)
     for keyword in PATIENT_STUDY_KEYWORDS:
@@ -150,11 +155,11 @@ def measurement_group(finding: SeriesFinding, model: ScreeningModel,
     """TID 1501: the verdict, the class and the probabilities, found on the brain by the model, from the deciding
     image."""
     tracking = hd.sr.TrackingIdentifier(
-        uid=derived_uid("finding", finding.run_id, evidence.SeriesInstanceUID), identifier="brain tumor screening")
+        uid=derived_uid("finding", finding.run_date, evidence.SeriesInstanceUID), identifier="brain tumor screening")
     source = hd.sr.SourceImageForMeasurementGroup(evidence.SOPClassUID, evidence.SOPInstanceUID,
                                                   referenced_frames(evidence, finding.deciding_frame_index))
     return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking, finding_type=codes.SCT.Neoplasm, algorithm_id=algorithm(model),
+        tracking_identifier=tracking, finding_type=codes.SCT.Neoplasm, algorithm_id=algorithm(model, finding.run_id),
         finding_sites=[hd.sr.FindingSite(codes.SCT.Brain)], source_images=[source],
         qualitative_evaluations=[
             hd.sr.QualitativeEvaluation(TUMOR_SUSPECTED, codes.SCT.Present if finding.flagged else codes.SCT.Absent),
@@ -165,11 +170,11 @@ def measurement_group(finding: SeriesFinding, model: ScreeningModel,
                       probability(OPERATING_POINT, model.operating_point)])
 
 
-def algorithm(model: ScreeningModel) -> hd.sr.AlgorithmIdentification:
+def algorithm(model: ScreeningModel, run_id: str) -> hd.sr.AlgorithmIdentification:
     return hd.sr.AlgorithmIdentification(
         name=model.name, version=model.version, manufacturer=SOFTWARE,
         parameters=[f"operating point: a series is flagged at a tumor probability of "
-                    f"{model.operating_point:.6f} or above"])
+                    f"{model.operating_point:.6f} or above", f"screening run {run_id}"])
 
 
 def probability(name: Code, value: float) -> hd.sr.Measurement:

@@ -73,11 +73,13 @@ def encoded(dataset: pydicom.Dataset) -> bytes:
     return buffer.getvalue()
 
 
-def write_folder(reports: Mapping[str, Sequence[pydicom.Dataset]], folder: str) -> StoreSummary:
+def write_folder(reports: Mapping[str, Sequence[pydicom.Dataset]], folder: str,
+                 summary_line: bool = True) -> StoreSummary:
     """Each series' datasets as files in ``folder`` (a local folder or an ``s3://`` prefix), replacing files of
-    the same name."""
+    the same name; logs a summary line unless its caller logs its own (``summary_line``)."""
     summary = StoreSummary(tuple(write_series(key, datasets, folder) for key, datasets in reports.items()))
-    log_summary(summary, f"written to {folder}")
+    if summary_line:
+        log_summary(summary, f"written to {folder}")
     return summary
 
 
@@ -95,14 +97,16 @@ def write_series(key: str, datasets: Sequence[pydicom.Dataset], folder: str) -> 
 
 
 def store_to_pacs(client: DICOMwebClient, reports: Mapping[str, Sequence[pydicom.Dataset]],
-                  workers: int = 1) -> StoreSummary:
+                  workers: int = 1, summary_line: bool = True) -> StoreSummary:
     """Each series' datasets in one STOW-RS request, ``workers`` series at a time (the client's session bounds the
     connections in any case). A client from ``pipeline.dicomweb.client`` raises ``AccessRefusedError`` when the
-    server refuses the credentials, and that stops the store."""
+    server refuses the credentials, and that stops the store. Logs a summary line unless its caller logs its own
+    (``summary_line``)."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         outcomes = pool.map(lambda item: store_series(client, *item), reports.items())
         summary = StoreSummary(tuple(outcomes))
-    log_summary(summary, f"stored in the PACS at {client.base_url}")
+    if summary_line:
+        log_summary(summary, f"stored in the PACS at {client.base_url}")
     return summary
 
 

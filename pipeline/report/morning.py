@@ -74,21 +74,32 @@ def of_run(run: dict) -> tuple[str, list]:
 def flagged_series(connection, run: dict) -> list[dict]:
     """The run's flagged series, most suspicious first, each with its deciding slice's class probabilities from
     the latest complete run (up to this one) that scored that slice."""
+    return run_series(connection, run, flagged_only=True)
+
+
+DECIDING_SCORED_AT = "deciding_scored_at"  # in a ``run_series`` row: when its deciding slice was scored
+
+
+def run_series(connection, run: dict, flagged_only: bool = False) -> list[dict]:
+    """The run's series (``flagged_only``: its flagged series), most suspicious first (those without a verdict
+    last), each with its deciding slice's class probabilities and when it was scored (``DECIDING_SCORED_AT``), from
+    the latest complete run (up to this one) that scored that slice (null when none did)."""
     where, parameters = of_run(run)
     probabilities = ", ".join(f"p.{name}" for name in col.PROBABILITY_COLUMNS)
     return records(connection, f"""
-        WITH flagged AS (
+        WITH chosen AS (
             SELECT *, {col.ORDERED_SOURCE_URIS}[{col.MOST_SUSPICIOUS_SLICE_INDEX} + 1] AS deciding_uri,
                    {col.ORDERED_FRAME_INDICES}[{col.MOST_SUSPICIOUS_SLICE_INDEX} + 1] AS deciding_frame
-            FROM series WHERE {where} AND {col.FLAGGED}),
+            FROM series WHERE {where} {f"AND {col.FLAGGED}" if flagged_only else ""}),
         scored AS (
             SELECT p.*, r.{col.FINISHED_AT} AS scored_by_run_at FROM predictions p
             JOIN runs r ON p.{col.RUN_ID} = r.{col.RUN_ID}
-            WHERE p.{col.SOURCE_URI} IN (SELECT deciding_uri FROM flagged) AND r.{col.FINISHED_AT} <= ?)
-        SELECT f.*, {probabilities} FROM flagged f
+            WHERE p.{col.SOURCE_URI} IN (SELECT deciding_uri FROM chosen) AND r.{col.FINISHED_AT} <= ?)
+        SELECT f.*, {probabilities}, p.{col.SCORED_AT} AS {DECIDING_SCORED_AT} FROM chosen f
         LEFT JOIN scored p ON p.{col.SOURCE_URI} = f.deciding_uri AND p.{col.FRAME_INDEX} = f.deciding_frame
         QUALIFY row_number() OVER (PARTITION BY f.{col.SERIES_KEY} ORDER BY p.scored_by_run_at DESC NULLS LAST) = 1
-        ORDER BY f.{col.TUMOR_PROBABILITY} DESC, f.{col.SERIES_KEY}""", [*parameters, run[col.FINISHED_AT]])
+        ORDER BY f.{col.TUMOR_PROBABILITY} DESC NULLS LAST, f.{col.SERIES_KEY}""",
+                   [*parameters, run[col.FINISHED_AT]])
 
 
 def flagged_images(connection, run: dict) -> list[dict]:

@@ -8,11 +8,13 @@ import pydicom
 import pytest
 
 from pipeline import schema as col
+from pipeline.dicomweb.client import ClientSettings, Credentials, dicomweb_client
 from pipeline.dicomweb.findings import ScreeningModel, SeriesFinding
 from tests.conftest import SAMPLES
 
 DICOM = SAMPLES / "archive" / "dicom"
 RUN_ID = "20261202T010909Z-f11c5036"
+RUN_DATE = "2026-12-02"
 SCORED_AT = datetime.datetime(2026, 12, 2, 1, 9, 9, tzinfo=datetime.timezone.utc)
 
 
@@ -29,7 +31,7 @@ def series_rows(files: list[pathlib.Path], deciding: int, frame: int = 0, flagge
     """A ``series`` row over ``files`` whose slice ``deciding`` decided, and that slice's ``predictions`` row."""
     uris = [str(path) for path in files]
     frames = [frame if index == deciding else 0 for index in range(len(files))]
-    series = {col.RUN_ID: RUN_ID, col.FLAGGED: flagged, col.TUMOR_PROBABILITY: 0.74,
+    series = {col.RUN_ID: RUN_ID, col.RUN_DATE: RUN_DATE, col.FLAGGED: flagged, col.TUMOR_PROBABILITY: 0.74,
               col.PREDICTED_CLASS: "glioma" if flagged else "notumor", col.MOST_SUSPICIOUS_SLICE_INDEX: deciding,
               col.ORDERED_SOURCE_URIS: uris, col.ORDERED_FRAME_INDICES: frames, col.MODEL_VERSION: "test-model-v1"}
     prediction = {col.RUN_ID: RUN_ID, col.SOURCE_URI: uris[deciding], col.FRAME_INDEX: frame,
@@ -48,3 +50,9 @@ def glioma_case() -> tuple[SeriesFinding, pydicom.Dataset]:
     files = series_files("axial-glioma")
     series, prediction = series_rows(files, deciding=2)
     return SeriesFinding.from_rows(series, prediction), read_header(files[2])
+
+
+def client_of(server, password: str | None = None, **settings):
+    """A DICOMweb client of the test PACS ``server`` as its test user (with ``password`` when given: a wrong one)."""
+    credentials = Credentials(server.user, password or server.password, source="the test's credentials")
+    return dicomweb_client(ClientSettings(server.dicomweb_url, **settings), credentials)

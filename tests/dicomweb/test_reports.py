@@ -74,13 +74,18 @@ def test_a_multiframe_deciding_image_is_referenced_with_its_frame(screening_mode
     assert [item.MeasuredValueSequence[0].NumericValue for item in library] == [115.0]  # the third frame's place
 
 
-def test_uids_are_the_same_for_a_rerun_and_differ_for_another_run_or_series(glioma_case, screening_model):
+def test_uids_are_the_same_for_every_run_of_a_date_and_differ_for_another_date_or_series(glioma_case,
+                                                                                          screening_model):
     finding, header = glioma_case
     first, again = (screening_report(finding, screening_model, header) for _ in range(2))
-    other_run = screening_report(dataclasses.replace(finding, run_id=RUN_ID + "x"), screening_model, header)
+    rerun = screening_report(dataclasses.replace(finding, run_id=RUN_ID + "x"), screening_model, header)
+    other_date = screening_report(dataclasses.replace(finding, run_date="2026-12-03"), screening_model, header)
     other_series = screening_report(finding, screening_model, read_header(series_files("axial-glioma-t1post")[0]))
-    assert (first.SeriesInstanceUID, first.SOPInstanceUID) == (again.SeriesInstanceUID, again.SOPInstanceUID)
-    for other in (other_run, other_series):
+    for same in (again, rerun):
+        assert (first.SeriesInstanceUID, first.SOPInstanceUID) == (same.SeriesInstanceUID, same.SOPInstanceUID)
+    assert texts(hd.sr.ComprehensiveSR.from_dataset(rerun), codes.DCM.AlgorithmParameters)[1] == \
+        f"screening run {RUN_ID}x"
+    for other in (other_date, other_series):
         assert {other.SeriesInstanceUID, other.SOPInstanceUID}.isdisjoint({first.SeriesInstanceUID,
                                                                            first.SOPInstanceUID})
     assert pydicom.uid.UID(first.SOPInstanceUID).is_valid

@@ -10,21 +10,18 @@ import numpy as np
 import pydicom
 import pytest
 
-from pipeline.dicomweb.client import AccessRefusedError, ClientSettings, Credentials, dicomweb_client
+from pipeline.dicomweb.client import AccessRefusedError
 from pipeline.dicomweb.reports import report_datasets, screening_report
 from pipeline.dicomweb.store import file_name, store_to_pacs, write_folder
+from tests.dicomweb.conftest import client_of
 
 HEAT_MAP = np.zeros((160, 160, 3), np.uint8)
 
 
-def client_of(server, password: str | None = None, **settings):
-    credentials = Credentials(server.user, password or server.password, source="the test's credentials")
-    return dicomweb_client(ClientSettings(server.dicomweb_url, **settings), credentials)
-
-
 def case_for_run(glioma_case, run_id: str):
+    """The glioma case as a run of its own, on a date of its own: its reports' UIDs are its own."""
     finding, header = glioma_case
-    return dataclasses.replace(finding, run_id=run_id), header
+    return dataclasses.replace(finding, run_id=run_id, run_date=run_id), header
 
 
 def test_a_stored_report_comes_back_from_qido_and_wado_as_an_sr_of_the_study(orthanc, glioma_case, screening_model):
@@ -62,7 +59,7 @@ def test_a_wrong_password_is_refused_with_a_clear_error(orthanc, glioma_case, sc
 def test_a_series_the_pacs_refuses_is_counted_and_the_others_are_stored(orthanc, glioma_case, screening_model):
     finding, header = case_for_run(glioma_case, "store-one-bad")
     good = screening_report(finding, screening_model, header)
-    bad = copy.deepcopy(screening_report(dataclasses.replace(finding, run_id="store-bad"), screening_model, header))
+    bad = copy.deepcopy(screening_report(dataclasses.replace(finding, run_date="store-bad"), screening_model, header))
     del bad.SOPClassUID
     summary = store_to_pacs(client_of(orthanc), {"good": [good], "bad": [bad]}, workers=2)
     outcomes = summary.by_key()
