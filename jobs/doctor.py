@@ -1,6 +1,6 @@
 """Check a cluster before its first nightly run: Ray resources per node, TensorFlow sees the GPUs (memory growth
-on), one inference batch per inference actor with its images/s, the input readable and the output writable (S3 or
-disk), DICOM decoders present on the workers, the model's sha256 matching its card, the pseudonym key present and
+on), one inference batch per inference actor with its images/s, the input readable (S3 or disk; a PACS reachable,
+accepting the credentials, searchable and one instance retrieved) and the output writable (S3 or disk), DICOM decoders present on the workers, the model's sha256 matching its card, the pseudonym key present and
 not the demo key.
 
     python -m jobs.doctor --input s3://pacs-export/ --output s3://screening/results
@@ -19,7 +19,7 @@ import logging
 import sys
 
 from infra.ray_runtime import configure_logging, configure_ray
-from jobs.runner import POSITIVE_INT, HelpFormatter, add_common_options
+from jobs.runner import POSITIVE_INT, HelpFormatter, add_common_options, add_dicomweb_options
 from model.registry import DEFAULT_MODEL
 from pipeline.doctor import DoctorConfig, run_checks
 
@@ -28,7 +28,9 @@ logger = logging.getLogger("jobs.doctor")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m jobs.doctor", description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--input", action="append", default=[], help="the archive the nightly run reads")
+    parser.add_argument("--input", action="append", default=[],
+                        help="the archive the nightly run reads: a folder, an S3 prefix, or a PACS's DICOMweb root "
+                             "(dicomweb+https://host/dicom-web)")
     parser.add_argument("--output", help="the results folder or S3 prefix the nightly run writes")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="model or registry folder (default: the shipped model, %(default)s)")
@@ -38,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     gpu.add_argument("--use-gpu", dest="use_gpu", action="store_true", default=None,
                      help="as for jobs.screen (default: when the cluster has GPUs)")
     gpu.add_argument("--no-gpu", dest="use_gpu", action="store_false", help="as for jobs.screen")
+    add_dicomweb_options(parser.add_argument_group("PACS inputs"))
     add_common_options(parser)
     return parser
 
@@ -47,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose)
     configure_ray(args.address, verbose=args.verbose)
     checks = run_checks(DoctorConfig(tuple(args.input), args.output, args.model, args.pseudonym_key_file,
-                                     args.inference_actors, args.use_gpu))
+                                     args.inference_actors, args.use_gpu, args.dicomweb_credentials_file,
+                                     args.dicomweb_ca_bundle))
     width = max(len(check.name) for check in checks)
     for check in checks:
         state = {True: "ok", False: "FAILED", None: "skipped"}[check.ok]

@@ -48,6 +48,18 @@ def require_lasting_paths(parser: argparse.ArgumentParser, args: argparse.Namesp
                          f"absolute path on the nodes or an s3:// URI")
 
 
+def add_dicomweb_options(group) -> None:
+    """How a job reaches a PACS input (``dicomweb+https://...``): its credentials and the CA its certificate is
+    verified against."""
+    group.add_argument("--dicomweb-credentials-file", metavar="FILE",
+                       help='JSON {"username": ..., "password": ...} or {"token": ...} for the PACS (default: the '
+                            "environment variables DICOMWEB_USERNAME and DICOMWEB_PASSWORD, or DICOMWEB_TOKEN; none "
+                            "when unset)")
+    group.add_argument("--dicomweb-ca-bundle", metavar="FILE",
+                       help="verify the PACS's TLS certificate against this CA bundle (default: the system's CAs; "
+                            "verification is never off)")
+
+
 def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local embedded Ray)")
     parser.add_argument("--verbose", action="store_true", help="debug logging")

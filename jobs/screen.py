@@ -33,8 +33,8 @@ import sys
 
 from jobs.findings import (add_findings_options, check_findings_arguments, exit_status, findings_after_commit,
                           findings_options, open_findings)
-from jobs.runner import (POSITIVE_INT, POSITIVE_NUMBER, PROBABILITY, HelpFormatter, add_common_options, iso_date,
-                         require_lasting_paths, run_job)
+from jobs.runner import (POSITIVE_INT, POSITIVE_NUMBER, PROBABILITY, HelpFormatter, add_common_options,
+                         add_dicomweb_options, iso_date, require_lasting_paths, run_job)
 from model.decode import DecodeLimits
 from model.registry import DEFAULT_MODEL
 from pipeline.dicomweb.delivery import FindingsOptions
@@ -125,13 +125,7 @@ def add_pacs_options(parser: argparse.ArgumentParser) -> None:
     pacs.add_argument("--study-modality", action="append", type=modality_code, metavar="CODE",
                       help="search for studies holding this modality (repeatable; default: MR); their series of "
                            "other modalities are listed, and skipped by the selection rules without being retrieved")
-    pacs.add_argument("--dicomweb-credentials-file", metavar="FILE",
-                      help='JSON {"username": ..., "password": ...} or {"token": ...} for the PACS (default: the '
-                           "environment variables DICOMWEB_USERNAME and DICOMWEB_PASSWORD, or DICOMWEB_TOKEN; none "
-                           "when unset)")
-    pacs.add_argument("--dicomweb-ca-bundle", metavar="FILE",
-                      help="verify the PACS's TLS certificate against this CA bundle (default: the system's CAs; "
-                           "verification is never off)")
+    add_dicomweb_options(pacs)
     pacs.add_argument("--dicomweb-max-connections", type=POSITIVE_INT, metavar="N",
                       default=ScreenConfig.dicomweb_max_connections,
                       help="requests to the PACS at once, per process (a scoring actor, a decoding task, the "

@@ -7,7 +7,8 @@
                  falls back to float32 there), with that node's int8 instruction sets
 ``int8``         here: the model's int8 graph against float32 on the check images, this CPU's instruction sets, and
                  what ``--backend auto`` runs
-``input``        the input can be listed and a file read (S3 or disk)
+``input``        the input can be listed and a file read (S3 or disk); a PACS answers, accepts the credentials, its
+                 search finds an instance and that instance is retrieved
 ``output``       the output can be written and the write removed
 ``decoders``     on a worker: pydicom can decode JPEG baseline, JPEG-LS, JPEG 2000 and RLE pixel data
 ``model``        the model's weights match the sha256 in its model.json and in its model card
@@ -33,7 +34,9 @@ from model.backends import cpu_instruction_sets, int8_report
 from model.decode import DecodeLimits
 from pipeline.results import tables
 from pipeline import schema as col
+from pipeline.dicomweb.client import load_credentials
 from pipeline.sources.listing import iter_input_files
+from pipeline.sources.pacs import PacsAddress, PacsOptions, check_pacs, is_dicomweb, iter_instances, pacs_for
 from pipeline.pseudonym import PseudonymKeyError, load_key
 from pipeline.scoring.stages import InferenceActor, StageContext, file_rows, rows_to_table
 
@@ -58,6 +61,8 @@ class DoctorConfig:
     pseudonym_key_file: str | None = None
     inference_actors: int | None = None
     use_gpu: bool | None = None
+    dicomweb_credentials_file: str | None = None
+    dicomweb_ca_bundle: str | None = None
 
 
 def guarded(name: str, check, *args) -> Check:
@@ -171,15 +176,34 @@ def check_int8(config: DoctorConfig) -> Check:
 def check_input(config: DoctorConfig) -> Check:
     if not config.inputs:
         return Check("input", None, "no --input given")
-    for location in config.inputs:
-        storage.check_reachable(location)
-    first, count = None, 0
-    for file in iter_input_files(config.inputs):  # counted as it streams: an archive's list is never held
-        first, count = first or file, count + 1
-    if first is None:
-        return Check("input", False, f"no files under {', '.join(config.inputs)}")
-    data = storage.read_bytes(first.uri, max_bytes=DecodeLimits().max_file_bytes)
-    return Check("input", True, f"{count} file(s) listed; read {first.uri} ({len(data)} bytes)")
+    archives = [location for location in config.inputs if not is_dicomweb(location)]
+    details = [check_pacs_input(location, config) for location in config.inputs if is_dicomweb(location)]
+    if archives:
+        for location in archives:
+            storage.check_reachable(location)
+        first, count = None, 0
+        for file in iter_input_files(archives):  # counted as it streams: an archive's list is never held
+            first, count = first or file, count + 1
+        if first is None:
+            return Check("input", False, f"no files under {', '.join(archives)}")
+        data = storage.read_bytes(first.uri, max_bytes=DecodeLimits().max_file_bytes)
+        details.append(f"{count} file(s) listed; read {first.uri} ({len(data)} bytes)")
+    return Check("input", True, "; ".join(details))
+
+
+def check_pacs_input(location: str, config: DoctorConfig) -> str:
+    """A PACS input answers and accepts the credentials (the run's own probe), its search for studies holding MR (of
+    any date) finds an instance, and that instance is retrieved: a sentence saying so; StorageError otherwise."""
+    options = PacsOptions(load_credentials(config.dicomweb_credentials_file), ca_bundle=config.dicomweb_ca_bundle,
+                          page_size=1)
+    check_pacs(location, options)
+    found = next(iter_instances(location, options), None)
+    if found is None:
+        raise storage.StorageError(f"{location} answers and accepts the credentials, but its search finds no "
+                                   f"study holding MR")
+    address = PacsAddress.of_instance(found[0])
+    data = pacs_for(address.server, options).retrieve(address, DecodeLimits().max_file_bytes)
+    return f"{location} answers, accepts the credentials and is searchable; retrieved {address.uri} ({len(data)} bytes)"
 
 
 def check_output(config: DoctorConfig) -> Check:
