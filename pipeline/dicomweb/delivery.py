@@ -17,8 +17,11 @@ a header value. A PACS that refuses the credentials fails the series not yet sto
 counts towards locking the account). Images outside any series (JPEG, PNG) have no patient or study to file a
 report under: they are counted as skipped, as are series without a verdict (none of their slices classified).
 
-Nothing here writes to the results tables: a run's delivery can be done again at any time (``python -m
-jobs.findings``), and its reports' UIDs make the PACS replace what an earlier delivery stored.
+Nothing here writes to the results tables, the counts included: the ``runs`` row is committed with the night's
+results, before any finding is sent, and a failed delivery must never touch a committed night; and a delivery can be
+done again at any time (``python -m jobs.findings``, its reports' UIDs making the PACS replace what an earlier one
+stored), so counts kept in the row would tell of a first attempt, not of what the PACS holds. The job's summary line
+and its log carry them.
 """
 
 from __future__ import annotations

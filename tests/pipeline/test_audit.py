@@ -9,12 +9,17 @@ three times as a subprocess, each with a Ray temp folder of its own (``RAY_TMPDI
 log of the run is scanned: driver and worker logs, raylet, GCS, Ray Data. Runs 1 and 2 read the local archive under
 a key file the first run creates; run 3 reads the archive from S3 on localhost (moto) under another key given in
 ``PSEUDONYM_KEY``, with distinctive credentials in the standard AWS environment variables.
+
+Each run also writes its findings back (``--findings-to``): run 1 to a folder, with heat-map captures; run 2 to a
+PACS on localhost (Orthanc, when installed; else a folder); run 3 to an S3 prefix. The planted identifiers must
+reach those reports, which are of the image's patient and study, and still nothing the run logs or keeps.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import json
 import os
 import pathlib
@@ -35,7 +40,9 @@ import pydicom
 import pytest
 
 from tests.conftest import ROOT, SAMPLES, job_summary
+from tests.dicomweb.conftest import client_of
 from tests.support.corpus import dicom_bytes, mr_dataset, unsupported_syntax, without_pixel_data
+from tests.support.orthanc import orthanc_missing
 
 pytestmark = pytest.mark.slow
 
@@ -205,6 +212,7 @@ class JobRun:
     summary: dict
     outputs: dict  # output file name -> bytes
     ray_files: dict  # file under the run's Ray temp folder -> bytes
+    findings: list = dataclasses.field(default_factory=list)  # the datasets it wrote back (SRs, captures)
 
     @functools.cached_property
     def texts(self) -> dict[str, str]:
@@ -227,7 +235,7 @@ def parquet(data: bytes) -> pa.Table:
     return pq.read_table(pa.BufferReader(data))
 
 
-def run_job(args: list[str], env: dict, collect_outputs) -> JobRun:
+def run_job(args: list[str], env: dict, collect_outputs, collect_findings=list) -> JobRun:
     """The job as users run it, with a Ray temp folder of its own (short: Ray's socket paths must stay short)."""
     ray_temp = pathlib.Path(tempfile.mkdtemp(prefix="ray-audit-", dir="/tmp"))
     try:
@@ -239,8 +247,8 @@ def run_job(args: list[str], env: dict, collect_outputs) -> JobRun:
                      if path.is_file() and not path.is_symlink()}
     finally:
         shutil.rmtree(ray_temp, ignore_errors=True)
-    return JobRun(done.stdout, done.stderr, job_summary(done.stdout), collect_outputs(),
-                  ray_files)
+    return JobRun(done.stdout, done.stderr, job_summary(done.stdout), collect_outputs(), ray_files,
+                  collect_findings())
 
 
 def local_files(root: pathlib.Path) -> dict:
@@ -257,16 +265,41 @@ def key_file(tmp_path_factory) -> pathlib.Path:
     return tmp_path_factory.mktemp("secrets") / "pseudonym.key"
 
 
+def folder_findings(folder: pathlib.Path) -> list[pydicom.Dataset]:
+    return [pydicom.dcmread(path) for path in sorted(folder.glob("*.dcm"))]
+
+
+def pacs_findings(server, archive: PlantedArchive) -> list[pydicom.Dataset]:
+    """The SRs the PACS holds of the planted studies (the session's PACS holds other tests' too)."""
+    client = client_of(server)
+    studies = {planted["StudyInstanceUID"] for planted in archive.planted.values()}
+    found = [pydicom.Dataset.from_json(row) for row in client.search_for_instances(search_filters={"Modality": "SR"})]
+    return [client.retrieve_instance(row.StudyInstanceUID, row.SeriesInstanceUID, row.SOPInstanceUID)
+            for row in found if row.StudyInstanceUID in studies]
+
+
 @pytest.fixture(scope="module")
-def local_runs(archive, key_file, model_uri, tmp_path_factory) -> tuple[JobRun, JobRun]:
-    """Runs 1 and 2: the same command line, key A from a key file the first run creates."""
+def pacs(request):
+    """The session's PACS (Orthanc on localhost), or None where Orthanc is not installed."""
+    return None if orthanc_missing() else request.getfixturevalue("orthanc")
+
+
+@pytest.fixture(scope="module")
+def local_runs(archive, key_file, model_uri, pacs, tmp_path_factory) -> tuple[JobRun, JobRun]:
+    """Runs 1 and 2: the same command line, key A from a key file the first run creates; run 1 writes its findings
+    to a folder with heat-map captures, run 2 to the PACS (a folder without one)."""
     env = without_aws({name: value for name, value in os.environ.items() if name != "PSEUDONYM_KEY"})
     runs = []
-    for _ in range(2):
-        output = tmp_path_factory.mktemp("results")
+    for number in range(2):
+        output, folder = tmp_path_factory.mktemp("results"), tmp_path_factory.mktemp("findings")
+        findings = ["--findings-to", str(folder), "--findings-heat-map"]
+        collect = functools.partial(folder_findings, folder)
+        if number and pacs is not None:
+            env = {**env, "DICOMWEB_USERNAME": pacs.user, "DICOMWEB_PASSWORD": pacs.password}
+            findings, collect = ["--findings-to", f"dicomweb+{pacs.dicomweb_url}"], lambda: pacs_findings(pacs, archive)
         runs.append(run_job(["--input", str(archive.root), "--output", str(output), "--model", model_uri,
-                             "--pseudonym-key-file", str(key_file), "--create-pseudonym-key"], env,
-                            functools.partial(local_files, output)))
+                             "--pseudonym-key-file", str(key_file), "--create-pseudonym-key", *findings], env,
+                            functools.partial(local_files, output), collect))
     return runs[0], runs[1]
 
 
@@ -294,12 +327,15 @@ def s3_run(archive, s3_endpoint, model_uri) -> S3Run:
     env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key_id, "AWS_SECRET_ACCESS_KEY": secret_access_key,
            "PSEUDONYM_KEY": pseudonym_key}
     client = boto3.client("s3", endpoint_url=s3_endpoint)
-    for bucket in ("audit-archive", "audit-results"):
+    for bucket in ("audit-archive", "audit-results", "audit-findings"):
         client.create_bucket(Bucket=bucket)
     for relative in archive.planted:
         client.upload_file(str(archive.root / relative), "audit-archive", f"pacs/{relative}")
     run = run_job(["--input", "s3://audit-archive/pacs", "--output", "s3://audit-results/screening",
-                   "--model", model_uri], env, lambda: bucket_files(client, "audit-results", "screening/"))
+                   "--model", model_uri, "--findings-to", "s3://audit-findings/reports"], env,
+                  lambda: bucket_files(client, "audit-results", "screening/"),
+                  lambda: [pydicom.dcmread(io.BytesIO(data)) for name, data in
+                           bucket_files(client, "audit-findings", "reports/").items() if name.endswith(".dcm")])
     return S3Run(run, pseudonym_key, access_key_id, secret_access_key)
 
 
@@ -379,13 +415,15 @@ def test_aws_credentials_are_never_printed_or_written(s3_run):
     assert not found, found
 
 
-def test_the_job_takes_no_credentials_on_its_command_line():
-    done = subprocess.run([sys.executable, "-m", "jobs.screen", "--help"], cwd=ROOT, capture_output=True,
+@pytest.mark.parametrize("job", ["screen", "findings"])
+def test_the_job_takes_no_credentials_on_its_command_line(job):
+    """Secrets come from files or the environment: an option may name a file that holds them, never take one."""
+    done = subprocess.run([sys.executable, "-m", f"jobs.{job}", "--help"], cwd=ROOT, capture_output=True,
                           text=True, timeout=300, check=False)
     options = set(re.findall(r"--[a-z][a-z-]+", done.stdout))
-    assert done.returncode == 0 and {"--input", "--output", "--pseudonym-key-file"} <= options
-    assert not [option for option in options
-                if re.search(r"secret|access|credential|passw|token|aws|profile|session|auth", option)]
+    assert done.returncode == 0 and {"--pseudonym-key-file", "--findings-credentials-file"} <= options
+    assert not [option for option in options if not option.endswith("-file")
+                and re.search(r"secret|access|credential|passw|token|aws|profile|session|auth", option)]
 
 
 def test_skipped_objects_are_recorded_with_their_rule_and_a_reason_that_names_no_patient(archive, local_runs, s3_run):
@@ -395,3 +433,29 @@ def test_skipped_objects_are_recorded_with_their_rule_and_a_reason_that_names_no
         assert skipped == SKIPPED_CASES
         assert rows["other/spine.dcm"]["skip_reason"] == "the series description names another body part (C-SPINE)"
         assert all(rows[relative]["patient_key"] for relative in SKIPPED_CASES)  # keyed, so a patient's list shows it
+
+
+REPORTED_IDENTITY = ("PatientID", "PatientName", "PatientBirthDate", "AccessionNumber", "StudyInstanceUID")
+
+
+def test_the_findings_carry_their_images_identity_which_nothing_the_run_keeps_or_logs_holds(archive, local_runs,
+                                                                                          s3_run, pacs):
+    """The reports hold what they must; test_no_planted_identifier_reaches_an_output_a_log_or_a_report scans the
+    same runs, write-back included, for every planted value."""
+    by_sop = {planted["SOPInstanceUID"]: planted for planted in archive.planted.values()}
+    for run in (*local_runs, s3_run.run):
+        flagged = [row for row in run.table("series") if row["flagged"]]
+        assert run.summary["findings"]["stored"] == len(flagged) > 0 and run.summary["findings"]["failed"] == 0
+        reports = [dataset for dataset in run.findings if dataset.Modality == "SR"]
+        assert len(reports) == len(flagged)
+        for dataset in run.findings:  # reports and captures: each of its deciding image's patient and study
+            source = (dataset.get("SourceImageSequence") or dataset.CurrentRequestedProcedureEvidenceSequence[0]
+                      .ReferencedSeriesSequence[0].ReferencedSOPSequence)[0].ReferencedSOPInstanceUID
+            planted = by_sop[source]
+            assert {keyword: value_text(dataset.get(keyword)) for keyword in REPORTED_IDENTITY} == {
+                keyword: planted[keyword] for keyword in REPORTED_IDENTITY}
+    assert [dataset.Modality for dataset in local_runs[0].findings].count("OT") == len(
+        [row for row in local_runs[0].table("series") if row["flagged"]])  # run 1's heat-map captures
+    if pacs is not None:
+        found = leaks(local_runs[1].texts, {pacs.password.lower(): "DICOMWEB_PASSWORD"})
+        assert not found, found
