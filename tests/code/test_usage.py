@@ -106,7 +106,7 @@ def test_bad_selection_rules_are_refused_before_ray_starts(tmp_path, rules, mess
     assert "Ray resources" not in result.stderr and not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("name", ["screen", "retrain", "evaluate"])
+@pytest.mark.parametrize("name", ["screen", "retrain", "evaluate", "findings"])
 def test_help_is_quick_and_explains_every_option(name):
     module = importlib.import_module(f"jobs.{name}")
     undocumented = [action.option_strings for action in module.build_parser()._actions if not action.help]

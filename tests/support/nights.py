@@ -17,13 +17,15 @@ from tests.conftest import SAMPLES, TEST_KEY
 
 
 def commit_night(output: str, run_id: str, run_date: str, predictions: list[dict], series: list[dict],
-                 finished_at: datetime.datetime) -> None:
-    """Stage ``predictions`` and ``series`` rows (each completed with the run's id and date) and commit the run."""
+                 finished_at: datetime.datetime, run: dict | None = None) -> None:
+    """Stage ``predictions`` and ``series`` rows (each completed with the run's id and date) and commit the run;
+    ``run`` gives more columns of its ``runs`` row (its model and threshold, say)."""
     for table, rows in ((tables.PREDICTIONS, predictions), (tables.SERIES, series)):
         rows = [{col.RUN_ID: run_id, col.RUN_DATE: run_date, **row} for row in rows]
         staged = pa.Table.from_pylist(rows, schema=tables.TABLE_SCHEMAS[table])
         tables.write_parquet(staged, storage.join(tables.work_uri(output, run_id, table), "part-0.parquet"))
-    tables.stage_run_row(output, {col.RUN_ID: run_id, col.RUN_DATE: run_date, col.FINISHED_AT: finished_at})
+    tables.stage_run_row(output, {**(run or {}), col.RUN_ID: run_id, col.RUN_DATE: run_date,
+                                  col.FINISHED_AT: finished_at})
     tables.commit_run(output, run_id)
 
 
