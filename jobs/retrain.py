@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "dismissed series every slice scored. Read from their source files as scoring reads "
                              "them, as source reviews/<folder name>, for training only: a near-duplicate of a "
                              "validation image, and a file that can no longer be read, are left out and counted "
-                             "(model.json training.reviews, the model card)")
+                             "(model.json training.reviewed_examples, the model card)")
     parser.add_argument("--pseudonym-key-file",
                         help="with --reviews: the pseudonym key the screening runs used (else PSEUDONYM_KEY), "
                              "needed for verdicts on images outside a series and for pseudonymised folders")

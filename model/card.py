@@ -296,7 +296,7 @@ def training_data_lines(record: dict) -> list[str]:
             left = sites["left_out"]
             lines.append(f"- A study run: site {left['site']} ({left['images']} slices of {left['patients']} "
                          f"patients) was kept out of training and validation and judged on.")
-    lines += reviewed_lines(training.get("reviews"))
+    lines += reviewed_lines(training.get("reviewed_examples"))
     if training.get("init_from"):
         lines.append(f"- Training started from the weights of `{training['init_from']}` (trained here from scratch "
                      f"on the same four-class split, so no validation image is one it trained on).")

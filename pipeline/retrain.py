@@ -545,7 +545,9 @@ def train_and_decide(config: RetrainConfig, split: Split, started: float,
     candidate_uri = storage.join(config.output, version)
     state = records[0]["state"]  # the first member's training: the card's curves and per-epoch table
     training = {**training_record(config, split.summary, round(time.time() - started, 1)),
-                "config": records[0]["config"], "state": state, **({"reviews": reviews} if reviews else {})}
+                "config": records[0]["config"], "state": state,
+                # the slices radiologists' verdicts gave (``training.reviews`` lists the results folders asked for)
+                **({"reviewed_examples": reviews} if reviews else {})}
     extra = {}
     if config.architecture.is_ensemble:
         training["members"] = records

@@ -41,7 +41,7 @@ def test_retraining_with_reviews_adds_exactly_the_reviewed_slices(tmp_path, ray_
     assert reviews["dropped"] == {NOT_FOUND: 1, UNREADABLE: 1, NEAR_DUPLICATE: 1}
     assert ALREADY_LABELLED not in reviews["dropped"]
     metadata = json.loads((tmp_path / "registry" / "with-reviews" / registry.METADATA_FILE).read_text())
-    assert metadata["training"]["reviews"] == json.loads(json.dumps(reviews))
+    assert metadata["training"]["reviewed_examples"] == json.loads(json.dumps(reviews))
     split = metadata["training"]["split"]
     assert split == json.loads(json.dumps(dataclasses.asdict(before.summary)))  # the split is the one without reviews
     assert metadata["ood"]["training_images"] == split["train_images"] + 5  # the five reviewed slices, no other
