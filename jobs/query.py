@@ -47,12 +47,14 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from infra import storage
-from jobs.runner import POSITIVE_INT, PROBABILITY, HelpFormatter, iso_date, require_lasting_paths
+from jobs.runner import POSITIVE_INT, PROBABILITY, HelpFormatter, add_dicomweb_options, iso_date, require_lasting_paths
 from model.labels import CLASS_NAMES
+from pipeline.dicomweb.client import DicomwebConfigError, load_credentials
 from pipeline.report import morning
 from pipeline.results import queries, tables, views
 from pipeline.pseudonym import PseudonymKeyError, load_key
 from pipeline.review import verdicts
+from pipeline.sources.pacs import PacsOptions
 
 logger = logging.getLogger("jobs.query")
 FORMATS = ("table", "csv", "json", "parquet")
@@ -112,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     rebuilt.add_argument("--run-id", help="the run to report on; omitted: the latest committed run")
     rebuilt.add_argument("--output", help="file or S3 URI to write the report to; omitted: where the run wrote it, "
                                           "<results>/reports/<run_date>/<run_id>.html")
+    add_dicomweb_options(rebuilt.add_argument_group("a run that read a PACS: how its slices are retrieved again"))
     return parser
 
 
@@ -250,10 +253,12 @@ def main(argv: list[str] | None = None) -> int:
         require_results(args.results, getattr(args, "as_of", None))
         if args.command == "report":
             os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if args.verbose else "3")  # TensorFlow's notices
-            sys.stdout.write(morning.write_report(args.results, args.run_id, args.output) + "\n")
+            pacs = PacsOptions(load_credentials(args.dicomweb_credentials_file), ca_bundle=args.dicomweb_ca_bundle)
+            sys.stdout.write(morning.write_report(args.results, args.run_id, args.output, pacs=pacs) + "\n")
             return 0
         data = render(answer(args), args.format)
-    except (queries.QueryError, morning.ReportError, storage.StorageError, PseudonymKeyError) as error:
+    except (queries.QueryError, morning.ReportError, storage.StorageError, PseudonymKeyError,
+            DicomwebConfigError) as error:
         print(f"jobs.query {args.command}: {printable(str(error))}", file=sys.stderr)
         return 2
     if args.output:

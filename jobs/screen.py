@@ -194,8 +194,8 @@ def screen(plan: ScreeningPlan, report: bool = True, findings: FindingsOptions |
                 record.rows_ood, record.rows_error, record.errors_by_code, record.rows_skipped,
                 record.skipped_by_reason, record.rows_flagged, record.series, record.series_flagged,
                 record.scoring_images_per_second, record.scoring_seconds, record.duration_seconds, record.output)
-    report_uri = (publish_run_report(record.output, record.run_id, record.rows_flagged > 0, plan.pseudonym_key)
-                  if report else None)
+    report_uri = (publish_run_report(record.output, record.run_id, record.rows_flagged > 0, plan.pseudonym_key,
+                                     plan.pacs) if report else None)
     return {**record.summary(), "report": report_uri,
             "findings": findings_after_commit(record.output, record.run_id, findings, destination,
                                               plan.pseudonym_key, plan.pacs)}

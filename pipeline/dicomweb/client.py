@@ -186,6 +186,7 @@ def refuse_on_401_or_403(credentials_source: str):
     from: every caller of the session (search, retrieve, store) gets the same clear error."""
     def hook(response: requests.Response, *args, **kwargs) -> None:
         if response.status_code in (401, 403):
+            response.close()  # the hook runs before the body is read: unclosed, the connection never returns
             raise AccessRefusedError(
                 f"the DICOMweb server at {urllib.parse.urlsplit(response.url).netloc} refused the credentials (HTTP "
                 f"{response.status_code} {response.reason}): check the user name and password, or the token, in "

@@ -28,6 +28,8 @@ from model import registry
 from model.decode import DecodeError, DecodeLimits, decode_file
 from model.preprocessing import PreprocessConfig, preprocess_image
 from pipeline import schema as col
+from pipeline.sources.listing import read_listed
+from pipeline.sources.pacs import PacsOptions
 
 logger = logging.getLogger(__name__)
 
@@ -79,13 +81,14 @@ class SliceReader:
     decoded (a series' slices, a multi-frame object's frames, come in a row). An unreadable slice is None: the file
     changed or vanished since the run. A slice whose file may carry burned-in text is ``WITHHELD``. ``locate`` turns
     a stored ``source_uri`` into the path to read (None: it cannot be found), ``name`` into what a log line may say
-    of it (a file reference, never its folders)."""
+    of it (a file reference, never its folders). A PACS instance is retrieved again, reaching the PACS as ``pacs``
+    says."""
 
     def __init__(self, preprocessing: PreprocessConfig, limits: DecodeLimits = DecodeLimits(),
                  locate: Callable[[str], str | None] = lambda uri: uri,
-                 name: Callable[[str], str] = lambda uri: "a file"):
+                 name: Callable[[str], str] = lambda uri: "a file", pacs: PacsOptions | None = None):
         self.preprocessing, self.limits, self.frames = preprocessing, limits, {}
-        self.locate, self.name = locate, name
+        self.locate, self.name, self.pacs = locate, name, pacs
 
     def __call__(self, uri: str, frame_index: int) -> np.ndarray | str | None:
         if uri not in self.frames:
@@ -101,7 +104,7 @@ class SliceReader:
             logger.warning("report: %s cannot be shown: its pseudonymised folders were not found", self.name(uri))
             return []
         try:
-            decoded = decode_file(storage.read_bytes(path, max_bytes=self.limits.max_file_bytes), path, self.limits)
+            decoded = decode_file(read_listed(path, self.limits.max_file_bytes, self.pacs), path, self.limits)
         except (storage.StorageError, DecodeError) as error:
             logger.warning("report: %s cannot be shown (%s)", self.name(uri), type(error).__name__)
             return []

@@ -25,6 +25,7 @@ from model.labels import CLASS_NAMES
 from model.preprocessing import PreprocessConfig
 from pipeline.results import views
 from pipeline.sources import paths
+from pipeline.sources.pacs import PacsOptions
 from pipeline import schema as col
 from pipeline.pseudonym import load_key
 from pipeline.report.cases import cases_section as card_list, unfamiliar_section
@@ -224,9 +225,10 @@ def with_set_aside(cases: list[Case], set_aside: dict[str, dict[int, str]]) -> l
 
 
 def build_report(output: str, run_id: str | None = None, key: bytes | None = None,
-                 heat_maps: HeatMaps = heat_map_overlays) -> tuple[dict, str]:
+                 heat_maps: HeatMaps = heat_map_overlays, pacs: PacsOptions | None = None) -> tuple[dict, str]:
     """(the run's ``runs`` row, its report's HTML) for a committed run (None: the latest). ``key`` (the pseudonym
-    key) derives the files' references and finds pseudonymised folders; ``heat_maps`` draws the heat maps."""
+    key) derives the files' references and finds pseudonymised folders; ``heat_maps`` draws the heat maps; ``pacs``
+    reaches the PACS a run's instances came from."""
     started = time.monotonic()
     connection = views.connect(output)
     run = run_row(connection, run_id or latest_run_id(connection))
@@ -239,7 +241,7 @@ def build_report(output: str, run_id: str | None = None, key: bytes | None = Non
     unfamiliar = names.label(unfamiliar_inputs(connection, run))
     logger.info("report on run %s: %d flagged series, %d flagged images, %d unfamiliar inputs; re-reading their "
                 "slices", run[col.RUN_ID], len(series), len(images), len(unfamiliar))
-    reader = SliceReader(preprocessing, locate=names.locate, name=names.reference)
+    reader = SliceReader(preprocessing, locate=names.locate, name=names.reference, pacs=pacs)
     draw_pictures(series[:MAX_CASES_WITH_IMAGES] + images[:MAX_CASES_WITH_IMAGES], preprocessing, info, reader,
                   heat_maps)
     thumbnails = unfamiliar_thumbnails(unfamiliar[:MAX_CASES_WITH_IMAGES], preprocessing, reader)
@@ -259,10 +261,10 @@ def report_uri(output: str, run_date: str, run_id: str) -> str:
 
 
 def write_report(output: str, run_id: str | None = None, destination: str | None = None, key: bytes | None = None,
-                 heat_maps: HeatMaps = heat_map_overlays) -> str:
+                 heat_maps: HeatMaps = heat_map_overlays, pacs: PacsOptions | None = None) -> str:
     """Build a committed run's report and write it to ``destination`` (default: its place under the output);
     returns where it went. Without ``key``, the pseudonym key is taken from ``PSEUDONYM_KEY`` when it is set."""
-    run, document = build_report(output, run_id, key if key is not None else load_key(), heat_maps)
+    run, document = build_report(output, run_id, key if key is not None else load_key(), heat_maps, pacs)
     uri = destination or report_uri(output, run[col.RUN_DATE], run[col.RUN_ID])
     storage.write_text(uri, document)
     return uri
@@ -274,7 +276,8 @@ def heat_maps_in_worker(images, info):
     return ray.get(task.remote(images, info))
 
 
-def publish_run_report(output: str, run_id: str, needs_model: bool, key: bytes | None = None) -> str | None:
+def publish_run_report(output: str, run_id: str, needs_model: bool, key: bytes | None = None,
+                       pacs: PacsOptions | None = None) -> str | None:
     """The report of a run that just committed, written under the output; its URI, or None when it failed (a
     warning says how to rebuild it: the run stays committed). With ``needs_model`` (something was flagged, so
     there are heat maps to draw) the heat maps are drawn in a Ray task; the rest is built here."""
@@ -284,7 +287,7 @@ def publish_run_report(output: str, run_id: str, needs_model: bool, key: bytes |
         if needs_model:
             ensure_ray()
         uri = write_report(output, run_id, key=key,
-                           heat_maps=heat_maps_in_worker if needs_model else heat_map_overlays)
+                           heat_maps=heat_maps_in_worker if needs_model else heat_map_overlays, pacs=pacs)
         logger.info("run %s: report written to %s in %.1f s", run_id, uri, time.monotonic() - started)
         return uri
     except Exception as error:  # the run is committed whatever happens to its report

@@ -44,7 +44,8 @@ from infra import storage
 from model.decode import DICOM_EXTENSIONS
 from pipeline import schema as col
 from pipeline.results.tables import ParquetParts, staged_batches
-from pipeline.sources.pacs import LISTED_MODIFIED, PacsOptions, check_pacs, is_dicomweb, iter_instances
+from pipeline.sources.pacs import (LISTED_MODIFIED, PacsAddress, PacsOptions, check_pacs, is_dicomweb,
+                                   iter_instances, pacs_for)
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +191,16 @@ def check_reachable(location: str, pacs: PacsOptions | None = None) -> None:
         check_pacs(location, pacs or PacsOptions())
     else:
         storage.check_reachable(location)
+
+
+def read_listed(uri: str, max_bytes: int | None = None, pacs: PacsOptions | None = None) -> bytes:
+    """A listed file's bytes, read again: from disk or S3 (``infra.storage.read_bytes``), or a PACS instance retrieved
+    (reaching the PACS as ``pacs`` says), each bounded in time; StorageError naming it when it cannot be read."""
+    if not is_dicomweb(uri):
+        return storage.read_bytes(uri, max_bytes=max_bytes)
+    address = PacsAddress.of_instance(uri)
+    return storage.within(storage.READ_TIMEOUT, f"retrieving {uri}", pacs_for(address.server, pacs or PacsOptions())
+                          .retrieve, address, max_bytes)
 
 
 def iter_manifest(manifest: str, lookups: int = MANIFEST_LOOKUPS) -> Iterator[ListedFile]:

@@ -25,9 +25,11 @@ server, never a server's answer (which may quote the patient); a 401 or 403 rais
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import datetime
 import functools
+import itertools
 import logging
 import os
 import re
@@ -188,14 +190,16 @@ class Pacs:
         self.series: OrderedDict[tuple[str, str], SeriesAttributes] = OrderedDict()
         self.lock = threading.Lock()
 
-    def get(self, path: str, params: Mapping | None = None, accept: str = JSON, what: str = "") -> requests.Response:
-        """GET ``path`` below the root, streamed; StorageError naming ``what`` (else the server) when it fails."""
+    def get(self, path: str, params: Mapping | None = None, accept: str = JSON, what: str = "",
+            encoding: str = "gzip, deflate") -> requests.Response:
+        """GET ``path`` below the root, streamed, accepting ``encoding``; StorageError naming ``what`` (else the
+        server) when it fails."""
         self.pace.wait()
         what = what or f"the DICOMweb server at {self.host}"
         timeout = (self.settings.connect_timeout_seconds, self.settings.read_timeout_seconds)
         try:
-            response = self.session.get(self.settings.url + path, params=params, headers={"Accept": accept},
-                                        timeout=timeout, stream=True)
+            response = self.session.get(self.settings.url + path, params=params, timeout=timeout, stream=True,
+                                        headers={"Accept": accept, "Accept-Encoding": encoding})
         except AccessRefusedError as error:  # the session's own sentence for a 401 or 403
             raise PacsRefusedError(str(error)) from None
         except requests.RequestException as error:
@@ -220,8 +224,9 @@ class Pacs:
             first, offset = page[0], offset + len(page)
 
     def retrieve(self, address: PacsAddress, max_bytes: int | None) -> bytes:
-        """An instance's bytes as the archive stores them (WADO-RS, any transfer syntax)."""
-        with self.get(address.path, accept=INSTANCE, what=address.uri) as response:
+        """An instance's bytes as the archive stores them (WADO-RS, any transfer syntax), uncompressed in transit:
+        Orthanc gzips what a client accepts gzipped, which made each sample slice cost 17 ms instead of 1.7."""
+        with self.get(address.path, accept=INSTANCE, what=address.uri, encoding="identity") as response:
             declared = response.headers.get("Content-Length")
             if max_bytes is not None and declared and int(declared) > max_bytes + 4096:
                 raise storage.FileTooLargeError(f"{address.uri} is {declared} bytes, over the limit of {max_bytes}")
@@ -372,25 +377,51 @@ LISTED_MODIFIED = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)  #
 
 def iter_instances(location: str, options: PacsOptions) -> Iterator[tuple[str, int]]:
     """(instance URI, estimated size) of every instance at ``location``: a root searched by the options' study
-    dates and modalities, or the study, series or instance it names."""
+    dates and modalities, or the study, series or instance it names. The searches of ``SEARCHED_AT_ONCE`` studies'
+    series, then of as many series' instances, run at once on ``max_connections`` threads (each waits on the
+    network, not the CPU); what they find comes in order, a series at a time."""
     address = PacsAddress.parse(location)
     pacs = pacs_for(address.server, options)
     counts = {"studies": 0, "series": 0, "instances": 0}
-    studies = [address] if address.study else studies_of(pacs, address, options)
-    for study in studies:
-        counts["studies"] += 1
-        series_list = [study] if study.series else (
-            study.below(series=uid) for answer in pacs.search(f"{study.path}/series")
-            if (uid := uid_of(answer, "0020000E")))
-        for series in series_list:
-            counts["series"] += 1
-            query = {"SOPInstanceUID": series.instance} if series.instance else {}
-            for answer in pacs.search(f"{series.below(instance=None).path}/instances", query):
-                uid = uid_of(answer, "00080018")
-                if uid:
-                    counts["instances"] += 1
-                    yield series.below(instance=uid).uri, estimated_size(answer)
+    with concurrent.futures.ThreadPoolExecutor(options.max_connections, thread_name_prefix="pacs-search") as pool:
+        studies = [address] if address.study else studies_of(pacs, address, options)
+        series = fanned_out(pool, functools.partial(series_in, pacs), counted(studies, counts, "studies"))
+        for found in fanned_out(pool, functools.partial(instances_in, pacs), counted(series, counts, "series")):
+            counts["instances"] += 1
+            yield found
     logger.info("%s: %d studies, %d series, %d instances found", address.root, *counts.values())
+
+
+SEARCHED_AT_ONCE = 32  # studies, or series, whose searches one round runs at once
+
+
+def fanned_out(pool: concurrent.futures.Executor, search, items: Iterator) -> Iterator:
+    """What ``search(item)`` (a list) finds for each item, in order, ``SEARCHED_AT_ONCE`` items searched at once."""
+    while chunk := list(itertools.islice(items, SEARCHED_AT_ONCE)):
+        for found in pool.map(search, chunk):
+            yield from found
+
+
+def counted(items, counts: dict, name: str) -> Iterator:
+    for item in items:
+        counts[name] += 1
+        yield item
+
+
+def series_in(pacs: Pacs, study: PacsAddress) -> list[PacsAddress]:
+    """The series of a study (or the one series, or instance, an address names)."""
+    if study.series:
+        return [study]
+    return [study.below(series=uid) for answer in pacs.search(f"{study.path}/series")
+            if (uid := uid_of(answer, "0020000E"))]
+
+
+def instances_in(pacs: Pacs, series: PacsAddress) -> list[tuple[str, int]]:
+    """(URI, estimated size) of a series' instances (or of the one instance its address names)."""
+    query = {"SOPInstanceUID": series.instance} if series.instance else {}
+    return [(series.below(instance=uid).uri, estimated_size(answer))
+            for answer in pacs.search(f"{series.below(instance=None).path}/instances", query)
+            if (uid := uid_of(answer, "00080018"))]
 
 
 def studies_of(pacs: Pacs, root: PacsAddress, options: PacsOptions) -> Iterator[PacsAddress]:

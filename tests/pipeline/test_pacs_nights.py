@@ -3,7 +3,8 @@ files, with a CT series added to the glioma study, are stored in the PACS and sc
 PACS night gives the disk night's rows, instance by instance (classes, probabilities within 1e-4, keys, series);
 each row names its instance by its address and no patient identity; the CT series is skipped on its search
 attributes and never downloaded; a study of CT alone is not even listed; searches are paged; no more requests reach
-the PACS at once than the bound allows; and the next night retrieves nothing again.
+the PACS at once than the bound allows; the next night retrieves nothing again; and the morning report retrieves
+the flagged slices again to show them.
 
 The runs reach the PACS through a recording proxy (``tests.support.http_faults``), which counts the requests."""
 
@@ -11,15 +12,18 @@ import dataclasses
 import re
 import urllib.parse
 
+import numpy as np
 import pydicom
 import pytest
 
 from pipeline import schema as col
+from pipeline.dicomweb.client import load_credentials
+from pipeline.report import morning
 from pipeline.results import tables
 from pipeline.screening import RunRecord, ScreenConfig, run_screening
 from pipeline.sources.listing import micros
-from pipeline.sources.pacs import LISTED_MODIFIED, PAGE_SIZE_VARIABLE
-from tests.conftest import skip_without_orthanc
+from pipeline.sources.pacs import LISTED_MODIFIED, PAGE_SIZE_VARIABLE, PacsOptions
+from tests.conftest import TEST_KEY, skip_without_orthanc
 from tests.support.http_faults import FaultyProxy
 from tests.support.nights import sample_archive_copy
 from tests.support.orthanc import orthanc_server
@@ -51,6 +55,8 @@ class Nights:
     ct_uids: set
     ct_only_study: str
     root: str
+    pacs_output: str
+    credentials: str
 
 
 @pytest.fixture(scope="module")
@@ -61,37 +67,41 @@ def pacs(tmp_path_factory, orthanc_reaper):
 
 
 @pytest.fixture(scope="module")
-def nights(pacs, model_uri, ray_local, tmp_path_factory) -> Nights:
+def proxy(pacs):
+    proxy = FaultyProxy(pacs.url)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture(scope="module")
+def nights(pacs, proxy, model_uri, ray_local, tmp_path_factory) -> Nights:
     """The archive (with a CT series in the glioma study) screened from disk; stored in the PACS with a study of CT
     alone; screened from the PACS (searches paged two results at a time, one request at a time a process), then again
     the next night."""
     root = tmp_path_factory.mktemp("pacs-nights")
-    proxy = FaultyProxy(pacs.url)
-    try:
-        with sample_archive_copy(root) as (archive, disk_output), pytest.MonkeyPatch.context() as patch:
-            patch.setenv(PAGE_SIZE_VARIABLE, "2")
-            ct = made_series(archive / "dicom" / "ct-in-the-glioma-study", "axial-glioma", Modality="CT")
-            ct_only = made_series(root / "ct-only-study", "axial-glioma-t1post", new_study=True, Modality="CT")
-            store_files(pacs, [*sorted((archive / "dicom").rglob("*.dcm")), *ct_only])
-            disk = run_screening(ScreenConfig(inputs=(str(archive / "dicom"),), output=str(disk_output),
-                                              model=model_uri, run_date="2026-11-05"))
-            pacs_output, root_uri = str(root / "pacs-results"), pacs_input(proxy.endpoint)
-            common = dict(inputs=(root_uri,), output=pacs_output, model=model_uri,
-                          study_date_from=SAMPLE_STUDY_DATES[0], study_date_to=SAMPLE_STUDY_DATES[1],
-                          dicomweb_credentials_file=credentials_file(root, pacs))
-            first = run_screening(ScreenConfig(**common, run_date="2026-11-05", dicomweb_max_connections=1,
-                                               decode_batch_size=6))
-            first_requests, most_in_flight = list(proxy.requests), proxy.most_in_flight
-            second = run_screening(ScreenConfig(**common, run_date="2026-11-06"))
-            second_requests = proxy.requests[len(first_requests):]
-    finally:
-        proxy.close()
+    with sample_archive_copy(root) as (archive, disk_output), pytest.MonkeyPatch.context() as patch:
+        patch.setenv(PAGE_SIZE_VARIABLE, "2")
+        ct = made_series(archive / "dicom" / "ct-in-the-glioma-study", "axial-glioma", Modality="CT")
+        ct_only = made_series(root / "ct-only-study", "axial-glioma-t1post", new_study=True, Modality="CT")
+        store_files(pacs, [*sorted((archive / "dicom").rglob("*.dcm")), *ct_only])
+        disk = run_screening(ScreenConfig(inputs=(str(archive / "dicom"),), output=str(disk_output),
+                                          model=model_uri, run_date="2026-11-05"))
+        pacs_output, root_uri = str(root / "pacs-results"), pacs_input(proxy.endpoint)
+        common = dict(inputs=(root_uri,), output=pacs_output, model=model_uri,
+                      study_date_from=SAMPLE_STUDY_DATES[0], study_date_to=SAMPLE_STUDY_DATES[1],
+                      dicomweb_credentials_file=credentials_file(root, pacs))
+        first = run_screening(ScreenConfig(**common, run_date="2026-11-05", dicomweb_max_connections=1,
+                                           decode_batch_size=6))
+        first_requests, most_in_flight = list(proxy.requests), proxy.most_in_flight
+        second = run_screening(ScreenConfig(**common, run_date="2026-11-06"))
+        second_requests = proxy.requests[len(first_requests):]
     uid_of_path = {str(path): sop_instance_uid(path) for path in (archive / "dicom").rglob("*.dcm")}
     return Nights(disk, first, second,
                   by_instance(tables.read_table(str(disk_output), tables.PREDICTIONS).to_pylist(), uid_of_path.get),
                   by_instance(tables.read_table(pacs_output, tables.PREDICTIONS).to_pylist(), last_segment),
                   series_by_key(str(disk_output)), series_by_key(pacs_output), first_requests, second_requests,
-                  most_in_flight, {sop_instance_uid(path) for path in ct}, study_uid(ct_only[0]), root_uri)
+                  most_in_flight, {sop_instance_uid(path) for path in ct}, study_uid(ct_only[0]), root_uri,
+                  pacs_output, common["dicomweb_credentials_file"])
 
 
 def last_segment(uri: str) -> str:
@@ -182,3 +192,12 @@ def test_the_next_night_retrieves_nothing_again(nights):
     second = nights.second
     assert (second.files_listed, second.files_unchanged, second.rows_written) == (19, 19, 0)
     assert re_requested(nights.second_requests, WADO) == [] and re_requested(nights.second_requests, r"\?")
+
+
+def test_the_morning_report_retrieves_the_flagged_slices_again_from_the_pacs(nights):
+    blank = lambda images, info: [np.zeros((*image.shape, 3), np.uint8) for image in images]  # no TensorFlow here
+    options = PacsOptions(load_credentials(nights.credentials))
+    _, document = morning.build_report(nights.pacs_output, nights.first.run_id, TEST_KEY.encode(), blank, options)
+    assert document.count('alt="deciding slice"') == nights.first.series_flagged > 0
+    _, without = morning.build_report(nights.pacs_output, nights.first.run_id, TEST_KEY.encode(), blank)
+    assert 'alt="deciding slice"' not in without  # no credentials: the slices cannot be retrieved, nor shown

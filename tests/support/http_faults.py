@@ -149,6 +149,7 @@ class FaultyProxy:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # else each answer's body waits about 40 ms on a delayed acknowledgement
 
             def log_message(self, *args):
                 pass
