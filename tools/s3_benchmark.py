@@ -33,12 +33,16 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @contextlib.contextmanager
-def delaying_proxy(upstream: str, latency: float):
-    """A threaded HTTP proxy that waits ``latency`` seconds before forwarding each request to ``upstream``."""
+def delaying_proxy(upstream: str, latency: float, nodelay: bool = False):
+    """A threaded HTTP proxy that waits ``latency`` seconds before forwarding each request to ``upstream``. Its
+    answers go out as headers, then body: without ``nodelay`` (TCP_NODELAY) Nagle's algorithm and the client's
+    delayed acknowledgement hold each body back about 40 ms more on Linux (measured in front of Orthanc: 43 ms a
+    request instead of 1.3)."""
     target = urllib.parse.urlsplit(upstream)
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = nodelay
 
         def log_message(self, *args):
             pass
