@@ -200,8 +200,8 @@ class FileNames:
     """How the report names a stored ``source_uri``: its reference and file name, never its folders
     (``pipeline.sources.paths``); and where to read it again (its real path, when its folder names were pseudonymised)."""
 
-    def __init__(self, key: bytes | None, run_id: str):
-        self.key, self.run_id = key, run_id
+    def __init__(self, key: bytes | None, run_id: str, pacs: PacsOptions | None = None):
+        self.key, self.run_id, self.pacs = key, run_id, pacs
 
     def reference(self, uri: str) -> str:
         return paths.file_reference(uri, self.key, self.run_id)
@@ -215,7 +215,7 @@ class FileNames:
     def locate(self, uri: str) -> str | None:
         if not paths.DIRECTORY_PSEUDONYM.search(uri):
             return uri
-        return paths.resolve_pseudonymized(uri, self.key) if self.key is not None else None
+        return paths.resolve_pseudonymized(uri, self.key, self.pacs) if self.key is not None else None
 
 
 def with_set_aside(cases: list[Case], set_aside: dict[str, dict[int, str]]) -> list[Case]:
@@ -234,7 +234,7 @@ def build_report(output: str, run_id: str | None = None, key: bytes | None = Non
     run = run_row(connection, run_id or latest_run_id(connection))
     info, heat_note = run_model(run)
     preprocessing = info.preprocessing if info else PreprocessConfig()
-    names = FileNames(key, run[col.RUN_ID])
+    names = FileNames(key, run[col.RUN_ID], pacs)
     series = with_set_aside([series_case(row) for row in flagged_series(connection, run)],
                             set_aside_slices(connection, run))
     images = [image_case(row) for row in names.label(flagged_images(connection, run))]

@@ -438,6 +438,15 @@ def studies_of(pacs: Pacs, root: PacsAddress, options: PacsOptions) -> Iterator[
             yield root.below(study=uid)
 
 
+def find_instance(root: str, sop_instance_uid: str, options: PacsOptions) -> str | None:
+    """The address of the instance with this SOP Instance UID on the PACS at ``root`` (a search of its instances),
+    or None when it has none."""
+    address = PacsAddress.parse(root)
+    answer = next(pacs_for(address.server, options).search("/instances", {"SOPInstanceUID": sop_instance_uid}), None)
+    study, series = (uid_of(answer, tag) for tag in ("0020000D", "0020000E")) if answer else (None, None)
+    return PacsAddress(address.root, study, series, sop_instance_uid).uri if study and series else None
+
+
 def check_pacs(location: str, options: PacsOptions) -> None:
     """One quick search with a short connect timeout and one retry: an unreachable server, or credentials it refuses,
     raise StorageError naming it within seconds."""

@@ -11,7 +11,8 @@ without it:
   name stay as they are; a file outside any input folder (a manifest line, a file given as input) has every folder
   name pseudonymised (an S3 bucket stays). The same key and input give the same pseudonyms every night, so
   incremental runs still find unchanged files. ``resolve_pseudonymized`` finds the real path again by listing the
-  folders and pseudonymising their names with the key.
+  folders and pseudonymising their names with the key; a PACS instance's address (below its DICOMweb root, all but
+  the SOP Instance UID pseudonymised) by searching the PACS for its SOP Instance UID.
 
 A run without a key (JPEG and PNG only) derives its report's references from the run ID instead (``r-``): they
 still show no folder, but anyone holding the report can check a guessed path against them.
@@ -28,7 +29,9 @@ from typing import Iterable
 
 from infra import storage
 from infra.storage import S3_SCHEME
+from pipeline.dicomweb.client import DicomwebConfigError, load_credentials
 from pipeline.pseudonym import keyed_digest
+from pipeline.sources.pacs import PacsOptions, find_instance, is_dicomweb
 
 logger = logging.getLogger(__name__)
 
@@ -87,13 +90,17 @@ class PathPseudonymizer:
         return "/".join([clear, *hidden])
 
 
-def resolve_pseudonymized(uri: str, key: bytes) -> str | None:
+def resolve_pseudonymized(uri: str, key: bytes, pacs: PacsOptions | None = None) -> str | None:
     """The real path of a stored ``source_uri`` whose folder names were pseudonymised, found by listing each
-    folder from the first pseudonym down; None when a folder is gone (or the key is not the run's)."""
+    folder from the first pseudonym down; None when a folder is gone (or the key is not the run's). A PACS
+    instance's address is found by its SOP Instance UID, reaching the PACS as ``pacs`` says (else with the
+    ``DICOMWEB_*`` credentials of the environment)."""
     parts = uri.split("/")
     first = next((index for index, part in enumerate(parts) if DIRECTORY_PSEUDONYM.fullmatch(part)), None)
     if first is None:
         return uri
+    if is_dicomweb(uri):
+        return pacs_instance("/".join(parts[:first]), uri, key, pacs)
     current = "/".join(parts[:first]) or "/"
     for part in parts[first:-1]:
         if DIRECTORY_PSEUDONYM.fullmatch(part):
@@ -103,6 +110,17 @@ def resolve_pseudonymized(uri: str, key: bytes) -> str | None:
         if current is None:
             return None
     return storage.join(current, parts[-1])
+
+
+def pacs_instance(clear: str, uri: str, key: bytes, pacs: PacsOptions | None) -> str | None:
+    """The address of the PACS instance a pseudonymised ``uri`` names, when the instance its SOP Instance UID finds
+    has those pseudonyms under ``key``."""
+    try:
+        found = find_instance(clear, file_name(uri), pacs or PacsOptions(load_credentials()))
+    except (storage.StorageError, DicomwebConfigError) as error:
+        logger.warning("a pseudonymised PACS address cannot be resolved: %s", type(error).__name__)
+        return None
+    return found if found and PathPseudonymizer(key, [clear])(found) == uri else None
 
 
 @functools.lru_cache(maxsize=4096)

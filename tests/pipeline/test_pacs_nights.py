@@ -21,6 +21,7 @@ from pipeline.dicomweb.client import load_credentials
 from pipeline.report import morning
 from pipeline.results import tables
 from pipeline.screening import RunRecord, ScreenConfig, run_screening
+from pipeline.sources import paths
 from pipeline.sources.listing import micros
 from pipeline.sources.pacs import LISTED_MODIFIED, PAGE_SIZE_VARIABLE, PacsOptions
 from tests.conftest import TEST_KEY, skip_without_orthanc
@@ -57,6 +58,7 @@ class Nights:
     root: str
     pacs_output: str
     credentials: str
+    hidden: tuple  # a night and the next with --pseudonymize-paths, and the first's stored source_uris
 
 
 @pytest.fixture(scope="module")
@@ -95,13 +97,17 @@ def nights(pacs, proxy, model_uri, ray_local, tmp_path_factory) -> Nights:
         first_requests, most_in_flight = list(proxy.requests), proxy.most_in_flight
         second = run_screening(ScreenConfig(**common, run_date="2026-11-06"))
         second_requests = proxy.requests[len(first_requests):]
+        hidden = {**common, "output": str(root / "hidden-results"), "pseudonymize_paths": True}
+        hidden_nights = [run_screening(ScreenConfig(**hidden, run_date=date)) for date in ("2026-11-05", "2026-11-06")]
+        hidden_uris = [row[col.SOURCE_URI] for row in tables.read_table(hidden["output"], tables.PREDICTIONS,
+                                                                          [col.SOURCE_URI]).to_pylist()]
     uid_of_path = {str(path): sop_instance_uid(path) for path in (archive / "dicom").rglob("*.dcm")}
     return Nights(disk, first, second,
                   by_instance(tables.read_table(str(disk_output), tables.PREDICTIONS).to_pylist(), uid_of_path.get),
                   by_instance(tables.read_table(pacs_output, tables.PREDICTIONS).to_pylist(), last_segment),
                   series_by_key(str(disk_output)), series_by_key(pacs_output), first_requests, second_requests,
                   most_in_flight, {sop_instance_uid(path) for path in ct}, study_uid(ct_only[0]), root_uri,
-                  pacs_output, common["dicomweb_credentials_file"])
+                  pacs_output, common["dicomweb_credentials_file"], (*hidden_nights, hidden_uris))
 
 
 def last_segment(uri: str) -> str:
@@ -201,3 +207,14 @@ def test_the_morning_report_retrieves_the_flagged_slices_again_from_the_pacs(nig
     assert document.count('alt="deciding slice"') == nights.first.series_flagged > 0
     _, without = morning.build_report(nights.pacs_output, nights.first.run_id, TEST_KEY.encode(), blank)
     assert 'alt="deciding slice"' not in without  # no credentials: the slices cannot be retrieved, nor shown
+
+
+def test_pseudonymised_paths_hide_all_but_the_instance_uid_and_the_key_finds_the_instance_again(nights):
+    first, again, uris = nights.hidden
+    assert again.files_unchanged == first.files_listed == 19 and again.rows_written == 0
+    hidden = re.compile(re.escape(nights.root) + r"(/d-[0-9a-f]{16}){5}/[0-9.]+")
+    assert uris and all(hidden.fullmatch(uri) for uri in uris)
+    options = PacsOptions(load_credentials(nights.credentials))
+    found = {paths.resolve_pseudonymized(uri, TEST_KEY.encode(), options) for uri in uris}
+    assert found == {row[col.SOURCE_URI] for row in nights.pacs_rows.values()}
+    assert paths.resolve_pseudonymized(uris[0], b"another-key-0123456789abcdef", options) is None
