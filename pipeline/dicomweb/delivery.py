@@ -155,7 +155,8 @@ class RunWriter:
         pictures: list[np.ndarray | None] = [None] * len(rows)
         if self.heat_maps is None or self.heat_map_model is None:
             return pictures
-        reader = SliceReader(self.heat_map_model.preprocessing, locate=self.files.locate, name=self.files.reference)
+        reader = SliceReader(self.heat_map_model.preprocessing, locate=self.files.locate, name=self.files.reference,
+                             pacs=self.pacs)
         slices = [reader(row["deciding_uri"], row["deciding_frame"]) for row in rows]
         shown = [index for index, image in enumerate(slices) if isinstance(image, np.ndarray)]
         if shown:

@@ -221,15 +221,16 @@ def test_findings_sent_to_a_folder_are_dcm_files_that_a_resend_replaces(nights, 
 
 @pytest.fixture(scope="module")
 def pacs_night(tmp_path_factory, orthanc_reaper):
-    """The sample archive's DICOM files in a PACS, screened from it with --findings-to the same PACS, then resent:
-    (the night's summary, the resend's, the PACS's SRs after each, the output)."""
+    """The sample archive's DICOM files in a PACS, screened from it with --findings-to the same PACS (heat-map
+    captures too: the deciding slices retrieved again), then resent: (the night's summary, the resend's, the PACS's
+    SRs after each, the output)."""
     skip_without_orthanc()
     with orthanc_server(tmp_path_factory.mktemp("source-pacs")) as server:
         store_files(server, sorted(SAMPLE_DICOM.rglob("*.dcm")))
         output = tmp_path_factory.mktemp("pacs-night") / "results"
         done = job("screen", "--input", destination(server), "--study-date-from", SAMPLE_STUDY_DATES[0],
                    "--study-date-to", SAMPLE_STUDY_DATES[1], "--output", str(output), "--run-date", RUN_DATE,
-                   "--findings-to", destination(server), env=pacs_env(server))
+                   "--findings-to", destination(server), "--findings-heat-map", env=pacs_env(server))
         assert done.returncode == 0, done.stderr[-3000:]
         night, reports = job_summary(done.stdout), stored_reports(server)
         resent = job("findings", "--results", str(output), "--findings-to", destination(server),
@@ -241,7 +242,8 @@ def pacs_night(tmp_path_factory, orthanc_reaper):
 @pytest.mark.slow
 def test_a_night_read_from_a_pacs_writes_its_findings_back_beside_the_images_and_a_resend_replaces_them(pacs_night):
     night, resent, reports, after_resend, output = pacs_night
-    assert night["findings"]["stored"] == FLAGGED_SERIES and night["findings"]["failed"] == 0
+    assert (night["findings"]["stored"], night["findings"]["failed"]) == (FLAGGED_SERIES, 0)
+    assert night["findings"]["instances_stored"] == 2 * FLAGGED_SERIES  # each report with its heat-map capture
     assert resent["findings"]["stored"] == FLAGGED_SERIES and set(after_resend) == set(reports)
     files = {header.SOPInstanceUID: header for header in (pydicom.dcmread(path, stop_before_pixels=True)
                                                           for path in SAMPLE_DICOM.rglob("*.dcm"))}
