@@ -190,12 +190,11 @@ class Pacs:
         self.series: OrderedDict[tuple[str, str], SeriesAttributes] = OrderedDict()
         self.lock = threading.Lock()
 
-    def get(self, path: str, params: Mapping | None = None, accept: str = JSON, what: str = "",
+    def get(self, path: str, params: Mapping | None = None, accept: str = JSON, what: str | None = None,
             encoding: str = "gzip, deflate") -> requests.Response:
-        """GET ``path`` below the root, streamed, accepting ``encoding``; StorageError naming ``what`` (else the
-        server) when it fails."""
+        """GET ``path`` below the root, streamed, accepting ``encoding``; StorageError naming ``what`` (None: a
+        search) when it fails."""
         self.pace.wait()
-        what = what or f"the DICOMweb server at {self.host}"
         timeout = (self.settings.connect_timeout_seconds, self.settings.read_timeout_seconds)
         try:
             response = self.session.get(self.settings.url + path, params=params, timeout=timeout, stream=True,
@@ -203,18 +202,19 @@ class Pacs:
         except AccessRefusedError as error:  # the session's own sentence for a 401 or 403
             raise PacsRefusedError(str(error)) from None
         except requests.RequestException as error:
-            raise storage.StorageError(f"cannot reach {what}: the DICOMweb server at {self.host} did not answer "
-                                       f"({failure_kind(error)})") from None
+            failed = f"the DICOMweb server at {self.host} did not answer ({failure_kind(error)})"
+            raise storage.StorageError(f"cannot read {what}: {failed}" if what else failed) from None
         if response.status_code >= 400:
             response.close()
             raise answer_error(response, what)
         return response
 
-    def search(self, path: str, params: Mapping | None = None) -> Iterator[dict]:
-        """A QIDO-RS search's results (DICOM JSON), a page of ``page_size`` at a time until an empty page."""
+    def search(self, path: str, params: Mapping | None = None, what: str | None = None) -> Iterator[dict]:
+        """A QIDO-RS search's results (DICOM JSON), a page of ``page_size`` at a time until an empty page; a failure
+        names ``what`` it searched for, when given."""
         limit, offset, first = self.options.page_size, 0, None
         while True:
-            with self.get(path, {**(params or {}), "limit": limit, "offset": offset}) as response:
+            with self.get(path, {**(params or {}), "limit": limit, "offset": offset}, what=what) as response:
                 page = search_page(response)
             if not page or page[0] == first:  # the end; or a server that ignores offset, whose pages repeat
                 return
@@ -249,7 +249,8 @@ class Pacs:
                                  (f"/studies/{address.study}/series", {"SeriesInstanceUID": address.series},
                                   SERIES_KEYWORDS)):
             fields = sorted(set(keywords) & level)
-            answer = next(self.search(path, {**uid, **({"includefield": ",".join(fields)} if fields else {})}), None)
+            query = {**uid, **({"includefield": ",".join(fields)} if fields else {})}
+            answer = next(self.search(path, query, what=address.uri), None)
             if answer is None:
                 raise InstanceGoneError(f"{address.uri} is not on the DICOMweb server at {self.host}: its "
                                         f"{'study' if level is STUDY_KEYWORDS else 'series'} is not found (deleted "
@@ -266,7 +267,7 @@ class Pacs:
     def instance_number(self, address: PacsAddress) -> int | None:
         """The instance's InstanceNumber from a search (for the row of an instance skipped unretrieved)."""
         found = next(self.search(f"/studies/{address.study}/series/{address.series}/instances",
-                                 {"SOPInstanceUID": address.instance}), None)
+                                 {"SOPInstanceUID": address.instance}, what=address.uri), None)
         value = (found or {}).get("00200013", {}).get("Value") or [None]
         try:
             return int(value[0])
@@ -306,10 +307,13 @@ def failure_kind(error: requests.RequestException) -> str:
     return type(error).__name__
 
 
-def answer_error(response: requests.Response, what: str) -> storage.StorageError:
-    """The error of an HTTP error answer, naming its status but never its body."""
+def answer_error(response: requests.Response, what: str | None) -> storage.StorageError:
+    """The error of an HTTP error answer to a request for ``what`` (None: a search), naming its status but never its
+    body."""
     status = f"HTTP {response.status_code} {response.reason or ''}".strip()
     host = urllib.parse.urlsplit(response.url).netloc
+    if what is None:
+        return storage.StorageError(f"the DICOMweb server at {host} answered a search with {status}")
     if response.status_code in (404, 410):
         return InstanceGoneError(f"{what} is not on the DICOMweb server at {host} ({status}): deleted since the "
                                  f"search?")
