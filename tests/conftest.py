@@ -9,7 +9,7 @@ import pathlib
 
 import pytest
 
-from tests.support.orthanc import join_reapers, orthanc_missing, orthanc_server
+from tools.local_pacs import join_reapers, orthanc_missing, orthanc_server
 from tools.local_s3 import s3_server
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

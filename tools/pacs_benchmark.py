@@ -11,7 +11,7 @@ a PACS elsewhere in the hospital (Orthanc on localhost answers in a few millisec
 Each line printed is JSON: for each run its listing time (the walk, or the searches), the scoring stage's images/s
 (from the actors starting to the last row) and the whole run's, and for a PACS run the CPU seconds Orthanc spent
 (on the same cores as the scoring here; a PACS elsewhere spends its own). Needs Orthanc and its DICOMweb plugin
-(``apt-get install orthanc orthanc-dicomweb``); the Orthanc is the tests' (``tests.support.orthanc``).
+(``apt-get install orthanc orthanc-dicomweb``); the Orthanc is the tests' (``tools.local_pacs``).
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def main() -> None:
     arguments = parser.parse_args()
     os.environ.setdefault("PSEUDONYM_KEY", KEY)
     from infra.ray_runtime import configure_logging, ensure_ray
-    from tests.support.orthanc import orthanc_server  # the tests' local PACS: one way to start Orthanc here
+    from tools.local_pacs import orthanc_server
     from tools.s3_benchmark import delaying_proxy
 
     configure_logging()

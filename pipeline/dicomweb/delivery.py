@@ -176,9 +176,8 @@ def source_header(uri: str, pacs: PacsOptions | None) -> pydicom.Dataset:
     server = pacs_for(address.server, pacs or PacsOptions(load_credentials()))
     with server.get(f"{address.path}/metadata", what=address.uri) as response:
         attributes, = response.json()
-    with warnings.catch_warnings():  # bulk data left out, with a warning
-        warnings.simplefilter("ignore")
-        return pydicom.Dataset.from_json(attributes)
+    # bulk data (the pixels) is only referenced there: left out, or pydicom warns of each reference in the log
+    return pydicom.Dataset.from_json({tag: value for tag, value in attributes.items() if "BulkDataURI" not in value})
 
 
 def finding_of(row: dict) -> SeriesFinding:

@@ -29,7 +29,7 @@ from pipeline.results import tables
 from tests.conftest import ROOT, SAMPLES, TEST_KEY, job_summary, skip_without_orthanc
 from tests.dicomweb.conftest import client_of
 from tests.support.nights import sample_archive_copy
-from tests.support.orthanc import orthanc_server
+from tools.local_pacs import orthanc_server
 from tests.support.pacs_archive import SAMPLE_DICOM, SAMPLE_STUDY_DATES, store_files
 
 RUN_DATE = "2026-12-02"

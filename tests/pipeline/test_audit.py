@@ -42,7 +42,7 @@ import pytest
 from tests.conftest import ROOT, SAMPLES, job_summary
 from tests.dicomweb.conftest import client_of
 from tests.support.corpus import dicom_bytes, mr_dataset, unsupported_syntax, without_pixel_data
-from tests.support.orthanc import orthanc_missing
+from tools.local_pacs import orthanc_missing
 
 pytestmark = pytest.mark.slow
 

@@ -27,7 +27,7 @@ from pipeline.sources.pacs import LISTED_MODIFIED, PAGE_SIZE_VARIABLE, PacsOptio
 from tests.conftest import TEST_KEY, skip_without_orthanc
 from tests.support.http_faults import FaultyProxy
 from tests.support.nights import sample_archive_copy
-from tests.support.orthanc import orthanc_server
+from tools.local_pacs import orthanc_server
 from tests.support.pacs_archive import (SAMPLE_STUDY_DATES, by_instance, credentials_file, made_series, pacs_input,
                                         sop_instance_uid, store_files)
 

@@ -1,4 +1,5 @@
-"""A real PACS on localhost for the DICOMweb tests: Orthanc with its DICOMweb plugin, on free HTTP and DICOM ports,
+"""A real PACS on localhost, for the DICOMweb tests and for trying the PACS path by hand: Orthanc with its DICOMweb
+plugin, on free HTTP and DICOM ports,
 with storage and index in a folder of its own, HTTP basic auth for one test user, and ``OverwriteInstances`` on (a
 stored instance with a known SOP Instance UID replaces the one there, as the screening reports rely on).
 
@@ -9,12 +10,20 @@ server at once, so a session with several servers waits about 5 s in all, not 5 
 (``tests/conftest.py``) share one server per session and give fault tests a fresh one of their own.
 ``orthanc_missing`` says why Orthanc cannot run here (the Debian packages ``orthanc`` and ``orthanc-dicomweb``
 provide it), else None.
+
+By hand (the README's "Straight from a PACS"): a PACS holding the sample archive, until Ctrl-C::
+
+    python -m tools.local_pacs --upload samples/archive/dicom --credentials out/local-pacs.json
+
+It prints the DICOMweb address and writes the credentials file (owner-only) the jobs read.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
+import os
 import pathlib
 import secrets
 import signal
@@ -29,7 +38,7 @@ from tools.local_s3 import free_port
 ORTHANC = pathlib.Path("/usr/sbin/Orthanc")
 DICOMWEB_PLUGIN = pathlib.Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 DICOMWEB_ROOT = "/dicom-web/"
-TEST_USER = "screening-writer"
+TEST_USER = "screening-writer"  # the one user it knows (the tests and a local trial)
 START_TIMEOUT_S = 30.0
 STOP_BOUND_S = 10.0  # how long a stopping Orthanc may take before it is killed (it needs about 4-5 s)
 
@@ -163,3 +172,50 @@ def orthanc_server(folder: pathlib.Path):
         yield server
     finally:
         server.stop()
+
+
+def upload(server: OrthancServer, folder: pathlib.Path) -> int:
+    """Store every DICOM file under ``folder`` in ``server`` (Orthanc's REST ``POST /instances``); returns how many."""
+    stored = 0
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.read_bytes()[128:132] == b"DICM":
+            requests.post(server.url + "/instances", data=path.read_bytes(), auth=server.auth,
+                          timeout=60).raise_for_status()
+            stored += 1
+    return stored
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.local_pacs", description=(
+        "Run a local Orthanc PACS with DICOMweb until Ctrl-C, optionally holding a folder's DICOM files; prints "
+        "its DICOMweb address and writes a credentials file for the jobs."))
+    parser.add_argument("--folder", default="out/local-pacs", help="its storage, index, config and log "
+                        "(default: out/local-pacs)")
+    parser.add_argument("--upload", type=pathlib.Path, help="a folder whose DICOM files it stores at start")
+    parser.add_argument("--credentials", type=pathlib.Path, default=pathlib.Path("out/local-pacs.json"),
+                        help="where to write {\"username\", \"password\"} for --dicomweb-credentials-file and "
+                             "--findings-credentials-file (default: out/local-pacs.json)")
+    args = parser.parse_args(argv)
+    if (missing := orthanc_missing()) is not None:
+        parser.exit(2, f"Orthanc cannot run here: {missing}\n")
+    server = OrthancServer(pathlib.Path(args.folder).resolve())
+    args.credentials.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(args.credentials, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as credentials:
+        json.dump({"username": server.user, "password": server.password}, credentials)
+    server.start()
+    try:
+        stored = upload(server, args.upload) if args.upload else 0
+        print(f"PACS at dicomweb+{server.dicomweb_url} holding {stored} uploaded instance(s); credentials in "
+              f"{args.credentials}; Ctrl-C stops it", flush=True)
+        while server.running:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop(wait=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
