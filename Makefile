@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) -m tools.scale_benchmark --sizes 1000 10000 50000 --pool out/bench/dicom-pool
 	$(PY) -m tools.decode_benchmark --images 200
 	$(PY) -m tools.nightly_benchmark --source ../shared/datasets/brain-tumor-mri/Training --images 10000
+	$(PY) -m tools.pacs_benchmark --copies 40 --repeats 2 --latency-ms 0 20
 
 clean:
 	rm -rf $(VENV) out
