@@ -20,7 +20,7 @@ demo: $(STAMP)
 		--pseudonym-key-file out/demo-pseudonym.key --create-pseudonym-key
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

@@ -28,10 +28,11 @@ DECODE_TITLE, INFERENCE_TITLE = "decode_and_preprocess", "ScoringActor"
 
 @pytest.fixture(scope="module")
 def shadowed_gdcm(tmp_path_factory) -> str:
-    """A folder that, first on PYTHONPATH, hides python-gdcm (the only JPEG-LS decoder here), as on a node built
-    without it."""
+    """A folder that, first on PYTHONPATH, hides python-gdcm and pyjpegls (the JPEG-LS decoders here: pyjpegls comes
+    with highdicom), as on a node built without them."""
     folder = tmp_path_factory.mktemp("no-gdcm")
-    (folder / "gdcm.py").write_text("raise ImportError('python-gdcm is not installed on this node')\n")
+    for module, package in (("gdcm", "python-gdcm"), ("jpeg_ls", "pyjpegls")):
+        (folder / f"{module}.py").write_text(f"raise ImportError('{package} is not installed on this node')\n")
     return str(folder)
 
 
