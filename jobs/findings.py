@@ -28,7 +28,7 @@ import argparse
 import logging
 import sys
 
-from jobs.runner import HelpFormatter, add_common_options, require_lasting_paths, run_job
+from jobs.runner import HelpFormatter, add_common_options, add_dicomweb_options, require_lasting_paths, run_job
 from pipeline import schema as col
 from pipeline.dicomweb.delivery import SCOPES, FindingsDelivered, FindingsOptions, deliver_findings, heat_maps_in_ray
 from pipeline.dicomweb.client import DicomwebConfigError, load_credentials
@@ -123,10 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--results", required=True, help="results folder or S3 prefix written by jobs.screen")
     parser.add_argument("--run-id", help="the committed run whose findings go (default: the latest)")
     parser.add_argument("--pseudonym-key-file", help="file holding the pseudonym key the run used (else PSEUDONYM_KEY)")
-    parser.add_argument("--dicomweb-credentials-file", metavar="FILE",
-                        help="credentials for the PACS the run read its images from, as jobs.screen takes them, to "
-                             "read each deciding image's header again (default: the DICOMWEB_* environment "
-                             "variables)")
+    add_dicomweb_options(parser.add_argument_group(
+        "a run that read a PACS: how each deciding image's header is read again there"))
     add_findings_options(parser, required=True)
     add_common_options(parser)
     return parser
@@ -143,7 +141,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def prepare(args: argparse.Namespace) -> tuple[FindingsOptions, Destination, bytes | None, PacsOptions]:
     options = findings_options(args)
     try:
-        sources = PacsOptions(load_credentials(args.dicomweb_credentials_file))
+        sources = PacsOptions(load_credentials(args.dicomweb_credentials_file), ca_bundle=args.dicomweb_ca_bundle)
     except DicomwebConfigError as error:
         raise RunNotStartedError(f"the PACS the run read from: {error}") from None
     return options, open_findings(options), load_key(args.pseudonym_key_file), sources
