@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also draw each class at the --data folder's class share rather than its share of all "
                              "the images (measured: more meningiomas typed right, fewer gliomas, and a lower "
                              "specificity on the four-class set; docs/retraining.md)")
+    parser.add_argument("--level-balance", action="store_true",
+                        help="also spread each class of another hospital's slices evenly over the thirds of the head "
+                             "(skull base, middle, top) they lie in, so a slice's level does not stand for its class")
     parser.add_argument("--epochs", type=POSITIVE_INT, default=TrainConfig.epochs,
                         help="planned epochs: the learning-rate schedule decays over exactly these")
     parser.add_argument("--batch-size", type=POSITIVE_INT, default=TrainConfig.batch_size, help="global batch size")
@@ -167,7 +170,8 @@ def build_config(args: argparse.Namespace) -> RetrainConfig:
                            num_workers=args.num_workers, use_gpu=args.use_gpu,
                            cpus_per_worker=args.cpus_per_worker, augment=not args.no_augment,
                            storage_path=args.storage_path, ema_decay=args.ema_decay, resume_from=args.resume_from,
-                           balance_sources=args.balance_sources, class_balance=args.class_balance)
+                           balance_sources=args.balance_sources, class_balance=args.class_balance,
+                           level_balance=args.level_balance)
     return RetrainConfig(data=args.data, output=args.output, tumor_data=tuple(args.tumor_data),
                          validation_fraction=args.validation_fraction, min_macro_f1=args.min_macro_f1,
                          architecture=ArchitectureConfig(head=args.head, members=args.members,

@@ -21,6 +21,7 @@ from model.architecture import build_classifier
 from model.config import ArchitectureConfig
 from model.labels import CLASS_NAMES
 from model.registry import METADATA_FILE
+from model.sources import LEVEL_NAMES
 from model.train import STATE_FILE
 
 CARD_FILE = "MODEL_CARD.md"
@@ -236,7 +237,7 @@ def evaluation_lines(record: dict) -> list[str]:
 
 def source_table(metrics: dict) -> list[str]:
     lines = ["| source | images | sensitivity | specificity | class recall |", "| --- | --- | --- | --- | --- |"]
-    rows = {**metrics.get("by_source", {}), **metrics.get("by_sequence", {})}
+    rows = {**metrics.get("by_source", {}), **metrics.get("by_sequence", {}), **metrics.get("by_level", {})}
     for name in sorted(rows):
         figures = rows[name]
         recall = ", ".join(f"{label} {number(value)}" for label, value in sorted(figures["class_recall"].items()))
@@ -253,14 +254,20 @@ def site_study_lines(record: dict) -> list[str]:
                     "recorded)."]
     lines = ["", "**A hospital it never saw** (leave-one-site-out: the same recipe trained without one site, judged "
                  "on that site's slices at its own operating point, as a night would count them):", "",
-             "| left-out site | run | slices | sensitivity | specificity | unfamiliar | per sequence (sens / spec) |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| left-out site | run | slices | sensitivity | specificity | unfamiliar | per sequence (sens / spec) "
+             "| tumor-free not flagged, by level in the head |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for study in studies:
         overall = study["overall"]
         sequences = "; ".join(f"{name.rsplit(' ', 1)[-1]} {number(values['sensitivity'], 2)} / "
                               f"{number(values['specificity'], 2)}" for name, values in sorted(study["by_sequence"].items()))
+        levels = "; ".join(f"{level} {number(values['specificity'], 2)}"
+                           for level in LEVEL_NAMES
+                           for name, values in study.get("by_level", {}).items() if name.endswith(" " + level)
+                           and values.get("specificity") is not None) or "not recorded"
         lines.append(f"| {study['site']} | `{study['run']}` | {study['images']} | {number(overall['sensitivity'])} | "
-                     f"{number(overall['specificity'])} | {percent(overall['marked_unfamiliar'])} | {sequences} |")
+                     f"{number(overall['specificity'])} | {percent(overall['marked_unfamiliar'])} | {sequences} "
+                     f"| {levels} |")
     summary = record.get("site_studies_summary")
     return lines + ([f"", summary] if summary else [])
 
@@ -304,6 +311,9 @@ def training_data_lines(record: dict) -> list[str]:
         lines.append("- Each class was drawn evenly from the sources that have it (with replacement, each epoch), "
                      "so no source stands for a class" + (", at the four-class set's class balance."
                                                           if training.get("class_balance") else "."))
+        if training.get("level_balance"):
+            lines.append("- Within each other hospital's slices, each class was drawn evenly from the thirds of the "
+                         "head (skull base, middle, top), so that a slice's level does not stand for its class.")
     return lines
 
 

@@ -70,6 +70,7 @@ class TrainConfig:
     augment: bool = True
     balance_sources: bool = True  # each epoch draws a class's images evenly from the sources that have it
     class_balance: bool = False  # ... and each class at the folder-per-class data's share, not the pooled one
+    level_balance: bool = False  # ... and a site's class evenly from the thirds of the head (model.sources.head_levels)
     seed: int = 0
     num_workers: int = 1
     use_gpu: bool = False

@@ -49,7 +49,7 @@ from model.heldout import held_out_sets
 from model.quantize import figures, quantize_and_attach
 from model.ood import OOD_FILE, fit_and_describe
 from model.predict import ProbabilityPredictor, load_classifier
-from model.sources import (FROM_REVIEWS, FROM_SITE, PATIENT, SEQUENCE, SOURCE, SourceGroups, balanced_weights,
+from model.sources import (FROM_REVIEWS, FROM_SITE, LEVEL, PATIENT, SEQUENCE, SOURCE, SourceGroups, balanced_weights,
                            figures_by_source, merged_groups, origins, site_split, source_regressions)
 from model.train import BEST_WEIGHTS, train_classifier
 from pipeline.errors import RunFailedError, describe_failure
@@ -212,14 +212,15 @@ def source_split(dataset: ray.data.Dataset, config: RetrainConfig, images: list[
     base_classes = dict(zip(*np.unique(labels[training & ~site], return_counts=True)))
     weights = balanced_weights(table[SOURCE].to_numpy().astype(str)[training], labels[training],
                                {str(label): int(count) for label, count in base_classes.items()}
-                               if config.training.class_balance else None)
+                               if config.training.class_balance else None,
+                               table[LEVEL].to_numpy()[training] if config.training.level_balance else None)
     uris = table[URI].to_numpy().astype(str)
     draw = (dict(zip(uris[training], weights.tolist()))
             if config.training.balance_sources and not np.allclose(weights, 1.0) else None)
     return Split(train=select_uris(dataset, set(uris[training]), draw),
                  validation=select_uris(dataset, set(uris[in_validation])),
                  left_out=select_uris(dataset, set(uris[left_out])) if left_out.any() else None,
-                 summary=summary, origins=table[[SOURCE, SEQUENCE, PATIENT]], uris=uris,
+                 summary=summary, origins=table[[SOURCE, SEQUENCE, PATIENT, LEVEL]], uris=uris,
                  reviews=reviewed_summary(table[reviewed & unseen], int((reviewed & ~unseen).sum()))
                  if reviewed.any() else {})
 
@@ -510,6 +511,7 @@ def ensemble_figures(config: RetrainConfig, networks: list, raw: np.ndarray, ima
 def training_record(config: RetrainConfig, split: SplitSummary, seconds: float) -> dict:
     return {"seconds": seconds, "hardware": training_hardware(config.training), "split": dataclasses.asdict(split),
             "class_balance": bool(config.site_data and config.training.balance_sources and config.training.class_balance),
+            "level_balance": bool(config.site_data and config.training.balance_sources and config.training.level_balance),
             **data_record(dataclasses.asdict(config))}
 
 

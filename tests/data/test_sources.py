@@ -9,7 +9,8 @@ import pytest
 
 from model.config import RetrainConfig
 from model.data import DatasetError, list_site_images, list_training_images
-from model.sources import balanced_weights, merged_groups, source_regressions
+from model.sources import (LEVEL, LEVEL_BOOST, SEQUENCE, SOURCE, SourceGroups, balanced_weights, figures_by_source,
+                           head_levels, merged_groups, source_regressions)
 from tests.conftest import SAMPLES
 
 SITE = SAMPLES / "other-site"
@@ -75,6 +76,45 @@ def test_each_source_of_a_class_gets_the_same_share_of_the_draw():
     kept_balance = balanced_weights(sources, labels, {"notumor": 6, "glioma": 4})  # the first source's classes
     assert kept_balance[labels == "notumor"].sum() == pytest.approx(6.0)
     assert kept_balance[:6].sum() == pytest.approx(kept_balance[6:8].sum()) == pytest.approx(3.0)
+
+
+def test_a_site_slice_s_level_is_its_third_of_the_patient_s_slices_whatever_its_label():
+    uris = [f"lgg/{label}/flair/p1_{number}.jpg" for label, number in
+            [("notumor", 1), ("notumor", 2), ("glioma", 9), ("glioma", 12), ("notumor", 21)]]
+    uris += ["lgg/notumor/flair/p2_5.jpg", "four-class/notumor/Tr-no_0001.jpg", "lgg/glioma/flair/p3_x.jpg"]
+    patients = np.array(["p1"] * 5 + ["p2", "", "p3"])
+    # p1 spans slices 1..21: thirds below 7.67, below 14.33, above; p2 has one slice (the middle); the rest unknown
+    assert head_levels(uris, patients).tolist() == [0, 0, 1, 1, 2, 1, -1, -1]
+
+
+def test_within_a_site_each_class_is_drawn_evenly_from_the_levels_of_the_head():
+    # a site whose tumor-free slices lie mostly low in the head and whose gliomas lie in the middle
+    levels = np.array([0] * 8 + [1] * 2 + [2] * 2 + [0] * 1 + [1] * 6 + [2] * 5 + [-1] * 4)
+    labels = np.array(["notumor"] * 12 + ["glioma"] * 12 + ["notumor"] * 4)
+    sources = np.array(["site"] * 24 + ["four-class"] * 4)
+    weights = balanced_weights(sources, labels, None, levels)
+    notumor = (labels == "notumor") & (sources == "site")
+    assert [weights[notumor & (levels == level)].sum() for level in range(3)] == pytest.approx([8 / 3] * 3)
+    assert weights[sources == "four-class"] == pytest.approx([2.0] * 4)  # level unknown: its plain share
+    glioma = labels == "glioma"
+    assert weights[glioma].sum() == pytest.approx(12.0)  # the class and the source keep their shares
+    lone = weights[glioma & (levels == 0)][0]  # one glioma at the skull base: lifted, but at most LEVEL_BOOST-fold
+    assert lone / (12.0 / 12) <= LEVEL_BOOST * 1.5 and lone > weights[glioma & (levels == 1)][0]
+    assert np.allclose(balanced_weights(sources, labels), balanced_weights(sources, labels, None, None))
+
+
+def test_figures_are_given_per_level_of_the_head_where_levels_are_known():
+    table = pd.DataFrame({SOURCE: ["site"] * 4 + ["four-class"] * 2, SEQUENCE: ["flair"] * 4 + [""] * 2,
+                          LEVEL: [0, 0, 1, 1, -1, -1]})
+    labels = np.array(["notumor", "notumor", "notumor", "glioma", "notumor", "glioma"])
+    tumor = np.array([0.1, 0.2, 0.9, 0.8, 0.1, 0.9])  # the middle tumor-free slice is flagged, the base ones not
+    probabilities = np.stack([tumor, np.zeros(6), 1 - tumor, np.zeros(6)], axis=1)  # glioma, meningioma, notumor, pit.
+    figures = figures_by_source(probabilities, labels, SourceGroups.of(table), 0.5)
+    assert set(figures["by_level"]) == {"site skull base", "site middle"}  # no level: its source's figures only
+    assert figures["by_level"]["site skull base"]["specificity"] == 1.0
+    assert figures["by_level"]["site middle"]["specificity"] == 0.0
+    assert figures["by_level"]["site middle"]["sensitivity"] == 1.0
+    assert figures["by_source"]["site"]["specificity"] == pytest.approx(2 / 3, abs=1e-4)
 
 
 def test_a_candidate_that_gives_up_a_source_is_not_promoted():
