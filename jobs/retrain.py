@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--source-margin", type=bounded(float, 0, 1), default=RetrainConfig.source_margin,
                         help="promotion also needs every source's validation sensitivity and specificity within "
                              "this margin of the current model's")
+    parser.add_argument("--class-margin", type=bounded(float, 0, 1), default=RetrainConfig.class_margin,
+                        help="and every source's class recall (images of a class typed as that class) within this "
+                             "margin of the current model's")
     parser.add_argument("--no-balance-sources", dest="balance_sources", action="store_false",
                         help="draw training images uniformly instead of each class evenly from its sources")
     parser.add_argument("--class-balance", action="store_true",
@@ -181,7 +184,8 @@ def build_config(args: argparse.Namespace) -> RetrainConfig:
                          version=args.version, cache=usable_cache(args), held_out=tuple(args.held_out),
                          site_data=tuple(args.site_data), reviews=tuple(args.reviews),
                          leave_out_site=args.leave_out_site,
-                         init_from=args.init_from, source_margin=args.source_margin)
+                         init_from=args.init_from, source_margin=args.source_margin,
+                         class_margin=args.class_margin)
 
 
 def check_data(args: argparse.Namespace) -> tuple:

@@ -104,3 +104,4 @@ class RetrainConfig:
     leave_out_site: str | None = None  # a site of the site data kept out of training and judged on (a study)
     init_from: str | None = None  # a model trained on this run's base split whose weights training starts from
     source_margin: float = 0.02  # no source's validation sensitivity or specificity may fall more below current's
+    class_margin: float = 0.03  # ... nor a source's class recall (the share of a class typed as that class)

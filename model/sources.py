@@ -179,13 +179,20 @@ def figures_by_source(probabilities: np.ndarray, labels: np.ndarray, groups: Sou
     return figures
 
 
-def source_regressions(candidate: dict, current: dict, margin: float) -> list[str]:
+def source_regressions(candidate: dict, current: dict, margin: float, class_margin: float = 1.0) -> list[str]:
     """Each source where the candidate's sensitivity or specificity falls more than ``margin`` below the current
-    model's on the same validation images, in words."""
+    model's on the same validation images, or where a class's recall (the share of its images typed as that class)
+    falls more than ``class_margin`` below it, in words. A model that still flags meningiomas but types fewer of
+    them as meningioma is held back by the second."""
     problems = []
     for source, figures in sorted(candidate.items()):
+        before = current.get(source, {})
         for measure in ("sensitivity", "specificity"):
-            new, old = figures.get(measure), current.get(source, {}).get(measure)
+            new, old = figures.get(measure), before.get(measure)
             if new is not None and old is not None and new < old - margin:
                 problems.append(f"{measure} on {source} {new:.3f} against the current model's {old:.3f}")
+        for label, new in sorted(figures.get("class_recall", {}).items()):
+            old = before.get("class_recall", {}).get(label)
+            if new is not None and old is not None and new < old - class_margin:
+                problems.append(f"{label} recall on {source} {new:.3f} against the current model's {old:.3f}")
     return problems

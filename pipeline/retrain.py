@@ -295,10 +295,10 @@ def reload_validation(validation: ray.data.Dataset, preprocessing) -> ray.data.D
 
 
 def promotion_decision(candidate: dict, current: dict | None, min_macro_f1: float,
-                       source_margin: float = 1.0) -> tuple[bool, str]:
+                       source_margin: float = 1.0, class_margin: float = 1.0) -> tuple[bool, str]:
     """Promote a first model only above the quality floor, a later one only if it is not worse than the current on
-    validation macro-F1 and no source's sensitivity or specificity falls more than ``source_margin`` below the
-    current model's."""
+    validation macro-F1, no source's sensitivity or specificity falls more than ``source_margin`` below the
+    current model's, and no source's class recall more than ``class_margin`` below it."""
     new = candidate["macro_f1"]
     if current is None:
         if new < min_macro_f1:
@@ -308,12 +308,15 @@ def promotion_decision(candidate: dict, current: dict | None, min_macro_f1: floa
     old = current["macro_f1"]
     if new < old:
         return False, f"validation macro-F1 {new:.4f} is worse than the current model's {old:.4f}"
-    regressions = source_regressions(candidate.get("by_source", {}), current.get("by_source", {}), source_margin)
+    regressions = source_regressions(candidate.get("by_source", {}), current.get("by_source", {}), source_margin,
+                                     class_margin)
     if regressions:
         return False, (f"validation macro-F1 {new:.4f} is not worse than the current model's {old:.4f}, but on a "
-                       f"source it falls more than {source_margin:g} below it: {'; '.join(regressions)}")
+                       f"source it falls more than {source_margin:g} (a class recall more than {class_margin:g}) "
+                       f"below it: {'; '.join(regressions)}")
     return True, (f"validation macro-F1 {new:.4f} is not worse than the current model's {old:.4f}, and no source's "
-                  f"sensitivity or specificity falls more than {source_margin:g} below it")
+                  f"sensitivity or specificity falls more than {source_margin:g} below it, nor a class recall more "
+                  f"than {class_margin:g}")
 
 
 def retrain(config: RetrainConfig, images: list[LabelledImage] | None = None,
@@ -539,7 +542,7 @@ def train_and_decide(config: RetrainConfig, split: Split, started: float,
     candidate_metrics.update(figures_by_source(calibrated, val_labels, groups, threshold))
     current_metrics = evaluate_current(config, split.validation, val_images, val_targets, val_labels, groups)
     promoted, reason = promotion_decision(candidate_metrics, current_metrics, config.min_macro_f1,
-                                          config.source_margin)
+                                          config.source_margin, config.class_margin)
     if config.leave_out_site:
         promoted, reason = False, (f"a leave-one-site-out study (site {config.leave_out_site} kept out): never "
                                    f"promoted; {reason}")

@@ -128,3 +128,10 @@ def test_a_candidate_that_gives_up_a_source_is_not_promoted():
     assert not promoted and "sensitivity on four-class 0.940" in reason
     assert source_regressions(better_overall["by_source"], current["by_source"], 0.05) == []
     assert promotion_decision(better_overall, current, 0.8, source_margin=0.05)[0]
+    # the same flags, but fewer meningiomas typed as meningioma: held back by the class margin alone
+    current["by_source"]["four-class"]["class_recall"] = {"meningioma": 0.98, "glioma": 0.94}
+    better_overall["by_source"]["four-class"]["class_recall"] = {"meningioma": 0.92, "glioma": 0.97}
+    promoted, reason = promotion_decision(better_overall, current, 0.8, source_margin=0.05, class_margin=0.03)
+    assert not promoted and "meningioma recall on four-class 0.920 against the current model's 0.980" in reason
+    assert "glioma recall" not in reason
+    assert promotion_decision(better_overall, current, 0.8, source_margin=0.05, class_margin=0.1)[0]
