@@ -1,6 +1,7 @@
 """Training-time augmentation of preprocessed uint8 slices (numpy/OpenCV, run inside the training feed).
 
-Geometry (rotation, zoom, flips) teaches orientation invariance; intensity jitter (gamma, contrast, brightness), a
+Geometry (rotation, zoom, flips) teaches orientation invariance; random intensity curves (each band of intensity,
+roughly each tissue, moved on its own: another sequence's contrast), intensity jitter (gamma, contrast, brightness), a
 smooth intensity bias field (a coil's uneven sensitivity), blur or sharpening, noise, resolution loss and JPEG
 re-compression teach the model to ignore the look of one scanner or data set (the stacked transformations that
 published cross-site work found to hold up on unseen scanners). Every transform is
@@ -34,6 +35,9 @@ class AugmentConfig:
     sharpen_probability: float = 0.15
     jpeg_probability: float = 0.3
     jpeg_quality: tuple[int, int] = (30, 95)
+    curve_probability: float = 0.35  # a random intensity curve inside the head: another sequence's tissue contrast
+    curve_points: int = 5
+    curve_reversal: float = 0.25  # of those, the share whose curve need not rise (tissues swap their order)
 
 
 def random_affine(image: np.ndarray, rng: np.random.Generator, config: AugmentConfig) -> np.ndarray:
@@ -55,6 +59,18 @@ def random_intensity(image: np.ndarray, rng: np.random.Generator, config: Augmen
     values = (values - values.mean()) * rng.uniform(*config.contrast_range) + values.mean()
     values = values * 255.0 + rng.uniform(-config.brightness_range, config.brightness_range)
     return np.clip(values, 0, 255)
+
+
+def random_curve(values: np.ndarray, rng: np.random.Generator, config: AugmentConfig) -> np.ndarray:
+    """Map the head's intensities through a random piecewise-linear curve (``curve_points`` knots between 0 and
+    255): each band of intensity, and so roughly each tissue, gets its own brightness, as another sequence or
+    scanner would give it. Most curves rise (the tissues keep their order); ``curve_reversal`` of them need not,
+    so the model cannot rely on one contrast to see a lesion. The darkest band (background, air) stays dark."""
+    knots = np.concatenate([[0.0], np.linspace(24.0, 255.0, config.curve_points)])
+    targets = rng.uniform(24.0, 255.0, config.curve_points)
+    if rng.random() >= config.curve_reversal:
+        targets = np.sort(targets)
+    return np.interp(values, knots, np.concatenate([[0.0], targets])).astype(np.float32)
 
 
 def bias_field(side: int, rng: np.random.Generator, strength: float) -> np.ndarray:
@@ -91,7 +107,9 @@ def random_degradation(values: np.ndarray, rng: np.random.Generator, config: Aug
 
 def augment_image(image: np.ndarray, rng: np.random.Generator, config: AugmentConfig = AugmentConfig()) -> np.ndarray:
     """One randomly transformed copy of a square uint8 slice, same shape and dtype."""
-    moved = np.ascontiguousarray(random_affine(image, rng, config))
+    moved = np.ascontiguousarray(random_affine(image, rng, config)).astype(np.float32)
+    if rng.random() < config.curve_probability:
+        moved = random_curve(moved, rng, config)
     values = random_degradation(random_intensity(moved, rng, config).astype(np.float32), rng, config)
     return np.clip(values, 0, 255).astype(np.uint8)
 

@@ -1,0 +1,41 @@
+"""Training-time augmentation: reproducible from its seed, shape and type kept, and the intensity curves give new
+tissue contrasts while the background stays dark."""
+
+import numpy as np
+
+from model.augment import AugmentConfig, augment_images, random_curve
+
+
+def slices(count: int = 6, side: int = 48) -> np.ndarray:
+    """Dark background, a grey disc of 'brain' and a brighter 'lesion' in it."""
+    rows, columns = np.mgrid[:side, :side]
+    head = (rows - side / 2) ** 2 + (columns - side / 2) ** 2 < (side / 2.5) ** 2
+    lesion = (rows - side / 2) ** 2 + (columns - side / 1.7) ** 2 < (side / 10) ** 2
+    image = np.where(head, 110, 0) + np.where(lesion, 90, 0)
+    return np.repeat(image[None].astype(np.uint8), count, axis=0)
+
+
+def test_an_epoch_s_augmentation_is_reproducible_from_its_seed_and_keeps_shape_and_type():
+    images = slices()
+    first, again, other = augment_images(images, 7), augment_images(images, 7), augment_images(images, 8)
+    assert first.shape == images.shape and first.dtype == np.uint8
+    assert np.array_equal(first, again) and not np.array_equal(first, other)
+    assert augment_images(images[:0], 7).shape == (0, 48, 48)
+
+
+def test_an_intensity_curve_gives_the_tissues_new_brightness_and_leaves_the_background_dark():
+    image = slices(1)[0].astype(np.float32)
+    rising = AugmentConfig(curve_reversal=0.0)
+    rng = np.random.default_rng(0)
+    brain, lesion = image == 110, image == 200
+    contrasts = set()
+    for _ in range(40):
+        mapped = random_curve(image, rng, rising)
+        assert mapped.shape == image.shape and (mapped[image == 0] == 0).all()
+        assert mapped[lesion].mean() >= mapped[brain].mean()  # a rising curve keeps the tissues' order
+        contrasts.add(round(float(mapped[lesion].mean() - mapped[brain].mean()), 0))
+    assert len(contrasts) > 20  # each draw its own contrast
+    swapped = AugmentConfig(curve_reversal=1.0)
+    orders = [random_curve(image, rng, swapped) for _ in range(40)]
+    assert any(mapped[lesion].mean() < mapped[brain].mean() for mapped in orders)  # ... and some curves swap it
+
