@@ -58,7 +58,9 @@ def grouped_folds(group_ids: np.ndarray, labels: np.ndarray, folds: int, seed: i
     sizes = {group: int(np.sum(group_ids == group)) for group in unique_groups}
     for group in sorted(unique_groups, key=lambda g: -sizes[g]):
         members = labels[group_ids == group]
-        label_index = label_values.index(max(set(members.tolist()), key=members.tolist().count))
+        # the group's most common label, a tie going to the label first in sorted order (a set's order would
+        # depend on the process's string hashing, and so would the split)
+        label_index = int(np.argmax([np.count_nonzero(members == value) for value in label_values]))
         fold = int(np.argmin(counts[:, label_index] + 1e-3 * counts.sum(axis=1)))
         fold_of_group[group] = fold
         counts[fold, label_index] += len(members)
