@@ -119,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="quality floor: a first model (empty registry) below this validation macro-F1 is not "
                              "promoted")
     parser.add_argument("--no-augment", action="store_true", help="train without data augmentation")
+    parser.add_argument("--intensity-curves", type=bounded(float, 0, 1), default=TrainConfig.intensity_curves,
+                        metavar="SHARE",
+                        help="give this share of training slices a random intensity curve (each tissue another "
+                             "brightness, as another sequence would give it); measured in docs/retraining.md")
     cache = parser.add_mutually_exclusive_group()
     cache.add_argument("--cache", default=str(pathlib.Path("~/.cache/mri-screen/preprocessed").expanduser()),
                        help="folder (local or s3://) keeping decoded, preprocessed training images between runs, "
@@ -172,6 +176,7 @@ def build_config(args: argparse.Namespace) -> RetrainConfig:
                            weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, seed=args.seed,
                            num_workers=args.num_workers, use_gpu=args.use_gpu,
                            cpus_per_worker=args.cpus_per_worker, augment=not args.no_augment,
+                           intensity_curves=args.intensity_curves,
                            storage_path=args.storage_path, ema_decay=args.ema_decay, resume_from=args.resume_from,
                            balance_sources=args.balance_sources, class_balance=args.class_balance,
                            level_balance=args.level_balance)

@@ -35,7 +35,7 @@ class AugmentConfig:
     sharpen_probability: float = 0.15
     jpeg_probability: float = 0.3
     jpeg_quality: tuple[int, int] = (30, 95)
-    curve_probability: float = 0.35  # a random intensity curve inside the head: another sequence's tissue contrast
+    curve_probability: float = 0.0  # a random intensity curve (random_curve): another sequence's tissue contrast
     curve_points: int = 5
     curve_reversal: float = 0.25  # of those, the share whose curve need not rise (tissues swap their order)
 
@@ -114,7 +114,7 @@ def augment_image(image: np.ndarray, rng: np.random.Generator, config: AugmentCo
     return np.clip(values, 0, 255).astype(np.uint8)
 
 
-def augment_images(images: np.ndarray, seed: int | None = None) -> np.ndarray:
+def augment_images(images: np.ndarray, seed: int | None = None, config: AugmentConfig = AugmentConfig()) -> np.ndarray:
     """Augmented copies of a ``(n, S, S)`` uint8 batch (used by the training feed through ``tf.numpy_function``)."""
     rng = np.random.default_rng(seed)
-    return np.stack([augment_image(image, rng) for image in images]) if len(images) else images
+    return np.stack([augment_image(image, rng, config) for image in images]) if len(images) else images

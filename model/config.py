@@ -68,6 +68,7 @@ class TrainConfig:
     ema_decay: float = 0.999  # exponential moving average of the weights (model.averaging); 0 switches it off
     patience: int = 10
     augment: bool = True
+    intensity_curves: float = 0.0  # share of slices given a random intensity curve (model.augment.random_curve)
     balance_sources: bool = True  # each epoch draws a class's images evenly from the sources that have it
     class_balance: bool = False  # ... and each class at the folder-per-class data's share, not the pooled one
     level_balance: bool = False  # ... and a site's class evenly from the thirds of the head (model.sources.head_levels)

@@ -28,7 +28,7 @@ from model.tensorflow_runtime import tf  # first: TensorFlow is imported quietly
 from ray.train.tensorflow import TensorflowTrainer  # noqa: E402
 
 from model.architecture import build_classifier, compile_classifier
-from model.augment import augment_images
+from model.augment import AugmentConfig, augment_images
 from model.averaging import WeightAverage
 from model.config import ArchitectureConfig, TrainConfig
 from model.data import IMAGE, TARGET, WEIGHT
@@ -95,8 +95,11 @@ def training_feed(images: np.ndarray, targets: np.ndarray, config: dict, weights
     dataset = dataset.batch(config["worker_batch_size"]).map(
         lambda indices: (tf.gather(images_tensor, indices), tf.gather(targets_tensor, indices)))
     if config["augment"]:
+        transforms = AugmentConfig(curve_probability=config.get("intensity_curves", 0.0))
+
         def augment(batch_images, batch_targets):
-            augmented = tf.numpy_function(augment_images, [batch_images], tf.uint8)
+            augmented = tf.numpy_function(lambda batch: augment_images(batch, config=transforms), [batch_images],
+                                          tf.uint8)
             augmented.set_shape(batch_images.shape)
             return augmented, batch_targets
 

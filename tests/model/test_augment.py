@@ -25,7 +25,7 @@ def test_an_epoch_s_augmentation_is_reproducible_from_its_seed_and_keeps_shape_a
 
 def test_an_intensity_curve_gives_the_tissues_new_brightness_and_leaves_the_background_dark():
     image = slices(1)[0].astype(np.float32)
-    rising = AugmentConfig(curve_reversal=0.0)
+    rising = AugmentConfig(curve_probability=1.0, curve_reversal=0.0)
     rng = np.random.default_rng(0)
     brain, lesion = image == 110, image == 200
     contrasts = set()
@@ -35,7 +35,15 @@ def test_an_intensity_curve_gives_the_tissues_new_brightness_and_leaves_the_back
         assert mapped[lesion].mean() >= mapped[brain].mean()  # a rising curve keeps the tissues' order
         contrasts.add(round(float(mapped[lesion].mean() - mapped[brain].mean()), 0))
     assert len(contrasts) > 20  # each draw its own contrast
-    swapped = AugmentConfig(curve_reversal=1.0)
+    swapped = AugmentConfig(curve_probability=1.0, curve_reversal=1.0)
     orders = [random_curve(image, rng, swapped) for _ in range(40)]
     assert any(mapped[lesion].mean() < mapped[brain].mean() for mapped in orders)  # ... and some curves swap it
 
+
+
+def test_curves_are_drawn_only_when_asked_for():
+    images = slices(4)
+    plain = [augment_images(images, seed, AugmentConfig()) for seed in range(3)]
+    curved = [augment_images(images, seed, AugmentConfig(curve_probability=1.0)) for seed in range(3)]
+    assert all(not np.array_equal(a, b) for a, b in zip(plain, curved))
+    assert all(np.array_equal(a, augment_images(images, seed)) for seed, a in enumerate(plain))
