@@ -583,17 +583,23 @@ def log_by_source(candidate: dict, current: dict | None) -> None:
 
 
 def judge_left_out(model, info: registry.ModelInfo, detector, split: Split) -> dict:
-    """What the candidate does on the site it never saw, as a night would show it (calibrated, at its operating
-    point, unfamiliar images unflagged): per sequence and overall."""
+    """What the candidate does on the site it never saw (:func:`judge_site`)."""
     images, labels, uris = column_arrays(split.left_out, [IMAGE, LABEL, URI])
-    labels = labels.astype(str)
+    return judge_site(model, info, detector, images, labels.astype(str), origin_groups(split, uris),
+                      split.summary.sites["left_out"])
+
+
+def judge_site(model, info: registry.ModelInfo, detector, images: np.ndarray, labels: np.ndarray,
+               groups: SourceGroups, site: dict) -> dict:
+    """What a model does on one site's slices, as a night would show it (calibrated, at its operating point,
+    unfamiliar images unflagged): overall, per sequence and per level in the head. ``site`` names the site and
+    counts its patients (``{"site": ..., "patients": ...}``)."""
     probabilities, features = ProbabilityPredictor(model, temperature=info.temperature, features=True
                                                    ).with_features(images)
     unfamiliar = detector.marks(detector.scores(features))
-    groups = origin_groups(split, uris)
     figures = figures_by_source(probabilities, labels, groups, info.threshold, unfamiliar)
-    record = {"site": split.summary.sites["left_out"]["site"], "images": int(len(labels)),
-              "patients": split.summary.sites["left_out"]["patients"], "threshold": info.threshold,
+    record = {"site": site["site"], "images": int(len(labels)), "patients": site["patients"],
+              "threshold": info.threshold,
               "overall": screening_figures(probabilities, unfamiliar, labels, info.threshold), **figures}
     logger.info("on the left-out site %s: sensitivity %s, specificity %s, %s marked unfamiliar", record["site"],
                 record["overall"]["sensitivity"], record["overall"]["specificity"],

@@ -194,3 +194,15 @@ def test_another_hospitals_slices_train_from_the_current_weights_and_a_left_out_
     assert metadata["training"]["init_from"].endswith("candidate-1")
     assert "samples/labelled" in metadata["validation_metrics"]["by_source"]
     assert registry.read_registry(str(output / "registry"))["current"] != "site-study"
+    assert left_out["by_level"] and all(name.startswith("other-site/HT ") for name in left_out["by_level"])
+    # judged again from the saved model, as tools.judge_site judges a run recorded before a figure existed
+    from tools.judge_site import judge
+
+    again = judge(str(output / "registry" / "site-study"), str(SAMPLES / "other-site"), "HT", None)
+    assert again["patients"] == 2 and again["images"] == 10
+    for figures, recorded in [(again["overall"], left_out["overall"]),
+                              *((again["by_level"][name], left_out["by_level"][name]) for name in left_out["by_level"])]:
+        for measure in ("sensitivity", "specificity", "marked_unfamiliar"):
+            assert (figures[measure] is None) == (recorded[measure] is None)
+            if recorded[measure] is not None:
+                assert figures[measure] == pytest.approx(recorded[measure], abs=1e-3)
