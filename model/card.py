@@ -269,7 +269,7 @@ def site_study_lines(record: dict) -> list[str]:
                      f"{number(overall['specificity'])} | {percent(overall['marked_unfamiliar'])} | {sequences} "
                      f"| {levels} |")
     summary = record.get("site_studies_summary")
-    return lines + ([f"", summary] if summary else [])
+    return lines + (["", summary] if summary else [])
 
 
 def heatmap_lines(record: dict) -> list[str]:
@@ -477,7 +477,32 @@ CAVEATS = (
 
 
 def limits_of(record: dict) -> tuple[str, ...]:
-    return SITE_LIMITS if record["training"].get("site_data") else DEFAULT_LIMITS
+    if not record["training"].get("site_data"):
+        return DEFAULT_LIMITS
+    measured = level_limit(record.get("site_studies") or [])
+    return tuple(measured if limit == SITE_LIMITS[1] and measured else limit for limit in SITE_LIMITS)
+
+
+def level_limit(studies: list[dict]) -> str | None:
+    """The level-of-the-head limit in measured figures, from the leave-one-site-out studies that give them."""
+    def flagged(level: str, measure: str) -> list[float]:
+        return [1 - values[measure] for study in studies for name, values in study.get("by_level", {}).items()
+                if name.endswith(" " + level) and values.get(measure) is not None]
+
+    base, middle, top = (flagged(level, "specificity") for level in LEVEL_NAMES)
+    missed = flagged(LEVEL_NAMES[0], "sensitivity")
+    if not (base and middle and top and missed):
+        return None
+    def span(values: list[float]) -> str:
+        low, high = round(100 * min(values)), round(100 * max(values))
+        return f"{low}-{high}%" if low != high else f"{low}%"
+
+    return (f"On a hospital it never saw (the leave-one-site-out studies), the model flags tumor-free slices through "
+            f"the middle ({span(middle)}) and top ({span(top)}) of the head far more often than those at the skull "
+            f"base ({span(base)}), and misses {span(missed)} of the gliomas at the skull base: it has learned where "
+            f"in the head a slice lies along with what it shows. On a new scanner, expect false flags on "
+            f"mid-brain slices, and do not read an unflagged skull-base slice as clear; pituitary tumors at the skull "
+            f"base are the case to watch.")
 
 
 def onnx_lines(record: dict) -> list[str]:
