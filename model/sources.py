@@ -7,10 +7,12 @@ data set, and the site for other hospitals' slices), its sequence where known an
 - the split keeps a patient's slices (all sequences) and each near-duplicate group on one side, and spreads every
   source's classes over both sides (:func:`site_split`);
 - training draws each class evenly from the sources that have it, optionally at the folder-per-class data's class
-  balance, and within another hospital's slices each class evenly from the levels of the head (skull base, middle,
-  top), so that where a slice lies does not stand for its class (:func:`balanced_weights`, :func:`head_levels`);
-- validation is reported per source and per sequence, and a candidate is held to the current model on every
-  source, not only on the pooled figures (:func:`figures_by_source`, :func:`source_regressions`).
+  balance, and optionally, within another hospital's slices, each class evenly from the levels of the head (skull
+  base, middle, top), so that where a slice lies does not stand for its class (:func:`balanced_weights`,
+  :func:`head_levels`);
+- validation is reported per source, per sequence and per level in the head, and a candidate is held to the
+  current model on every source, class recall included, not only on the pooled figures (:func:`figures_by_source`,
+  :func:`source_regressions`).
 """
 
 from __future__ import annotations
