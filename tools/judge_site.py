@@ -54,16 +54,16 @@ def main() -> None:
     parser.add_argument("--write", action="store_true",
                         help="replace the model's left_out_site record with these figures")
     args = parser.parse_args()
+    path = storage.join(args.model, registry.METADATA_FILE)
+    recorded = json.loads(storage.read_text(path)).get("left_out_site")
+    if args.write and not (recorded and names_site(args.site, recorded["site"])):
+        raise SystemExit(f"{args.model} is not a leave-one-site-out run without site {args.site}: refusing to "
+                         f"record figures on a site it may have trained on")
     configure_logging()
     ensure_ray()
     record = judge(args.model, args.site_data, args.site, args.cache)
     if args.write:
-        path = storage.join(args.model, registry.METADATA_FILE)
         metadata = json.loads(storage.read_text(path))
-        recorded = metadata.get("left_out_site")
-        if not recorded or not names_site(args.site, recorded["site"]):
-            raise SystemExit(f"{args.model} is not a leave-one-site-out run without site {args.site}: refusing to "
-                             f"record figures on a site it may have trained on")
         metadata["left_out_site"] = record
         storage.write_text(path, json.dumps(metadata, indent=2, sort_keys=True))
     print(json.dumps(record, indent=2))
