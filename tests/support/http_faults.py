@@ -73,7 +73,7 @@ class Fault:
 @dataclasses.dataclass
 class Trigger:
     """``action()`` runs once, before the ``after + 1``-th request whose path matches ``path`` (and ``method``) is
-    passed on."""
+    passed on; requests arriving meanwhile wait until it has run."""
 
     path: str
     action: Callable[[], None]
@@ -96,6 +96,7 @@ class FaultyProxy:
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status) of every request answered
         self.in_flight = self.most_in_flight = 0  # requests being answered now, and the most there were at once
         self.lock = threading.Lock()
+        self.acting = threading.Lock()  # held while triggers are checked and their actions run
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self.handler_class())
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -117,10 +118,13 @@ class FaultyProxy:
             self.triggers = list(triggers)
 
     def run_triggers(self, method: str, path: str) -> None:
-        with self.lock:
-            due = [trigger for trigger in self.triggers if trigger.due(method, path)]
-        for trigger in due:
-            trigger.action()
+        # one request at a time: a request arriving while an action runs waits for it, so that e.g. an instance
+        # deleted "as the first retrieval arrives" is gone for every retrieval after it, however many are in flight
+        with self.acting:
+            with self.lock:
+                due = [trigger for trigger in self.triggers if trigger.due(method, path)]
+            for trigger in due:
+                trigger.action()
 
     def count_in_flight(self, change: int) -> None:
         with self.lock:

@@ -27,9 +27,9 @@ def store_files(server, paths) -> None:
 
 def delete_instance(server, sop_instance_uid: str) -> None:
     """Delete one instance from Orthanc, found by its SOP Instance UID."""
-    found = requests.post(server.url + "/tools/lookup", data=sop_instance_uid, auth=server.auth, timeout=10).json()
+    found = requests.post(server.url + "/tools/lookup", data=sop_instance_uid, auth=server.auth, timeout=60).json()
     for item in found:
-        requests.delete(f"{server.url}/instances/{item['ID']}", auth=server.auth, timeout=10).raise_for_status()
+        requests.delete(f"{server.url}/instances/{item['ID']}", auth=server.auth, timeout=60).raise_for_status()
 
 
 def made_series(folder: pathlib.Path, source: str, new_study: bool = False, **attributes) -> list[pathlib.Path]:
