@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import pathlib
 import sys
 
 from infra import storage
 from jobs.runner import PROBABILITY, HelpFormatter, add_common_options, require_lasting_paths, run_job
-from model.data import list_labelled_images
+from model.data import DEFAULT_CACHE, list_labelled_images
 from model.backends import BACKENDS
 from model.registry import DEFAULT_MODEL, load_model_info
 
@@ -31,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", choices=("auto", *BACKENDS), default="auto",
                         help="inference backend, as jobs.screen's: auto = on this CPU the one jobs.screen runs by "
                              "default (float32 ONNX unless the model's int8 graph earned the default)")
-    parser.add_argument("--cache", default=str(pathlib.Path("~/.cache/mri-screen/preprocessed").expanduser()),
+    parser.add_argument("--cache", default=DEFAULT_CACHE,
                         help="preprocessed-image cache (as jobs.retrain --cache), used to read the model's training "
                              "data for the overlap check")
     add_common_options(parser)

@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import pathlib
 import sys
 
 from infra import storage
 from jobs.runner import (POSITIVE_INT, POSITIVE_NUMBER, HelpFormatter, add_common_options, bounded,
                          require_lasting_paths, run_job)
 from model.config import HEADS, ArchitectureConfig, RetrainConfig, TrainConfig
-from model.data import DatasetError, LabelledImage, list_training_images, names_site
+from model.data import DEFAULT_CACHE, DatasetError, LabelledImage, list_training_images, names_site
 from model.preprocessing import PreprocessConfig
 
 logger = logging.getLogger("jobs.retrain")
@@ -124,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="give this share of training slices a random intensity curve (each tissue another "
                              "brightness, as another sequence would give it); measured in docs/retraining.md")
     cache = parser.add_mutually_exclusive_group()
-    cache.add_argument("--cache", default=str(pathlib.Path("~/.cache/mri-screen/preprocessed").expanduser()),
+    cache.add_argument("--cache", default=DEFAULT_CACHE,
                        help="folder (local or s3://) keeping decoded, preprocessed training images between runs, "
                             "keyed by the files and the preprocessing parameters; on a cluster give an s3:// folder "
                             "(a local one is not used there)")

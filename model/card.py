@@ -261,15 +261,20 @@ def site_study_lines(record: dict) -> list[str]:
         overall = study["overall"]
         sequences = "; ".join(f"{name.rsplit(' ', 1)[-1]} {number(values['sensitivity'], 2)} / "
                               f"{number(values['specificity'], 2)}" for name, values in sorted(study["by_sequence"].items()))
-        levels = "; ".join(f"{level} {number(values['specificity'], 2)}"
-                           for level in LEVEL_NAMES
-                           for name, values in study.get("by_level", {}).items() if name.endswith(" " + level)
-                           and values.get("specificity") is not None) or "not recorded"
+        levels = "; ".join(f"{level} {number(values['specificity'], 2)}" for level, values in levels_of(study)
+                           if values.get("specificity") is not None) or "not recorded"
         lines.append(f"| {study['site']} | `{study['run']}` | {study['images']} | {number(overall['sensitivity'])} | "
                      f"{number(overall['specificity'])} | {percent(overall['marked_unfamiliar'])} | {sequences} "
                      f"| {levels} |")
     summary = record.get("site_studies_summary")
     return lines + (["", summary] if summary else [])
+
+
+def levels_of(study: dict) -> list[tuple[str, dict]]:
+    """A site study's figures per level in the head (``lgg-glioma/HT middle``...), as (level name, figures), lowest
+    level first; empty for a study recorded without them."""
+    return [(level, values) for level in LEVEL_NAMES for name, values in study.get("by_level", {}).items()
+            if name.endswith(" " + level)]
 
 
 def heatmap_lines(record: dict) -> list[str]:
@@ -486,13 +491,14 @@ def limits_of(record: dict) -> tuple[str, ...]:
 def level_limit(studies: list[dict]) -> str | None:
     """The level-of-the-head limit in measured figures, from the leave-one-site-out studies that give them."""
     def flagged(level: str, measure: str) -> list[float]:
-        return [1 - values[measure] for study in studies for name, values in study.get("by_level", {}).items()
-                if name.endswith(" " + level) and values.get(measure) is not None]
+        return [1 - values[measure] for study in studies for name, values in levels_of(study)
+                if name == level and values.get(measure) is not None]
 
     base, middle, top = (flagged(level, "specificity") for level in LEVEL_NAMES)
     missed = flagged(LEVEL_NAMES[0], "sensitivity")
     if not (base and middle and top and missed):
         return None
+
     def span(values: list[float]) -> str:
         low, high = round(100 * min(values)), round(100 * max(values))
         return f"{low}-{high}%" if low != high else f"{low}%"

@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import os
+import pathlib
 import posixpath
 
 import numpy as np
@@ -34,6 +35,7 @@ from model.preprocessing import PreprocessConfig, preprocess_image
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", *DICOM_EXTENSIONS)
 CACHE_FORMAT = 1  # bump when a cached row's columns or meaning change
 CACHE_COMPLETE = "_COMPLETE"  # written last: a cache without it (a run killed while writing) is rebuilt
+DEFAULT_CACHE = str(pathlib.Path("~/.cache/mri-screen/preprocessed").expanduser())  # the jobs' and tools' --cache
 
 logger = logging.getLogger(__name__)
 

@@ -16,19 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import pathlib
 
 from infra import storage
 from infra.ray_runtime import configure_logging, ensure_ray
 from model import registry
-from model.data import IMAGE, LABEL, URI, list_site_images, load_labelled_dataset, names_site
+from model.data import DEFAULT_CACHE, IMAGE, LABEL, URI, list_site_images, load_labelled_dataset, names_site
 from model.ood import OodDetector
 from model.predict import load_classifier
 from model.sources import SourceGroups, origins
 from pipeline.retrain import column_arrays, judge_site
-
-
-DEFAULT_CACHE = str(pathlib.Path("~/.cache/mri-screen/preprocessed").expanduser())
 
 
 def judge(model_dir: str, site_data: str, site: str, cache: str | None) -> dict:
@@ -55,7 +51,8 @@ def main() -> None:
                         help="replace the model's left_out_site record with these figures")
     args = parser.parse_args()
     path = storage.join(args.model, registry.METADATA_FILE)
-    recorded = json.loads(storage.read_text(path)).get("left_out_site")
+    metadata = json.loads(storage.read_text(path))
+    recorded = metadata.get("left_out_site")
     if args.write and not (recorded and names_site(args.site, recorded["site"])):
         raise SystemExit(f"{args.model} is not a leave-one-site-out run without site {args.site}: refusing to "
                          f"record figures on a site it may have trained on")
@@ -63,7 +60,6 @@ def main() -> None:
     ensure_ray()
     record = judge(args.model, args.site_data, args.site, args.cache)
     if args.write:
-        metadata = json.loads(storage.read_text(path))
         metadata["left_out_site"] = record
         storage.write_text(path, json.dumps(metadata, indent=2, sort_keys=True))
     print(json.dumps(record, indent=2))
