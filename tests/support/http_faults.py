@@ -73,7 +73,8 @@ class Fault:
 @dataclasses.dataclass
 class Trigger:
     """``action()`` runs once, before the ``after + 1``-th request whose path matches ``path`` (and ``method``) is
-    passed on; requests arriving meanwhile wait until it has run."""
+    passed on, and after every request already passed on has been answered (so that "after 5" means five answered,
+    however many a client sends at once); requests arriving meanwhile wait until it has run."""
 
     path: str
     action: Callable[[], None]
@@ -97,6 +98,8 @@ class FaultyProxy:
         self.in_flight = self.most_in_flight = 0  # requests being answered now, and the most there were at once
         self.lock = threading.Lock()
         self.acting = threading.Lock()  # held while triggers are checked and their actions run
+        self.passing = threading.Condition(self.lock)  # notified as each request passed on is answered
+        self.passed_on = 0  # requests past the triggers and not yet answered
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self.handler_class())
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -123,8 +126,17 @@ class FaultyProxy:
         with self.acting:
             with self.lock:
                 due = [trigger for trigger in self.triggers if trigger.due(method, path)]
+                if due and not self.passing.wait_for(lambda: self.passed_on == 0, timeout=120):
+                    raise RuntimeError("requests passed on before a trigger were still unanswered after 120 s")
             for trigger in due:
                 trigger.action()
+            with self.lock:
+                self.passed_on += 1
+
+    def answered(self) -> None:
+        with self.lock:
+            self.passed_on -= 1
+            self.passing.notify_all()
 
     def count_in_flight(self, change: int) -> None:
         with self.lock:
@@ -193,6 +205,12 @@ class FaultyProxy:
             def pass_on(self) -> None:
                 body = self.body()
                 proxy.run_triggers(self.command, self.path)
+                try:
+                    self.pass_on_past_triggers(body)
+                finally:
+                    proxy.answered()
+
+            def pass_on_past_triggers(self, body: bytes) -> None:
                 fault = proxy.failing(self.command, self.path, self.headers)
                 if fault is not None:
                     time.sleep(fault.delay)
