@@ -4,10 +4,10 @@
 ``MultiWorkerMirroredStrategy`` on their shard of the training set. Every epoch each worker validates on the
 whole validation set with a plain copy of the weights (the running weight average, ``model.averaging``, when
 ``ema_decay`` is set, with the raw weights' figures beside it), and reports metrics plus a checkpoint (latest, best
-and averaged weights, the optimizer's moments, and the early-stopping state) through ``ray.train.report``. A restarted worker group resumes from the
-latest checkpoint (the state records each epoch it resumed at); training stops early when validation loss has not
-improved for ``patience`` epochs. The same code runs on one CPU or on many GPUs: ``num_workers`` and ``use_gpu``
-choose.
+and averaged weights, the optimizer's moments, and the early-stopping state) through ``ray.train.report``. A
+restarted worker group resumes from the latest checkpoint (the state records each epoch it resumed at); training
+stops early when validation loss has not improved for ``patience`` epochs. The same code runs on one CPU or on many
+GPUs: ``num_workers`` and ``use_gpu`` choose.
 """
 
 from __future__ import annotations
@@ -84,9 +84,22 @@ def epoch_order(count: int, weights: np.ndarray | None, seed: int):
     return tf.data.Dataset.from_generator(draws, output_signature=tf.TensorSpec((), tf.int64))
 
 
-def training_feed(images: np.ndarray, targets: np.ndarray, config: dict, weights: np.ndarray | None = None):
+def batch_seeds(seed: int, rank: int = 0):
+    """A tf.data source of one augmentation seed per batch, drawn anew on each pass from the run's seed and the
+    worker's rank: each batch's augmentation follows from its seed, whatever order the parallel map runs in."""
+    rng = np.random.default_rng([seed, rank])
+
+    def draws():
+        while True:
+            yield int(rng.integers(2**63 - 1))
+
+    return tf.data.Dataset.from_generator(draws, output_signature=tf.TensorSpec((), tf.int64))
+
+
+def training_feed(images: np.ndarray, targets: np.ndarray, config: dict, weights: np.ndarray | None = None,
+                  rank: int = 0):
     """The worker's tf.data feed: an epoch's order (a shuffle, or a balanced draw when ``weights`` are given),
-    batched, augmented in parallel, prefetched.
+    batched, augmented in parallel (reproducibly: ``batch_seeds``), prefetched.
 
     Ray has already split the data between workers, so TensorFlow's own auto-sharding is switched off.
     """
@@ -97,13 +110,15 @@ def training_feed(images: np.ndarray, targets: np.ndarray, config: dict, weights
     if config["augment"]:
         transforms = AugmentConfig(curve_probability=config.get("intensity_curves", 0.0))
 
-        def augment(batch_images, batch_targets):
-            augmented = tf.numpy_function(lambda batch: augment_images(batch, config=transforms), [batch_images],
-                                          tf.uint8)
+        def augment(batch, batch_seed):
+            batch_images, batch_targets = batch
+            augmented = tf.numpy_function(lambda pixels, seed: augment_images(pixels, int(seed), transforms),
+                                          [batch_images, batch_seed], tf.uint8)
             augmented.set_shape(batch_images.shape)
             return augmented, batch_targets
 
-        dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = tf.data.Dataset.zip(dataset, batch_seeds(config["seed"], rank)).map(
+            augment, num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
@@ -229,7 +244,7 @@ def train_loop_per_worker(config: dict) -> None:
     averaging = weight_average(config, model, average, state)
     val_images, val_targets, _ = shard_arrays(ray.train.get_dataset_shard("val"))
     train_images, train_targets, weights = shard_arrays(ray.train.get_dataset_shard("train"))
-    feed = training_feed(train_images, train_targets, config, weights)
+    feed = training_feed(train_images, train_targets, config, weights, ray.train.get_context().get_world_rank())
     for epoch in range(state.next_epoch, config["epochs"]):
         fit_started = time.perf_counter()
         fit = model.fit(feed, epochs=1, verbose=0, callbacks=[averaging] if averaging else [])

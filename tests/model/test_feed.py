@@ -1,8 +1,9 @@
-"""The training feed's epoch order: a shuffle, or a draw in proportion to the images' weights."""
+"""The training feed: its epoch order (a shuffle, or a draw in proportion to the images' weights) and its seeded
+augmentation."""
 
 import numpy as np
 
-from model.train import epoch_order
+from model.train import epoch_order, training_feed
 
 
 def test_a_weighted_draw_follows_the_weights_and_is_drawn_anew_each_pass():
@@ -21,3 +22,21 @@ def test_without_weights_each_pass_is_a_permutation():
     first, second = (np.fromiter(order.as_numpy_iterator(), np.int64) for _ in range(2))
     assert sorted(first.tolist()) == list(range(50)) == sorted(second.tolist())
     assert not np.array_equal(first, second)
+
+
+def batches(feed, count: int) -> list[np.ndarray]:
+    return [images for images, _ in feed.take(count).as_numpy_iterator()]
+
+
+def test_the_augmentation_follows_from_the_runs_seed_and_is_drawn_anew_each_pass():
+    images = np.random.default_rng(0).integers(0, 256, (24, 48, 48), dtype=np.uint8)
+    targets = np.zeros(24, np.int64)
+    config = {"seed": 3, "worker_batch_size": 8, "augment": True, "balance_sources": False}
+    first, again = training_feed(images, targets, config), training_feed(images, targets, config)
+    first_pass = batches(first, 3)
+    assert all(np.array_equal(a, b) for a, b in zip(first_pass, batches(again, 3)))  # the same seed, the same pass
+    assert not any(np.array_equal(a, b) for a, b in zip(first_pass, batches(first, 3)))  # the next epoch differs
+    other = batches(training_feed(images, targets, {**config, "seed": 4}), 3)
+    assert not any(np.array_equal(a, b) for a, b in zip(first_pass, other))
+    worker = batches(training_feed(images, targets, config, rank=1), 3)
+    assert not any(np.array_equal(a, b) for a, b in zip(first_pass, worker))
