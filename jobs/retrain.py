@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="quality floor: a first model (empty registry) below this validation macro-F1 is not "
                              "promoted")
     parser.add_argument("--no-augment", action="store_true", help="train without data augmentation")
+    parser.add_argument("--tumor-map-weight", type=bounded(float, 0), default=TrainConfig.tumor_map_weight,
+                        metavar="W", help="also teach the network where tumors are, from the masks beside site "
+                        "slices (glioma/mask/), with this weight on that loss (default 0: off)")
     parser.add_argument("--intensity-curves", type=bounded(float, 0, 1), default=TrainConfig.intensity_curves,
                         metavar="SHARE",
                         help="give this share of training slices a random intensity curve (each tissue another "
@@ -176,6 +179,7 @@ def build_config(args: argparse.Namespace) -> RetrainConfig:
                            num_workers=args.num_workers, use_gpu=args.use_gpu,
                            cpus_per_worker=args.cpus_per_worker, augment=not args.no_augment,
                            intensity_curves=args.intensity_curves,
+                           tumor_map_weight=args.tumor_map_weight,
                            storage_path=args.storage_path, ema_decay=args.ema_decay, resume_from=args.resume_from,
                            balance_sources=args.balance_sources, class_balance=args.class_balance,
                            level_balance=args.level_balance)
@@ -205,6 +209,9 @@ def check_data(args: argparse.Namespace) -> tuple:
     if config.leave_out_site and not any(names_site(source, config.leave_out_site) for source in sites):
         raise DatasetError(f"--leave-out-site {config.leave_out_site}: the site data's sources are "
                            f"{', '.join(sites) or 'none'}")
+    if config.training.tumor_map_weight and not any(image.mask for image in images):
+        raise DatasetError("--tumor-map-weight: none of the labelled images has a tumor mask (a class folder's "
+                           "mask/ sub-folder, named as its slices, as --site-data folders have)")
     if not config.reviews:
         return config, images
     from pipeline.pseudonym import load_key

@@ -26,6 +26,7 @@ from model.tensorflow_runtime import keras, tf
 from model.config import ArchitectureConfig
 from model.labels import CLASS_NAMES
 
+TUMOR_MAP_OUTPUT = "tumor_map"  # the training-only second output of build_tumor_map_trainer
 COLUMN_FEATURES_LAYER = "expanded_conv_7/Add"  # the last stride-16 block of MobileNetV3Small (10x10x48 at 160 px)
 # early backbone blocks (stride 8 and 16) whose per-channel mean and spread the out-of-distribution score reads
 STATISTICS_LAYERS = ("expanded_conv_2/Add", "expanded_conv_4/Add")
@@ -72,15 +73,20 @@ NETWORK_NAMES = {"bilstm": "mobilenetv3small_column_bilstm", "lstm": "mobilenetv
 
 def network_probabilities(channels: tf.Tensor, config: ArchitectureConfig, side: int) -> tf.Tensor:
     """Backbone, head, dropout and softmax on ``(side, side, 1)`` scaled slices: the trained part of a network."""
+    return network_outputs(channels, config, side)[0]
+
+
+def network_outputs(channels: tf.Tensor, config: ArchitectureConfig, side: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """(class probabilities, the backbone's stride-16 feature map for the bilstm head, else its final map)."""
     features = mobilenet_backbone(config, side)(channels)
     if config.head == "bilstm":
-        pooled = column_bilstm_head(*features, config)
+        pooled, finer = column_bilstm_head(*features, config), features[0]
     elif config.head == "lstm":
-        pooled = lstm_head(features, config)
+        pooled, finer = lstm_head(features, config), features
     else:
-        pooled = keras.layers.GlobalAveragePooling2D(name="average_pool")(features)
+        pooled, finer = keras.layers.GlobalAveragePooling2D(name="average_pool")(features), features
     dropped = keras.layers.Dropout(config.dropout)(pooled)
-    return keras.layers.Dense(len(CLASS_NAMES), activation="softmax", name="class_probabilities")(dropped)
+    return keras.layers.Dense(len(CLASS_NAMES), activation="softmax", name="class_probabilities")(dropped), finer
 
 
 def scaled_channels(side: int) -> tuple[tf.Tensor, tf.Tensor]:
@@ -97,6 +103,31 @@ def build_classifier(config: ArchitectureConfig, image_size: int) -> keras.Model
         return build_ensemble(config, image_size)
     images, channels = scaled_channels(image_size)
     return keras.Model(images, network_probabilities(channels, config, image_size), name=NETWORK_NAMES[config.head])
+
+
+def build_tumor_map_trainer(config: ArchitectureConfig, image_size: int) -> tuple[keras.Model, keras.Model]:
+    """(trainer, classifier) for training with tumor maps (``TrainConfig.tumor_map_weight``): ``classifier`` is the
+    network of ``build_classifier`` (the same layers, so the same weights in the same order), and ``trainer``
+    shares its layers and adds a second output, the tumor map: a 1x1 convolution's sigmoid on each cell of the
+    stride-16 feature map the column LSTM reads, trained to the share of the cell that the tumor covers. The map
+    only teaches the backbone where tumors are; what is kept, exported and scored is ``classifier``."""
+    if config.is_ensemble or config.head != "bilstm":
+        raise ValueError("tumor maps are trained for one network with the bilstm head (members train one by one)")
+    images, channels = scaled_channels(image_size)
+    probabilities, finer = network_outputs(channels, config, image_size)
+    classifier = keras.Model(images, probabilities, name=NETWORK_NAMES[config.head])
+    tumor_map = keras.layers.Conv2D(1, 1, activation="sigmoid", name=TUMOR_MAP_OUTPUT)(finer)
+    return keras.Model(images, [probabilities, tumor_map], name=f"{classifier.name}_with_tumor_map"), classifier
+
+
+def tumor_map_crossentropy(known_maps: tf.Tensor, predicted: tf.Tensor) -> tf.Tensor:
+    """Binary cross-entropy of the predicted tumor map against ``known_maps`` (``(..., 2)``: the share of each cell
+    the tumor covers, and 1 where the image's map is known, else 0), averaged over the cells: nothing for an image
+    whose map is unknown (a tumor without a mask)."""
+    share, known = known_maps[..., :1], known_maps[..., 1:]
+    predicted = tf.clip_by_value(tf.cast(predicted, share.dtype), 1e-7, 1.0 - 1e-7)
+    crossentropy = -(share * tf.math.log(predicted) + (1.0 - share) * tf.math.log(1.0 - predicted))
+    return tf.reduce_mean(crossentropy * known, axis=[1, 2, 3])
 
 
 def build_member(config: ArchitectureConfig, side: int, index: int) -> keras.Model:
@@ -199,11 +230,17 @@ def learning_rate_schedule(peak: float, total_steps: int, warmup_steps: int):
 
 
 def compile_classifier(model: keras.Model, learning_rate: float, total_steps: int = 0, warmup_steps: int = 0,
-                       weight_decay: float = 0.0, label_smoothing: float = 0.0) -> keras.Model:
+                       weight_decay: float = 0.0, label_smoothing: float = 0.0,
+                       tumor_map_weight: float = 0.0) -> keras.Model:
     """AdamW (decoupled weight decay, none on BatchNormalization and biases) on the warm-up/cosine schedule, with
-    the label-smoothed masked loss."""
+    the label-smoothed masked loss; for a ``build_tumor_map_trainer`` model, plus ``tumor_map_weight`` times the
+    tumor map's loss."""
     optimizer = keras.optimizers.AdamW(learning_rate_schedule(learning_rate, total_steps, warmup_steps),
                                        weight_decay=weight_decay)
     optimizer.exclude_from_weight_decay(var_names=["BatchNorm", "bias", "gamma", "beta"])
-    model.compile(optimizer=optimizer, loss=smoothed_masked_crossentropy(label_smoothing))
+    loss = smoothed_masked_crossentropy(label_smoothing)
+    if len(model.outputs) == 2:
+        model.compile(optimizer=optimizer, loss=[loss, tumor_map_crossentropy], loss_weights=[1.0, tumor_map_weight])
+    else:
+        model.compile(optimizer=optimizer, loss=loss)
     return model

@@ -40,17 +40,20 @@ class AugmentConfig:
     curve_reversal: float = 0.25  # of those, the share whose curve need not rise (tissues swap their order)
 
 
-def random_affine(image: np.ndarray, rng: np.random.Generator, config: AugmentConfig) -> np.ndarray:
+def random_affine(image: np.ndarray, rng: np.random.Generator, config: AugmentConfig,
+                  tumor_map: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """A random rotation, zoom and flips of the slice, and the same of its tumor map when one is given."""
     side = image.shape[0]
     angle = rng.uniform(-config.max_rotation_degrees, config.max_rotation_degrees)
     scale = rng.uniform(*config.zoom_range)
     matrix = cv2.getRotationMatrix2D((side / 2, side / 2), angle, scale)
-    image = cv2.warpAffine(image, matrix, (side, side), flags=cv2.INTER_LINEAR, borderValue=0)
+    planes = [image] if tumor_map is None else [image, tumor_map]
+    planes = [cv2.warpAffine(plane, matrix, (side, side), flags=cv2.INTER_LINEAR, borderValue=0) for plane in planes]
     if rng.random() < config.horizontal_flip:
-        image = image[:, ::-1]
+        planes = [plane[:, ::-1] for plane in planes]
     if rng.random() < config.vertical_flip:
-        image = image[::-1, :]
-    return image
+        planes = [plane[::-1, :] for plane in planes]
+    return planes[0], (planes[1] if tumor_map is not None else None)
 
 
 def random_intensity(image: np.ndarray, rng: np.random.Generator, config: AugmentConfig) -> np.ndarray:
@@ -105,16 +108,31 @@ def random_degradation(values: np.ndarray, rng: np.random.Generator, config: Aug
     return values
 
 
-def augment_image(image: np.ndarray, rng: np.random.Generator, config: AugmentConfig = AugmentConfig()) -> np.ndarray:
-    """One randomly transformed copy of a square uint8 slice, same shape and dtype."""
-    moved = np.ascontiguousarray(random_affine(image, rng, config)).astype(np.float32)
+def augment_image(image: np.ndarray, rng: np.random.Generator, config: AugmentConfig = AugmentConfig(),
+                  tumor_map: np.ndarray | None = None):
+    """One randomly transformed copy of a square uint8 slice, same shape and dtype; with ``tumor_map`` (the slice's
+    ``model.data.TUMOR_MAP``), the pair (slice, map moved as the slice was: only the geometry touches a map)."""
+    moved, moved_map = random_affine(image, rng, config, tumor_map)
+    moved = np.ascontiguousarray(moved).astype(np.float32)
     if rng.random() < config.curve_probability:
         moved = random_curve(moved, rng, config)
     values = random_degradation(random_intensity(moved, rng, config).astype(np.float32), rng, config)
-    return np.clip(values, 0, 255).astype(np.uint8)
+    augmented = np.clip(values, 0, 255).astype(np.uint8)
+    return augmented if tumor_map is None else (augmented, np.ascontiguousarray(moved_map))
 
 
 def augment_images(images: np.ndarray, seed: int | None = None, config: AugmentConfig = AugmentConfig()) -> np.ndarray:
     """Augmented copies of a ``(n, S, S)`` uint8 batch (used by the training feed through ``tf.numpy_function``)."""
     rng = np.random.default_rng(seed)
     return np.stack([augment_image(image, rng, config) for image in images]) if len(images) else images
+
+
+def augment_with_maps(images: np.ndarray, maps: np.ndarray, seed: int | None = None,
+                      config: AugmentConfig = AugmentConfig()) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`augment_images` of a batch and its tumor maps, each map moved as its slice: the same draws, so a batch
+    augmented with its maps is the batch :func:`augment_images` gives from the same seed."""
+    rng = np.random.default_rng(seed)
+    pairs = [augment_image(image, rng, config, tumor_map) for image, tumor_map in zip(images, maps)]
+    if not pairs:
+        return images, maps
+    return np.stack([pair[0] for pair in pairs]), np.stack([pair[1] for pair in pairs])

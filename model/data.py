@@ -5,7 +5,8 @@ In: a root whose sub-folders are named after the classes (``glioma/``, ``meningi
 image is a tumor of unknown type. Files are JPEG, PNG or DICOM and are read exactly as the scoring pipeline reads
 them (``model.decode``: the same limits, header checks and DICOM handling). Out: a Ray Dataset with one row per
 image (per frame of a multi-frame DICOM, its URI suffixed ``#frame=N``) holding its URI, label, target mask,
-preprocessed uint8 image and near-duplicate thumbnail. Problems in the data (an unknown class folder, an empty
+preprocessed uint8 image, near-duplicate thumbnail and tumor map (where in the model input the tumor is, where the
+data says: a segmentation mask carried into the input's geometry, or none at all for a tumor-free image). Problems in the data (an unknown class folder, an empty
 class folder, an unreadable image) raise :class:`DatasetError` with the offending paths and error codes, before
 any training.
 """
@@ -29,11 +30,11 @@ from infra import storage
 from model.decode import DICOM_EXTENSIONS, DecodeError, DecodeLimits, decode_file
 from model.errors import ErrorCode
 from model.dedup import THUMBNAIL_SIDE, thumbnail
-from model.labels import CLASS_NAMES, TRAINING_LABELS, TUMOR_UNKNOWN_TYPE, target_mask
-from model.preprocessing import PreprocessConfig, preprocess_image
+from model.labels import CLASS_NAMES, NO_TUMOR, TRAINING_LABELS, TUMOR_UNKNOWN_TYPE, target_mask
+from model.preprocessing import PreprocessConfig, head_crop_box, preprocess_image, to_model_square
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", *DICOM_EXTENSIONS)
-CACHE_FORMAT = 1  # bump when a cached row's columns or meaning change
+CACHE_FORMAT = 2  # bump when a cached row's columns or meaning change
 CACHE_COMPLETE = "_COMPLETE"  # written last: a cache without it (a run killed while writing) is rebuilt
 DEFAULT_CACHE = str(pathlib.Path("~/.cache/mri-screen/preprocessed").expanduser())  # the jobs' and tools' --cache
 
@@ -45,7 +46,10 @@ TARGET = "target"
 IMAGE = "image"
 THUMBNAIL = "thumbnail"
 ERROR = "error"
+MASK = "mask"  # a listed image's mask URI ("" for none), read with the image
 WEIGHT = "weight"  # a training image's draw weight (model.sources.balanced_weights), when sources are balanced
+TUMOR_MAP = "tumor_map"  # uint8, the input's shape: 255 where the tumor is (all 0 for a tumor-free image)
+MAP_KNOWN = "tumor_map_known"  # whether TUMOR_MAP is known: a mask came with the image, or it is tumor-free
 
 
 class DatasetError(ValueError):
@@ -61,11 +65,12 @@ class LabelledImage:
     source: str = ""  # the data set (and, for another hospital's slices, the site) the image came from
     sequence: str = ""  # the MRI sequence, where the data names it (a sequence sub-folder)
     patient: str = ""  # the patient, where known: a patient's images stay on one side of a split
+    mask: str = ""  # the URI of the image's tumor segmentation mask, where the data has one (``mask`` folders)
 
     @property
-    def file(self) -> tuple[str, str, int, float]:
+    def file(self) -> tuple[str, str, int, float, str]:
         """What the image's preprocessed row depends on (its descriptive fields do not change the pixels)."""
-        return self.uri, self.label, self.size, self.modified
+        return self.uri, self.label, self.size, self.modified, self.mask
 
 
 def is_image_file(uri: str) -> bool:
@@ -129,10 +134,12 @@ def list_site_images(root: str) -> list[LabelledImage]:
     """Labelled slices from other hospitals, laid out ``<class>/<sequence>/<patient>_<slice>.<ext>``: some classes
     only, a sequence folder per sequence (images directly in a class folder have no sequence), ``mask`` folders left
     out. Each image carries its patient (the file name up to its last ``_``), so a split keeps a patient's slices
-    and sequences together, and its source: ``<root name>/<site>`` where the folder's ``slices.csv`` names the
-    patient's site, else the root's name."""
+    and sequences together, its source: ``<root name>/<site>`` where the folder's ``slices.csv`` names the
+    patient's site, else the root's name, and its tumor mask where its class folder has one of the same name in
+    ``mask/`` (``glioma/mask/<patient>_<slice>.png``, shared by the slice's sequences)."""
     images = list_labelled_images(root, every_class=False)
     sites = patient_sites(root)
+    masks = mask_files(root, {image.label for image in images})
     name = source_name(root).split("/")[-1]
     described = []
     for image in images:
@@ -141,8 +148,21 @@ def list_site_images(root: str) -> list[LabelledImage]:
         patient = stem.rsplit("_", 1)[0] if "_" in stem else stem
         site = sites.get(patient)
         described.append(dataclasses.replace(image, source=f"{name}/{site}" if site else name,
-                                             sequence="/".join(below), patient=patient))
+                                             sequence="/".join(below), patient=patient,
+                                             mask=masks.get((image.label, stem), "")))
     return described
+
+
+def mask_files(root: str, labels: set[str]) -> dict[tuple[str, str], str]:
+    """(class, file name without extension) -> URI of every mask in the classes' ``mask`` folders."""
+    masks = {}
+    for label in sorted(labels):
+        folder = storage.join(root, label, MASK_FOLDER)
+        if storage.is_dir(folder):
+            for uri, _, _ in storage.list_file_versions(folder):
+                if is_image_file(uri):
+                    masks[(label, posixpath.splitext(posixpath.basename(uri))[0])] = uri
+    return masks
 
 
 def names_site(source: str, site: str) -> bool:
@@ -173,28 +193,59 @@ def frame_uri(uri: str, index: int, frames: int) -> str:
     return uri if frames == 1 else f"{uri}#frame={index}"
 
 
-def labelled_rows(uri: str, label: str, config: PreprocessConfig, limits: DecodeLimits) -> list[dict]:
-    """One labelled file -> a row per frame (or one row whose ``error`` names the file and the problem)."""
+def decoded_frames(uri: str, limits: DecodeLimits) -> list[np.ndarray]:
+    return decode_file(storage.read_bytes(uri, max_bytes=limits.max_file_bytes), uri, limits).frames
+
+
+def tumor_map(frame: np.ndarray, label: str, mask: np.ndarray | None, config: PreprocessConfig
+              ) -> tuple[np.ndarray, bool]:
+    """(TUMOR_MAP, MAP_KNOWN) of one decoded frame: its mask cropped, squared and resized as ``preprocess_image``
+    treats the frame; empty and known for a tumor-free image; empty and unknown for a tumor without a mask."""
+    side = config.image_size
+    if mask is None:
+        return np.zeros((side, side), np.uint8), label == NO_TUMOR
+    if mask.shape[:2] != frame.shape[:2]:
+        raise ValueError(f"its mask is {mask.shape[1]}x{mask.shape[0]} pixels, the image "
+                         f"{frame.shape[1]}x{frame.shape[0]}")
+    plane = mask if mask.ndim == 2 else mask[..., 0]
+    inside = plane > plane.max() / 2
+    moved = to_model_square(inside.astype(np.uint8) * 255, head_crop_box(frame, config), side)
+    return np.where(moved >= 128, 255, 0).astype(np.uint8), True
+
+
+def labelled_rows(uri: str, label: str, config: PreprocessConfig, limits: DecodeLimits,
+                  mask_uri: str = "") -> list[dict]:
+    """One labelled file (and its tumor mask, if it has one) -> a row per frame (or one row whose ``error`` names
+    the file and the problem)."""
     try:
-        frames = decode_file(storage.read_bytes(uri, max_bytes=limits.max_file_bytes), uri, limits).frames
-        return [{URI: frame_uri(uri, index, len(frames)), LABEL: label, IMAGE: preprocess_image(frame, config),
-                 THUMBNAIL: thumbnail(frame), ERROR: ""} for index, frame in enumerate(frames)]
+        frames = decoded_frames(uri, limits)
+        mask = decoded_frames(mask_uri, limits)[0] if mask_uri else None
+        rows = []
+        for index, frame in enumerate(frames):
+            where, known = tumor_map(frame, label, mask, config)
+            rows.append({URI: frame_uri(uri, index, len(frames)), LABEL: label, IMAGE: preprocess_image(frame, config),
+                         THUMBNAIL: thumbnail(frame), TUMOR_MAP: where, MAP_KNOWN: known, ERROR: ""})
+        return rows
     except DecodeError as error:
         problem = f"{error.code}: {error}"
     except (ValueError, ArithmeticError, storage.StorageError) as error:
         problem = str(error)
-    return [{URI: uri, LABEL: label, IMAGE: np.zeros((config.image_size,) * 2, np.uint8),
-             THUMBNAIL: np.zeros(THUMBNAIL_SIDE * THUMBNAIL_SIDE, np.float32), ERROR: f"{uri}: {problem}"}]
+    empty = np.zeros((config.image_size,) * 2, np.uint8)
+    return [{URI: uri, LABEL: label, IMAGE: empty, THUMBNAIL: np.zeros(THUMBNAIL_SIDE * THUMBNAIL_SIDE, np.float32),
+             TUMOR_MAP: empty, MAP_KNOWN: False, ERROR: f"{uri}: {problem}"}]
 
 
 def load_labelled_batch(batch: dict[str, np.ndarray], config: PreprocessConfig,
                         limits: DecodeLimits = DecodeLimits()) -> dict[str, np.ndarray]:
-    """Ray Data function: read, decode and preprocess a batch of labelled files, recording errors per row."""
-    rows = [row for uri, label in zip(batch[URI], batch[LABEL])
-            for row in labelled_rows(str(uri), str(label), config, limits)]
+    """Ray Data function: read, decode and preprocess a batch of labelled files (with their masks, where the batch
+    has a ``mask`` column), recording errors per row."""
+    masks = batch.get(MASK, [""] * len(batch[URI]))
+    rows = [row for uri, label, mask in zip(batch[URI], batch[LABEL], masks)
+            for row in labelled_rows(str(uri), str(label), config, limits, str(mask))]
     return {URI: np.array([row[URI] for row in rows]), LABEL: np.array([row[LABEL] for row in rows]),
             TARGET: np.stack([target_mask(row[LABEL]) for row in rows]),
             IMAGE: np.stack([row[IMAGE] for row in rows]), THUMBNAIL: np.stack([row[THUMBNAIL] for row in rows]),
+            TUMOR_MAP: np.stack([row[TUMOR_MAP] for row in rows]), MAP_KNOWN: np.array([row[MAP_KNOWN] for row in rows]),
             ERROR: np.array([row[ERROR] for row in rows])}
 
 
@@ -230,7 +281,7 @@ def load_labelled_dataset(images: list[LabelledImage], config: PreprocessConfig,
 
 def decoded_rows(images: list[LabelledImage], config: PreprocessConfig, batch_size: int) -> ray.data.Dataset:
     """Every labelled file read and preprocessed, a row per frame, errors recorded in ``ERROR``; materialized."""
-    items = [{URI: image.uri, LABEL: image.label} for image in images]
+    items = [{URI: image.uri, LABEL: image.label, MASK: image.mask} for image in images]
     blocks = max(1, min(64, len(items) // batch_size))
     return ray.data.from_items(items, override_num_blocks=blocks).map_batches(
         load_labelled_batch, fn_kwargs={"config": config}, batch_size=batch_size, num_cpus=0.5).materialize()

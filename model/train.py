@@ -27,11 +27,11 @@ from model.tensorflow_runtime import tf  # first: TensorFlow is imported quietly
 
 from ray.train.tensorflow import TensorflowTrainer  # noqa: E402
 
-from model.architecture import build_classifier, compile_classifier
-from model.augment import AugmentConfig, augment_images
+from model.architecture import TUMOR_MAP_OUTPUT, build_classifier, build_tumor_map_trainer, compile_classifier
+from model.augment import AugmentConfig, augment_images, augment_with_maps
 from model.averaging import WeightAverage
 from model.config import ArchitectureConfig, TrainConfig
-from model.data import IMAGE, TARGET, WEIGHT
+from model.data import IMAGE, MAP_KNOWN, TARGET, TUMOR_MAP, WEIGHT
 from model.metrics import classification_metrics
 from model.predict import ProbabilityPredictor, configure_tensorflow, masked_crossentropy_numpy
 
@@ -58,16 +58,32 @@ class TrainingState:
     average_steps: int = 0  # updates the weight average has taken
 
 
-def shard_arrays(shard) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """The worker's whole shard as numpy (images, target masks, draw weights or None): read once, reused every
-    epoch."""
-    images, targets, weights = [], [], []
+@dataclasses.dataclass
+class Shard:
+    """A worker's whole shard as numpy: read once, reused every epoch."""
+
+    images: np.ndarray
+    targets: np.ndarray
+    weights: np.ndarray | None = None  # draw weights, when sources are balanced
+    tumor_maps: np.ndarray | None = None  # TUMOR_MAP and MAP_KNOWN, when read (training with tumor maps)
+    maps_known: np.ndarray | None = None
+
+
+def shard_arrays(shard, tumor_maps: bool = False) -> Shard:
+    """The worker's whole shard (with its tumor maps when ``tumor_maps``)."""
+    columns = {IMAGE: [], TARGET: [], WEIGHT: [], TUMOR_MAP: [], MAP_KNOWN: []}
+    wanted = [IMAGE, TARGET, WEIGHT] + ([TUMOR_MAP, MAP_KNOWN] if tumor_maps else [])
     for batch in shard.iter_batches(batch_size=256, batch_format="numpy"):
-        images.append(batch[IMAGE])
-        targets.append(batch[TARGET])
-        weights.append(batch.get(WEIGHT))
-    return (np.concatenate(images), np.concatenate(targets),
-            None if any(weight is None for weight in weights) else np.concatenate(weights))
+        for name in wanted:
+            columns[name].append(batch.get(name))
+
+    def joined(name: str) -> np.ndarray | None:
+        parts = columns[name]
+        return None if not parts or any(part is None for part in parts) else np.concatenate(parts)
+
+    if tumor_maps and joined(TUMOR_MAP) is None:
+        raise ValueError("training with tumor maps needs the tumor_map column (preprocessed rows of cache format 2)")
+    return Shard(joined(IMAGE), joined(TARGET), joined(WEIGHT), joined(TUMOR_MAP), joined(MAP_KNOWN))
 
 
 def epoch_order(count: int, weights: np.ndarray | None, seed: int):
@@ -97,35 +113,54 @@ def batch_seeds(seed: int, rank: int = 0):
 
 
 def training_feed(images: np.ndarray, targets: np.ndarray, config: dict, weights: np.ndarray | None = None,
-                  rank: int = 0):
+                  rank: int = 0, tumor_maps: tuple[np.ndarray, np.ndarray] | None = None):
     """The worker's tf.data feed: an epoch's order (a shuffle, or a balanced draw when ``weights`` are given),
-    batched, augmented in parallel (reproducibly: ``batch_seeds``), prefetched.
+    batched, augmented in parallel (reproducibly: ``batch_seeds``), prefetched. With ``tumor_maps`` (the images'
+    TUMOR_MAP and MAP_KNOWN), each map is moved as its image and its targets are ``(target masks, known maps)``:
+    ``model.architecture.tumor_map_crossentropy``'s, at ``config["tumor_map_side"]`` cells a side.
 
     Ray has already split the data between workers, so TensorFlow's own auto-sharding is switched off.
     """
-    images_tensor, targets_tensor = tf.constant(images), tf.constant(targets)
+    columns = [tf.constant(images), tf.constant(targets)]
+    if tumor_maps is not None:
+        columns += [tf.constant(tumor_maps[0]), tf.constant(tumor_maps[1].astype(np.float32))]
     dataset = epoch_order(len(images), weights if config.get("balance_sources", True) else None, config["seed"])
     dataset = dataset.batch(config["worker_batch_size"]).map(
-        lambda indices: (tf.gather(images_tensor, indices), tf.gather(targets_tensor, indices)))
-    if config["augment"]:
-        transforms = AugmentConfig(curve_probability=config.get("intensity_curves", 0.0))
+        lambda indices: tuple(tf.gather(column, indices) for column in columns))
+    transforms = AugmentConfig(curve_probability=config.get("intensity_curves", 0.0))
 
-        def augment(batch, batch_seed):
-            batch_images, batch_targets = batch
+    def augment(batch, batch_seed):
+        if tumor_maps is None:
             augmented = tf.numpy_function(lambda pixels, seed: augment_images(pixels, int(seed), transforms),
-                                          [batch_images, batch_seed], tf.uint8)
-            augmented.set_shape(batch_images.shape)
-            return augmented, batch_targets
+                                          [batch[0], batch_seed], tf.uint8)
+            augmented.set_shape(batch[0].shape)
+            return (augmented, *batch[1:])
+        pair = tf.numpy_function(lambda pixels, maps, seed: augment_with_maps(pixels, maps, int(seed), transforms),
+                                 [batch[0], batch[2], batch_seed], (tf.uint8, tf.uint8))
+        for moved, original in zip(pair, batch):
+            moved.set_shape(original.shape)
+        return (pair[0], batch[1], pair[1], batch[3])
 
+    if config["augment"]:
         dataset = tf.data.Dataset.zip(dataset, batch_seeds(config["seed"], rank)).map(
             augment, num_parallel_calls=tf.data.AUTOTUNE)
+    if tumor_maps is not None:
+        dataset = dataset.map(lambda batch_images, batch_targets, maps, known: (
+            batch_images, (batch_targets, known_map_targets(maps, known, config["tumor_map_side"]))))
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
-def restore(model, eval_model, state: TrainingState, strategy,
-            resume_from: str | None = None) -> tuple[TrainingState, list | None, list | None]:
+def known_map_targets(maps: tf.Tensor, known: tf.Tensor, side: int) -> tf.Tensor:
+    """``(batch, side, side, 2)``: the share of each cell the tumor covers (uint8 maps averaged over the cell), and
+    whether the image's map is known."""
+    shares = tf.image.resize(tf.cast(maps, tf.float32)[..., None] / 255.0, (side, side), method="area")
+    return tf.concat([shares, tf.ones_like(shares) * tf.reshape(known, (-1, 1, 1, 1))], axis=-1)
+
+
+def restore(model, eval_model, state: TrainingState, strategy, resume_from: str | None = None,
+            network=None) -> tuple[TrainingState, list | None, list | None]:
     """Load the latest checkpoint this run reported (after a worker restart), else the earlier run's checkpoint at
     ``resume_from`` (a folder or URI), into ``model`` and its optimizer; return its state, best weights and weight
     average (None where it kept none).
@@ -140,7 +175,7 @@ def restore(model, eval_model, state: TrainingState, strategy,
         state = TrainingState(**json.loads((folder / STATE_FILE).read_text()))
         average = read_weights(eval_model, folder / AVERAGE_WEIGHTS)
         best = read_weights(eval_model, folder / BEST_WEIGHTS)
-        model.load_weights(str(folder / LATEST_WEIGHTS))
+        (network or model).load_weights(str(folder / LATEST_WEIGHTS))  # a second output's layers start afresh
         restore_optimizer(model, folder / OPTIMIZER_STATE, strategy)
     model.optimizer.iterations.assign(state.optimizer_step)
     state.resumed_at.append(state.next_epoch)
@@ -229,29 +264,44 @@ def train_loop_per_worker(config: dict) -> None:
     checkpoint each epoch."""
     configure_tensorflow(max(1, int(config["cpus_per_worker"])), use_gpu=config["use_gpu"])
     architecture = ArchitectureConfig.from_dict(config["architecture"])
-    tf.keras.utils.set_random_seed(config["seed"] + ray.train.get_context().get_world_rank())
+    rank = ray.train.get_context().get_world_rank()
+    tf.keras.utils.set_random_seed(config["seed"] + rank)
     strategy = distribution_strategy(ray.train.get_context().get_world_size())
+    with_maps = bool(config.get("tumor_map_weight"))
     with strategy.scope():
-        model = compile_classifier(
-            build_classifier(architecture, config["image_size"]), config["learning_rate"],
-            config["steps_per_epoch"] * config["epochs"], int(config["steps_per_epoch"] * config["warmup_epochs"]),
-            config["weight_decay"], config["label_smoothing"])
+        if with_maps:
+            model, network = build_tumor_map_trainer(architecture, config["image_size"])
+        else:
+            model = network = build_classifier(architecture, config["image_size"])
+        compile_classifier(
+            model, config["learning_rate"], config["steps_per_epoch"] * config["epochs"],
+            int(config["steps_per_epoch"] * config["warmup_epochs"]), config["weight_decay"],
+            config["label_smoothing"], config.get("tumor_map_weight", 0.0))
+    parts = WeightParts(model, network)
     eval_model = build_classifier(architecture, config["image_size"])
     predictor = ProbabilityPredictor(eval_model)
-    if config.get("initial_weights") is not None:
-        model.set_weights(config["initial_weights"])  # a warm start; a checkpoint, restored next, takes precedence
-    state, best_weights, average = restore(model, eval_model, TrainingState(), strategy, config.get("resume_from"))
-    averaging = weight_average(config, model, average, state)
-    val_images, val_targets, _ = shard_arrays(ray.train.get_dataset_shard("val"))
-    train_images, train_targets, weights = shard_arrays(ray.train.get_dataset_shard("train"))
-    feed = training_feed(train_images, train_targets, config, weights, ray.train.get_context().get_world_rank())
+    if config.get("initial_weights") is not None:  # a warm start; a checkpoint, restored next, takes precedence
+        model.set_weights(parts.whole(config["initial_weights"]))
+    state, best_weights, average = restore(model, eval_model, TrainingState(), strategy, config.get("resume_from"),
+                                           network)
+    averaging = weight_average(config, model, parts.whole(average) if average is not None else None, state)
+    val = shard_arrays(ray.train.get_dataset_shard("val"))
+    val_images, val_targets = val.images, val.targets
+    train = shard_arrays(ray.train.get_dataset_shard("train"), tumor_maps=with_maps)
+    if with_maps:
+        config = {**config, "tumor_map_side": int(model.outputs[-1].shape[1])}
+    feed = training_feed(train.images, train.targets, config, train.weights, rank,
+                         (train.tumor_maps, train.maps_known) if with_maps else None)
     for epoch in range(state.next_epoch, config["epochs"]):
         fit_started = time.perf_counter()
         fit = model.fit(feed, epochs=1, verbose=0, callbacks=[averaging] if averaging else [])
         fit_seconds = time.perf_counter() - fit_started
-        weights = model.get_weights()  # every worker reads: a collective under MultiWorkerMirroredStrategy
-        kept = averaging.averaged_weights() if averaging else weights  # what validation judges and checkpoints keep
+        weights = parts.network(model.get_weights())  # every worker reads: a collective under MWMS
+        # what validation judges and checkpoints keep
+        kept = parts.network(averaging.averaged_weights()) if averaging else weights
         metrics = {"epoch": epoch, "train_loss": float(fit.history["loss"][-1]),
+                   **({"train_tumor_map_loss": float(fit.history[f"{TUMOR_MAP_OUTPUT}_loss"][-1])}
+                      if with_maps else {}),
                    "fit_seconds": round(fit_seconds, 2),
                    "train_images_per_second": round(config["rows_per_worker"] * config["num_workers"] / fit_seconds, 1),
                    **validate(predictor, eval_model, kept, val_images, val_targets)}
@@ -268,12 +318,43 @@ def train_loop_per_worker(config: dict) -> None:
             break
 
 
+class WeightParts:
+    """Where a network's weights lie among its trainer's: the same list for a plain network; for a trainer with a
+    second output (``build_tumor_map_trainer``), the network's are picked out by variable, in the network's
+    ``get_weights`` order, and put back beside the second output's."""
+
+    def __init__(self, trainer, network):
+        place = {id(variable): index for index, variable in enumerate(trainer.weights)}
+        self.trainer = trainer
+        self.positions = None if trainer is network else [place[id(variable)] for variable in network.weights]
+
+    def network(self, weights: list) -> list:
+        return weights if self.positions is None else [weights[index] for index in self.positions]
+
+    def whole(self, network_weights: list) -> list:
+        if self.positions is None:
+            return network_weights
+        weights = self.trainer.get_weights()
+        for index, value in zip(self.positions, network_weights):
+            weights[index] = value
+        return weights
+
+
 def weight_average(config: dict, model, restored: list | None, state: TrainingState):
     """The run's weight average (``model.averaging``), continued from a checkpoint's; None when switched off."""
     if not config.get("ema_decay"):
         return None
     start = restored if restored is not None else model.get_weights()
     return WeightAverage(config["ema_decay"]).start(start, state.average_steps if restored is not None else 0)
+
+
+TUMOR_MAP_COLUMNS = (TUMOR_MAP, MAP_KNOWN)
+
+
+def without_columns(dataset: ray.data.Dataset, columns: tuple[str, ...]) -> ray.data.Dataset:
+    """The dataset without those of ``columns`` it has (the tumor maps, where training does not read them)."""
+    present = [name for name in columns if name in dataset.columns()]
+    return dataset.drop_columns(present) if present else dataset
 
 
 def build_trainer(train_dataset: ray.data.Dataset, val_dataset: ray.data.Dataset,
@@ -291,7 +372,8 @@ def build_trainer(train_dataset: ray.data.Dataset, val_dataset: ray.data.Dataset
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
                                                resources_per_worker=resources),
-        datasets={"train": train_dataset.randomize_block_order(), "val": val_dataset},
+        datasets={"train": without_columns(train_dataset, () if config.tumor_map_weight else TUMOR_MAP_COLUMNS)
+                  .randomize_block_order(), "val": without_columns(val_dataset, TUMOR_MAP_COLUMNS)},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
         run_config=ray.train.RunConfig(
             name=config.run_name, storage_path=config.storage_path,

@@ -149,3 +149,11 @@ def test_a_local_cache_is_not_used_when_retraining_joins_a_cluster(monkeypatch):
     assert usable_cache(on_cluster) is None
     shared = parse_args(["--data", "d", "--output", "o", "--cache", "s3://models/cache", "--address", "auto"])
     assert usable_cache(shared) == "s3://models/cache"
+
+
+def test_learning_tumor_maps_without_a_single_mask_is_refused_before_ray_starts(tmp_path):
+    result = job("retrain", "--data", str(SAMPLES / "labelled"), "--output", str(tmp_path / "registry"),
+                 "--tumor-map-weight", "1")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "--tumor-map-weight: none of the labelled images has a tumor mask" in result.stderr
+    assert "Ray resources" not in result.stderr and not (tmp_path / "registry").exists()

@@ -3,7 +3,7 @@ tissue contrasts while the background stays dark."""
 
 import numpy as np
 
-from model.augment import AugmentConfig, augment_images, random_curve
+from model.augment import AugmentConfig, augment_images, augment_with_maps, random_curve
 
 
 def slices(count: int = 6, side: int = 48) -> np.ndarray:
@@ -47,3 +47,18 @@ def test_curves_are_drawn_only_when_asked_for():
     curved = [augment_images(images, seed, AugmentConfig(curve_probability=1.0)) for seed in range(3)]
     assert all(not np.array_equal(a, b) for a, b in zip(plain, curved))
     assert all(np.array_equal(a, augment_images(images, seed)) for seed, a in enumerate(plain))
+
+
+def test_a_tumor_map_moves_with_its_slice_and_changes_none_of_the_slices_draws():
+    images = slices()
+    maps = np.where(images == 200, 255, 0).astype(np.uint8)  # the lesion
+    augmented, moved = augment_with_maps(images, maps, 5)
+    assert np.array_equal(augmented, augment_images(images, 5)) and moved.shape == maps.shape
+    geometry_only = AugmentConfig(gamma_range=(1, 1), contrast_range=(1, 1), brightness_range=0, blur_probability=0,
+                                  noise_probability=0, downsample_probability=0, bias_probability=0,
+                                  sharpen_probability=0, jpeg_probability=0)
+    augmented, moved = augment_with_maps(images, maps, 5, geometry_only)
+    for image, tumor_map, original in zip(augmented, moved, images):
+        lesion, marked = image > 160, tumor_map > 127
+        assert not np.array_equal(image, original)  # moved
+        assert (lesion & marked).sum() / (lesion | marked).sum() > 0.8

@@ -206,3 +206,31 @@ def test_another_hospitals_slices_train_from_the_current_weights_and_a_left_out_
             assert (figures[measure] is None) == (recorded[measure] is None)
             if recorded[measure] is not None:
                 assert figures[measure] == pytest.approx(recorded[measure], abs=1e-3)
+
+
+def test_a_network_learns_tumor_maps_beside_its_classes_warm_started_and_resumed(first_run, ray_local):
+    """``--tumor-map-weight``: two workers train the network and its tumor-map output on the site slices' masks
+    (augmented with their slices), from the first run's weights; a resumed run continues it; what is kept is the
+    plain network, whose validation loss is the one recorded."""
+    from model.data import list_training_images, load_labelled_dataset
+    from pipeline.retrain import split_by_groups
+
+    output, _ = first_run
+    cfg = dataclasses.replace(config(output, epochs=1, version="unused"), site_data=(str(SAMPLES / "other-site"),))
+    training = dataclasses.replace(cfg.training, tumor_map_weight=1.0, augment=True, run_name="maps")
+    images = list_training_images(cfg.data, cfg.tumor_data, cfg.site_data)
+    assert sum(bool(image.mask) for image in images) == 12
+    train, validation, _ = split_by_groups(load_labelled_dataset(images, cfg.preprocessing), cfg, images)
+    current = load_classifier(registry.load_model_info(str(output / "registry" / "candidate-1")))
+    _, first = train_classifier(train, validation, ARCHITECTURE, SIZE, training, current.get_weights())
+    assert 0 < first["history"][0]["train_tumor_map_loss"] < first["history"][0]["train_loss"]
+    checkpoint = next(path for path in (output / "ray" / "maps").rglob("checkpoint_*") if path.is_dir())
+    resumed = dataclasses.replace(training, epochs=2, resume_from=str(checkpoint), run_name="maps-resumed")
+    folder, state = train_classifier(train, validation, ARCHITECTURE, SIZE, resumed)
+    assert state["resumed_at"] == [1] and len(state["history"]) == 2
+    assert all(np.isfinite(epoch["train_tumor_map_loss"]) for epoch in state["history"])
+    model = build_classifier(ARCHITECTURE, SIZE)
+    model.load_weights(str(folder / BEST_WEIGHTS))
+    val_images, val_targets, _ = validation_arrays(validation)
+    recomputed = masked_crossentropy_numpy(ProbabilityPredictor(model)(val_images), val_targets)
+    assert np.isclose(recomputed, state["best_val_loss"], rtol=1e-4)
