@@ -137,8 +137,8 @@ def training_feed(images: np.ndarray, targets: np.ndarray, config: dict, weights
             return (augmented, *batch[1:])
         pair = tf.numpy_function(lambda pixels, maps, seed: augment_with_maps(pixels, maps, int(seed), transforms),
                                  [batch[0], batch[2], batch_seed], (tf.uint8, tf.uint8))
-        for moved, original in zip(pair, batch):
-            moved.set_shape(original.shape)
+        pair[0].set_shape(batch[0].shape)
+        pair[1].set_shape(batch[2].shape)
         return (pair[0], batch[1], pair[1], batch[3])
 
     if config["augment"]:
@@ -352,9 +352,10 @@ TUMOR_MAP_COLUMNS = (TUMOR_MAP, MAP_KNOWN)
 
 
 def without_columns(dataset: ray.data.Dataset, columns: tuple[str, ...]) -> ray.data.Dataset:
-    """The dataset without those of ``columns`` it has (the tumor maps, where training does not read them)."""
+    """The dataset without those of ``columns`` it has (the tumor maps, where training does not read them),
+    materialized here: the workers hold every CPU while they train, so no projection could run after they start."""
     present = [name for name in columns if name in dataset.columns()]
-    return dataset.drop_columns(present) if present else dataset
+    return dataset.drop_columns(present).materialize() if present else dataset
 
 
 def build_trainer(train_dataset: ray.data.Dataset, val_dataset: ray.data.Dataset,

@@ -40,3 +40,17 @@ def test_the_augmentation_follows_from_the_runs_seed_and_is_drawn_anew_each_pass
     assert not any(np.array_equal(a, b) for a, b in zip(first_pass, other))
     worker = batches(training_feed(images, targets, config, rank=1), 3)
     assert not any(np.array_equal(a, b) for a, b in zip(first_pass, worker))
+
+
+def test_with_tumor_maps_each_batch_carries_its_known_maps_moved_with_its_images():
+    images = np.zeros((16, 48, 48), np.uint8)
+    images[:, 8:20, 8:20] = 200  # a bright square, and the map marks it
+    maps = np.where(images > 0, 255, 0).astype(np.uint8)
+    known = np.arange(16) % 2 == 0
+    config = {"seed": 0, "worker_batch_size": 8, "augment": True, "balance_sources": False, "tumor_map_side": 6}
+    batch_images, (targets, known_maps) = next(iter(training_feed(images, np.zeros((16, 4), np.float32), config,
+                                                                  tumor_maps=(maps, known))))
+    assert batch_images.shape == (8, 48, 48) and targets.shape == (8, 4) and known_maps.shape == (8, 6, 6, 2)
+    shares = known_maps[..., 0].numpy()
+    assert np.all(np.abs(shares.sum(axis=(1, 2)) - 36 * 144 / 2304) < 1.0)  # the square's share, wherever it went
+    assert set(np.unique(known_maps[..., 1])) == {0.0, 1.0}
