@@ -393,8 +393,12 @@ def recipe(config: dict) -> str:
 def loss_text(config: dict) -> str:
     smoothing = config.get("label_smoothing", 0.0)
     text = "Loss: cross-entropy for the four classes; for tumor slices of unknown type, -log(1 - p(no tumor))"
-    return text + (f"; label smoothing {smoothing:g} (mixed with the mean -log p over classes)." if smoothing
-                   else ".")
+    text += f"; label smoothing {smoothing:g} (mixed with the mean -log p over classes)" if smoothing else ""
+    if config.get("tumor_map_weight"):
+        text += (f"; plus {config['tumor_map_weight']:g} times the tumor map's cross-entropy (a training-only second "
+                 f"output learns the share of each stride-16 cell the tumor covers, from the masks beside the site "
+                 f"slices)")
+    return text + "."
 
 
 def throughput_lines(history: list[dict]) -> list[str]:

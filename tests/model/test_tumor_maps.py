@@ -92,3 +92,11 @@ def test_the_trainer_shares_the_network_s_layers_and_its_weights_are_picked_out_
     np.testing.assert_allclose(plain(images, training=False), trainer(images, training=False)[0], atol=1e-6)
     with pytest.raises(ValueError, match="bilstm head"):
         build_tumor_map_trainer(ArchitectureConfig(head="pooling"), 96)
+
+
+def test_the_card_names_the_tumor_map_loss_only_for_a_run_that_learned_maps():
+    from model.card import loss_text
+
+    assert "plus 2 times the tumor map's cross-entropy" in loss_text({"label_smoothing": 0.05, "tumor_map_weight": 2})
+    assert "tumor map" not in loss_text({"label_smoothing": 0.05, "tumor_map_weight": 0.0})
+    assert loss_text({}).endswith("-log(1 - p(no tumor)).")
