@@ -6,9 +6,9 @@ image is a tumor of unknown type. Files are JPEG, PNG or DICOM and are read exac
 them (``model.decode``: the same limits, header checks and DICOM handling). Out: a Ray Dataset with one row per
 image (per frame of a multi-frame DICOM, its URI suffixed ``#frame=N``) holding its URI, label, target mask,
 preprocessed uint8 image, near-duplicate thumbnail and tumor map (where in the model input the tumor is, where the
-data says: a segmentation mask carried into the input's geometry, or none at all for a tumor-free image). Problems in the data (an unknown class folder, an empty
-class folder, an unreadable image) raise :class:`DatasetError` with the offending paths and error codes, before
-any training.
+data says: a segmentation mask carried into the input's geometry, or none at all for a tumor-free image). Problems
+in the data (an unknown class folder, an empty class folder, an unreadable image or mask) raise
+:class:`DatasetError` with the offending paths and error codes, before any training.
 """
 
 from __future__ import annotations
