@@ -71,7 +71,7 @@ class TrainConfig:
     intensity_curves: float = 0.0  # share of slices given a random intensity curve (model.augment.random_curve)
     balance_sources: bool = True  # each epoch draws a class's images evenly from the sources that have it
     class_balance: bool = False  # ... and each class at the folder-per-class data's share, not the pooled one
-    tumor_map_weight: float = 0.0  # > 0: also learn where tumors are, from masks (model.architecture.build_tumor_map_trainer)
+    tumor_map_weight: float = 0.0  # > 0: also learn where tumors are, from masks (build_tumor_map_trainer)
     level_balance: bool = False  # ... and a site's class evenly from the thirds of the head (model.sources.head_levels)
     seed: int = 0
     num_workers: int = 1

@@ -245,7 +245,8 @@ def load_labelled_batch(batch: dict[str, np.ndarray], config: PreprocessConfig,
     return {URI: np.array([row[URI] for row in rows]), LABEL: np.array([row[LABEL] for row in rows]),
             TARGET: np.stack([target_mask(row[LABEL]) for row in rows]),
             IMAGE: np.stack([row[IMAGE] for row in rows]), THUMBNAIL: np.stack([row[THUMBNAIL] for row in rows]),
-            TUMOR_MAP: np.stack([row[TUMOR_MAP] for row in rows]), MAP_KNOWN: np.array([row[MAP_KNOWN] for row in rows]),
+            TUMOR_MAP: np.stack([row[TUMOR_MAP] for row in rows]),
+            MAP_KNOWN: np.array([row[MAP_KNOWN] for row in rows]),
             ERROR: np.array([row[ERROR] for row in rows])}
 
 
