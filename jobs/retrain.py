@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-augment", action="store_true", help="train without data augmentation")
     parser.add_argument("--tumor-map-weight", type=bounded(float, 0), default=TrainConfig.tumor_map_weight,
                         metavar="W", help="also teach the network where tumors are, from the masks beside site "
-                        "slices (glioma/mask/), with this weight on that loss (default 0: off)")
+                        "slices (glioma/mask/), with this weight on that loss (0: off)")
     parser.add_argument("--intensity-curves", type=bounded(float, 0, 1), default=TrainConfig.intensity_curves,
                         metavar="SHARE",
                         help="give this share of training slices a random intensity curve (each tissue another "

@@ -19,7 +19,7 @@ SITE = SAMPLES / "other-site"
 def test_site_slices_carry_their_site_sequence_and_patient_and_masks_are_left_out(tmp_path):
     copy = tmp_path / "lgg"
     shutil.copytree(SITE, copy)
-    (copy / "glioma" / "mask").mkdir()
+    (copy / "glioma" / "mask").mkdir(exist_ok=True)  # the samples carry the glioma slices' masks
     shutil.copy(next((copy / "glioma" / "flair").iterdir()), copy / "glioma" / "mask" / "TCGA_DU_5849_19950405_25.jpg")
     images = list_site_images(str(copy))
     assert len(images) == 20 and not any("/mask/" in image.uri for image in images)
