@@ -19,8 +19,12 @@ demo: $(STAMP)
 	$(PY) -m jobs.screen --input samples/archive --output out/demo \
 		--pseudonym-key-file out/demo-pseudonym.key --create-pseudonym-key
 
+# two pytest processes, whole files each (module fixtures stay in one process): much of the suite waits on one
+# Python thread (TensorFlow tracing, process starts), so the other core does the other process's work meanwhile
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=20
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=20
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

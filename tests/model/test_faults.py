@@ -19,7 +19,7 @@ from tests.support.processes import processes_titled
 
 pytestmark = pytest.mark.slow
 
-EPOCHS = 6
+EPOCHS = 4
 RUN_NAME = "fault"
 WORKER_TITLE = "RayTrainWorker"
 
@@ -39,7 +39,7 @@ def wait_for(condition, running: concurrent.futures.Future) -> None:
 def killed_run(tmp_path_factory, ray_local):
     """Retrain in a thread; once Ray Train has registered a checkpoint, SIGKILL one of its workers."""
     output = tmp_path_factory.mktemp("fault")
-    base = config(output, epochs=EPOCHS, version="survivor")
+    base = config(output, epochs=EPOCHS, version="survivor", workers=2)
     run_config = dataclasses.replace(base, training=dataclasses.replace(base.training, run_name=RUN_NAME))
     # Ray Train writes this file each time its controller registers a reported checkpoint
     registered = output / "ray" / RUN_NAME / "checkpoint_manager_snapshot.json"

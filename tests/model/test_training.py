@@ -1,5 +1,7 @@
-"""Ray Train: a real 2-worker data-parallel run on a few real images; loss falls, checkpoints restore,
-the registry records the promotion decision. Minutes, not hours: marked slow."""
+"""Ray Train: a real 2-worker data-parallel run on a few real images; loss falls, checkpoints restore (on another
+number of workers), the registry records the promotion decision. The later runs take one worker with both CPUs, as
+the job's defaults have it, and start from the first run's weights or checkpoints. Minutes, not hours: marked
+slow."""
 
 import dataclasses
 import json
@@ -25,7 +27,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory, ray_local):
     output = tmp_path_factory.mktemp("retrain")
-    return output, retrain(config(output, epochs=3, version="candidate-1"))
+    return output, retrain(config(output, epochs=3, version="candidate-1", workers=2))
 
 
 def test_two_workers_train_and_the_loss_falls(first_run):
@@ -75,8 +77,8 @@ def checkpoint_after(output: pathlib.Path, epochs: int) -> pathlib.Path:
 
 def test_a_run_resumes_from_a_checkpoint_with_its_optimizer_and_weight_average(first_run, ray_local):
     """What a later run, perhaps on another machine, needs to continue is in the checkpoint: the weights, the
-    optimizer's moments and step, the weight average and its step, and the history. The resumed run's best weights
-    are the ones whose validation loss it reports."""
+    optimizer's moments and step, the weight average and its step, and the history. Two workers' checkpoint resumes
+    on one. The resumed run's best weights are the ones whose validation loss it reports."""
     from model.data import list_labelled_images, load_labelled_dataset
     from pipeline.retrain import split_by_groups
 
@@ -94,7 +96,7 @@ def test_a_run_resumes_from_a_checkpoint_with_its_optimizer_and_weight_average(f
     images = list_labelled_images(cfg.data, cfg.tumor_data)
     train, validation, _ = split_by_groups(load_labelled_dataset(images, cfg.preprocessing), cfg)
     folder, state = train_classifier(train, validation, ARCHITECTURE, SIZE, cfg.training)
-    steps_per_epoch = first["optimizer_step"] // 3
+    steps_per_epoch = -(-train.count() // cfg.training.batch_size)  # one worker takes the whole batch
     assert state["resumed_at"] == [3] and len(state["history"]) == 4
     assert state["history"][:3] == first["history"]
     assert state["optimizer_step"] == state["average_steps"] == first["optimizer_step"] + steps_per_epoch
@@ -171,16 +173,25 @@ def test_an_ensemble_candidate_reuses_a_trained_member_trains_the_next_and_avera
     assert "## Ensemble: what each part adds" in card and "`ensemble-1-member1`, trained in this run" in card
 
 
-def test_another_hospitals_slices_train_from_the_current_weights_and_a_left_out_site_is_judged(first_run):
-    """``--site-data samples/other-site --leave-out-site HT --init-from candidate-1``: the site's slices join
-    training from the first run's weights (its base split is this run's, so no validation image is one it trained
-    on), site HT's patients stay out of both sides and are judged per sequence, validation is reported per source,
-    and the study is never promoted."""
+@pytest.fixture(scope="module")
+def site_study(first_run):
+    """``--site-data samples/other-site --leave-out-site HT --init-from candidate-1 --tumor-map-weight 1``, augmented:
+    one worker with both CPUs trains the network and its tumor-map output from the first run's weights."""
     output, _ = first_run
     study = dataclasses.replace(config(output, epochs=1, version="site-study"),
                                 site_data=(str(SAMPLES / "other-site"),), leave_out_site="HT",
                                 init_from=str(output / "registry" / "candidate-1"))
-    outcome = retrain(study)
+    study = dataclasses.replace(study, training=dataclasses.replace(study.training, tumor_map_weight=1.0, augment=True,
+                                                                    run_name="site-study"))
+    return study, retrain(study)
+
+
+def test_another_hospitals_slices_train_from_the_current_weights_and_a_left_out_site_is_judged(first_run, site_study):
+    """The site's slices join training from the first run's weights (its base split is this run's, so no
+    validation image is one it trained on), site HT's patients stay out of both sides and are judged per sequence,
+    validation is reported per source, and the study is never promoted."""
+    output, _ = first_run
+    _, outcome = site_study
     assert not outcome.promoted and "leave-one-site-out" in outcome.reason
     metadata = json.loads((output / "registry" / "site-study" / registry.METADATA_FILE).read_text())
     left_out = metadata["left_out_site"]
@@ -208,25 +219,26 @@ def test_another_hospitals_slices_train_from_the_current_weights_and_a_left_out_
                 assert figures[measure] == pytest.approx(recorded[measure], abs=1e-3)
 
 
-def test_a_network_learns_tumor_maps_beside_its_classes_warm_started_and_resumed(first_run, ray_local):
-    """``--tumor-map-weight``: one worker holding every CPU, as the job's defaults have it, trains the network and
-    its tumor-map output on the site slices' masks (augmented with their slices), from the first run's weights; two
-    workers resume it; what is kept is the plain network, whose validation loss is the one recorded."""
+def test_a_network_learns_tumor_maps_beside_its_classes_and_two_workers_resume_it(first_run, site_study, ray_local):
+    """``--tumor-map-weight``: the site study learned the masks' tumor maps beside the classes (augmented with their
+    slices); what it kept, exported and described is the plain network. Two workers resume its checkpoint, and the
+    resumed run's kept network is the one whose validation loss it records."""
     from model.data import list_training_images, load_labelled_dataset
     from pipeline.retrain import split_by_groups
 
     output, _ = first_run
-    cfg = dataclasses.replace(config(output, epochs=1, version="unused"), site_data=(str(SAMPLES / "other-site"),))
-    training = dataclasses.replace(cfg.training, tumor_map_weight=1.0, augment=True, run_name="maps")
-    images = list_training_images(cfg.data, cfg.tumor_data, cfg.site_data)
-    assert sum(bool(image.mask) for image in images) == 12
-    train, validation, _ = split_by_groups(load_labelled_dataset(images, cfg.preprocessing), cfg, images)
-    current = load_classifier(registry.load_model_info(str(output / "registry" / "candidate-1")))
-    alone = dataclasses.replace(training, num_workers=1, cpus_per_worker=2.0)  # nothing left for Ray Data tasks
-    _, first = train_classifier(train, validation, ARCHITECTURE, SIZE, alone, current.get_weights())
+    study, outcome = site_study
+    first = outcome.training_state
     assert 0 < first["history"][0]["train_tumor_map_loss"] < first["history"][0]["train_loss"]
-    checkpoint = next(path for path in (output / "ray" / "maps").rglob("checkpoint_*") if path.is_dir())
-    resumed = dataclasses.replace(training, epochs=2, resume_from=str(checkpoint), run_name="maps-resumed")
+    info = registry.load_model_info(str(output / "registry" / "site-study"))
+    assert len(load_classifier(info).outputs) == 1  # the tumor-map output was for training only
+    assert "times the tumor map's cross-entropy" in (output / "registry" / "site-study" / "MODEL_CARD.md").read_text()
+    images = list_training_images(study.data, study.tumor_data, study.site_data)
+    assert sum(bool(image.mask) for image in images) == 12
+    train, validation, _ = split_by_groups(load_labelled_dataset(images, study.preprocessing), study, images)
+    checkpoint = next(path for path in (output / "ray" / "site-study").rglob("checkpoint_*") if path.is_dir())
+    resumed = dataclasses.replace(study.training, epochs=2, resume_from=str(checkpoint), run_name="maps-resumed",
+                                  num_workers=2, cpus_per_worker=0.5)
     folder, state = train_classifier(train, validation, ARCHITECTURE, SIZE, resumed)
     assert state["resumed_at"] == [1] and len(state["history"]) == 2
     assert all(np.isfinite(epoch["train_tumor_map_loss"]) for epoch in state["history"])
