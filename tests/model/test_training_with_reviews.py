@@ -1,5 +1,5 @@
 """Retraining with radiologists' verdicts (``--reviews``): a real small run (the committed labelled samples, one
-epoch, 2 Ray Train workers) adds exactly the slices the verdicts of a reviewed night label, for training only: a
+epoch, one Ray Train worker) adds exactly the slices the verdicts of a reviewed night label, for training only: a
 copy of a validation image is left out as its near-duplicate, a file gone since is left out and named by its
 reference, and the candidate's record and card say so. Minutes: marked slow."""
 
