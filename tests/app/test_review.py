@@ -17,7 +17,6 @@ import pathlib
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ from pipeline.review import access
 from pipeline.review.verdicts import CONFIRMED, DISMISSED, REOPENED, UNSURE, Verdict, VerdictLog, corrected
 from tests.conftest import ROOT, SAMPLES, TEST_KEY, job_summary
 from tests.pipeline.test_report import CHROMIUM, CHROMIUM_ARGS
+from tools.ports import free_port
 
 RUN_DATE = "2026-11-06"
 TOKEN = "review-token-0123456789abcdef"
@@ -59,12 +59,6 @@ class App:
                 return response.status, response.read()
         except urllib.error.HTTPError as error:
             return error.code, error.read()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def patient_identities() -> set[str]:

@@ -19,7 +19,7 @@ from model.train import (AVERAGE_WEIGHTS, BEST_WEIGHTS, LATEST_WEIGHTS, OPTIMIZE
                          train_classifier)
 from pipeline.retrain import retrain, validation_arrays
 from tests.conftest import SAMPLES
-from tests.support.training import ARCHITECTURE, SIZE
+from tests.support.training import ARCHITECTURE, SIZE, worker_resources
 from tests.support.training import small_retraining as config
 
 pytestmark = pytest.mark.slow
@@ -238,7 +238,7 @@ def test_a_network_learns_tumor_maps_beside_its_classes_and_two_workers_resume_i
     train, validation, _ = split_by_groups(load_labelled_dataset(images, study.preprocessing), study, images)
     checkpoint = next(path for path in (output / "ray" / "site-study").rglob("checkpoint_*") if path.is_dir())
     resumed = dataclasses.replace(study.training, epochs=2, resume_from=str(checkpoint), run_name="maps-resumed",
-                                  num_workers=2, cpus_per_worker=0.5)
+                                  **worker_resources(2))
     folder, state = train_classifier(train, validation, ARCHITECTURE, SIZE, resumed)
     assert state["resumed_at"] == [1] and len(state["history"]) == 2
     assert all(np.isfinite(epoch["train_tumor_map_loss"]) for epoch in state["history"])
