@@ -353,7 +353,8 @@ TUMOR_MAP_COLUMNS = (TUMOR_MAP, MAP_KNOWN)
 
 def without_columns(dataset: ray.data.Dataset, columns: tuple[str, ...]) -> ray.data.Dataset:
     """The dataset without those of ``columns`` it has (the tumor maps, where training does not read them),
-    materialized here: the workers hold every CPU while they train, so no projection could run after they start."""
+    materialized here: the workers hold every CPU while they train, so no projection could run after they start.
+    ``pipeline.retrain``'s splits leave no such column, so this copies only a caller's own dataset."""
     present = [name for name in columns if name in dataset.columns()]
     return dataset.drop_columns(present).materialize() if present else dataset
 

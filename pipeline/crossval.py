@@ -55,7 +55,7 @@ def fold_of_each_image(dataset: ray.data.Dataset, config: RetrainConfig, folds: 
 
 def train_fold(config: RetrainConfig, dataset: ray.data.Dataset, held_out: set, fold: int, stamp: str) -> dict:
     """Train on every image outside ``held_out``; the held-out fold's calibrated figures."""
-    train, validation = split_by_uris(dataset, held_out)
+    train, validation = split_by_uris(dataset, held_out, keep_maps=bool(config.training.tumor_map_weight))
     training = dataclasses.replace(config.training, run_name=f"crossval-{stamp}-fold{fold}")
     network = config.architecture.member()  # the recipe of one network: an ensemble's members are trained alike
     weights_dir, state = train_classifier(train, validation, network, config.preprocessing.image_size, training)

@@ -51,7 +51,7 @@ from model.ood import OOD_FILE, fit_and_describe
 from model.predict import ProbabilityPredictor, load_classifier
 from model.sources import (FROM_REVIEWS, FROM_SITE, LEVEL, PATIENT, SEQUENCE, SOURCE, SourceGroups, balanced_weights,
                            figures_by_source, merged_groups, origins, site_split, source_regressions)
-from model.train import BEST_WEIGHTS, train_classifier
+from model.train import BEST_WEIGHTS, TUMOR_MAP_COLUMNS, train_classifier
 from pipeline.errors import RunFailedError, describe_failure
 from pipeline.pseudonym import load_key
 from pipeline.review.examples import ReviewedExamples, read_all_reviews
@@ -119,10 +119,18 @@ def near_duplicate_groups(dataset: ray.data.Dataset, config: RetrainConfig) -> t
     return table.drop(columns=[THUMBNAIL]), groups
 
 
-def select_uris(dataset: ray.data.Dataset, uris: set, weights: dict | None = None) -> ray.data.Dataset:
-    """The images whose URI is in ``uris``, thumbnails dropped, with their draw weight when ``weights`` gives one,
-    materialized."""
-    selected = dataset.filter(lambda row: row[URI] in uris).drop_columns([THUMBNAIL])
+def unread_columns(dataset: ray.data.Dataset, keep_maps: bool) -> list[str]:
+    """The columns no training or validation reads: the thumbnails (the split is made), and the tumor maps unless
+    ``keep_maps`` (training with ``tumor_map_weight``). Dropped where the split materializes its parts, so the
+    images are copied once."""
+    return [THUMBNAIL] + [name for name in (() if keep_maps else TUMOR_MAP_COLUMNS) if name in dataset.columns()]
+
+
+def select_uris(dataset: ray.data.Dataset, uris: set, weights: dict | None = None,
+                keep_maps: bool = False) -> ray.data.Dataset:
+    """The images whose URI is in ``uris``, without the columns nothing reads (``unread_columns``), with their draw
+    weight when ``weights`` gives one, materialized."""
+    selected = dataset.filter(lambda row: row[URI] in uris).drop_columns(unread_columns(dataset, keep_maps))
     if weights:
         selected = selected.map_batches(
             lambda batch: {**batch, WEIGHT: np.array([weights[str(uri)] for uri in batch[URI]], np.float32)},
@@ -130,9 +138,12 @@ def select_uris(dataset: ray.data.Dataset, uris: set, weights: dict | None = Non
     return selected.materialize()
 
 
-def split_by_uris(dataset: ray.data.Dataset, held_out: set) -> tuple[ray.data.Dataset, ray.data.Dataset]:
-    """(the images outside ``held_out``, the images in it), thumbnails dropped, materialized."""
-    train = dataset.filter(lambda row: row[URI] not in held_out).drop_columns([THUMBNAIL]).materialize()
+def split_by_uris(dataset: ray.data.Dataset, held_out: set,
+                  keep_maps: bool = False) -> tuple[ray.data.Dataset, ray.data.Dataset]:
+    """(the images outside ``held_out``, the images in it), as :func:`select_uris` leaves them (the tumor maps kept
+    for training only with ``keep_maps``), materialized."""
+    train = dataset.filter(lambda row: row[URI] not in held_out).drop_columns(unread_columns(dataset, keep_maps))
+    train = train.materialize()
     return train, select_uris(dataset, held_out)
 
 
@@ -217,7 +228,8 @@ def source_split(dataset: ray.data.Dataset, config: RetrainConfig, images: list[
     uris = table[URI].to_numpy().astype(str)
     draw = (dict(zip(uris[training], weights.tolist()))
             if config.training.balance_sources and not np.allclose(weights, 1.0) else None)
-    return Split(train=select_uris(dataset, set(uris[training]), draw),
+    keep_maps = bool(config.training.tumor_map_weight)
+    return Split(train=select_uris(dataset, set(uris[training]), draw, keep_maps),
                  validation=select_uris(dataset, set(uris[in_validation])),
                  left_out=select_uris(dataset, set(uris[left_out])) if left_out.any() else None,
                  summary=summary, origins=table[[SOURCE, SEQUENCE, PATIENT, LEVEL]], uris=uris,

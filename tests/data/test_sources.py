@@ -66,6 +66,27 @@ def test_the_site_split_keeps_each_patient_on_one_side(ray_local):
     assert "weight" in split.train.columns()  # two sources share notumor and glioma: the draw is balanced
 
 
+def test_the_split_keeps_the_tumor_maps_only_for_a_run_that_learns_them(ray_local):
+    """The parts of a split hold only what training and validation read: no thumbnails, and the maps (an image's
+    size again per row) only in the training part of a run with ``tumor_map_weight``."""
+    import dataclasses
+
+    from model.data import MAP_KNOWN, THUMBNAIL, TUMOR_MAP, load_labelled_dataset
+    from model.preprocessing import PreprocessConfig
+    from pipeline.retrain import source_split
+
+    images = list_training_images(str(SAMPLES / "labelled"), (), (str(SITE),))
+    dataset = load_labelled_dataset(images, PreprocessConfig(image_size=64))
+    plain = RetrainConfig(data=str(SAMPLES / "labelled"), output="", validation_fraction=0.5)
+    with_maps = dataclasses.replace(plain, training=dataclasses.replace(plain.training, tumor_map_weight=1.0))
+    for config, maps_in_training in ((plain, False), (with_maps, True)):
+        split = source_split(dataset, config, images)
+        for part, maps_kept in ((split.train, maps_in_training), (split.validation, False)):
+            columns = set(part.columns())
+            assert THUMBNAIL not in columns
+            assert (TUMOR_MAP in columns, MAP_KNOWN in columns) == (maps_kept, maps_kept)
+
+
 def test_each_source_of_a_class_gets_the_same_share_of_the_draw():
     sources = np.array(["a"] * 6 + ["b"] * 2 + ["a"] * 4)
     labels = np.array(["notumor"] * 8 + ["glioma"] * 4)
