@@ -109,30 +109,25 @@ def random_degradation(values: np.ndarray, rng: np.random.Generator, config: Aug
 
 
 def augment_image(image: np.ndarray, rng: np.random.Generator, config: AugmentConfig = AugmentConfig(),
-                  tumor_map: np.ndarray | None = None):
-    """One randomly transformed copy of a square uint8 slice, same shape and dtype; with ``tumor_map`` (the slice's
-    ``model.data.TUMOR_MAP``), the pair (slice, map moved as the slice was: only the geometry touches a map)."""
+                  tumor_map: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """One randomly transformed copy of a square uint8 slice, same shape and dtype, and its ``tumor_map`` (the slice's
+    ``model.data.TUMOR_MAP``) moved as the slice was (only the geometry touches a map); None without one."""
     moved, moved_map = random_affine(image, rng, config, tumor_map)
     moved = np.ascontiguousarray(moved).astype(np.float32)
     if rng.random() < config.curve_probability:
         moved = random_curve(moved, rng, config)
     values = random_degradation(random_intensity(moved, rng, config).astype(np.float32), rng, config)
-    augmented = np.clip(values, 0, 255).astype(np.uint8)
-    return augmented if tumor_map is None else (augmented, np.ascontiguousarray(moved_map))
+    return np.clip(values, 0, 255).astype(np.uint8), None if moved_map is None else np.ascontiguousarray(moved_map)
 
 
-def augment_images(images: np.ndarray, seed: int | None = None, config: AugmentConfig = AugmentConfig()) -> np.ndarray:
-    """Augmented copies of a ``(n, S, S)`` uint8 batch (used by the training feed through ``tf.numpy_function``)."""
+def augment_batch(images: np.ndarray, seed: int | None = None, config: AugmentConfig = AugmentConfig(),
+                  maps: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Augmented copies of a ``(n, S, S)`` uint8 batch, and of its tumor ``maps`` when given, each map moved as its
+    slice (None without maps). The maps take no draws of their own: a batch augments alike with or without them.
+    The training feed runs it through ``tf.numpy_function``."""
     rng = np.random.default_rng(seed)
-    return np.stack([augment_image(image, rng, config) for image in images]) if len(images) else images
-
-
-def augment_with_maps(images: np.ndarray, maps: np.ndarray, seed: int | None = None,
-                      config: AugmentConfig = AugmentConfig()) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`augment_images` of a batch and its tumor maps, each map moved as its slice: the same draws, so a batch
-    augmented with its maps is the batch :func:`augment_images` gives from the same seed."""
-    rng = np.random.default_rng(seed)
-    pairs = [augment_image(image, rng, config, tumor_map) for image, tumor_map in zip(images, maps)]
+    pairs = [augment_image(image, rng, config, None if maps is None else maps[index])
+             for index, image in enumerate(images)]
     if not pairs:
         return images, maps
-    return np.stack([pair[0] for pair in pairs]), np.stack([pair[1] for pair in pairs])
+    return np.stack([pair[0] for pair in pairs]), None if maps is None else np.stack([pair[1] for pair in pairs])

@@ -28,7 +28,7 @@ from model.tensorflow_runtime import tf  # first: TensorFlow is imported quietly
 from ray.train.tensorflow import TensorflowTrainer  # noqa: E402
 
 from model.architecture import TUMOR_MAP_OUTPUT, build_classifier, build_tumor_map_trainer, compile_classifier
-from model.augment import AugmentConfig, augment_images, augment_with_maps
+from model.augment import AugmentConfig, augment_batch
 from model.averaging import WeightAverage
 from model.config import ArchitectureConfig, TrainConfig
 from model.data import IMAGE, MAP_KNOWN, TARGET, TUMOR_MAP, WEIGHT
@@ -129,17 +129,16 @@ def training_feed(images: np.ndarray, targets: np.ndarray, config: dict, weights
         lambda indices: tuple(tf.gather(column, indices) for column in columns))
     transforms = AugmentConfig(curve_probability=config.get("intensity_curves", 0.0))
 
+    def transform(seed, pixels, *maps):
+        augmented, moved = augment_batch(pixels, int(seed), transforms, *maps)
+        return [augmented, moved] if maps else [augmented]
+
     def augment(batch, batch_seed):
-        if tumor_maps is None:
-            augmented = tf.numpy_function(lambda pixels, seed: augment_images(pixels, int(seed), transforms),
-                                          [batch[0], batch_seed], tf.uint8)
-            augmented.set_shape(batch[0].shape)
-            return (augmented, *batch[1:])
-        pair = tf.numpy_function(lambda pixels, maps, seed: augment_with_maps(pixels, maps, int(seed), transforms),
-                                 [batch[0], batch[2], batch_seed], (tf.uint8, tf.uint8))
-        pair[0].set_shape(batch[0].shape)
-        pair[1].set_shape(batch[2].shape)
-        return (pair[0], batch[1], pair[1], batch[3])
+        moving = batch[:1] + batch[2:3]  # the images, and their tumor maps where the batch has them
+        moved = tf.numpy_function(transform, [batch_seed, *moving], [tf.uint8] * len(moving))
+        for tensor, original in zip(moved, moving):
+            tensor.set_shape(original.shape)
+        return (moved[0], batch[1], *moved[1:], *batch[3:])
 
     if config["augment"]:
         dataset = tf.data.Dataset.zip(dataset, batch_seeds(config["seed"], rank)).map(

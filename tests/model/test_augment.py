@@ -3,7 +3,13 @@ tissue contrasts while the background stays dark."""
 
 import numpy as np
 
-from model.augment import AugmentConfig, augment_images, augment_with_maps, random_curve
+from model.augment import AugmentConfig, augment_batch, random_curve
+
+
+def augment_images(images: np.ndarray, seed: int, config: AugmentConfig = AugmentConfig()) -> np.ndarray:
+    augmented, maps = augment_batch(images, seed, config)
+    assert maps is None
+    return augmented
 
 
 def slices(count: int = 6, side: int = 48) -> np.ndarray:
@@ -52,12 +58,12 @@ def test_curves_are_drawn_only_when_asked_for():
 def test_a_tumor_map_moves_with_its_slice_and_changes_none_of_the_slices_draws():
     images = slices()
     maps = np.where(images == 200, 255, 0).astype(np.uint8)  # the lesion
-    augmented, moved = augment_with_maps(images, maps, 5)
+    augmented, moved = augment_batch(images, 5, AugmentConfig(), maps)
     assert np.array_equal(augmented, augment_images(images, 5)) and moved.shape == maps.shape
     geometry_only = AugmentConfig(gamma_range=(1, 1), contrast_range=(1, 1), brightness_range=0, blur_probability=0,
                                   noise_probability=0, downsample_probability=0, bias_probability=0,
                                   sharpen_probability=0, jpeg_probability=0)
-    augmented, moved = augment_with_maps(images, maps, 5, geometry_only)
+    augmented, moved = augment_batch(images, 5, geometry_only, maps)
     for image, tumor_map, original in zip(augmented, moved, images):
         lesion, marked = image > 160, tumor_map > 127
         assert not np.array_equal(image, original)  # moved
