@@ -47,12 +47,12 @@ def cluster_env() -> dict:
 @pytest.fixture(scope="module")
 def cluster(shadowed_gdcm, cluster_env):
     env = {**cluster_env, "PYTHONPATH": shadowed_gdcm, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    head = RayNode(env, "--num-cpus=0")
-    wait_for_nodes(env, head.gcs_address, 1)  # workers that start before the head's GCS answers give up
-    nodes = {"decode-1": RayNode(env, "--num-cpus=1", '--resources={"decode": 1}', head_address=head.gcs_address),
-             "decode-2": RayNode(env, "--num-cpus=1", '--resources={"decode": 1}', head_address=head.gcs_address),
-             "gpu": RayNode(env, "--num-cpus=1", "--num-gpus=1", head_address=head.gcs_address)}
-    try:
+    head, nodes = RayNode(env, "--num-cpus=0"), {}
+    try:  # a head that never answers is stopped too, so it loads none of the later tests
+        wait_for_nodes(env, head.gcs_address, 1)  # workers that start before the head's GCS answers give up
+        nodes = {"decode-1": RayNode(env, "--num-cpus=1", '--resources={"decode": 1}', head_address=head.gcs_address),
+                 "decode-2": RayNode(env, "--num-cpus=1", '--resources={"decode": 1}', head_address=head.gcs_address),
+                 "gpu": RayNode(env, "--num-cpus=1", "--num-gpus=1", head_address=head.gcs_address)}
         wait_for_nodes(env, head.gcs_address, 4)
         yield head, nodes, cluster_env
     finally:

@@ -97,15 +97,20 @@ def cluster_env():
 def ray_head(cluster_env):
     """A Ray head node with its dashboard (the job server), stopped with the test module."""
     head = RayNode(cluster_env, "--num-cpus=2")
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        probe = subprocess.run([str(pathlib.Path(sys.executable).parent / "ray"), "job", "list",
-                                "--address", head.job_address], capture_output=True, text=True, env=cluster_env)
-        if probe.returncode == 0:
-            break
-        time.sleep(2)
-    yield head.job_address
-    head.stop()
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            probe = subprocess.run([str(pathlib.Path(sys.executable).parent / "ray"), "job", "list",
+                                    "--address", head.job_address], capture_output=True, text=True, env=cluster_env)
+            if probe.returncode == 0:
+                break
+            time.sleep(2)
+        else:
+            raise AssertionError(f"the head's job server at {head.job_address} did not answer in 120 s: "
+                                 f"{probe.stderr[-2500:]}")
+        yield head.job_address
+    finally:
+        head.stop()
 
 
 def submit(ray_head: str, cluster_env: dict, *arguments: str) -> subprocess.CompletedProcess:

@@ -45,7 +45,10 @@ def kill_first(job: subprocess.Popen, title: str, timeout: float = 300) -> int:
     """SIGKILL the first process of the job's Ray titled ``title``, while the job still runs; returns its pid."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        assert job.poll() is None, f"the job ended before a {title} process could be killed"
+        if job.poll() is not None:
+            _, stderr = job.communicate(timeout=60)
+            raise AssertionError(f"the job ended (exit {job.returncode}) before a {title} process could be killed; "
+                                 f"its log ends:\n{stderr[-3000:]}")
         found = processes_titled(title, job.pid)
         if found:
             os.kill(found[0], signal.SIGKILL)

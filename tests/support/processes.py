@@ -100,4 +100,5 @@ def wait_for_nodes(env: dict, gcs_address: str, count: int, timeout: float = 120
         if done.returncode == 0 and done.stdout.strip().isdigit() and int(done.stdout.strip()) >= count:
             return
         time.sleep(1)
-    raise AssertionError(f"the cluster at {gcs_address} did not reach {count} live nodes in {timeout} s")
+    raise AssertionError(f"the cluster at {gcs_address} did not reach {count} live nodes in {timeout} s; the last "
+                         f"probe said:\n{done.stdout[-500:]}{done.stderr[-2500:]}")
