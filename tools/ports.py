@@ -4,8 +4,8 @@
 A port the kernel hands out for ``bind(("", 0))`` comes from its ephemeral range, the range every outgoing connection
 also draws its local port from. Between choosing such a port and the server binding it (Ray takes many seconds to
 start), another process's connection can take it: with two test processes side by side, each starting Ray clusters,
-that happened to the review app. So :func:`free_port` draws a port at random from below the ephemeral range and above Ray's worker ports
-(10002-19999 by default), checked free, and never handed out twice by one process.
+that happened to the review app. So :func:`free_port` draws a port at random from below the ephemeral range and
+above Ray's worker ports (10002-19999 by default), checked free, and never handed out twice by one process.
 """
 
 from __future__ import annotations
