@@ -55,8 +55,6 @@ def free_port() -> int:
             if port not in _given and is_free(port):
                 _given.add(port)
                 return port
-    with socket.socket() as probe:  # a narrowed ephemeral range: the kernel's choice is all there is
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = kernel_port()  # a narrowed ephemeral range: the kernel's choice is all there is
     _given.add(port)
     return port

@@ -17,7 +17,7 @@ import uuid
 import psutil
 
 from tests.conftest import ROOT
-from tools.ports import kernel_port as free_port
+from tools.ports import kernel_port
 
 
 def descendants(ancestor: int) -> list[int]:
@@ -45,11 +45,11 @@ class RayNode:
     port is chosen free, since another Ray (the test session's) may hold the defaults."""
 
     def __init__(self, env: dict, *arguments: str, head_address: str | None = None):
-        ports = [f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
-                 f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-                 f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
+        ports = [f"--node-manager-port={kernel_port()}", f"--object-manager-port={kernel_port()}",
+                 f"--dashboard-agent-listen-port={kernel_port()}", f"--dashboard-agent-grpc-port={kernel_port()}",
+                 f"--runtime-env-agent-port={kernel_port()}", f"--metrics-export-port={kernel_port()}"]
         if head_address is None:
-            self.port, self.dashboard = free_port(), free_port()
+            self.port, self.dashboard = kernel_port(), kernel_port()
             role = ["--head", f"--port={self.port}", f"--dashboard-port={self.dashboard}",
                     "--dashboard-host=127.0.0.1", "--include-dashboard=true"]
         else:  # a node of its own on a shared host: its own temporary dir, so sockets and session files never clash
