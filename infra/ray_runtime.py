@@ -17,6 +17,8 @@ import sys
 
 import ray
 
+from tools.ports import free_port
+
 logger = logging.getLogger(__name__)
 
 # how ``ensure_ray()`` without arguments starts or joins Ray: set once by the job (``configure_ray``), so stages
@@ -39,8 +41,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, verbose:
                dashboard: bool | None = None) -> None:
     """Connect to ``address`` (or ``RAY_ADDRESS``) when given, else start an embedded local Ray; with ``dashboard``
     the embedded Ray serves its state API on 127.0.0.1 (Ray Train's placement-group cleaner polls it, and warns
-    every few seconds when it is missing). Options not given come from ``configure_ray``. Does nothing when Ray is
-    already up."""
+    every few seconds when it is missing; see :func:`embedded_api_server`). Options not given come from
+    ``configure_ray``. Does nothing when Ray is already up."""
     if ray.is_initialized():
         return
     address = address or SETTINGS["address"]
@@ -60,11 +62,33 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, verbose:
     else:  # an embedded Ray's workers inherit this process's environment; a runtime environment would cost every
         # worker start about 0.7 s here (docs/benchmarks.md)
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                 configure_logging=True, logging_level=ray_level)
+                 dashboard_port=embedded_api_server(dashboard), configure_logging=True, logging_level=ray_level)
     ray.data.DataContext.get_current().enable_progress_bars = False
     if not verbose:  # Ray Data's execution plans and notices drown the job's own summary
         logging.getLogger("ray.data").setLevel(logging.ERROR)
     logger.info("Ray resources: %s", ray.cluster_resources())
+
+
+def embedded_api_server(dashboard: bool) -> int | None:
+    """The port for an embedded Ray's dashboard, named to its workers before they start.
+
+    A Ray process that asks the state API without an address (Ray Train's placement-group cleaner does, every few
+    seconds) looks for the cluster in ``RAY_API_SERVER_ADDRESS``, then ``RAY_ADDRESS``, then the address file that
+    the last ``ray start`` on this machine wrote, then a single running GCS. An embedded Ray writes no such file:
+    after a ``ray start`` head has come and gone the cleaner asks that dead address and its thread dies with a
+    traceback in the job's log, and beside another Ray on the machine (a second embedded job) it finds two. So the
+    dashboard's port is chosen here, and ``RAY_API_SERVER_ADDRESS`` names it in this process's environment, which
+    the embedded Ray's workers inherit."""
+    if not dashboard:
+        if os.environ.get("RAY_API_SERVER_ADDRESS") == _API_SERVER_SET.get("value"):
+            os.environ.pop("RAY_API_SERVER_ADDRESS", None)
+        return None
+    port = free_port()
+    _API_SERVER_SET["value"] = os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    return port
+
+
+_API_SERVER_SET: dict[str, str] = {}  # the address embedded_api_server last put in the environment
 
 
 def probe_address(address: str, timeout: float = 5.0) -> None:

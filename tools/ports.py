@@ -1,5 +1,5 @@
-"""Ports for the local servers the tests and tools start (moto, Orthanc, the review app; ``ray start`` nodes: see
-:func:`kernel_port`).
+"""Ports for the local servers the tests and tools start (moto, Orthanc, the review app, an embedded Ray's
+dashboard: ``infra.ray_runtime``; ``ray start`` nodes: see :func:`kernel_port`).
 
 A port the kernel hands out for ``bind(("", 0))`` comes from its ephemeral range, the range every outgoing connection
 also draws its local port from. Between choosing such a port and the server binding it (Ray takes many seconds to
