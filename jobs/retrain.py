@@ -125,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="SHARE",
                         help="give this share of training slices a random intensity curve (each tissue another "
                              "brightness, as another sequence would give it); measured in docs/retraining.md")
+    parser.add_argument("--spectrum-mix", type=bounded(float, 0, 1), default=TrainConfig.spectrum_mix,
+                        metavar="SHARE",
+                        help="give this share of training slices the coarse look (low-frequency Fourier amplitudes) "
+                             "of another slice of its batch, keeping its anatomy; docs/retraining.md")
     cache = parser.add_mutually_exclusive_group()
     cache.add_argument("--cache", default=DEFAULT_CACHE,
                        help="folder (local or s3://) keeping decoded, preprocessed training images between runs, "
@@ -178,7 +182,7 @@ def build_config(args: argparse.Namespace) -> RetrainConfig:
                            weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, seed=args.seed,
                            num_workers=args.num_workers, use_gpu=args.use_gpu,
                            cpus_per_worker=args.cpus_per_worker, augment=not args.no_augment,
-                           intensity_curves=args.intensity_curves,
+                           intensity_curves=args.intensity_curves, spectrum_mix=args.spectrum_mix,
                            tumor_map_weight=args.tumor_map_weight,
                            storage_path=args.storage_path, ema_decay=args.ema_decay, resume_from=args.resume_from,
                            balance_sources=args.balance_sources, class_balance=args.class_balance,

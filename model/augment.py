@@ -4,8 +4,9 @@ Geometry (rotation, zoom, flips) teaches orientation invariance; random intensit
 roughly each tissue, moved on its own: another sequence's contrast), intensity jitter (gamma, contrast, brightness), a
 smooth intensity bias field (a coil's uneven sensitivity), blur or sharpening, noise, resolution loss and JPEG
 re-compression teach the model to ignore the look of one scanner or data set (the stacked transformations that
-published cross-site work found to hold up on unseen scanners). Every transform is
-drawn from the generator passed in, so an epoch's augmentation is reproducible from its seed.
+published cross-site work found to hold up on unseen scanners). Spectrum mixing gives a slice the coarse look of
+another slice of its batch (which source-balanced sampling draws from other sources) while keeping its anatomy.
+Every transform is drawn from the generator passed in, so an epoch's augmentation is reproducible from its seed.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ class AugmentConfig:
     curve_probability: float = 0.0  # a random intensity curve (random_curve): another sequence's tissue contrast
     curve_points: int = 5
     curve_reversal: float = 0.25  # of those, the share whose curve need not rise (tissues swap their order)
+    spectrum_mix_probability: float = 0.0  # another slice's coarse look (mix_spectrum)
+    spectrum_band: float = 0.08  # the low frequencies mixed: this share of the spectrum's width, around its centre
+    spectrum_weight: tuple[float, float] = (0.2, 1.0)  # how much of the other slice's amplitude they take
 
 
 def random_affine(image: np.ndarray, rng: np.random.Generator, config: AugmentConfig,
@@ -108,6 +112,26 @@ def random_degradation(values: np.ndarray, rng: np.random.Generator, config: Aug
     return values
 
 
+def mix_spectrum(image: np.ndarray, other: np.ndarray, rng: np.random.Generator, config: AugmentConfig) -> np.ndarray:
+    """``image`` with the low-frequency amplitudes of its Fourier spectrum moved toward ``other``'s, its phases kept.
+
+    The phases hold where edges and structures lie (the anatomy, a lesion); the lowest frequencies' amplitudes hold
+    the slice's coarse look: overall brightness and contrast, smooth shading, how bright each large region is, which
+    differ between scanners, sequences and data sets (the Fourier domain adaptation of Yang and Soatto, CVPR 2020,
+    used here as an augmentation). The background stays dark."""
+    side = image.shape[0]
+    band = max(1, int(round(side * config.spectrum_band / 2)))
+    centre = side // 2
+    window = (slice(centre - band, centre + band + 1),) * 2
+    spectrum = np.fft.fftshift(np.fft.fft2(image.astype(np.float32)))
+    amplitude, phase = np.abs(spectrum), np.angle(spectrum)
+    weight = rng.uniform(*config.spectrum_weight)
+    other_amplitude = np.abs(np.fft.fftshift(np.fft.fft2(other.astype(np.float32))))
+    amplitude[window] = (1 - weight) * amplitude[window] + weight * other_amplitude[window]
+    mixed = np.real(np.fft.ifft2(np.fft.ifftshift(amplitude * np.exp(1j * phase))))
+    return np.where(image > 0, mixed, 0).astype(np.float32)
+
+
 def augment_image(image: np.ndarray, rng: np.random.Generator, config: AugmentConfig = AugmentConfig(),
                   tumor_map: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """One randomly transformed copy of a square uint8 slice, same shape and dtype, and its ``tumor_map`` (the slice's
@@ -130,4 +154,10 @@ def augment_batch(images: np.ndarray, seed: int | None = None, config: AugmentCo
              for index, image in enumerate(images)]
     if not pairs:
         return images, maps
-    return np.stack([pair[0] for pair in pairs]), None if maps is None else np.stack([pair[1] for pair in pairs])
+    augmented = np.stack([pair[0] for pair in pairs])
+    if config.spectrum_mix_probability > 0 and len(images) > 1:  # drawn after the rest: off, a batch is as before
+        for index in np.flatnonzero(rng.random(len(images)) < config.spectrum_mix_probability):
+            other = (index + rng.integers(1, len(images))) % len(images)  # any other slice of the batch, as it came
+            mixed = mix_spectrum(augmented[index], images[other], rng, config)
+            augmented[index] = np.clip(mixed, 0, 255).astype(np.uint8)
+    return augmented, None if maps is None else np.stack([pair[1] for pair in pairs])

@@ -69,6 +69,7 @@ class TrainConfig:
     patience: int = 10
     augment: bool = True
     intensity_curves: float = 0.0  # share of slices given a random intensity curve (model.augment.random_curve)
+    spectrum_mix: float = 0.0  # share of slices given another slice's coarse look (model.augment.mix_spectrum)
     balance_sources: bool = True  # each epoch draws a class's images evenly from the sources that have it
     class_balance: bool = False  # ... and each class at the folder-per-class data's share, not the pooled one
     tumor_map_weight: float = 0.0  # > 0: also learn where tumors are, from masks (build_tumor_map_trainer)

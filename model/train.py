@@ -127,7 +127,8 @@ def training_feed(images: np.ndarray, targets: np.ndarray, config: dict, weights
     dataset = epoch_order(len(images), weights if config.get("balance_sources", True) else None, config["seed"])
     dataset = dataset.batch(config["worker_batch_size"]).map(
         lambda indices: tuple(tf.gather(column, indices) for column in columns))
-    transforms = AugmentConfig(curve_probability=config.get("intensity_curves", 0.0))
+    transforms = AugmentConfig(curve_probability=config.get("intensity_curves", 0.0),
+                               spectrum_mix_probability=config.get("spectrum_mix", 0.0))
 
     def transform(seed, pixels, *maps):
         augmented, moved = augment_batch(pixels, int(seed), transforms, *maps)

@@ -3,7 +3,7 @@ tissue contrasts while the background stays dark."""
 
 import numpy as np
 
-from model.augment import AugmentConfig, augment_batch, random_curve
+from model.augment import AugmentConfig, augment_batch, mix_spectrum, random_curve
 
 
 def augment_images(images: np.ndarray, seed: int, config: AugmentConfig = AugmentConfig()) -> np.ndarray:
@@ -68,3 +68,25 @@ def test_a_tumor_map_moves_with_its_slice_and_changes_none_of_the_slices_draws()
         lesion, marked = image > 160, tumor_map > 127
         assert not np.array_equal(image, original)  # moved
         assert (lesion & marked).sum() / (lesion | marked).sum() > 0.8
+
+
+def test_spectrum_mixing_takes_another_slices_brightness_and_keeps_the_anatomy_and_dark_background():
+    image = slices(1)[0]
+    darker = (slices(1)[0] * 0.45).astype(np.uint8)  # the same anatomy, another scanner's look
+    brain, lesion = image == 110, image == 200
+    rng = np.random.default_rng(0)
+    kept = mix_spectrum(image, darker, rng, AugmentConfig(spectrum_weight=(0.0, 0.0)))
+    assert np.abs(kept - image).max() < 0.5  # no weight on the other slice: the slice itself
+    moved = mix_spectrum(image, darker, rng, AugmentConfig(spectrum_weight=(1.0, 1.0)))
+    assert (moved[image == 0] == 0).all()
+    assert 40 < moved[brain].mean() < 80  # toward the other slice's brain (49), from 110
+    assert moved[lesion].mean() > moved[brain].mean() + 30  # the lesion still stands out where it was
+
+
+def test_spectrum_mixing_is_drawn_only_when_asked_for_and_from_the_batchs_seed():
+    images = np.concatenate([slices(3), (slices(3) * 0.5).astype(np.uint8)])
+    mixing = AugmentConfig(spectrum_mix_probability=1.0)
+    plain, mixed = augment_images(images, 3), augment_images(images, 3, mixing)
+    assert np.array_equal(mixed, augment_images(images, 3, mixing)) and mixed.dtype == np.uint8
+    assert all(not np.array_equal(a, b) for a, b in zip(plain, mixed))
+    assert np.array_equal(augment_images(images[:1], 3, mixing), augment_images(images[:1], 3))  # none to mix with
