@@ -40,8 +40,9 @@ class AugmentConfig:
     curve_points: int = 5
     curve_reversal: float = 0.25  # of those, the share whose curve need not rise (tissues swap their order)
     spectrum_mix_probability: float = 0.0  # another slice's coarse look (mix_spectrum)
-    spectrum_band: float = 0.08  # the low frequencies mixed: this share of the spectrum's width, around its centre
+    spectrum_band: float = 0.04  # the low frequencies mixed: this share of the spectrum's width, around its centre
     spectrum_weight: tuple[float, float] = (0.2, 1.0)  # how much of the other slice's amplitude they take
+    spectrum_floor: int = 12  # pixels this dark or darker (background, air) keep their value
 
 
 def random_affine(image: np.ndarray, rng: np.random.Generator, config: AugmentConfig,
@@ -118,7 +119,7 @@ def mix_spectrum(image: np.ndarray, other: np.ndarray, rng: np.random.Generator,
     The phases hold where edges and structures lie (the anatomy, a lesion); the lowest frequencies' amplitudes hold
     the slice's coarse look: overall brightness and contrast, smooth shading, how bright each large region is, which
     differ between scanners, sequences and data sets (the Fourier domain adaptation of Yang and Soatto, CVPR 2020,
-    used here as an augmentation). The background stays dark."""
+    used here as an augmentation). The background (``spectrum_floor`` or darker) keeps its values."""
     side = image.shape[0]
     band = max(1, int(round(side * config.spectrum_band / 2)))
     centre = side // 2
@@ -129,7 +130,7 @@ def mix_spectrum(image: np.ndarray, other: np.ndarray, rng: np.random.Generator,
     other_amplitude = np.abs(np.fft.fftshift(np.fft.fft2(other.astype(np.float32))))
     amplitude[window] = (1 - weight) * amplitude[window] + weight * other_amplitude[window]
     mixed = np.real(np.fft.ifft2(np.fft.ifftshift(amplitude * np.exp(1j * phase))))
-    return np.where(image > 0, mixed, 0).astype(np.float32)
+    return np.where(image > config.spectrum_floor, mixed, image).astype(np.float32)
 
 
 def augment_image(image: np.ndarray, rng: np.random.Generator, config: AugmentConfig = AugmentConfig(),
