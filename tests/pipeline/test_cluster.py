@@ -49,11 +49,11 @@ def cluster(shadowed_gdcm, cluster_env):
     env = {**cluster_env, "PYTHONPATH": shadowed_gdcm, "TF_CPP_MIN_LOG_LEVEL": "3"}
     head, nodes = RayNode(env, "--num-cpus=0"), {}
     try:  # a head that never answers is stopped too, so it loads none of the later tests
-        wait_for_nodes(env, head.gcs_address, 1)  # workers that start before the head's GCS answers give up
+        wait_for_nodes(env, head, 1)  # workers that start before the head's GCS answers give up
         nodes = {"decode-1": RayNode(env, "--num-cpus=1", '--resources={"decode": 1}', head_address=head.gcs_address),
                  "decode-2": RayNode(env, "--num-cpus=1", '--resources={"decode": 1}', head_address=head.gcs_address),
                  "gpu": RayNode(env, "--num-cpus=1", "--num-gpus=1", head_address=head.gcs_address)}
-        wait_for_nodes(env, head.gcs_address, 4)
+        wait_for_nodes(env, head, 4)
         yield head, nodes, cluster_env
     finally:
         for node in [*nodes.values(), head]:

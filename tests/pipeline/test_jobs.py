@@ -107,7 +107,7 @@ def ray_head(cluster_env):
             time.sleep(2)
         else:
             raise AssertionError(f"the head's job server at {head.job_address} did not answer in 120 s: "
-                                 f"{probe.stderr[-2500:]}")
+                                 f"{probe.stderr[-2500:]}\nthe head's logs:\n{head.log_tail()}")
         yield head.job_address
     finally:
         head.stop()

@@ -42,19 +42,23 @@ def processes_titled(title: str, ancestor: int) -> list[int]:
 
 class RayNode:
     """One real Ray node on this machine (``ray start --block`` in its own process group), head or worker. Every
-    port is chosen free, since another Ray (the test session's) may hold the defaults."""
+    port is chosen free, since another Ray (the test session's) may hold the defaults. Each node has a temporary
+    folder of its own, so its sockets, session files and logs never mix with another Ray's on the machine, and a
+    head's address file (``ray_current_cluster``, which Ray processes started without an address read) does not
+    outlive it in ``/tmp/ray``."""
 
     def __init__(self, env: dict, *arguments: str, head_address: str | None = None):
         ports = [f"--node-manager-port={kernel_port()}", f"--object-manager-port={kernel_port()}",
                  f"--dashboard-agent-listen-port={kernel_port()}", f"--dashboard-agent-grpc-port={kernel_port()}",
                  f"--runtime-env-agent-port={kernel_port()}", f"--metrics-export-port={kernel_port()}"]
+        self.temp_dir = f"/tmp/rn-{uuid.uuid4().hex[:8]}"  # short: Ray's socket paths below it must fit 107 bytes
         if head_address is None:
             self.port, self.dashboard = kernel_port(), kernel_port()
             role = ["--head", f"--port={self.port}", f"--dashboard-port={self.dashboard}",
                     "--dashboard-host=127.0.0.1", "--include-dashboard=true"]
-        else:  # a node of its own on a shared host: its own temporary dir, so sockets and session files never clash
-            self.temp_dir = f"/tmp/rn-{uuid.uuid4().hex[:8]}"
-            role = [f"--address={head_address}", f"--temp-dir={self.temp_dir}"]
+        else:
+            role = [f"--address={head_address}"]
+        role.append(f"--temp-dir={self.temp_dir}")
         ray = str(pathlib.Path(sys.executable).parent / "ray")
         self.process = subprocess.Popen([ray, "start", "--block", *role, *ports, *arguments], cwd=ROOT, env=env,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -86,19 +90,29 @@ class RayNode:
                 with contextlib.suppress(psutil.Error):
                     process.kill()
             self.process.wait(timeout=60)
-        if getattr(self, "temp_dir", None):
-            shutil.rmtree(self.temp_dir, ignore_errors=True)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def log_tail(self, characters: int = 1500) -> str:
+        """The end of the node's GCS and raylet logs, for a failure message (``ray start``'s own output is not
+        kept)."""
+        logs = pathlib.Path(self.temp_dir, "session_latest", "logs")
+        tails = [f"--- {path.name}\n{text[-characters:]}" for path in sorted(logs.glob("*"))
+                 if path.name.startswith(("gcs_server.", "raylet.")) and path.suffix in (".out", ".err")
+                 and (text := path.read_text(errors="replace").strip())]
+        return "\n".join(tails) or f"no GCS or raylet log under {logs}"
 
 
-def wait_for_nodes(env: dict, gcs_address: str, count: int, timeout: float = 120) -> None:
-    """Until the cluster at ``gcs_address`` has ``count`` live nodes (asked from a separate process)."""
+def wait_for_nodes(env: dict, head: RayNode, count: int, timeout: float = 120) -> None:
+    """Until the cluster of ``head`` has ``count`` live nodes (asked from a separate process)."""
     probe = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
              "print(sum(1 for node in ray.nodes() if node['Alive']))")
     deadline = time.time() + timeout
     while time.time() < deadline:
-        done = subprocess.run([sys.executable, "-c", probe, gcs_address], env=env, capture_output=True, text=True)
+        done = subprocess.run([sys.executable, "-c", probe, head.gcs_address], env=env, capture_output=True,
+                              text=True)
         if done.returncode == 0 and done.stdout.strip().isdigit() and int(done.stdout.strip()) >= count:
             return
         time.sleep(1)
-    raise AssertionError(f"the cluster at {gcs_address} did not reach {count} live nodes in {timeout} s; the last "
-                         f"probe said:\n{done.stdout[-500:]}{done.stderr[-2500:]}")
+    raise AssertionError(f"the cluster at {head.gcs_address} did not reach {count} live nodes in {timeout} s; the "
+                         f"last probe said:\n{done.stdout[-500:]}{done.stderr[-2500:]}\nthe head's logs:\n"
+                         f"{head.log_tail()}")
