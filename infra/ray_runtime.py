@@ -17,7 +17,7 @@ import sys
 
 import ray
 
-from tools.ports import free_port
+from infra.ports import free_port
 
 logger = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ import time
 
 import requests
 
-from tools.ports import free_port
+from infra.ports import free_port
 
 ORTHANC = pathlib.Path("/usr/sbin/Orthanc")
 DICOMWEB_PLUGIN = pathlib.Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from tools.ports import free_port
+from infra.ports import free_port
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 
-from tools.ports import free_port
+from infra.ports import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHROMIUM = pathlib.Path("/usr/bin/chromium")

@@ -34,7 +34,7 @@ from pipeline.review import access
 from pipeline.review.verdicts import CONFIRMED, DISMISSED, REOPENED, UNSURE, Verdict, VerdictLog, corrected
 from tests.conftest import ROOT, SAMPLES, TEST_KEY, job_summary
 from tests.pipeline.test_report import CHROMIUM, CHROMIUM_ARGS
-from tools.ports import free_port
+from infra.ports import free_port
 
 RUN_DATE = "2026-11-06"
 TOKEN = "review-token-0123456789abcdef"

@@ -2,7 +2,7 @@
 
 import socket
 
-from tools import ports
+from infra import ports
 
 
 def test_ports_come_from_outside_the_ephemeral_range_and_rays_worker_ports_and_are_never_repeated():

@@ -13,7 +13,7 @@ import tempfile
 import pytest
 
 from tests.conftest import ROOT
-from tools.ports import kernel_port
+from infra.ports import kernel_port
 
 # a driver with a stale address file beside it: a worker task asks the state API without an address, as the
 # cleaner does, and says which node answered

@@ -17,7 +17,7 @@ import uuid
 import psutil
 
 from tests.conftest import ROOT
-from tools.ports import kernel_port
+from infra.ports import kernel_port
 
 
 def descendants(ancestor: int) -> list[int]:
