@@ -27,6 +27,7 @@ import zipfile
 import pydicom
 import pytest
 
+from infra.ports import free_port
 from model.registry import load_model_info
 from pipeline.report.images import heat_map_caption
 from pipeline.results import views
@@ -34,7 +35,6 @@ from pipeline.review import access
 from pipeline.review.verdicts import CONFIRMED, DISMISSED, REOPENED, UNSURE, Verdict, VerdictLog, corrected
 from tests.conftest import ROOT, SAMPLES, TEST_KEY, job_summary
 from tests.pipeline.test_report import CHROMIUM, CHROMIUM_ARGS
-from infra.ports import free_port
 
 RUN_DATE = "2026-11-06"
 TOKEN = "review-token-0123456789abcdef"

@@ -12,8 +12,8 @@ import tempfile
 
 import pytest
 
-from tests.conftest import ROOT
 from infra.ports import kernel_port
+from tests.conftest import ROOT
 
 # a driver with a stale address file beside it: a worker task asks the state API without an address, as the
 # cleaner does, and says which node answered

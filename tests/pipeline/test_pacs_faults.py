@@ -14,13 +14,13 @@ import time
 
 import pytest
 
+from infra.ports import free_port
 from pipeline import schema as col
 from pipeline.results import tables, views
 from tests.conftest import ROOT, TEST_KEY, job_summary
 from tests.support.http_faults import Fault, FaultyProxy, Trigger
 from tests.support.pacs_archive import (SAMPLE_DICOM, SAMPLE_STUDY_DATES, credentials_file, delete_instance,
                                         pacs_input, sop_instance_uid, store_files)
-from infra.ports import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -16,8 +16,8 @@ import uuid
 
 import psutil
 
-from tests.conftest import ROOT
 from infra.ports import kernel_port
+from tests.conftest import ROOT
 
 
 def descendants(ancestor: int) -> list[int]:
