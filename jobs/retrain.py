@@ -129,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="SHARE",
                         help="give this share of training slices the coarse look (low-frequency Fourier amplitudes) "
                              "of another slice of its batch, keeping its anatomy; docs/retraining.md")
+    parser.add_argument("--healthy-mirror", type=bounded(float, 0, 1), default=TrainConfig.healthy_mirror,
+                        metavar="SHARE",
+                        help="with --tumor-map-weight: turn this share of the training slices whose tumor mask lies "
+                             "in one half of the head into tumor-free slices (the healthy half and its mirror "
+                             "image); docs/retraining.md")
     cache = parser.add_mutually_exclusive_group()
     cache.add_argument("--cache", default=DEFAULT_CACHE,
                        help="folder (local or s3://) keeping decoded, preprocessed training images between runs, "
@@ -160,6 +165,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      "--leave-out-site and --init-from")
     if args.leave_out_site and not args.site_data:
         parser.error("--leave-out-site needs --site-data: the site it keeps out is one of the site data's")
+    if args.healthy_mirror and not args.tumor_map_weight:
+        parser.error("--healthy-mirror needs --tumor-map-weight: the tumor masks say which half of a slice is "
+                     "healthy, and training reads them only with that option")
     if len(args.member_model) > args.members:
         parser.error(f"--member-model given {len(args.member_model)} times for --members {args.members}")
     return args
@@ -183,6 +191,7 @@ def build_config(args: argparse.Namespace) -> RetrainConfig:
                            num_workers=args.num_workers, use_gpu=args.use_gpu,
                            cpus_per_worker=args.cpus_per_worker, augment=not args.no_augment,
                            intensity_curves=args.intensity_curves, spectrum_mix=args.spectrum_mix,
+                           healthy_mirror=args.healthy_mirror,
                            tumor_map_weight=args.tumor_map_weight,
                            storage_path=args.storage_path, ema_decay=args.ema_decay, resume_from=args.resume_from,
                            balance_sources=args.balance_sources, class_balance=args.class_balance,

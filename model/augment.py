@@ -6,6 +6,8 @@ smooth intensity bias field (a coil's uneven sensitivity), blur or sharpening, n
 re-compression teach the model to ignore the look of one scanner or data set (the stacked transformations that
 published cross-site work found to hold up on unseen scanners). Spectrum mixing gives a slice the coarse look of
 another slice of its batch (which source-balanced sampling draws from other sources) while keeping its anatomy.
+Healthy mirroring turns a slice whose tumor lies in one half of the head into a tumor-free slice of the same
+scanner, sequence and level: its healthy half and that half's mirror image.
 Every transform is drawn from the generator passed in, so an epoch's augmentation is reproducible from its seed.
 """
 
@@ -43,6 +45,9 @@ class AugmentConfig:
     spectrum_band: float = 0.04  # the low frequencies mixed: this share of the spectrum's width, around its centre
     spectrum_weight: tuple[float, float] = (0.2, 1.0)  # how much of the other slice's amplitude they take
     spectrum_floor: int = 12  # pixels this dark or darker (background, air) keep their value
+    healthy_mirror_probability: float = 0.0  # a one-sided tumor's slice made tumor-free (healthy_mirror_batch)
+    healthy_mirror_margin: float = 0.06  # the tumor must end this share of the width short of the midline
+    head_floor: int = 20  # pixels brighter than this are head, when the midline is found
 
 
 def random_affine(image: np.ndarray, rng: np.random.Generator, config: AugmentConfig,
@@ -162,3 +167,51 @@ def augment_batch(images: np.ndarray, seed: int | None = None, config: AugmentCo
             mixed = mix_spectrum(augmented[index], images[other], rng, config)
             augmented[index] = np.clip(mixed, 0, 255).astype(np.uint8)
     return augmented, None if maps is None else np.stack([pair[1] for pair in pairs])
+
+
+def head_midline(image: np.ndarray, floor: int) -> int | None:
+    """The column between the head's left and right edges (pixels brighter than ``floor``), None without a head."""
+    columns = np.flatnonzero((image > floor).any(axis=0))
+    return None if not len(columns) else int(round((columns[0] + columns[-1] + 1) / 2))
+
+
+def healthy_mirror(image: np.ndarray, tumor_map: np.ndarray, config: AugmentConfig) -> np.ndarray | None:
+    """The slice made tumor-free: the half of the head without the tumor, and in place of the other half its
+    mirror image about the head's midline. None unless the tumor map lies wholly in one half, at least
+    ``healthy_mirror_margin`` of the width short of the midline (a tumor's swelling reaches past its mask).
+
+    The slices a model lacks are tumor-free ones through the middle and top of the head from scanners it trained
+    on only through tumor patients; this makes them from those patients' tumor slices, at the same level. The input
+    is the preprocessed slice, whose head the crop has centred, before any augmentation moves it."""
+    middle = head_midline(image, config.head_floor)
+    columns = np.flatnonzero(tumor_map.any(axis=0))
+    if middle is None or not len(columns):
+        return None
+    side, margin = image.shape[1], int(round(config.healthy_mirror_margin * image.shape[1]))
+    if columns[-1] < middle - margin:  # tumor on the left: the right half is kept
+        healthy = image[:, middle:middle + min(middle, side - middle)]
+        mirrored = image.copy()
+        mirrored[:, middle - healthy.shape[1]:middle] = healthy[:, ::-1]
+        mirrored[:, :middle - healthy.shape[1]] = 0
+        return mirrored
+    if columns[0] >= middle + margin:  # tumor on the right: the left half is kept
+        width = min(middle, side - middle)
+        mirrored = image.copy()
+        mirrored[:, middle:middle + width] = image[:, middle - width:middle][:, ::-1]
+        mirrored[:, middle + width:] = 0
+        return mirrored
+    return None
+
+
+def healthy_mirror_batch(images: np.ndarray, maps: np.ndarray, targets: np.ndarray, no_tumor: np.ndarray,
+                         seed: int, config: AugmentConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``healthy_mirror_probability`` of the batch's slices whose tumor lies in one half made tumor-free
+    (:func:`healthy_mirror`): the slice replaced, its map emptied, its target ``no_tumor``. Drawn from a generator
+    of its own (from ``seed``), so the rest of the augmentation draws as it would without it."""
+    rng = np.random.default_rng([seed, 1])
+    images, maps, targets = images.copy(), maps.copy(), targets.copy()
+    for index in np.flatnonzero(rng.random(len(images)) < config.healthy_mirror_probability):
+        mirrored = healthy_mirror(images[index], maps[index], config)
+        if mirrored is not None:
+            images[index], maps[index], targets[index] = mirrored, 0, no_tumor
+    return images, maps, targets

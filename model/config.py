@@ -70,6 +70,7 @@ class TrainConfig:
     augment: bool = True
     intensity_curves: float = 0.0  # share of slices given a random intensity curve (model.augment.random_curve)
     spectrum_mix: float = 0.0  # share of slices given another slice's coarse look (model.augment.mix_spectrum)
+    healthy_mirror: float = 0.0  # share of one-sided tumors' slices made tumor-free (model.augment.healthy_mirror)
     balance_sources: bool = True  # each epoch draws a class's images evenly from the sources that have it
     class_balance: bool = False  # ... and each class at the folder-per-class data's share, not the pooled one
     tumor_map_weight: float = 0.0  # > 0: also learn where tumors are, from masks (build_tumor_map_trainer)

@@ -28,10 +28,11 @@ from model.tensorflow_runtime import tf  # first: TensorFlow is imported quietly
 from ray.train.tensorflow import TensorflowTrainer  # noqa: E402
 
 from model.architecture import TUMOR_MAP_OUTPUT, build_classifier, build_tumor_map_trainer, compile_classifier
-from model.augment import AugmentConfig, augment_batch
+from model.augment import AugmentConfig, augment_batch, healthy_mirror_batch
 from model.averaging import WeightAverage
 from model.config import ArchitectureConfig, TrainConfig
 from model.data import IMAGE, MAP_KNOWN, TARGET, TUMOR_MAP, WEIGHT
+from model.labels import NO_TUMOR, target_mask
 from model.metrics import classification_metrics
 from model.predict import ProbabilityPredictor, configure_tensorflow, masked_crossentropy_numpy
 
@@ -121,25 +122,31 @@ def training_feed(images: np.ndarray, targets: np.ndarray, config: dict, weights
 
     Ray has already split the data between workers, so TensorFlow's own auto-sharding is switched off.
     """
-    columns = [tf.constant(images), tf.constant(targets)]
+    columns = [tf.constant(images), tf.constant(targets.astype(np.float32))]
     if tumor_maps is not None:
         columns += [tf.constant(tumor_maps[0]), tf.constant(tumor_maps[1].astype(np.float32))]
     dataset = epoch_order(len(images), weights if config.get("balance_sources", True) else None, config["seed"])
     dataset = dataset.batch(config["worker_batch_size"]).map(
         lambda indices: tuple(tf.gather(column, indices) for column in columns))
     transforms = AugmentConfig(curve_probability=config.get("intensity_curves", 0.0),
-                               spectrum_mix_probability=config.get("spectrum_mix", 0.0))
+                               spectrum_mix_probability=config.get("spectrum_mix", 0.0),
+                               healthy_mirror_probability=config.get("healthy_mirror", 0.0))
+    no_tumor = target_mask(NO_TUMOR)
 
-    def transform(seed, pixels, *maps):
+    def transform(seed, pixels, batch_targets, *maps):
+        if maps and transforms.healthy_mirror_probability > 0:
+            pixels, mirrored_maps, batch_targets = healthy_mirror_batch(pixels, maps[0], batch_targets, no_tumor,
+                                                                        int(seed), transforms)
+            maps = (mirrored_maps,)
         augmented, moved = augment_batch(pixels, int(seed), transforms, *maps)
-        return [augmented, moved] if maps else [augmented]
+        return [augmented, batch_targets, moved] if maps else [augmented, batch_targets]
 
     def augment(batch, batch_seed):
-        moving = batch[:1] + batch[2:3]  # the images, and their tumor maps where the batch has them
-        moved = tf.numpy_function(transform, [batch_seed, *moving], [tf.uint8] * len(moving))
+        moving = batch[:3]  # the images, their targets, and their tumor maps where the batch has them
+        moved = tf.numpy_function(transform, [batch_seed, *moving], [tf.uint8, tf.float32, tf.uint8][:len(moving)])
         for tensor, original in zip(moved, moving):
             tensor.set_shape(original.shape)
-        return (moved[0], batch[1], *moved[1:], *batch[3:])
+        return (*moved, *batch[3:])
 
     if config["augment"]:
         dataset = tf.data.Dataset.zip(dataset, batch_seeds(config["seed"], rank)).map(

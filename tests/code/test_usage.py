@@ -151,6 +151,16 @@ def test_a_local_cache_is_not_used_when_retraining_joins_a_cluster(monkeypatch):
     assert usable_cache(shared) == "s3://models/cache"
 
 
+def test_healthy_mirroring_without_the_tumor_masks_is_refused(capsys):
+    from jobs.retrain import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--data", "d", "--output", "o", "--healthy-mirror", "0.3"])
+    assert "--healthy-mirror needs --tumor-map-weight" in capsys.readouterr().err
+    chosen = parse_args(["--data", "d", "--output", "o", "--healthy-mirror", "0.3", "--tumor-map-weight", "1"])
+    assert chosen.healthy_mirror == 0.3
+
+
 def test_learning_tumor_maps_without_a_single_mask_is_refused_before_ray_starts(tmp_path):
     result = job("retrain", "--data", str(SAMPLES / "labelled"), "--output", str(tmp_path / "registry"),
                  "--tumor-map-weight", "1")

@@ -54,3 +54,20 @@ def test_with_tumor_maps_each_batch_carries_its_known_maps_moved_with_its_images
     shares = known_maps[..., 0].numpy()
     assert np.all(np.abs(shares.sum(axis=(1, 2)) - 36 * 144 / 2304) < 1.0)  # the square's share, wherever it went
     assert set(np.unique(known_maps[..., 1])) == {0.0, 1.0}
+
+
+def test_healthy_mirroring_in_the_feed_relabels_the_slices_it_makes_tumor_free():
+    images = np.zeros((8, 48, 48), np.uint8)
+    images[:, 8:40, 6:42] = 100  # a head, centred
+    images[:, 20:28, 32:38] = 230  # a tumor in its right half, and the map marks it
+    maps = np.where(images > 200, 255, 0).astype(np.uint8)
+    glioma = np.tile(np.array([1, 0, 0, 0], np.float32), (8, 1))
+    config = {"seed": 0, "worker_batch_size": 8, "augment": True, "balance_sources": False, "tumor_map_side": 6,
+              "healthy_mirror": 1.0}
+    batch_images, (targets, known_maps) = next(iter(training_feed(images, glioma, config,
+                                                                  tumor_maps=(maps, np.ones(8, bool)))))
+    assert np.array_equal(targets.numpy(), np.tile([0, 0, 1, 0], (8, 1)))  # every slice now tumor-free
+    assert known_maps[..., 0].numpy().max() == 0 and known_maps[..., 1].numpy().min() == 1  # maps known and empty
+    assert batch_images.numpy().max() < 200  # no tumor left in any image, however it was augmented
+    plain = training_feed(images, glioma, {**config, "healthy_mirror": 0.0}, tumor_maps=(maps, np.ones(8, bool)))
+    assert np.array_equal(next(iter(plain))[1][0].numpy(), glioma)
