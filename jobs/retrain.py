@@ -168,6 +168,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.healthy_mirror and not args.tumor_map_weight:
         parser.error("--healthy-mirror needs --tumor-map-weight: the tumor masks say which half of a slice is "
                      "healthy, and training reads them only with that option")
+    if args.healthy_mirror and args.no_augment:
+        parser.error("--healthy-mirror is part of the augmentation, which --no-augment switches off")
     if len(args.member_model) > args.members:
         parser.error(f"--member-model given {len(args.member_model)} times for --members {args.members}")
     return args

@@ -157,6 +157,10 @@ def test_healthy_mirroring_without_the_tumor_masks_is_refused(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--data", "d", "--output", "o", "--healthy-mirror", "0.3"])
     assert "--healthy-mirror needs --tumor-map-weight" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--data", "d", "--output", "o", "--healthy-mirror", "0.3", "--tumor-map-weight", "1",
+                    "--no-augment"])
+    assert "--healthy-mirror is part of the augmentation" in capsys.readouterr().err
     chosen = parse_args(["--data", "d", "--output", "o", "--healthy-mirror", "0.3", "--tumor-map-weight", "1"])
     assert chosen.healthy_mirror == 0.3
 
