@@ -188,19 +188,16 @@ def healthy_mirror(image: np.ndarray, tumor_map: np.ndarray, config: AugmentConf
     if middle is None or not len(columns):
         return None
     side, margin = image.shape[1], int(round(config.healthy_mirror_margin * image.shape[1]))
+    width, mirrored = min(middle, side - middle), image.copy()
     if columns[-1] < middle - margin:  # tumor on the left: the right half is kept
-        healthy = image[:, middle:middle + min(middle, side - middle)]
-        mirrored = image.copy()
-        mirrored[:, middle - healthy.shape[1]:middle] = healthy[:, ::-1]
-        mirrored[:, :middle - healthy.shape[1]] = 0
-        return mirrored
-    if columns[0] >= middle + margin:  # tumor on the right: the left half is kept
-        width = min(middle, side - middle)
-        mirrored = image.copy()
+        mirrored[:, middle - width:middle] = image[:, middle:middle + width][:, ::-1]
+        mirrored[:, :middle - width] = 0
+    elif columns[0] >= middle + margin:  # tumor on the right: the left half is kept
         mirrored[:, middle:middle + width] = image[:, middle - width:middle][:, ::-1]
         mirrored[:, middle + width:] = 0
-        return mirrored
-    return None
+    else:
+        return None
+    return mirrored
 
 
 def healthy_mirror_batch(images: np.ndarray, maps: np.ndarray, targets: np.ndarray, no_tumor: np.ndarray,
