@@ -254,9 +254,9 @@ def site_study_lines(record: dict) -> list[str]:
                     "recorded)."]
     lines = ["", "**A hospital it never saw** (leave-one-site-out: the same recipe trained without one site, judged "
                  "on that site's slices at its own operating point, as a night would count them):", "",
-             "| left-out site | run | slices | sensitivity | specificity | unfamiliar | per sequence (sens / spec) "
-             "| tumor-free not flagged, by level in the head |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| left-out site | run | slices | sensitivity | specificity | ROC AUC | unfamiliar | per sequence (sens / "
+             "spec) | tumor-free not flagged, by level in the head |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for study in studies:
         overall = study["overall"]
         sequences = "; ".join(f"{name.rsplit(' ', 1)[-1]} {number(values['sensitivity'], 2)} / "
@@ -264,7 +264,8 @@ def site_study_lines(record: dict) -> list[str]:
         levels = "; ".join(f"{level} {number(values['specificity'], 2)}" for level, values in levels_of(study)
                            if values.get("specificity") is not None) or "not recorded"
         lines.append(f"| {study['site']} | `{study['run']}` | {study['images']} | {number(overall['sensitivity'])} | "
-                     f"{number(overall['specificity'])} | {percent(overall['marked_unfamiliar'])} | {sequences} "
+                     f"{number(overall['specificity'])} | {number(overall.get('roc_auc'))} | "
+                     f"{percent(overall['marked_unfamiliar'])} | {sequences} "
                      f"| {levels} |")
     summary = record.get("site_studies_summary")
     return lines + (["", summary] if summary else [])

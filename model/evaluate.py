@@ -14,7 +14,7 @@ import json
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from sklearn.metrics import auc, roc_curve
+from sklearn.metrics import auc, roc_auc_score, roc_curve
 
 from infra import storage
 from model.labels import CLASS_NAMES, NO_TUMOR_INDEX, TUMOR_UNKNOWN_TYPE
@@ -42,7 +42,11 @@ def evaluate_predictions(probabilities: np.ndarray, targets: np.ndarray, labels:
 def screening_figures(probabilities: np.ndarray, unfamiliar: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
     """What a night would show for one group of labelled images: the share of tumors flagged (sensitivity), of
     tumor-free images not flagged (specificity), of images marked unfamiliar (no class, no flag), and each class's
-    recall among the images given a class. An unfamiliar image is not flagged, as in the screening job."""
+    recall among the images given a class. An unfamiliar image is not flagged, as in the screening job.
+
+    ``roc_auc`` is the area under the ROC curve of the tumor probability, tumors against tumor-free images: how well
+    the model ranks them whatever the threshold (the steadiest figure between runs, whose thresholds move with their
+    validation); it reads the probability of every image, unfamiliar ones included."""
     tumor_probability = 1.0 - probabilities[:, NO_TUMOR_INDEX]
     flagged = ~unfamiliar & (tumor_probability >= threshold)
     tumor, no_tumor = labels != CLASS_NAMES[NO_TUMOR_INDEX], labels == CLASS_NAMES[NO_TUMOR_INDEX]
@@ -53,6 +57,8 @@ def screening_figures(probabilities: np.ndarray, unfamiliar: np.ndarray, labels:
             "sensitivity": round(float(flagged[tumor].mean()), 4) if tumor.any() else None,
             "specificity": round(float(1.0 - flagged[no_tumor].mean()), 4) if no_tumor.any() else None,
             "marked_unfamiliar": round(float(unfamiliar.mean()), 4) if len(labels) else None,
+            "roc_auc": round(float(roc_auc_score(tumor, tumor_probability)), 4) if tumor.any() and no_tumor.any()
+            else None,
             "class_recall": recall}
 
 

@@ -24,6 +24,13 @@ def test_sensitivity_specificity_and_recall_count_what_a_night_flags():
     assert figures["specificity"] == 0.75
     assert figures["marked_unfamiliar"] == 0.25
     assert figures["class_recall"] == {"glioma": round(2 / 3, 4), "notumor": round(2 / 3, 4)}
+    # ranking, threshold aside: of the 16 tumor/tumor-free pairs 9 are ordered right, 6 tied (half each), 1 wrong
+    assert figures["roc_auc"] == 0.75
+
+
+def test_the_ranking_figure_needs_both_kinds_of_image():
+    figures = screening_figures(probabilities([GLIOMA, NOTUMOR]), np.zeros(2, bool), np.array(["glioma"] * 2), 0.5)
+    assert figures["roc_auc"] is None and figures["specificity"] is None
 
 
 def test_groups_are_judged_apart():
