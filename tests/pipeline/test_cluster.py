@@ -53,7 +53,7 @@ def cluster(shadowed_gdcm, cluster_env):
         nodes = {"decode-1": RayNode(env, "--num-cpus=1", '--resources={"decode": 1}', head_address=head.gcs_address),
                  "decode-2": RayNode(env, "--num-cpus=1", '--resources={"decode": 1}', head_address=head.gcs_address),
                  "gpu": RayNode(env, "--num-cpus=1", "--num-gpus=1", head_address=head.gcs_address)}
-        # three raylets starting on two cores beside the other test process once missed 120 s (alone: seconds)
+        # three raylets starting on two cores beside the other test process once missed 120 s
         wait_for_nodes(env, head, 4, timeout=300)
         yield head, nodes, cluster_env
     finally:
