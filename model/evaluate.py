@@ -14,11 +14,11 @@ import json
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from sklearn.metrics import auc, roc_auc_score, roc_curve
+from sklearn.metrics import auc, roc_curve
 
 from infra import storage
 from model.labels import CLASS_NAMES, NO_TUMOR_INDEX, TUMOR_UNKNOWN_TYPE
-from model.metrics import classification_metrics
+from model.metrics import classification_metrics, roc_auc
 
 METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "confusion_matrix.png"
@@ -51,14 +51,14 @@ def screening_figures(probabilities: np.ndarray, unfamiliar: np.ndarray, labels:
     flagged = ~unfamiliar & (tumor_probability >= threshold)
     tumor, no_tumor = labels != CLASS_NAMES[NO_TUMOR_INDEX], labels == CLASS_NAMES[NO_TUMOR_INDEX]
     predicted = np.array(CLASS_NAMES)[probabilities.argmax(axis=1)]
+    ranking = roc_auc(tumor_probability, tumor)  # None unless both kinds of image are present
     recall = {name: round(float(np.mean(predicted[(labels == name) & ~unfamiliar] == name)), 4)
               for name in CLASS_NAMES if ((labels == name) & ~unfamiliar).any()}
     return {"images": int(len(labels)), "tumor_images": int(tumor.sum()), "no_tumor_images": int(no_tumor.sum()),
             "sensitivity": round(float(flagged[tumor].mean()), 4) if tumor.any() else None,
             "specificity": round(float(1.0 - flagged[no_tumor].mean()), 4) if no_tumor.any() else None,
             "marked_unfamiliar": round(float(unfamiliar.mean()), 4) if len(labels) else None,
-            "roc_auc": round(float(roc_auc_score(tumor, tumor_probability)), 4) if tumor.any() and no_tumor.any()
-            else None,
+            "roc_auc": None if ranking is None else round(ranking, 4),
             "class_recall": recall}
 
 
