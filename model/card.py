@@ -422,8 +422,8 @@ def calibration_lines(record: dict) -> list[str]:
         f"{number(calibration['expected_calibration_error_after'])} after. The metrics above are of the calibrated "
         f"probabilities, which scoring writes.",
         f"- Flag threshold **{operating['threshold']:.4f}** on the tumor probability, chosen on validation for "
-        f"tumor sensitivity >= {operating['target_sensitivity']} on typed tumors and on tumors of unknown type each, "
-        f"and never above 0.5 (a screening threshold is lowered to find tumors, not raised): sensitivity "
+        f"tumor sensitivity >= {operating['target_sensitivity']} ({operating.get('chosen_on', 'on validation')}; "
+        f"a screening threshold is lowered to find tumors, not raised): sensitivity "
         f"{number(operating['validation_sensitivity'])}, specificity {number(operating['validation_specificity'])}; "
         f"held-out Br35H tumor slices {number(operating['unknown_type_tumor_sensitivity'])}. At 0.5 (uncalibrated) "
         f"it was sensitivity {number(half['sensitivity'])}, specificity {number(half['specificity'])}. "

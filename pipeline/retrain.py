@@ -41,7 +41,8 @@ from model.config import RetrainConfig, TrainConfig
 from model.data import (IMAGE, LABEL, TARGET, THUMBNAIL, URI, WEIGHT, DatasetError, LabelledImage, load_frames,
                         list_training_images, load_labelled_dataset, names_site)
 from model.dedup import group_near_duplicates, grouped_split
-from model.calibration import TARGET_SENSITIVITY, apply_temperature, fit_temperature, operating_threshold
+from model.calibration import (TARGET_SENSITIVITY, apply_temperature, fit_temperature, min_group_tumors,
+                               operating_threshold)
 from model.evaluate import (CURVES_FILE, RELIABILITY_FILE, evaluate_predictions, reliability_png, screening_figures,
                             training_curves_png, write_evaluation)
 from model.onnx_export import export_and_attach
@@ -397,8 +398,9 @@ def calibrated_evaluation(raw: np.ndarray, targets: np.ndarray, labels: np.ndarr
                         "expected_calibration_error_before": before["expected_calibration_error"],
                         "expected_calibration_error_after": metrics["expected_calibration_error"]},
         "operating_point": {"threshold": threshold, "target_sensitivity": TARGET_SENSITIVITY,
-                            "chosen_on": "validation tumors, typed and of unknown type each reaching the target; "
-                                         "never above 0.5",
+                            "chosen_on": f"validation tumors, all of them and each group of at least "
+                                         f"{min_group_tumors(TARGET_SENSITIVITY)} (typed; of unknown type) reaching "
+                                         f"the target; never above 0.5",
                             "validation_sensitivity": tumor["sensitivity"],
                             "validation_specificity": tumor["specificity"],
                             "unknown_type_tumor_sensitivity": unknown.get("sensitivity"),

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from model.calibration import apply_temperature, fit_temperature, masked_nll, operating_threshold
+from model.calibration import apply_temperature, fit_temperature, masked_nll, min_group_tumors, operating_threshold
 from model.labels import NO_TUMOR_INDEX, target_mask
 
 
@@ -48,13 +48,27 @@ def test_the_operating_point_flags_the_target_share_of_tumors():
     assert threshold == pytest.approx(tumor_scores[2], abs=1e-5)
 
 
-def test_each_group_of_tumors_reaches_the_target_and_the_threshold_is_never_raised_above_one_half():
-    typed = np.linspace(0.6, 0.99, 50)  # easy: every typed tumor scores above 0.6
-    other_source = np.linspace(0.2, 0.99, 50)  # harder: tumors of unknown type from another source
-    probabilities, targets = scored(np.concatenate([typed, other_source]), ["meningioma"] * 50 + ["tumor"] * 50)
+def test_each_group_large_enough_reaches_the_target_and_the_threshold_is_never_raised_above_one_half():
+    typed = np.linspace(0.6, 0.99, 300)  # easy: every typed tumor scores above 0.6
+    other_source = np.linspace(0.2, 0.99, 300)  # harder: tumors of unknown type from another source
+    probabilities, targets = scored(np.concatenate([typed, other_source]), ["meningioma"] * 300 + ["tumor"] * 300)
     threshold = operating_threshold(probabilities, targets, 0.98)
-    assert threshold == pytest.approx(other_source[1], abs=1e-5)  # the harder group decides (1 of 50 may be missed)
-    easy, easy_targets = scored(typed, ["pituitary"] * 50)
+    assert threshold == pytest.approx(other_source[6], abs=1e-5)  # the harder group decides (6 of 300 may be missed)
+    easy, easy_targets = scored(typed, ["pituitary"] * 300)
     assert operating_threshold(easy, easy_targets, 0.98) == 0.5
     with pytest.raises(ValueError, match="no tumor"):
-        operating_threshold(probabilities[100:], targets[100:])
+        operating_threshold(probabilities[600:], targets[600:])
+
+
+def test_a_group_too_small_for_its_own_threshold_counts_in_the_pool_of_all_tumors():
+    typed = np.linspace(0.3, 0.99, 400)
+    other_source = np.concatenate([[0.001, 0.002], np.linspace(0.5, 0.99, 73)])  # 75 slices, two outliers
+    probabilities, targets = scored(np.concatenate([typed, other_source]), ["glioma"] * 400 + ["tumor"] * 75)
+    threshold = operating_threshold(probabilities, targets, 0.98)
+    assert min_group_tumors(0.98) == 250 > 75
+    # 9 of the 475 tumors may be missed: the two outliers and the seven lowest typed tumors, not the second outlier's
+    # score, which would have flagged nearly everything
+    assert threshold == pytest.approx(typed[7], abs=1e-5)
+    scores = 1 - probabilities[:, NO_TUMOR_INDEX]
+    assert (scores[:400] >= threshold).mean() >= 0.98 and (scores >= threshold).mean() >= 0.98
+    assert (scores[400:] >= threshold).mean() == pytest.approx(73 / 75)
