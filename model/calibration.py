@@ -10,8 +10,8 @@ lowered to find tumors, never raised to buy specificity.
 
 A group is large enough when the target lets it miss at least ``MIN_GROUP_MISSES`` tumors (250 tumors at 0.98).
 A smaller group's threshold would be one or two slices' scores: with the 75 Br35H slices of the shipped split, the
-second-lowest of them set the threshold of every candidate trained from scratch, at a cost of 0.10-0.16 in
-specificity on a site left out of training (``docs/model.md``). Such a group counts in the pool of all tumors.
+second-lowest of them set the threshold of each candidate trained from scratch so far: on the site HT left out of
+training, a specificity of 0.481 against 0.642 with the pool (``docs/model.md``). Such a group counts in the pool.
 Both live in ``model.json`` (``calibration``, ``operating_point``) and ``ModelInfo`` exposes them.
 """
 
