@@ -108,9 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="each network also reads the slice's left-right mirror, averaged in (twice the "
                              "inference at scoring)")
     parser.add_argument("--member-model", action="append", default=[], metavar="MODEL_DIR",
-                        help="a single-network model folder trained on this data and split (an earlier run's "
-                             "<version>-member<i>, or a one-network candidate) reused as the next member instead of "
-                             "training it (repeatable)")
+                        help="a model folder trained on this data and split (an earlier run's <version>-member<i>, "
+                             "a one-network candidate, or an ensemble: each of its networks) reused as the next "
+                             "member(s) instead of training them (repeatable)")
     parser.add_argument("--validation-fraction", type=bounded(float, 0, 1, low_open=True, high_open=True),
                         default=RetrainConfig.validation_fraction,
                         help="share of near-duplicate groups held out for validation")

@@ -108,6 +108,8 @@ def member_lines(training: dict) -> list[str]:
     for index, member in enumerate(members):
         state, config = member["state"], member["config"]
         how = "reused from an earlier run on this split" if member["reused"] else "trained in this run"
+        if member.get("init_from"):
+            how += f", started from the weights of `{member['init_from'].rstrip('/').rsplit('/', 1)[-1]}`"
         minutes = f", {member['seconds'] / 60:.0f} minutes" if member.get("seconds") else ""
         lines.append(f"  - member {index} (`{member['version']}`, {how}): seed {member['seed']}, "
                      f"{state['next_epoch']} of {config['epochs']} epochs, best epoch {state['best_epoch']} "

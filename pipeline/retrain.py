@@ -418,23 +418,36 @@ def write_candidate_figures(folder: str, version: str, raw: np.ndarray, calibrat
     storage.write_bytes(storage.join(folder, CURVES_FILE), training_curves_png(history, f"{version} training"))
 
 
-def reuse_member(uri: str, config: RetrainConfig, split: SplitSummary) -> tuple[object, dict]:
-    """A network trained earlier, as a member of this run's ensemble: refused unless it has the members' architecture
-    and preprocessing and was trained on this run's data and split (else its validation figures would count images
-    it trained on)."""
+def reuse_members(uri: str, config: RetrainConfig, split: SplitSummary) -> list[tuple[object, dict]]:
+    """The networks of a model trained earlier, as members of this run's ensemble: a single network, or each network
+    of an ensemble in its order. Refused unless it has the members' architecture and preprocessing and was trained on
+    this run's data and split (else its validation figures would count images it trained on). The weights a network
+    started from (``init_from``) may differ from this run's: that model's split was checked when it was trained from
+    (``starting_weights``), and the member's record keeps it."""
     info = registry.load_model_info(uri)
     training = info.metadata.get("training", {})
+    lineage = {**data_record(dataclasses.asdict(config)), "init_from": training.get("init_from")}
     problems = [what for what, same in (
-        ("architecture", info.architecture == config.architecture.member()),
+        ("architecture", info.architecture.member() == config.architecture.member()),
         ("preprocessing", info.preprocessing == config.preprocessing),
-        ("training data", data_record(training) == data_record(dataclasses.asdict(config))),
+        ("training data", data_record(training) == lineage),
         ("split", split.matches(training.get("split")))) if not same]
     if problems:
         raise ValueError(f"model {info.version} at {uri} cannot be a member of this ensemble: its "
                          f"{', '.join(problems)} differ from this run's")
-    logger.info("member %s reused from %s", info.version, uri)
-    return load_classifier(info), member_record(training.get("config", {}), training.get("state", {}),
-                                                training.get("seconds"), info.version, reused=True)
+    model = load_classifier(info)
+    if not info.architecture.is_ensemble:
+        logger.info("member %s reused from %s", info.version, uri)
+        return [(model, {**member_record(training.get("config", {}), training.get("state", {}),
+                                         training.get("seconds"), info.version, reused=True),
+                         "init_from": training.get("init_from")})]
+    networks = member_networks(model, info.architecture, config.preprocessing.image_size)
+    records = training.get("members") or [{}] * len(networks)
+    logger.info("members of %s reused from %s: %d network(s)", info.version, uri, len(networks))
+    return [(network, {**member_record(record.get("config", {}), record.get("state", {}), record.get("seconds"),
+                                       f"{info.version} member {index}", reused=True),
+                       "init_from": training.get("init_from")})
+            for index, (network, record) in enumerate(zip(networks, records))]
 
 
 def member_record(config: dict, state: dict, seconds: float | None, version: str | None, reused: bool) -> dict:
@@ -473,14 +486,18 @@ def train_members(config: RetrainConfig, train: ray.data.Dataset, validation: ra
     (seed ``training.seed + index``; ``--resume-from`` continues the first one trained here; ``init_from`` gives
     their starting weights). In an ensemble each trained member is written at once as a model folder
     ``<version>-member<index>`` beside the candidate."""
-    members = [reuse_member(uri, config, split) for uri in config.member_models]
+    members = [member for uri in config.member_models for member in reuse_members(uri, config, split)]
+    if len(members) > config.architecture.members:
+        raise ValueError(f"the reused models hold {len(members)} networks, more than the ensemble's "
+                         f"{config.architecture.members} members")
+    reused = len(members)
     network, side = config.architecture.member(), config.preprocessing.image_size
     starts = starting_weights(config, split)
-    for index in range(len(members), config.architecture.members):
+    for index in range(reused, config.architecture.members):
         started = time.time()
         training = dataclasses.replace(
             config.training, seed=config.training.seed + index,
-            resume_from=config.training.resume_from if index == len(config.member_models) else None,
+            resume_from=config.training.resume_from if index == reused else None,
             run_name=f"{config.training.run_name}-member{index}"
             if config.training.run_name and config.architecture.members > 1 else config.training.run_name)
         weights_dir, state = train_classifier(train, validation, network, side, training,

@@ -1,7 +1,7 @@
 """Ensembles (``ArchitectureConfig.members``, ``mirror_views``): one graph that averages its member networks over
-the slice and its mirror, saved and loaded like any model, explained by Grad-CAM; and a member from another split
-refused. Its ONNX export is checked where one is made: a retraining run's ensemble (``test_training``) and the
-shipped ensemble (``test_onnx``)."""
+the slice and its mirror, saved and loaded like any model, explained by Grad-CAM; a member from another split
+refused, an ensemble reused as members network by network. Its ONNX export is checked where one is made: a
+retraining run's ensemble (``test_training``) and the shipped ensemble (``test_onnx``)."""
 
 import dataclasses
 
@@ -87,7 +87,7 @@ def test_grad_cam_of_an_ensemble_is_the_scaled_mean_of_its_members_maps_within_t
 
 
 def test_a_member_trained_on_another_split_or_architecture_is_refused(tmp_path):
-    from pipeline.retrain import SplitSummary, reuse_member
+    from pipeline.retrain import SplitSummary, reuse_members
 
     split = SplitSummary(images=10, duplicate_groups=9, groups_with_duplicates=1, train_images=8, validation_images=2,
                          validation_by_label={"glioma": 2})
@@ -98,14 +98,43 @@ def test_a_member_trained_on_another_split_or_architecture_is_refused(tmp_path):
     network = build_classifier(NETWORK, SIDE)
     preprocessing = PreprocessConfig(image_size=SIDE)
     registry.save_model(network, str(tmp_path / "same"), "same", NETWORK, preprocessing, {"training": training})
-    _, record = reuse_member(str(tmp_path / "same"), config, split)
+    [(_, record)] = reuse_members(str(tmp_path / "same"), config, split)
     assert record["reused"] and record["version"] == "same" and record["seed"] == 4
     other_split = {**training, "split": {**training["split"], "validation_images": 3}}
     registry.save_model(network, str(tmp_path / "other"), "other", NETWORK, preprocessing, {"training": other_split})
     with pytest.raises(ValueError, match="other.*split differ"):
-        reuse_member(str(tmp_path / "other"), config, split)
+        reuse_members(str(tmp_path / "other"), config, split)
     pooling = build_classifier(ArchitectureConfig(head="pooling"), SIDE)
     registry.save_model(pooling, str(tmp_path / "pooling"), "pooling", ArchitectureConfig(head="pooling"),
                         preprocessing, {"training": training})
     with pytest.raises(ValueError, match="architecture differ"):
-        reuse_member(str(tmp_path / "pooling"), config, split)
+        reuse_members(str(tmp_path / "pooling"), config, split)
+
+
+def test_an_ensemble_reused_as_members_gives_each_of_its_networks_and_keeps_their_starting_weights(tmp_path, ensemble):
+    """``--member-model`` of an ensemble folder: its networks in order, each with its own training record; a model
+    fine-tuned from another (``init_from``) on this run's data and split is a member like any other, and its record
+    says what it started from."""
+    from pipeline.retrain import SplitSummary, reuse_members
+
+    networks, model, images = ensemble
+    split = SplitSummary(images=10, duplicate_groups=9, groups_with_duplicates=1, train_images=8, validation_images=2,
+                         validation_by_label={"glioma": 2})
+    config = RetrainConfig(data="labelled", output=str(tmp_path), architecture=dataclasses.replace(ENSEMBLE, members=3),
+                           preprocessing=PreprocessConfig(image_size=SIDE))
+    training = {"data": "labelled", "tumor_data": [], "split": dataclasses.asdict(split), "init_from": "registry/v0",
+                "members": [{"config": {"seed": seed}, "state": {"best_epoch": seed}, "seconds": 2.0}
+                            for seed in (7, 8)]}
+    registry.save_model(model, str(tmp_path / "pair"), "pair", ENSEMBLE, PreprocessConfig(image_size=SIDE),
+                        {"training": training})
+    reused = reuse_members(str(tmp_path / "pair"), config, split)
+    assert [record["version"] for _, record in reused] == ["pair member 0", "pair member 1"]
+    assert [record["seed"] for _, record in reused] == [7, 8]
+    assert all(record["reused"] and record["init_from"] == "registry/v0" for _, record in reused)
+    for (network, _), original in zip(reused, networks):
+        assert np.abs(ProbabilityPredictor(network)(images) - ProbabilityPredictor(original)(images)).max() < 1e-6
+    other_data = {**training, "tumor_data": ["more"]}
+    registry.save_model(model, str(tmp_path / "more"), "more", ENSEMBLE, PreprocessConfig(image_size=SIDE),
+                        {"training": other_data})
+    with pytest.raises(ValueError, match="more.*training data differ"):
+        reuse_members(str(tmp_path / "more"), config, split)
