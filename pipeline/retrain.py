@@ -286,18 +286,44 @@ def origin_groups(split: Split, uris: np.ndarray) -> SourceGroups:
 
 
 def evaluate_current(config: RetrainConfig, validation: ray.data.Dataset, images, targets, labels,
-                     groups: SourceGroups) -> dict | None:
+                     groups: SourceGroups, summary: SplitSummary) -> dict | None:
     """Validation metrics of the registry's current model on this run's validation images, if it has one, with its
-    figures per source; a model with other preprocessing (another input size, say) reads them through its own."""
+    figures per source, and the sources where those figures may count patients it trained on
+    (:func:`split_differs`); a model with other preprocessing (another input size, say) reads them through its
+    own."""
     if not registry.read_registry(config.output).get("current"):
         return None
     info = registry.load_model_info(config.output)
+    differs = split_differs(info.metadata.get("training", {}), summary)
+    if differs:
+        logger.warning("current model %s was trained on another split of %s: its validation figures there may count "
+                       "patients it trained on, a bar it clears more easily than a candidate", info.version,
+                       ", ".join(differs))
     if info.preprocessing != config.preprocessing:
         logger.info("current model %s has its own preprocessing: validation images read again with it", info.version)
         images, targets, labels = validation_arrays(reload_validation(validation, info.preprocessing))
     probabilities = ProbabilityPredictor(load_classifier(info), temperature=info.temperature)(images)
     return {**evaluate_predictions(probabilities, targets, labels, info.threshold),
-            **figures_by_source(probabilities, labels, groups, info.threshold), "version": info.version}
+            **figures_by_source(probabilities, labels, groups, info.threshold), "version": info.version,
+            "split_differs": differs}
+
+
+def split_differs(training: dict, summary: SplitSummary) -> list[str]:
+    """Other hospitals' sources whose validation patients a model (``training``: its training record) may have
+    trained on: it trained on the source (its record splits that source's slices, and that site was not left out)
+    and the validation it records for that source is not this run's (a split drawn by an earlier rule, or from
+    other data). Patients are not recorded, so the comparison is of the image counts per source and label."""
+    mine = (summary.sites or {}).get("validation_by_source", {})
+    theirs = ((training.get("split") or {}).get("sites") or {}).get("validation_by_source", {})
+    left_out = training.get("leave_out_site")
+    differs = []
+    for source in sorted({key.rsplit(" ", 1)[0] for key in mine}):
+        recorded = {key: count for key, count in theirs.items() if key.rsplit(" ", 1)[0] == source}
+        if not recorded or (left_out and names_site(source, left_out)):
+            continue  # the model never trained on this source's slices: its figures on them are fair
+        if recorded != {key: count for key, count in mine.items() if key.rsplit(" ", 1)[0] == source}:
+            differs.append(source)
+    return differs
 
 
 def reload_validation(validation: ray.data.Dataset, preprocessing) -> ray.data.Dataset:
@@ -324,9 +350,13 @@ def promotion_decision(candidate: dict, current: dict | None, min_macro_f1: floa
     regressions = source_regressions(candidate.get("by_source", {}), current.get("by_source", {}), source_margin,
                                      class_margin)
     if regressions:
+        doubtful = [source for source in current.get("split_differs", [])
+                    if any(f" on {source} " in regression for regression in regressions)]
+        caveat = (f" (the current model's figures on {', '.join(doubtful)} may count validation patients it trained "
+                  f"on: its recorded split of those slices is not this run's)" if doubtful else "")
         return False, (f"validation macro-F1 {new:.4f} is not worse than the current model's {old:.4f}, but on a "
                        f"source it falls more than {source_margin:g} (a class recall more than {class_margin:g}) "
-                       f"below it: {'; '.join(regressions)}")
+                       f"below it: {'; '.join(regressions)}{caveat}")
     return True, (f"validation macro-F1 {new:.4f} is not worse than the current model's {old:.4f}, and no source's "
                   f"sensitivity or specificity falls more than {source_margin:g} below it, nor a class recall more "
                   f"than {class_margin:g}")
@@ -571,7 +601,8 @@ def train_and_decide(config: RetrainConfig, split: Split, started: float,
     candidate_metrics, calibration, calibrated = calibrated_evaluation(raw, val_targets, val_labels)
     threshold = calibration["operating_point"]["threshold"]
     candidate_metrics.update(figures_by_source(calibrated, val_labels, groups, threshold))
-    current_metrics = evaluate_current(config, split.validation, val_images, val_targets, val_labels, groups)
+    current_metrics = evaluate_current(config, split.validation, val_images, val_targets, val_labels, groups,
+                                       split.summary)
     promoted, reason = promotion_decision(candidate_metrics, current_metrics, config.min_macro_f1,
                                           config.source_margin, config.class_margin)
     if config.leave_out_site:

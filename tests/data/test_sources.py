@@ -156,3 +156,32 @@ def test_a_candidate_that_gives_up_a_source_is_not_promoted():
     assert not promoted and "meningioma recall on four-class 0.920 against the current model's 0.980" in reason
     assert "glioma recall" not in reason
     assert promotion_decision(better_overall, current, 0.8, source_margin=0.05, class_margin=0.1)[0]
+
+
+def test_the_gate_names_the_sources_where_the_current_model_was_trained_on_another_split():
+    """A current model whose record splits a site's slices otherwise than this run (an earlier split rule) may have
+    trained on this run's validation patients there: that source is named in the log's figures and, where the
+    candidate is refused on it, in the reason; a source it never trained on (left out, or absent) is not."""
+    from pipeline.retrain import SplitSummary, promotion_decision, split_differs
+
+    by_source = {"lgg/DU glioma": 247, "lgg/DU notumor": 387, "lgg/HT glioma": 168, "lgg/HT notumor": 120,
+                 "other/XY glioma": 10}
+    summary = SplitSummary(images=10, duplicate_groups=9, groups_with_duplicates=1, train_images=8,
+                           validation_images=2, validation_by_label={"glioma": 2},
+                           sites={"validation_by_source": by_source})
+    older = {**by_source, "lgg/HT glioma": 136, "lgg/HT notumor": 137}
+    del older["other/XY glioma"]
+    training = {"site_data": ["lgg"], "split": {"sites": {"validation_by_source": older}}}
+    assert split_differs(training, summary) == ["lgg/HT"]
+    assert split_differs({**training, "leave_out_site": "HT"}, summary) == []
+    same = {"site_data": ["lgg"], "split": {"sites": {"validation_by_source": by_source}}}
+    assert split_differs(same, summary) == [] and split_differs({}, summary) == []
+    current = {"macro_f1": 0.90, "split_differs": ["lgg/HT"],
+               "by_source": {"lgg/HT": {"specificity": 0.77}, "lgg/DU": {"specificity": 0.75}}}
+    candidate = {"macro_f1": 0.92, "by_source": {"lgg/HT": {"specificity": 0.72}, "lgg/DU": {"specificity": 0.70}}}
+    promoted, reason = promotion_decision(candidate, current, 0.8, source_margin=0.02)
+    assert not promoted and "specificity on lgg/HT 0.720" in reason
+    assert "figures on lgg/HT may count validation patients it trained on" in reason
+    candidate["by_source"]["lgg/HT"]["specificity"] = 0.76
+    promoted, reason = promotion_decision(candidate, current, 0.8, source_margin=0.02)
+    assert not promoted and "may count" not in reason
