@@ -54,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "and judge the candidate on it (its figures are recorded as left_out_site)")
     parser.add_argument("--init-from", metavar="MODEL_DIR",
                         help="start each network from this model's weights (one trained on the same --data and "
-                             "--tumor-data split, so no validation image is one it trained on); the schedule starts "
-                             "afresh")
+                             "--tumor-data split, and the same --site-data split if it trained on that, so no "
+                             "validation image is one it trained on); the schedule starts afresh")
     parser.add_argument("--source-margin", type=bounded(float, 0, 1), default=RetrainConfig.source_margin,
                         help="promotion also needs every source's validation sensitivity and specificity within "
                              "this margin of the current model's")

@@ -488,8 +488,8 @@ def member_record(config: dict, state: dict, seconds: float | None, version: str
 def starting_weights(config: RetrainConfig, split: SplitSummary) -> list[list[np.ndarray]]:
     """The weights each member starts from: those of ``init_from``'s networks (member ``i`` from its network ``i``,
     cycling), or none (random initialisation). Refused unless that model has the members' architecture and
-    preprocessing and was trained on this run's base data and split, so no validation image of this run is one it
-    trained on."""
+    preprocessing and was trained on this run's base data and split, and, where both it and this run train on other
+    hospitals' slices, on this run's split of those too, so no validation image of this run is one it trained on."""
     if not config.init_from:
         return []
     info = registry.load_model_info(config.init_from)
@@ -499,7 +499,8 @@ def starting_weights(config: RetrainConfig, split: SplitSummary) -> list[list[np
         ("preprocessing", info.preprocessing == config.preprocessing),
         ("training data", (training.get("data"), list(training.get("tumor_data", ())))
          == (config.data, list(config.tumor_data))),
-        ("split", split.matches(training.get("split"), base_only=True))) if not same]
+        ("split", split.matches(training.get("split"),
+                                base_only=not (training.get("site_data") and config.site_data)))) if not same]
     if problems:
         raise ValueError(f"model {info.version} at {config.init_from} cannot start this training: its "
                          f"{', '.join(problems)} differ from this run's")

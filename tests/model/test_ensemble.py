@@ -138,3 +138,27 @@ def test_an_ensemble_reused_as_members_gives_each_of_its_networks_and_keeps_thei
                         {"training": other_data})
     with pytest.raises(ValueError, match="more.*training data differ"):
         reuse_members(str(tmp_path / "more"), config, split)
+
+
+def test_a_model_trained_on_another_split_of_the_site_slices_cannot_start_a_run(tmp_path):
+    """``--init-from`` a model trained on other hospitals' slices: its split of those must be this run's, or it may
+    have trained on this run's site validation patients; a model trained without site data needs the base split
+    alone."""
+    from pipeline.retrain import SplitSummary, starting_weights
+
+    sites = {"validation_by_source": {"lgg/HT glioma": 168, "lgg/HT notumor": 120}}
+    split = SplitSummary(images=10, duplicate_groups=9, groups_with_duplicates=1, train_images=8, validation_images=2,
+                         validation_by_label={"glioma": 2}, sites=sites)
+    base = {key: value for key, value in dataclasses.asdict(split).items() if key != "sites"}
+    older = {**base, "sites": {"validation_by_source": {"lgg/HT glioma": 136, "lgg/HT notumor": 137}}}
+    preprocessing = PreprocessConfig(image_size=SIDE)
+    network = build_classifier(NETWORK, SIDE)
+    for name, training in (("base", {"data": "labelled", "tumor_data": [], "split": base}),
+                           ("sites", {"data": "labelled", "tumor_data": [], "site_data": ["lgg"], "split": older})):
+        registry.save_model(network, str(tmp_path / name), name, NETWORK, preprocessing, {"training": training})
+    config = RetrainConfig(data="labelled", output=str(tmp_path), site_data=("lgg",), architecture=NETWORK,
+                           preprocessing=preprocessing)
+    weights = starting_weights(dataclasses.replace(config, init_from=str(tmp_path / "base")), split)
+    assert len(weights) == 1 and len(weights[0]) == len(network.get_weights())
+    with pytest.raises(ValueError, match="sites.*cannot start this training: its split differ"):
+        starting_weights(dataclasses.replace(config, init_from=str(tmp_path / "sites")), split)
