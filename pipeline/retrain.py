@@ -313,17 +313,19 @@ def split_differs(training: dict, summary: SplitSummary) -> list[str]:
     trained on: it trained on the source (its record splits that source's slices, and that site was not left out)
     and the validation it records for that source is not this run's (a split drawn by an earlier rule, or from
     other data). Patients are not recorded, so the comparison is of the image counts per source and label."""
-    mine = (summary.sites or {}).get("validation_by_source", {})
-    theirs = ((training.get("split") or {}).get("sites") or {}).get("validation_by_source", {})
+    def per_source(counts: dict) -> dict:  # {"<source> <label>": images} -> {source: {label: images}}
+        grouped = collections.defaultdict(dict)
+        for key, count in counts.items():
+            source, label = key.rsplit(" ", 1)
+            grouped[source][label] = count
+        return grouped
+
+    mine = per_source((summary.sites or {}).get("validation_by_source", {}))
+    theirs = per_source(((training.get("split") or {}).get("sites") or {}).get("validation_by_source", {}))
     left_out = training.get("leave_out_site")
-    differs = []
-    for source in sorted({key.rsplit(" ", 1)[0] for key in mine}):
-        recorded = {key: count for key, count in theirs.items() if key.rsplit(" ", 1)[0] == source}
-        if not recorded or (left_out and names_site(source, left_out)):
-            continue  # the model never trained on this source's slices: its figures on them are fair
-        if recorded != {key: count for key, count in mine.items() if key.rsplit(" ", 1)[0] == source}:
-            differs.append(source)
-    return differs
+    # a source the record does not split, or the site it left out, was never trained on: its figures are fair
+    return [source for source in sorted(mine) if source in theirs and theirs[source] != mine[source]
+            and not (left_out and names_site(source, left_out))]
 
 
 def reload_validation(validation: ray.data.Dataset, preprocessing) -> ray.data.Dataset:
@@ -350,8 +352,9 @@ def promotion_decision(candidate: dict, current: dict | None, min_macro_f1: floa
     regressions = source_regressions(candidate.get("by_source", {}), current.get("by_source", {}), source_margin,
                                      class_margin)
     if regressions:
-        doubtful = [source for source in current.get("split_differs", [])
-                    if any(f" on {source} " in regression for regression in regressions)]
+        doubtful = [source for source in current.get("split_differs", []) if source_regressions(
+            {source: candidate.get("by_source", {}).get(source, {})}, current.get("by_source", {}), source_margin,
+            class_margin)]
         caveat = (f" (the current model's figures on {', '.join(doubtful)} may count validation patients it trained "
                   f"on: its recorded split of those slices is not this run's)" if doubtful else "")
         return False, (f"validation macro-F1 {new:.4f} is not worse than the current model's {old:.4f}, but on a "
@@ -465,17 +468,12 @@ def reuse_members(uri: str, config: RetrainConfig, split: SplitSummary) -> list[
     if problems:
         raise ValueError(f"model {info.version} at {uri} cannot be a member of this ensemble: its "
                          f"{', '.join(problems)} differ from this run's")
-    model = load_classifier(info)
-    if not info.architecture.is_ensemble:
-        logger.info("member %s reused from %s", info.version, uri)
-        return [(model, {**member_record(training.get("config", {}), training.get("state", {}),
-                                         training.get("seconds"), info.version, reused=True),
-                         "init_from": training.get("init_from")})]
-    networks = member_networks(model, info.architecture, config.preprocessing.image_size)
-    records = training.get("members") or [{}] * len(networks)
-    logger.info("members of %s reused from %s: %d network(s)", info.version, uri, len(networks))
+    networks = member_networks(load_classifier(info), info.architecture, config.preprocessing.image_size)
+    ensemble = info.architecture.is_ensemble
+    records = (training.get("members") or [{}] * len(networks)) if ensemble else [training]
+    logger.info("%d network(s) of %s reused from %s", len(networks), info.version, uri)
     return [(network, {**member_record(record.get("config", {}), record.get("state", {}), record.get("seconds"),
-                                       f"{info.version} member {index}", reused=True),
+                                       f"{info.version} member {index}" if ensemble else info.version, reused=True),
                        "init_from": training.get("init_from")})
             for index, (network, record) in enumerate(zip(networks, records))]
 
