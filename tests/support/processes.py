@@ -48,6 +48,12 @@ class RayNode:
     outlive it in ``/tmp/ray``."""
 
     def __init__(self, env: dict, *arguments: str, head_address: str | None = None):
+        self.env, self.arguments, self.head_address = env, arguments, head_address
+        self.start()
+
+    def start(self) -> None:
+        """``ray start --block`` with fresh ports and a fresh temporary folder."""
+        env, arguments, head_address = self.env, self.arguments, self.head_address
         ports = [f"--node-manager-port={kernel_port()}", f"--object-manager-port={kernel_port()}",
                  f"--dashboard-agent-listen-port={kernel_port()}", f"--dashboard-agent-grpc-port={kernel_port()}",
                  f"--runtime-env-agent-port={kernel_port()}", f"--metrics-export-port={kernel_port()}"]
@@ -92,6 +98,12 @@ class RayNode:
             self.process.wait(timeout=60)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
+    @property
+    def exited(self) -> bool:
+        """Whether ``ray start --block`` has ended: one of the node's processes died (a port taken between choosing
+        and binding it, say), so the node will never join."""
+        return self.process.poll() is not None
+
     def log_tail(self, characters: int = 1500) -> str:
         """The end of the node's GCS and raylet logs, for a failure message (``ray start``'s own output is not
         kept)."""
@@ -102,17 +114,27 @@ class RayNode:
         return "\n".join(tails) or f"no GCS or raylet log under {logs}"
 
 
-def wait_for_nodes(env: dict, head: RayNode, count: int, timeout: float = 120) -> None:
-    """Until the cluster of ``head`` has ``count`` live nodes (asked from a separate process)."""
+def wait_for_nodes(env: dict, head: RayNode, count: int, timeout: float = 120, workers: tuple = (),
+                   restarts: int = 2) -> None:
+    """Until the cluster of ``head`` has ``count`` live nodes (asked from a separate process). A worker of
+    ``workers`` whose ``ray start`` has ended is started again with fresh ports, up to ``restarts`` times each; the
+    failure message carries the logs of each worker that ended."""
     probe = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
              "print(sum(1 for node in ray.nodes() if node['Alive']))")
-    deadline = time.time() + timeout
+    deadline, left, ended = time.time() + timeout, {id(worker): restarts for worker in workers}, []
     while time.time() < deadline:
         done = subprocess.run([sys.executable, "-c", probe, head.gcs_address], env=env, capture_output=True,
                               text=True)
         if done.returncode == 0 and done.stdout.strip().isdigit() and int(done.stdout.strip()) >= count:
             return
+        for worker in workers:
+            if worker.exited and left[id(worker)]:
+                ended.append(worker.log_tail())
+                left[id(worker)] -= 1
+                worker.stop()
+                worker.start()
         time.sleep(1)
+    ended += [worker.log_tail() for worker in workers if worker.exited]
     raise AssertionError(f"the cluster at {head.gcs_address} did not reach {count} live nodes in {timeout} s; the "
                          f"last probe said:\n{done.stdout[-500:]}{done.stderr[-2500:]}\nthe head's logs:\n"
-                         f"{head.log_tail()}")
+                         f"{head.log_tail()}" + "".join(f"\na worker that ended:\n{tail}" for tail in ended))
