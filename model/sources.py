@@ -18,6 +18,7 @@ data set, and the site for other hospitals' slices), its sequence where known an
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import numpy as np
 import pandas as pd
@@ -77,6 +78,38 @@ def head_levels(uris: list[str], patients: np.ndarray) -> np.ndarray:
     position = np.where(span > 0, (table["number"].to_numpy() - low) / np.maximum(span, 1), 0.5)
     levels[known] = np.minimum((position * LEVELS).astype(np.int64), LEVELS - 1)
     return levels
+
+
+PATIENT_TOKEN_HEX = 4  # hex digits kept of a patient's hash (patient_token): 16 bits
+
+
+def patient_token(source: str, patient: str) -> str:
+    """A short token for one of a source's patients: its source and name hashed, 16 bits kept. A model records its
+    validation patients by these, so that a later run can tell which of its own validation patients that model held
+    out; a token cannot name a patient, since one in 65,536 of all possible names has it."""
+    return hashlib.sha256(f"{source}\0{patient}".encode()).hexdigest()[:PATIENT_TOKEN_HEX]
+
+
+def validation_tokens(sources: np.ndarray, patients: np.ndarray, in_validation: np.ndarray) -> dict[str, list[str]]:
+    """Per source, the tokens of its validation patients (:func:`patient_token`), sorted."""
+    pairs = {(str(source), str(patient)) for source, patient in zip(sources[in_validation], patients[in_validation])}
+    tokens: dict[str, list[str]] = {}
+    for source, patient in sorted(pairs):
+        tokens.setdefault(source, []).append(patient_token(source, patient))
+    return {source: sorted(values) for source, values in tokens.items()}
+
+
+def held_out_by(recorded: dict[str, list[str]], sources: np.ndarray, patients: np.ndarray) -> np.ndarray:
+    """Over a run's site images (their ``sources`` and ``patients``, every side of its split): those whose patient
+    a model held out, by the validation tokens its record holds (:func:`validation_tokens`). A token that two of the
+    run's patients of one source share cannot say which of them the model held out: neither counts as held out."""
+    tokens = np.array([patient_token(str(source), str(patient)) for source, patient in zip(sources, patients)])
+    table = pd.DataFrame({"source": np.asarray(sources).astype(str), "patient": np.asarray(patients).astype(str),
+                          "token": tokens})
+    patients_per_token = table.drop_duplicates(["source", "patient"]).groupby(["source", "token"]).size()
+    shared = {key for key, count in patients_per_token.items() if count > 1}
+    return np.array([token in recorded.get(source, ()) and (source, token) not in shared
+                     for source, token in zip(table["source"], table["token"])], bool)
 
 
 def merged_groups(near_duplicates: np.ndarray, patients: np.ndarray) -> np.ndarray:

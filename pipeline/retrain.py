@@ -43,15 +43,16 @@ from model.data import (IMAGE, LABEL, TARGET, THUMBNAIL, URI, WEIGHT, DatasetErr
 from model.dedup import group_near_duplicates, grouped_split
 from model.calibration import (TARGET_SENSITIVITY, apply_temperature, fit_temperature, min_group_tumors,
                                operating_threshold)
-from model.evaluate import (CURVES_FILE, RELIABILITY_FILE, evaluate_predictions, reliability_png, screening_figures,
-                            training_curves_png, write_evaluation)
+from model.evaluate import (CURVES_FILE, RELIABILITY_FILE, evaluate_predictions, figures_by_group, reliability_png,
+                            screening_figures, training_curves_png, write_evaluation)
 from model.onnx_export import export_and_attach
 from model.heldout import held_out_sets
 from model.quantize import figures, quantize_and_attach
 from model.ood import OOD_FILE, fit_and_describe
 from model.predict import ProbabilityPredictor, load_classifier
 from model.sources import (FROM_REVIEWS, FROM_SITE, LEVEL, PATIENT, SEQUENCE, SOURCE, SourceGroups, balanced_weights,
-                           figures_by_source, merged_groups, origins, site_split, source_regressions)
+                           figures_by_source, held_out_by, merged_groups, origins, site_split, source_regressions,
+                           validation_tokens)
 from model.train import BEST_WEIGHTS, TUMOR_MAP_COLUMNS, train_classifier
 from pipeline.errors import RunFailedError, describe_failure
 from pipeline.pseudonym import load_key
@@ -63,12 +64,14 @@ ONNX_CHECK_IMAGES = 64  # validation images the ONNX export must reproduce Tenso
 NEAR_DUPLICATE = "near-duplicate of a validation image"  # why a reviewed slice was not trained on
 UNREADABLE = "source file unreadable"
 ALREADY_LABELLED = "file already in the labelled data"
+TOKENS = "validation_patient_tokens"  # the split record's tokens of each source's validation patients
 
 
 @dataclasses.dataclass(frozen=True)
 class SplitSummary:
     """The split of the folder-per-class data and tumor folders (near-duplicate groups), and of other hospitals'
-    slices (``sites``: patients joined with near-duplicate groups; the site a study leaves out)."""
+    slices (``sites``: patients joined with near-duplicate groups, the tokens of each source's validation patients;
+    the site a study leaves out)."""
 
     images: int
     duplicate_groups: int
@@ -85,6 +88,8 @@ class SplitSummary:
         if base_only or (not mine["sites"] and "sites" not in recorded):
             mine.pop("sites")
             recorded.pop("sites", None)
+        elif TOKENS not in (recorded.get("sites") or {}):  # recorded before patient tokens: its counts must do
+            mine["sites"] = {key: value for key, value in mine["sites"].items() if key != TOKENS}
         return recorded == mine
 
 
@@ -182,7 +187,8 @@ def sites_split(table: pd.DataFrame, thumbnails: np.ndarray, config: RetrainConf
     summary = {"images": len(table), "patients": int(table[PATIENT].nunique()),
                "train_images": int((kept & ~in_validation).sum()), "validation_images": int(in_validation.sum()),
                "validation_by_source": count_by(table[in_validation], [SOURCE, LABEL]),
-               "validation_patients": int(table[PATIENT][in_validation].nunique())}
+               "validation_patients": int(table[PATIENT][in_validation].nunique()),
+               TOKENS: validation_tokens(sources, table[PATIENT].to_numpy(), in_validation)}
     if config.leave_out_site:
         summary["left_out"] = {"site": config.leave_out_site, "images": int(left_out.sum()),
                                "patients": int(table[PATIENT][left_out].nunique())}
@@ -285,47 +291,90 @@ def origin_groups(split: Split, uris: np.ndarray) -> SourceGroups:
     return SourceGroups.of(split.origins.iloc[rows].reset_index(drop=True))
 
 
-def evaluate_current(config: RetrainConfig, validation: ray.data.Dataset, images, targets, labels,
-                     groups: SourceGroups, summary: SplitSummary) -> dict | None:
-    """Validation metrics of the registry's current model on this run's validation images, if it has one, with its
-    figures per source, and the sources where those figures may count patients it trained on
-    (:func:`split_differs`); a model with other preprocessing (another input size, say) reads them through its
-    own."""
+def evaluate_current(config: RetrainConfig, split: Split, images, targets, labels, uris: np.ndarray,
+                     groups: SourceGroups, candidate: tuple[np.ndarray, float]) -> dict | None:
+    """Validation metrics of the registry's current model on this run's validation images (named by ``uris``), if
+    it has one, with its figures per source. Where its recorded split of a source is not this run's
+    (:func:`split_differs`), its figures there may count patients it trained on: that source is judged again, for
+    it and for the ``candidate`` (calibrated probabilities, threshold), on the images of patients both held out
+    (``both_held_out``, :func:`held_out_by_both`). A model with other preprocessing (another input size, say) reads
+    the images through its own."""
     if not registry.read_registry(config.output).get("current"):
         return None
     info = registry.load_model_info(config.output)
-    differs = split_differs(info.metadata.get("training", {}), summary)
+    training = info.metadata.get("training", {})
+    differs = split_differs(training, split.summary)
+    judged = held_out_by_both(training, split, uris, differs)
     if differs:
-        logger.warning("current model %s was trained on another split of %s: its validation figures there may count "
-                       "patients it trained on, a bar it clears more easily than a candidate", info.version,
-                       ", ".join(differs))
+        logger.warning("current model %s was trained on another split of %s: %s", info.version, ", ".join(differs),
+                       "both models are judged there on the patients both held out" if judged is not None else
+                       "its validation figures there may count patients it trained on, a bar it clears more easily "
+                       "than a candidate (its record names no validation patients)")
     if info.preprocessing != config.preprocessing:
         logger.info("current model %s has its own preprocessing: validation images read again with it", info.version)
-        images, targets, labels = validation_arrays(reload_validation(validation, info.preprocessing))
+        images, targets, labels = validation_arrays(reload_validation(split.validation, info.preprocessing))
     probabilities = ProbabilityPredictor(load_classifier(info), temperature=info.temperature)(images)
-    return {**evaluate_predictions(probabilities, targets, labels, info.threshold),
-            **figures_by_source(probabilities, labels, groups, info.threshold), "version": info.version,
-            "split_differs": differs}
+    metrics = {**evaluate_predictions(probabilities, targets, labels, info.threshold),
+               **figures_by_source(probabilities, labels, groups, info.threshold), "version": info.version,
+               "split_differs": differs}
+    if judged is not None:
+        metrics["both_held_out"] = both_held_out(judged, labels, groups.sources, differs,
+                                                 {"current": (probabilities, info.threshold), "candidate": candidate})
+    return metrics
 
 
 def split_differs(training: dict, summary: SplitSummary) -> list[str]:
     """Other hospitals' sources whose validation patients a model (``training``: its training record) may have
     trained on: it trained on the source (its record splits that source's slices, and that site was not left out)
     and the validation it records for that source is not this run's (a split drawn by an earlier rule, or from
-    other data). Patients are not recorded, so the comparison is of the image counts per source and label."""
-    def per_source(counts: dict) -> dict:  # {"<source> <label>": images} -> {source: {label: images}}
-        grouped = collections.defaultdict(dict)
-        for key, count in counts.items():
+    other data): other validation patients (their tokens) where both record them, else other image counts per
+    source and label."""
+    def per_source(sites: dict) -> dict:  # {source: ({label: images}, validation patient tokens or None)}
+        grouped = collections.defaultdict(lambda: ({}, None))
+        for key, count in sites.get("validation_by_source", {}).items():
             source, label = key.rsplit(" ", 1)
-            grouped[source][label] = count
-        return grouped
+            grouped[source][0][label] = count
+        tokens = sites.get(TOKENS, {})
+        return {source: (labels, tokens.get(source) if TOKENS in sites else None)
+                for source, (labels, _) in grouped.items()}
 
-    mine = per_source((summary.sites or {}).get("validation_by_source", {}))
-    theirs = per_source(((training.get("split") or {}).get("sites") or {}).get("validation_by_source", {}))
+    mine = per_source(summary.sites or {})
+    theirs = per_source((training.get("split") or {}).get("sites") or {})
     left_out = training.get("leave_out_site")
+
+    def same(source: str) -> bool:
+        (my_counts, my_tokens), (their_counts, their_tokens) = mine[source], theirs[source]
+        return my_counts == their_counts and (my_tokens is None or their_tokens is None or my_tokens == their_tokens)
+
     # a source the record does not split, or the site it left out, was never trained on: its figures are fair
-    return [source for source in sorted(mine) if source in theirs and theirs[source] != mine[source]
+    return [source for source in sorted(mine) if source in theirs and not same(source)
             and not (left_out and names_site(source, left_out))]
+
+
+def held_out_by_both(training: dict, split: Split, uris: np.ndarray, differs: list[str]) -> np.ndarray | None:
+    """Over this run's validation images (named by ``uris``): those the model of ``training`` held out too. That is
+    every image outside the sources whose split ``differs``, and within them the images of the patients its record
+    names by token (``model.sources.held_out_by``, which asks every patient of this run, on either side, so that
+    a token two patients share is counted for neither). None where the record names no patients of such a source
+    (a model recorded before tokens)."""
+    recorded = ((training.get("split") or {}).get("sites") or {}).get(TOKENS)
+    if not differs or recorded is None or any(source not in recorded for source in differs):
+        return None
+    sources, patients = split.origins[SOURCE].to_numpy().astype(str), split.origins[PATIENT].to_numpy().astype(str)
+    judged = ~np.isin(sources, differs) | held_out_by(recorded, sources, patients)
+    return judged[pd.Series(np.arange(len(split.uris)), index=split.uris)[uris.astype(str)].to_numpy()]
+
+
+def both_held_out(judged: np.ndarray, labels: np.ndarray, sources: np.ndarray, differs: list[str],
+                  models: dict[str, tuple[np.ndarray, float]]) -> dict:
+    """Each model's figures (``models``: name -> calibrated probabilities, threshold) on the ``differs`` sources'
+    images that ``judged`` keeps, and how many of each source's validation images those are."""
+    kept = judged & np.isin(sources, differs)
+    figures = {name: figures_by_group(probabilities[kept], np.zeros(int(kept.sum()), bool), labels[kept],
+                                      sources[kept], threshold)
+               for name, (probabilities, threshold) in models.items()}
+    return {**figures, "images": {source: [int((kept & (sources == source)).sum()), int((sources == source).sum())]
+                                  for source in differs}}
 
 
 def reload_validation(validation: ray.data.Dataset, preprocessing) -> ray.data.Dataset:
@@ -339,7 +388,9 @@ def promotion_decision(candidate: dict, current: dict | None, min_macro_f1: floa
                        source_margin: float = 1.0, class_margin: float = 1.0) -> tuple[bool, str]:
     """Promote a first model only above the quality floor, a later one only if it is not worse than the current on
     validation macro-F1, no source's sensitivity or specificity falls more than ``source_margin`` below the
-    current model's, and no source's class recall more than ``class_margin`` below it."""
+    current model's, and no source's class recall more than ``class_margin`` below it. A source the current model
+    split otherwise is compared on the images of the patients both models held out (``both_held_out``, from
+    :func:`evaluate_current`), where it has them."""
     new = candidate["macro_f1"]
     if current is None:
         if new < min_macro_f1:
@@ -349,20 +400,23 @@ def promotion_decision(candidate: dict, current: dict | None, min_macro_f1: floa
     old = current["macro_f1"]
     if new < old:
         return False, f"validation macro-F1 {new:.4f} is worse than the current model's {old:.4f}"
-    regressions = source_regressions(candidate.get("by_source", {}), current.get("by_source", {}), source_margin,
-                                     class_margin)
+    fair = current.get("both_held_out", {})
+    mine = {**candidate.get("by_source", {}), **fair.get("candidate", {})}
+    theirs = {**current.get("by_source", {}), **fair.get("current", {})}
+    judged_apart = "".join(f"; {source} judged on the {kept} of its {total} validation images whose patients both "
+                           f"models held out" for source, (kept, total) in sorted(fair.get("images", {}).items()))
+    regressions = source_regressions(mine, theirs, source_margin, class_margin)
     if regressions:
-        doubtful = [source for source in current.get("split_differs", []) if source_regressions(
-            {source: candidate.get("by_source", {}).get(source, {})}, current.get("by_source", {}), source_margin,
-            class_margin)]
+        doubtful = [source for source in current.get("split_differs", []) if source not in fair.get("images", {})
+                    and source_regressions({source: mine.get(source, {})}, theirs, source_margin, class_margin)]
         caveat = (f" (the current model's figures on {', '.join(doubtful)} may count validation patients it trained "
                   f"on: its recorded split of those slices is not this run's)" if doubtful else "")
         return False, (f"validation macro-F1 {new:.4f} is not worse than the current model's {old:.4f}, but on a "
                        f"source it falls more than {source_margin:g} (a class recall more than {class_margin:g}) "
-                       f"below it: {'; '.join(regressions)}{caveat}")
+                       f"below it: {'; '.join(regressions)}{caveat}{judged_apart}")
     return True, (f"validation macro-F1 {new:.4f} is not worse than the current model's {old:.4f}, and no source's "
                   f"sensitivity or specificity falls more than {source_margin:g} below it, nor a class recall more "
-                  f"than {class_margin:g}")
+                  f"than {class_margin:g}{judged_apart}")
 
 
 def retrain(config: RetrainConfig, images: list[LabelledImage] | None = None,
@@ -600,8 +654,8 @@ def train_and_decide(config: RetrainConfig, split: Split, started: float,
     candidate_metrics, calibration, calibrated = calibrated_evaluation(raw, val_targets, val_labels)
     threshold = calibration["operating_point"]["threshold"]
     candidate_metrics.update(figures_by_source(calibrated, val_labels, groups, threshold))
-    current_metrics = evaluate_current(config, split.validation, val_images, val_targets, val_labels, groups,
-                                       split.summary)
+    current_metrics = evaluate_current(config, split, val_images, val_targets, val_labels, val_uris, groups,
+                                       (calibrated, threshold))
     promoted, reason = promotion_decision(candidate_metrics, current_metrics, config.min_macro_f1,
                                           config.source_margin, config.class_margin)
     if config.leave_out_site:
@@ -637,10 +691,16 @@ def train_and_decide(config: RetrainConfig, split: Split, started: float,
 
 
 def log_by_source(candidate: dict, current: dict | None) -> None:
-    for source, figures in candidate["by_source"].items():
+    for source, new in candidate["by_source"].items():
         old = (current or {}).get("by_source", {}).get(source, {})
         logger.info("validation on %s: sensitivity %s, specificity %s (current model: %s, %s)", source,
-                    figures["sensitivity"], figures["specificity"], old.get("sensitivity"), old.get("specificity"))
+                    new["sensitivity"], new["specificity"], old.get("sensitivity"), old.get("specificity"))
+    fair = (current or {}).get("both_held_out", {})
+    for source, (kept, total) in sorted(fair.get("images", {}).items()):
+        mine, theirs = fair["candidate"].get(source, {}), fair["current"].get(source, {})
+        logger.info("validation on %s, the %d of %d images whose patients both models held out: sensitivity %s, "
+                    "specificity %s (current model: %s, %s)", source, kept, total, mine.get("sensitivity"),
+                    mine.get("specificity"), theirs.get("sensitivity"), theirs.get("specificity"))
 
 
 def judge_left_out(model, info: registry.ModelInfo, detector, split: Split) -> dict:

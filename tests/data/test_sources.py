@@ -185,3 +185,91 @@ def test_the_gate_names_the_sources_where_the_current_model_was_trained_on_anoth
     candidate["by_source"]["lgg/HT"]["specificity"] = 0.76
     promoted, reason = promotion_decision(candidate, current, 0.8, source_margin=0.02)
     assert not promoted and "may count" not in reason
+
+
+def test_a_run_records_its_validation_patients_by_tokens_that_name_none_of_them(ray_local):
+    """The split record names each source's validation patients by token, and a later run finds from those tokens
+    which of its own validation images a model held out: all of them where the model held out the same patients,
+    none where it trained on them; no patient's name is in the record."""
+    import dataclasses
+    import json
+
+    from model.data import load_labelled_dataset
+    from model.preprocessing import PreprocessConfig
+    from model.sources import PATIENT, patient_token
+    from pipeline.retrain import TOKENS, held_out_by_both, source_split, split_differs
+
+    images = list_training_images(str(SAMPLES / "labelled"), (), (str(SITE),))
+    config = RetrainConfig(data=str(SAMPLES / "labelled"), output="", validation_fraction=0.5)
+    split = source_split(load_labelled_dataset(images, PreprocessConfig(image_size=64)), config, images)
+    uris = np.array(sorted(split.validation.to_pandas()["uri"]))
+    origin = split.origins.set_index(pd.Index(split.uris)).loc[uris]
+    held = origin[origin[PATIENT] != ""].drop_duplicates([SOURCE, PATIENT])
+    sites = split.summary.sites
+    assert sites[TOKENS] == {source: sorted(patient_token(source, patient) for patient in rows[PATIENT])
+                             for source, rows in held.groupby(SOURCE)}
+    assert not any(patient in json.dumps(sites) for patient in split.origins[PATIENT] if patient)
+    record = {"split": {"sites": sites}}
+    assert split_differs(record, split.summary) == []
+    assert held_out_by_both(record, split, uris, []) is None
+
+    source = "other-site/HT"
+    everyone = sorted({patient_token(source, patient)
+                       for patient in split.origins[PATIENT][split.origins[SOURCE] == source]})
+    trained = sorted(set(everyone) - set(sites[TOKENS][source]))
+    in_source = (origin[SOURCE] == source).to_numpy()
+    assert trained and in_source.any()
+    for tokens, judged_there in ((trained, 0), (everyone, int(in_source.sum()))):
+        other = {"split": {"sites": {**sites, TOKENS: {**sites[TOKENS], source: tokens}}}}
+        assert split_differs(other, split.summary) == [source]
+        judged = held_out_by_both(other, split, uris, [source])
+        assert judged[~in_source].all() and int(judged[in_source].sum()) == judged_there
+    # a model recorded before tokens: judged by its counts, and a starting point whose split is this run's
+    older = {**dataclasses.asdict(split.summary),
+             "sites": {key: value for key, value in sites.items() if key != TOKENS}}
+    assert split_differs({"split": older}, split.summary) == [] and split.summary.matches(older)
+    assert not split.summary.matches({**older, "sites": {**older["sites"], TOKENS: {}}})
+
+
+def test_a_token_two_patients_share_counts_neither_as_held_out(monkeypatch):
+    import model.sources as sources
+
+    monkeypatch.setattr(sources, "PATIENT_TOKEN_HEX", 1)  # 16 tokens: two of twenty patients surely share one
+    names = [f"patient-{index}" for index in range(20)]
+    tokens = [sources.patient_token("site", name) for name in names]
+    first, second = next((a, b) for a in range(20) for b in range(a + 1, 20) if tokens[a] == tokens[b])
+    alone = next(index for index in range(20) if tokens.count(tokens[index]) == 1)
+    patients = np.array([names[first], names[second], names[alone], names[alone]])
+    recorded = {"site": [tokens[first], tokens[alone]]}
+    held = sources.held_out_by(recorded, np.array(["site"] * 4), patients)
+    assert held.tolist() == [False, False, True, True]
+    assert not sources.held_out_by({"other": [tokens[alone]]}, np.array(["site"] * 4), patients).any()
+
+
+def test_the_gate_compares_a_source_split_otherwise_on_the_patients_both_models_held_out():
+    from pipeline.retrain import both_held_out, promotion_decision
+
+    labels = np.array(["notumor"] * 6 + ["glioma"] * 2)
+    sources = np.array(["lgg/HT"] * 8)
+    judged = np.array([False, False, True, True, True, True, True, True])  # the first two: the current trained on
+    tumor_current = np.array([0.1, 0.1, 0.9, 0.1, 0.1, 0.1, 0.9, 0.9])
+    tumor_candidate = np.array([0.9, 0.9, 0.9, 0.1, 0.1, 0.1, 0.9, 0.9])
+
+    def probabilities(tumor):
+        return np.stack([tumor, np.zeros(8), 1 - tumor, np.zeros(8)], axis=1)
+
+    fair = both_held_out(judged, labels, sources, ["lgg/HT"], {"current": (probabilities(tumor_current), 0.5),
+                                                                "candidate": (probabilities(tumor_candidate), 0.5)})
+    assert fair["images"] == {"lgg/HT": [6, 8]}
+    assert fair["current"]["lgg/HT"]["specificity"] == fair["candidate"]["lgg/HT"]["specificity"] == 0.75
+    # on all eight images the current model looks better: it trained on the two slices the candidate flags
+    current = {"macro_f1": 0.90, "split_differs": ["lgg/HT"], "by_source": {"lgg/HT": {"specificity": 5 / 6}}}
+    candidate = {"macro_f1": 0.92, "by_source": {"lgg/HT": {"specificity": 0.5}}}
+    promoted, reason = promotion_decision(candidate, current, 0.8, source_margin=0.02)
+    assert not promoted and "may count validation patients" in reason
+    promoted, reason = promotion_decision(candidate, {**current, "both_held_out": fair}, 0.8, source_margin=0.02)
+    assert promoted and "lgg/HT judged on the 6 of its 8 validation images whose patients both models" in reason
+    fair["candidate"]["lgg/HT"]["specificity"] = 0.5
+    promoted, reason = promotion_decision(candidate, {**current, "both_held_out": fair}, 0.8, source_margin=0.02)
+    assert not promoted and "specificity on lgg/HT 0.500 against the current model's 0.750" in reason
+    assert "may count" not in reason
