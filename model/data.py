@@ -13,6 +13,7 @@ in the data (an unknown class folder, an empty class folder, an unreadable image
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import hashlib
@@ -185,8 +186,16 @@ def patient_sites(root: str) -> dict[str, str]:
 def list_training_images(data: str, tumor_data: tuple[str, ...] = (),
                          site_data: tuple[str, ...] = ()) -> list[LabelledImage]:
     """Everything one retraining reads: the folder-per-class root, unknown-type tumor folders, other hospitals'
-    slices."""
-    return [*list_labelled_images(data, tumor_data), *(image for root in site_data for image in list_site_images(root))]
+    slices. A file two of them list (a tumor folder given that is the root's own ``tumor`` folder, say) would be
+    read twice, under two sources: refused."""
+    images = [*list_labelled_images(data, tumor_data),
+              *(image for root in site_data for image in list_site_images(root))]
+    twice = [uri for uri, count in collections.Counter(image.uri for image in images).items() if count > 1]
+    if twice:
+        raise DatasetError(f"{len(twice)} file(s) listed by two of the labelled folders, {twice[0]} first: a folder "
+                           f"given is inside another (the --data folder's own tumor folder is read already); give "
+                           f"each folder once")
+    return images
 
 
 def frame_uri(uri: str, index: int, frames: int) -> str:

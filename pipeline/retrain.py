@@ -312,7 +312,12 @@ def evaluate_current(config: RetrainConfig, split: Split, images, targets, label
                        "than a candidate (its record names no validation patients)")
     if info.preprocessing != config.preprocessing:
         logger.info("current model %s has its own preprocessing: validation images read again with it", info.version)
-        images, targets, labels = validation_arrays(reload_validation(split.validation, info.preprocessing))
+        images, targets, labels, reread = column_arrays(reload_validation(split.validation, info.preprocessing),
+                                                        [IMAGE, TARGET, LABEL, URI])
+        # put in this run's order by URI: the sources (groups) and the judged images follow it, and a dataset read
+        # again keeps no promise of its rows' order
+        order = pd.Series(np.arange(len(reread)), index=reread.astype(str))[uris.astype(str)].to_numpy()
+        images, targets, labels = images[order], targets[order], labels[order].astype(str)
     probabilities = ProbabilityPredictor(load_classifier(info), temperature=info.temperature)(images)
     metrics = {**evaluate_predictions(probabilities, targets, labels, info.threshold),
                **figures_by_source(probabilities, labels, groups, info.threshold), "version": info.version,

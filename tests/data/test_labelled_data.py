@@ -29,6 +29,16 @@ def test_an_empty_class_folder_is_named(labelled_copy):
         list_labelled_images(str(labelled_copy))
 
 
+def test_a_folder_given_twice_is_refused_before_any_file_is_read_twice(labelled_copy):
+    from model.data import list_training_images
+
+    (labelled_copy / "tumor").mkdir()
+    shutil.copy(next((labelled_copy / "glioma").iterdir()), labelled_copy / "tumor" / "t.jpg")
+    assert len(list_training_images(str(labelled_copy))) == 9
+    with pytest.raises(DatasetError, match="1 file.*listed by two.*t.jpg first"):
+        list_training_images(str(labelled_copy), (str(labelled_copy / "tumor"),))
+
+
 def test_an_unknown_label_folder_is_named(labelled_copy):
     (labelled_copy / "astrocytoma").mkdir()
     shutil.copy(next((labelled_copy / "glioma").iterdir()), labelled_copy / "astrocytoma" / "a.jpg")

@@ -35,9 +35,10 @@ def test_site_slices_carry_their_site_sequence_and_patient_and_masks_are_left_ou
 
 
 def test_training_images_name_each_source(tmp_path):
-    images = list_training_images(str(SAMPLES / "labelled"), (str(SAMPLES / "labelled" / "tumor"),), (str(SITE),))
+    shutil.copytree(SAMPLES / "labelled" / "tumor", tmp_path / "br35h" / "yes")
+    images = list_training_images(str(SAMPLES / "labelled"), (str(tmp_path / "br35h" / "yes"),), (str(SITE),))
     sources = {image.source for image in images}
-    assert {"samples/labelled", "labelled/tumor", "other-site/DU", "other-site/HT"} == sources
+    assert {"samples/labelled", "br35h/yes", "other-site/DU", "other-site/HT"} == sources
     assert all(not image.patient for image in images if not image.source.startswith("other-site"))
 
 

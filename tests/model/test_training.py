@@ -52,13 +52,20 @@ def test_first_candidate_is_promoted_and_its_files_verify(first_run):
 
 
 def test_a_second_candidate_gets_a_recorded_decision(first_run):
-    """The second candidate reads its inputs at another size than the current model: each model is evaluated on
-    its own preprocessing, and the comparison is recorded."""
+    """The second candidate reads its inputs at another size than the current model, and other hospitals' slices
+    too: each model is evaluated on its own preprocessing, the images read again for the current model are matched
+    to their sources, and the comparison is recorded."""
     output, _ = first_run
     other_size = config(output, epochs=1, version="candidate-2")
-    other_size = dataclasses.replace(other_size, preprocessing=PreprocessConfig(image_size=SIZE - 32))
+    other_size = dataclasses.replace(other_size, preprocessing=PreprocessConfig(image_size=SIZE - 32),
+                                     site_data=(str(SAMPLES / "other-site"),), validation_fraction=0.5)
     outcome = retrain(other_size)
     assert outcome.current_metrics is not None and outcome.current_metrics["images"] == outcome.candidate_metrics["images"]
+    mine, theirs = outcome.candidate_metrics["by_source"], outcome.current_metrics["by_source"]
+    assert len(mine) >= 2 and set(mine) == set(theirs)
+    for source in mine:  # the same images of each source, with the same labels, judged by both
+        assert [mine[source][key] for key in ("images", "tumor_images")] == \
+            [theirs[source][key] for key in ("images", "tumor_images")]
     history = registry.read_registry(str(output / "registry"))["history"]
     assert [entry["version"] for entry in history] == ["candidate-1", "candidate-2"]
     assert "macro-F1" in outcome.reason and history[-1]["promoted"] == outcome.promoted
