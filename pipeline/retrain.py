@@ -323,7 +323,7 @@ def evaluate_current(config: RetrainConfig, split: Split, images, targets, label
                **figures_by_source(probabilities, labels, groups, info.threshold), "version": info.version,
                "split_differs": differs}
     if judged is not None:
-        metrics["both_held_out"] = both_held_out(judged, labels, groups.sources, differs,
+        metrics["both_held_out"] = both_held_out(judged, targets, labels, groups.sources, differs,
                                                  {"current": (probabilities, info.threshold), "candidate": candidate})
     return metrics
 
@@ -370,16 +370,19 @@ def held_out_by_both(training: dict, split: Split, uris: np.ndarray, differs: li
     return judged[pd.Series(np.arange(len(split.uris)), index=split.uris)[uris.astype(str)].to_numpy()]
 
 
-def both_held_out(judged: np.ndarray, labels: np.ndarray, sources: np.ndarray, differs: list[str],
-                  models: dict[str, tuple[np.ndarray, float]]) -> dict:
+def both_held_out(judged: np.ndarray, targets: np.ndarray, labels: np.ndarray, sources: np.ndarray,
+                  differs: list[str], models: dict[str, tuple[np.ndarray, float]]) -> dict:
     """Each model's figures (``models``: name -> calibrated probabilities, threshold) on the ``differs`` sources'
-    images that ``judged`` keeps, and how many of each source's validation images those are."""
+    images that ``judged`` keeps, its macro-F1 on all the images ``judged`` keeps, and how many images those are."""
     kept = judged & np.isin(sources, differs)
     figures = {name: figures_by_group(probabilities[kept], np.zeros(int(kept.sum()), bool), labels[kept],
                                       sources[kept], threshold)
                for name, (probabilities, threshold) in models.items()}
-    return {**figures, "images": {source: [int((kept & (sources == source)).sum()), int((sources == source).sum())]
-                                  for source in differs}}
+    macro_f1 = {name: evaluate_predictions(probabilities[judged], targets[judged], labels[judged],
+                                           threshold)["macro_f1"] for name, (probabilities, threshold) in models.items()}
+    return {**figures, "macro_f1": macro_f1, "judged_images": int(judged.sum()), "all_images": len(judged),
+            "images": {source: [int((kept & (sources == source)).sum()), int((sources == source).sum())]
+                       for source in differs}}
 
 
 def reload_validation(validation: ray.data.Dataset, preprocessing) -> ray.data.Dataset:
@@ -402,14 +405,14 @@ def promotion_decision(candidate: dict, current: dict | None, min_macro_f1: floa
             return False, (f"validation macro-F1 {new:.4f} is below the floor of {min_macro_f1:.2f} for a first model; "
                            f"it stays a candidate")
         return True, f"the registry has no current model and validation macro-F1 {new:.4f} meets the floor"
-    old = current["macro_f1"]
+    fair, old = current.get("both_held_out", {}), current["macro_f1"]
+    if fair:  # the images of the patients both models held out
+        new, old = fair["macro_f1"]["candidate"], fair["macro_f1"]["current"]
+    judged = judged_on(fair)
     if new < old:
-        return False, f"validation macro-F1 {new:.4f} is worse than the current model's {old:.4f}"
-    fair = current.get("both_held_out", {})
+        return False, f"validation macro-F1 {new:.4f} is worse than the current model's {old:.4f}{judged}"
     mine = {**candidate.get("by_source", {}), **fair.get("candidate", {})}
     theirs = {**current.get("by_source", {}), **fair.get("current", {})}
-    judged_apart = "".join(f"; {source} judged on the {kept} of its {total} validation images whose patients both "
-                           f"models held out" for source, (kept, total) in sorted(fair.get("images", {}).items()))
     regressions = source_regressions(mine, theirs, source_margin, class_margin)
     if regressions:
         doubtful = [source for source in current.get("split_differs", []) if source not in fair.get("images", {})
@@ -418,10 +421,20 @@ def promotion_decision(candidate: dict, current: dict | None, min_macro_f1: floa
                   f"on: its recorded split of those slices is not this run's)" if doubtful else "")
         return False, (f"validation macro-F1 {new:.4f} is not worse than the current model's {old:.4f}, but on a "
                        f"source it falls more than {source_margin:g} (a class recall more than {class_margin:g}) "
-                       f"below it: {'; '.join(regressions)}{caveat}{judged_apart}")
+                       f"below it: {'; '.join(regressions)}{caveat}{judged}")
     return True, (f"validation macro-F1 {new:.4f} is not worse than the current model's {old:.4f}, and no source's "
                   f"sensitivity or specificity falls more than {source_margin:g} below it, nor a class recall more "
-                  f"than {class_margin:g}{judged_apart}")
+                  f"than {class_margin:g}{judged}")
+
+
+def judged_on(fair: dict) -> str:
+    """What a decision's reason adds where the current model split a source otherwise (``both_held_out``)."""
+    if not fair:
+        return ""
+    sources = ", ".join(f"{source} on {kept} of its {total}"
+                        for source, (kept, total) in sorted(fair["images"].items()))
+    return (f" (judged on the {fair['judged_images']} of {fair['all_images']} validation images whose patients both "
+            f"models held out: {sources})")
 
 
 def retrain(config: RetrainConfig, images: list[LabelledImage] | None = None,

@@ -259,17 +259,25 @@ def test_the_gate_compares_a_source_split_otherwise_on_the_patients_both_models_
     def probabilities(tumor):
         return np.stack([tumor, np.zeros(8), 1 - tumor, np.zeros(8)], axis=1)
 
-    fair = both_held_out(judged, labels, sources, ["lgg/HT"], {"current": (probabilities(tumor_current), 0.5),
-                                                                "candidate": (probabilities(tumor_candidate), 0.5)})
-    assert fair["images"] == {"lgg/HT": [6, 8]}
+    targets = np.eye(4, dtype=np.float32)[[2] * 6 + [0] * 2]  # one-hot: glioma 0, no tumor 2
+    fair = both_held_out(judged, targets, labels, sources, ["lgg/HT"],
+                         {"current": (probabilities(tumor_current), 0.5),
+                          "candidate": (probabilities(tumor_candidate), 0.5)})
+    assert fair["images"] == {"lgg/HT": [6, 8]} and (fair["judged_images"], fair["all_images"]) == (6, 8)
     assert fair["current"]["lgg/HT"]["specificity"] == fair["candidate"]["lgg/HT"]["specificity"] == 0.75
+    assert fair["macro_f1"]["current"] == fair["macro_f1"]["candidate"]  # the same calls on the six
     # on all eight images the current model looks better: it trained on the two slices the candidate flags
     current = {"macro_f1": 0.90, "split_differs": ["lgg/HT"], "by_source": {"lgg/HT": {"specificity": 5 / 6}}}
     candidate = {"macro_f1": 0.92, "by_source": {"lgg/HT": {"specificity": 0.5}}}
     promoted, reason = promotion_decision(candidate, current, 0.8, source_margin=0.02)
     assert not promoted and "may count validation patients" in reason
     promoted, reason = promotion_decision(candidate, {**current, "both_held_out": fair}, 0.8, source_margin=0.02)
-    assert promoted and "lgg/HT judged on the 6 of its 8 validation images whose patients both models" in reason
+    assert promoted and "judged on the 6 of 8 validation images whose patients both models held out: lgg/HT on 6 " \
+        "of its 8" in reason
+    fair["macro_f1"]["candidate"] -= 0.01
+    promoted, reason = promotion_decision(candidate, {**current, "both_held_out": fair}, 0.8, source_margin=0.02)
+    assert not promoted and "is worse than" in reason and "judged on the 6 of 8" in reason
+    fair["macro_f1"]["candidate"] += 0.01
     fair["candidate"]["lgg/HT"]["specificity"] = 0.5
     promoted, reason = promotion_decision(candidate, {**current, "both_held_out": fair}, 0.8, source_margin=0.02)
     assert not promoted and "specificity on lgg/HT 0.500 against the current model's 0.750" in reason
