@@ -378,8 +378,8 @@ def both_held_out(judged: np.ndarray, targets: np.ndarray, labels: np.ndarray, s
     figures = {name: figures_by_group(probabilities[kept], np.zeros(int(kept.sum()), bool), labels[kept],
                                       sources[kept], threshold)
                for name, (probabilities, threshold) in models.items()}
-    macro_f1 = {name: evaluate_predictions(probabilities[judged], targets[judged], labels[judged],
-                                           threshold)["macro_f1"] for name, (probabilities, threshold) in models.items()}
+    macro_f1 = {name: evaluate_predictions(probabilities[judged], targets[judged], labels[judged], threshold)
+                ["macro_f1"] for name, (probabilities, threshold) in models.items()}
     return {**figures, "macro_f1": macro_f1, "judged_images": int(judged.sum()), "all_images": len(judged),
             "images": {source: [int((kept & (sources == source)).sum()), int((sources == source).sum())]
                        for source in differs}}
@@ -411,8 +411,10 @@ def promotion_decision(candidate: dict, current: dict | None, min_macro_f1: floa
     judged = judged_on(fair)
     if new < old:
         return False, f"validation macro-F1 {new:.4f} is worse than the current model's {old:.4f}{judged}"
-    mine = {**candidate.get("by_source", {}), **fair.get("candidate", {})}
-    theirs = {**current.get("by_source", {}), **fair.get("current", {})}
+    # a source none of whose validation patients both held out is not compared: there is no fair figure of it
+    unjudged = {source for source, (kept, _) in fair.get("images", {}).items() if not kept}
+    mine, theirs = ({source: figures for source, figures in {**metrics.get("by_source", {}), **fair.get(name, {})}.items()
+                     if source not in unjudged} for metrics, name in ((candidate, "candidate"), (current, "current")))
     regressions = source_regressions(mine, theirs, source_margin, class_margin)
     if regressions:
         doubtful = [source for source in current.get("split_differs", []) if source not in fair.get("images", {})
@@ -431,7 +433,8 @@ def judged_on(fair: dict) -> str:
     """What a decision's reason adds where the current model split a source otherwise (``both_held_out``)."""
     if not fair:
         return ""
-    sources = ", ".join(f"{source} on {kept} of its {total}"
+    sources = ", ".join(f"{source} on {kept} of its {total}" if kept else
+                        f"{source} not compared, none of its {total}"
                         for source, (kept, total) in sorted(fair["images"].items()))
     return (f" (judged on the {fair['judged_images']} of {fair['all_images']} validation images whose patients both "
             f"models held out: {sources})")

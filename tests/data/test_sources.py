@@ -278,6 +278,13 @@ def test_the_gate_compares_a_source_split_otherwise_on_the_patients_both_models_
     promoted, reason = promotion_decision(candidate, {**current, "both_held_out": fair}, 0.8, source_margin=0.02)
     assert not promoted and "is worse than" in reason and "judged on the 6 of 8" in reason
     fair["macro_f1"]["candidate"] += 0.01
+    # the current model trained on every validation patient of the site: the site is not compared at all
+    none = both_held_out(np.zeros(8, bool), targets, labels, sources, ["lgg/HT"],
+                         {"current": (probabilities(tumor_current), 0.5),
+                          "candidate": (probabilities(tumor_candidate), 0.5)})
+    none["macro_f1"] = {"current": 0.9, "candidate": 0.92}  # (on the images of other sources)
+    promoted, reason = promotion_decision(candidate, {**current, "both_held_out": none}, 0.8, source_margin=0.02)
+    assert promoted and "lgg/HT not compared, none of its 8" in reason
     fair["candidate"]["lgg/HT"]["specificity"] = 0.5
     promoted, reason = promotion_decision(candidate, {**current, "both_held_out": fair}, 0.8, source_margin=0.02)
     assert not promoted and "specificity on lgg/HT 0.500 against the current model's 0.750" in reason
