@@ -413,7 +413,8 @@ def promotion_decision(candidate: dict, current: dict | None, min_macro_f1: floa
         return False, f"validation macro-F1 {new:.4f} is worse than the current model's {old:.4f}{judged}"
     # a source none of whose validation patients both held out is not compared: there is no fair figure of it
     unjudged = {source for source, (kept, _) in fair.get("images", {}).items() if not kept}
-    mine, theirs = ({source: figures for source, figures in {**metrics.get("by_source", {}), **fair.get(name, {})}.items()
+    mine, theirs = ({source: figures
+                     for source, figures in {**metrics.get("by_source", {}), **fair.get(name, {})}.items()
                      if source not in unjudged} for metrics, name in ((candidate, "candidate"), (current, "current")))
     regressions = source_regressions(mine, theirs, source_margin, class_margin)
     if regressions:
